@@ -1,0 +1,89 @@
+"""The engine-neutral live-query core: models, filters, order, windows, engine.
+
+Depends on pydantic only; no Redis, no Ray.
+"""
+
+from .engine import Engine, EngineStats, Subscription
+from .filter import Predicate, compile_predicate, indexable_terms
+from .index import PredicateIndex
+from .memory import MemoryStore
+from .models import (
+    Change,
+    ColumnType,
+    Cond,
+    Cursor,
+    DeltaOp,
+    EntitySpec,
+    LiveDelta,
+    LiveQuery,
+    Row,
+    Scalar,
+    Snapshot,
+    SortKey,
+    and_,
+    eq,
+    gt,
+    gte,
+    ilike,
+    in_,
+    is_not_null,
+    is_null,
+    like,
+    lt,
+    lte,
+    ne,
+    not_in,
+    or_,
+)
+from .order import compare_cursors, cursor_key, cursor_of, sort_key_of
+from .ports import Feed, FeedBatch, Refiller, Snapshotter, pos_key
+from .window import Entry, StreamSet, Window
+
+__all__ = (
+    "Change",
+    "ColumnType",
+    "Cond",
+    "Cursor",
+    "DeltaOp",
+    "Engine",
+    "EngineStats",
+    "EntitySpec",
+    "Entry",
+    "Feed",
+    "FeedBatch",
+    "LiveDelta",
+    "LiveQuery",
+    "MemoryStore",
+    "Predicate",
+    "PredicateIndex",
+    "Refiller",
+    "Row",
+    "Scalar",
+    "Snapshot",
+    "Snapshotter",
+    "SortKey",
+    "StreamSet",
+    "Subscription",
+    "Window",
+    "and_",
+    "compare_cursors",
+    "compile_predicate",
+    "cursor_key",
+    "cursor_of",
+    "eq",
+    "gt",
+    "gte",
+    "ilike",
+    "in_",
+    "indexable_terms",
+    "is_not_null",
+    "is_null",
+    "like",
+    "lt",
+    "lte",
+    "ne",
+    "not_in",
+    "or_",
+    "pos_key",
+    "sort_key_of",
+)

@@ -1,0 +1,628 @@
+"""The single-node live-query engine: shared views over one ordered feed.
+
+One task pumps the feed and dispatches each change synchronously, so every
+view sees changes in stream order and never mid-way through another. Store
+reads (initial snapshots, cushion refills, reconciles) run as their own
+tasks; while one is in flight its view *parks* the changes it receives, and
+when the read returns the view waits until the feed has delivered everything
+up to the read's watermark before merging. Then:
+
+* parked changes at or before the watermark are applied to the rows the view
+  already knew (bringing them to the watermark's moment),
+* the read's rows (all strictly after the known range) are appended,
+* parked changes after the watermark are applied on top.
+
+Both sides then describe the same moment, which is what makes the handoff
+gapless and the window exact no matter how writes and reads interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+from raycluster.errors import ClosedError, InvalidQuery
+
+from .filter import compile_predicate, indexable_terms
+from .index import PredicateIndex
+from .models import Change, Cursor, DeltaOp, EntitySpec, LiveDelta, LiveQuery, Row, Snapshot
+from .order import cursor_key, key_fn
+from .ports import Feed, Refiller, Snapshotter, pos_key
+from .window import Entry, StreamSet, Window, delta
+
+__all__ = ("Engine", "EngineStats", "Subscription")
+
+log = logging.getLogger(__name__)
+
+LoadKind = Literal["initial", "refill", "reconcile"]
+Sink = Callable[["Subscription", list[LiveDelta]], None]
+_ZERO = (0, 0)
+_RETRY_MAX_S = 2.0  # ceiling of the backoff between failed refills
+
+
+class EngineStats:
+    """Counters an operator (and the metrics exporter) reads."""
+
+    def __init__(self) -> None:
+        self.changes = 0
+        self.frames = 0
+        self.loads = 0
+        self.load_errors = 0
+        self.dispatch_errors = 0
+        self.resets: dict[str, int] = {"overflow": 0, "reanchor": 0, "reconcile": 0}
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain copy."""
+        return {**vars(self), "resets": dict(self.resets)}
+
+
+class Subscription:
+    """One subscriber's live window.
+
+    `snapshot` is the window when it was (re)anchored; iterating yields every
+    frame after it, in order. With a `sink`, frames are handed to the sink as
+    they are produced instead of being buffered (how a shard forwards them).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        sub_id: str,
+        tenant: str,
+        query: LiveQuery,
+        buffer: int,
+        sink: Sink | None,
+    ) -> None:
+        self.id = sub_id
+        self.tenant = tenant
+        self.query = query
+        self.snapshot: list[Row] = []
+        self.closed = False
+        self.overflows = 0
+        self.sink = sink
+        self._engine = engine
+        self._buf: deque[LiveDelta] = deque()
+        self._cap = buffer
+        self._waiter: asyncio.Future[None] | None = None
+        self._view: _View | None = None
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.id} {self.tenant}/{self.query.entity}>"
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> LiveDelta:
+        while not self._buf:
+            if self.closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._buf.popleft()
+
+    def drain(self) -> list[LiveDelta]:
+        """Every frame queued now, without waiting."""
+        out = list(self._buf)
+        self._buf.clear()
+        return out
+
+    async def reanchor(self, cursor: Cursor | None, limit: int) -> list[Row]:
+        """Slide the window: a `reset` and the new window follow on the stream."""
+        return await self._engine._reanchor(self, cursor, limit)
+
+    async def close(self) -> None:
+        """Stop the subscription; iteration ends after the frames already queued."""
+        self._engine._close_sub(self)
+
+    # -- engine side -------------------------------------------------------------
+
+    def _push(self, frames: list[LiveDelta]) -> None:
+        if self.sink is not None:
+            self.sink(self, frames)
+            return
+        if len(self._buf) + len(frames) > self._cap:
+            # Fell behind: drop the backlog, resend the current window instead.
+            self.overflows += 1
+            self._engine.stats.resets["overflow"] += 1
+            self._buf.clear()
+            frames = self._reset_frames()
+        self._buf.extend(frames)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _reset_frames(self) -> list[LiveDelta]:
+        view = self._view
+        ents = view.state.visible_entries() if view is not None else []
+        sort = list(self.query.sort)
+        frames = [delta(DeltaOp.RESET, None, sort, count=len(ents))]
+        frames += [delta(DeltaOp.ENTER, e, sort, None, i) for i, e in enumerate(ents)]
+        return frames
+
+    def _send_reset(self) -> None:
+        """Queue `reset` + the current window, past the buffer bound (it replaces history)."""
+        frames = self._reset_frames()
+        if self.sink is not None:
+            self.sink(self, frames)
+            return
+        self._buf.extend(frames)
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+
+class _View:
+    """One window shared by every subscriber of an identical query shape."""
+
+    def __init__(self, engine: Engine, tenant: str, query: LiveQuery, cushion: int) -> None:
+        self.engine = engine
+        self.tenant = tenant
+        self.query = query
+        self.shape = query.shape()
+        self.subs: list[Subscription] = []
+        self.waiting = 0  # subscribers waiting for the initial load
+        self.loading = False
+        self.dropped = False
+        self.pending: list[Change] = []
+        self.loaded: tuple[Snapshot, int, LoadKind] | None = None
+        self.ready = asyncio.Event()
+        self.failed: BaseException | None = None
+        group = engine._groups[(tenant, query.entity)]
+        self.index = group.index
+        sort = list(query.sort)
+        pred = compile_predicate(query.where)
+        anchor = cursor_key(query.cursor, sort) if query.cursor is not None else ()
+        hold, release = self.index.hold, self.index.release
+        common: dict[str, Any] = {
+            "limit": query.limit,
+            "pred": pred,
+            "keyfn": key_fn(sort),
+            "sort": sort,
+            "anchor": anchor,
+            "on_add": lambda agg_id: hold(agg_id, self),
+            "on_drop": lambda agg_id: release(agg_id, self),
+        }
+        self.state: Window | StreamSet
+        if query.mode == "streamed":
+            self.state = StreamSet(**common)
+        else:
+            self.state = Window(cushion=cushion, **common)
+
+    def on_change(self, ch: Change) -> None:
+        if self.loading:
+            self.pending.append(ch)
+            return
+        out: list[LiveDelta] = []
+        self.state.apply(ch.agg_id, ch.version, ch.row, ch.stream_id, ch.at, out)
+        if out:
+            self.emit(out)
+        if self.state.wants_refill():
+            self.engine._start_load(self, "refill")
+
+    def emit(self, out: list[LiveDelta]) -> None:
+        self.engine.stats.frames += len(out) * len(self.subs)
+        for sub in self.subs:
+            sub._push(out)
+
+
+class _Group:
+    """The views of one (tenant, entity) and their index."""
+
+    __slots__ = ("index", "views")
+
+    def __init__(self) -> None:
+        self.views: dict[str, _View] = {}
+        self.index: PredicateIndex[_View] = PredicateIndex()
+
+
+class Engine:
+    """Live queries over a row store and its feed, with shared views.
+
+    `cushion` rows are kept past each window so most leaves are answered
+    without a store read; `buffer` bounds each subscriber's queued frames (on
+    overflow it gets a `reset` and the current window). `entities`, when
+    given, are the only entities accepted, and queries are checked against
+    them. The engine starts on first use; close it with `aclose()`.
+    """
+
+    def __init__(
+        self,
+        snapshotter: Snapshotter,
+        refiller: Refiller,
+        feed: Feed,
+        *,
+        cushion: int = 8,
+        buffer: int = 1024,
+        entities: Iterable[EntitySpec] = (),
+    ) -> None:
+        if cushion < 0:
+            raise InvalidQuery("cushion", cushion, "must be 0 or more")
+        if buffer < 1:
+            raise InvalidQuery("buffer", buffer, "must be at least 1")
+        self.snapshotter = snapshotter
+        self.refiller = refiller
+        self.feed = feed
+        self.cushion = cushion
+        self.buffer = buffer
+        self.specs = {e.name: e for e in entities}
+        self.stats = EngineStats()
+        self._groups: dict[tuple[str, str], _Group] = {}
+        self._pos: dict[str, tuple[int, int]] = {}
+        self._loading: set[_View] = set()
+        self._parked: list[_View] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._subs: dict[str, Subscription] = {}
+        self._ids = itertools.count(1)
+        self._tick: asyncio.Future[None] | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- public ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start pumping the feed (idempotent)."""
+        if self._closed:
+            raise ClosedError("engine is closed")
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._run_pump(), name="livequery-pump")
+            self._pump.add_done_callback(lambda _: self._notify())
+
+    def check_query(self, query: LiveQuery) -> None:
+        """Raise `InvalidQuery` if `query` does not fit the declared entities."""
+        if not self.specs:
+            return
+        spec = self.specs.get(query.entity)
+        if spec is None:
+            raise InvalidQuery("entity", query.entity, "unknown entity")
+        spec.check_query(query)
+
+    async def subscribe(
+        self,
+        tenant: str,
+        query: LiveQuery,
+        *,
+        sub_id: str | None = None,
+        sink: Sink | None = None,
+    ) -> Subscription:
+        """Register a live query; returns once its snapshot is ready.
+
+        Raises `InvalidQuery` (nothing registered) for a query that does not
+        fit, and the store's error if the initial read fails.
+        """
+        await self.start()
+        self.check_query(query)
+        sid = sub_id if sub_id is not None else f"sub-{next(self._ids)}"
+        if sid in self._subs:
+            raise InvalidQuery("sub_id", sid, "already subscribed")
+        sub = Subscription(self, sid, tenant, query, self.buffer, sink)
+        self._subs[sid] = sub
+        try:
+            await self._attach(sub)
+        except BaseException:
+            self._subs.pop(sid, None)
+            raise
+        return sub
+
+    def subscriptions(self) -> list[Subscription]:
+        """Every open subscription."""
+        return list(self._subs.values())
+
+    def view_count(self) -> int:
+        """How many distinct views are live."""
+        return sum(len(g.views) for g in self._groups.values())
+
+    async def settle(self, timeout_s: float | None = 60.0) -> None:
+        """Return once every change published so far is dispatched and no read is in flight."""
+        await self.start()
+        head = {s: pos_key(p) for s, p in (await self.feed.head()).items()}
+        async with asyncio.timeout(timeout_s):
+            while True:
+                self._raise_if_pump_died()
+                caught_up = all(self._pos.get(s, _ZERO) >= p for s, p in head.items())
+                if caught_up and not self._loading:
+                    return
+                await self._wait_tick()
+
+    async def reconcile(self) -> int:
+        """Re-read every maintained view; reset subscribers of those that drifted.
+
+        Returns how many views were reset. A correct engine returns 0; this is
+        the safety net after a feed gap (e.g. a trimmed stream).
+        """
+        before = self.stats.resets["reconcile"]
+        for group in list(self._groups.values()):
+            for view in list(group.views.values()):
+                if isinstance(view.state, Window) and not view.loading and not view.dropped:
+                    self._start_load(view, "reconcile")
+        await self.settle()
+        return self.stats.resets["reconcile"] - before
+
+    async def aclose(self) -> None:
+        """Stop the pump and every read; end every subscription."""
+        self._closed = True
+        for sub in list(self._subs.values()):
+            self._close_sub(sub)
+        tasks = [t for t in (self._pump, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(t, 5)
+        self._tasks.clear()
+
+    # -- feed --------------------------------------------------------------------
+
+    async def _run_pump(self) -> None:
+        dispatch = self._dispatch
+        async for batch in self.feed.batches():
+            for ch in batch.changes:
+                try:
+                    dispatch(ch)
+                except Exception:
+                    self.stats.dispatch_errors += 1
+                    log.exception("dispatch of %s/%s %s failed", ch.tenant, ch.entity, ch.agg_id)
+            self.stats.changes += len(batch.changes)
+            pos = self._pos
+            for source, p in batch.positions.items():
+                k = pos_key(p)
+                if k > pos.get(source, _ZERO):
+                    pos[source] = k
+            if self._parked:
+                self._unpark()
+            self._notify()
+
+    def _dispatch(self, ch: Change) -> None:
+        group = self._groups.get((ch.tenant, ch.entity))
+        if group is None:
+            return
+        for view in group.index.candidates(ch.agg_id, ch.row):
+            view.on_change(ch)
+
+    def _raise_if_pump_died(self) -> None:
+        p = self._pump
+        if p is not None and p.done():
+            if p.cancelled():
+                raise ClosedError("engine is closed")
+            exc = p.exception()
+            raise ClosedError("the feed ended") from exc
+
+    def _notify(self) -> None:
+        t = self._tick
+        if t is not None:
+            self._tick = None
+            if not t.done():
+                t.set_result(None)
+
+    async def _wait_tick(self) -> None:
+        if self._tick is None:
+            self._tick = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._tick)
+
+    # -- views -------------------------------------------------------------------
+
+    async def _attach(self, sub: Subscription) -> None:
+        key = (sub.tenant, sub.query.entity)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group()
+        shape = sub.query.shape()
+        view = group.views.get(shape)
+        if view is None:
+            view = _View(self, sub.tenant, sub.query, self.cushion)
+            group.views[shape] = view
+            group.index.add(view, indexable_terms(sub.query.where))
+            self._start_load(view, "initial")
+        view.waiting += 1
+        try:
+            await view.ready.wait()
+        finally:
+            view.waiting -= 1
+        if view.failed is not None:
+            if not view.subs and not view.waiting:
+                self._drop_view(view)
+            raise view.failed
+        if sub.closed:
+            if not view.subs and not view.waiting:
+                self._drop_view(view)
+            raise ClosedError(f"subscription {sub.id} closed while subscribing")
+        view.subs.append(sub)
+        sub._view = view
+        sub.snapshot = view.state.visible()
+
+    def _detach(self, sub: Subscription) -> None:
+        view = sub._view
+        sub._view = None
+        if view is None:
+            return
+        view.subs.remove(sub)
+        if not view.subs and not view.waiting:
+            self._drop_view(view)
+
+    def _drop_view(self, view: _View) -> None:
+        if view.dropped:
+            return
+        view.dropped = True
+        key = (view.tenant, view.query.entity)
+        group = self._groups.get(key)
+        if group is not None and group.views.get(view.shape) is view:
+            del group.views[view.shape]
+            group.index.remove(view)
+            view.state.clear()
+            if not group.views:
+                del self._groups[key]
+        self._loading.discard(view)
+        if view in self._parked:
+            self._parked.remove(view)
+        self._notify()
+
+    async def _reanchor(self, sub: Subscription, cursor: Cursor | None, limit: int) -> list[Row]:
+        if sub.closed:
+            raise ClosedError(f"subscription {sub.id} is closed")
+        fields = sub.query.model_dump()
+        fields.update(cursor=cursor.model_dump() if cursor is not None else None, limit=limit)
+        query = LiveQuery.model_validate(fields)
+        self.check_query(query)
+        old = sub.query
+        self._detach(sub)
+        sub.query = query
+        try:
+            await self._attach(sub)
+        except BaseException:
+            sub.query = old
+            if not sub.closed:
+                await self._attach(sub)
+            raise
+        self.stats.resets["reanchor"] += 1
+        sub._send_reset()
+        return sub.snapshot
+
+    def _close_sub(self, sub: Subscription) -> None:
+        if sub.closed:
+            return
+        sub.closed = True
+        self._subs.pop(sub.id, None)
+        self._detach(sub)
+        sub._wake()
+
+    # -- store reads -------------------------------------------------------------
+
+    def _start_load(self, view: _View, kind: LoadKind) -> None:
+        view.loading = True
+        view.pending = []
+        self._loading.add(view)
+        task = asyncio.create_task(self._load(view, kind), name=f"livequery-{kind}")
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("live-query load task failed", exc_info=task.exception())
+
+    async def _load(self, view: _View, kind: LoadKind) -> None:
+        q, state = view.query, view.state
+        delay_s = 0.05
+        while not view.dropped:
+            try:
+                if kind == "refill":
+                    assert isinstance(state, Window)
+                    want = state.refill_size()
+                    snap = await self.refiller.refill(view.tenant, q, state.after(), want)
+                elif kind == "reconcile":
+                    assert isinstance(state, Window)
+                    want = len(state.keys) + 1
+                    snap = await self.snapshotter.snapshot(view.tenant, q, want)
+                else:
+                    want = q.limit + (self.cushion if isinstance(state, Window) else 0)
+                    snap = await self.snapshotter.snapshot(view.tenant, q, want)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.stats.load_errors += 1
+                if kind == "initial":
+                    self._fail(view, e)
+                    return
+                log.warning("%s read for %s failed (%r); retrying", kind, view.shape, e)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, _RETRY_MAX_S)
+        else:
+            return
+        if view.dropped:
+            return
+        self.stats.loads += 1
+        view.loaded = (snap, want, kind)
+        self._parked.append(view)
+        self._unpark()
+
+    def _fail(self, view: _View, e: BaseException) -> None:
+        view.failed = e
+        view.loading = False
+        self._loading.discard(view)
+        view.ready.set()
+        if not view.subs and not view.waiting:
+            self._drop_view(view)
+        self._notify()
+
+    def _unpark(self) -> None:
+        still: list[_View] = []
+        for view in self._parked:
+            assert view.loaded is not None
+            snap = view.loaded[0]
+            if self._pos.get(snap.source, _ZERO) >= pos_key(snap.watermark):
+                self._finish(view)
+            else:
+                still.append(view)
+        self._parked = still
+
+    def _finish(self, view: _View) -> None:
+        assert view.loaded is not None
+        snap, want, kind = view.loaded
+        view.loaded = None
+        state = view.state
+        mark = pos_key(snap.watermark)
+        pending, view.pending = view.pending, []
+        view.loading = False
+        self._loading.discard(view)
+        out: list[LiveDelta] = []
+        later: list[Change] = []
+        for ch in pending:
+            if pos_key(ch.stream_id) <= mark:
+                state.apply(ch.agg_id, ch.version, ch.row, ch.stream_id, ch.at, out)
+            else:
+                later.append(ch)
+        keyfn = state.keyfn
+        rows = [Entry(keyfn(r.vals, r.agg_id), r.agg_id, r.version, r.vals) for r in snap.rows]
+        complete = len(rows) < want
+        if kind == "reconcile":
+            assert isinstance(state, Window)
+            if _drifted(state, rows, complete):
+                self.stats.resets["reconcile"] += 1
+                log.warning("view %s drifted from the store; resetting it", view.shape)
+                state.clear()
+                state.merge(rows, complete, [])
+                out = []
+                for sub in view.subs:
+                    sub._send_reset()
+        else:
+            state.merge(rows, complete, out)
+        for ch in later:
+            state.apply(ch.agg_id, ch.version, ch.row, ch.stream_id, ch.at, out)
+        if kind == "initial":
+            view.ready.set()
+        elif out:
+            view.emit(out)
+        if state.wants_refill():
+            self._start_load(view, "refill")
+        self._notify()
+
+
+def _drifted(w: Window, truth: list[Entry], complete: bool) -> bool:
+    """Whether the window's known range disagrees with a fresh read of the store."""
+    mine = [(k, w.entries[k[-1]].version) for k in w.keys]
+    theirs = [(e.key, e.version) for e in truth]
+    h = w.horizon
+    if h is not None:
+        theirs = [t for t in theirs if t[0] <= h]
+    if not complete and len(theirs) == len(truth):
+        # The read ended inside the known range: only its span can be checked.
+        return mine[: len(theirs)] != theirs
+    return mine != theirs

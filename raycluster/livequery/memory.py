@@ -1,0 +1,219 @@
+"""`MemoryStore`: the embedded row store, and the fake for unit tests.
+
+It implements `Snapshotter`, `Refiller` and `Feed` in-process with the same
+guarantees the Redis store gives: versions increase by one per write (a
+delete keeps the row's version so a later re-insert continues from it), each
+write gets the next stream position, and a snapshot reflects exactly the
+writes up to its watermark. Per-column value indexes answer a query with a
+top-level `eq`/`in` without scanning every row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from raycluster.errors import ConflictError, InvalidQuery
+
+from .filter import compile_predicate, indexable_terms
+from .models import Change, Cursor, EntitySpec, LiveQuery, Row, Snapshot, trusted
+from .order import cursor_key, cursor_of, key_fn
+from .ports import FeedBatch
+
+__all__ = ("MemoryStore",)
+
+_BATCH = 1024  # changes per batch: the engine dispatches a batch without yielding
+_Table = dict[str, tuple[int, dict[str, Any]]]  # id → (version, row)
+
+
+class MemoryStore:
+    """An in-memory row store that publishes every write to its feed.
+
+    `entities` (optional) declares the schemas rows are checked against.
+    Readers of `batches()` each get every write after they started reading.
+    """
+
+    def __init__(self, entities: Iterable[EntitySpec] = (), *, source: str = "memory") -> None:
+        self.source = source
+        self.specs = {e.name: e for e in entities}
+        self._tables: defaultdict[tuple[str, str], _Table] = defaultdict(dict)
+        self._versions: dict[tuple[str, str, str], int] = {}
+        # (tenant, entity) → column → value → ids
+        self._index: defaultdict[tuple[str, str], dict[str, dict[Any, set[str]]]] = defaultdict(
+            dict
+        )
+        self._seq = 0
+        self._readers: list[tuple[deque[Change], asyncio.Event]] = []
+
+    # -- writes ----------------------------------------------------------------
+
+    def upsert(
+        self,
+        tenant: str,
+        entity: str,
+        agg_id: str,
+        row: dict[str, Any],
+        *,
+        expected_version: int | None = None,
+    ) -> int:
+        """Store `row` as the new state of `agg_id`; return its new version."""
+        spec = self.specs.get(entity)
+        if spec is not None:
+            spec.check_row(row)
+        row = dict(row)
+        return self._write(tenant, entity, agg_id, row, expected_version)
+
+    def delete(
+        self, tenant: str, entity: str, agg_id: str, *, expected_version: int | None = None
+    ) -> int:
+        """Delete `agg_id`; return the version the delete was written at.
+
+        Deleting a row that does not exist writes nothing and returns its
+        current version (0 if it never existed).
+        """
+        table = self._tables.get((tenant, entity))
+        if table is None or agg_id not in table:
+            return self._versions.get((tenant, entity, agg_id), 0)
+        return self._write(tenant, entity, agg_id, None, expected_version)
+
+    def _write(
+        self,
+        tenant: str,
+        entity: str,
+        agg_id: str,
+        row: dict[str, Any] | None,
+        expected: int | None,
+    ) -> int:
+        vkey = (tenant, entity, agg_id)
+        current = self._versions.get(vkey, 0)
+        if expected is not None and expected != current:
+            raise ConflictError(agg_id, expected, current)
+        version = current + 1
+        self._versions[vkey] = version
+        table = self._tables[(tenant, entity)]
+        old = table.get(agg_id)
+        index = self._index[(tenant, entity)]
+        if old is not None:
+            for col, v in old[1].items():
+                try:
+                    index[col][v].discard(agg_id)
+                except (KeyError, TypeError):
+                    pass
+        if row is None:
+            del table[agg_id]
+        else:
+            table[agg_id] = (version, row)
+            for col, v in row.items():
+                try:
+                    index.setdefault(col, {}).setdefault(v, set()).add(agg_id)
+                except TypeError:
+                    pass
+        self._seq += 1
+        change = trusted(
+            Change,
+            {
+                "tenant": tenant,
+                "entity": entity,
+                "agg_id": agg_id,
+                "version": version,
+                "op": "upsert" if row is not None else "delete",
+                "row": row,
+                "stream_id": f"0-{self._seq}",
+                "at": int(time.time() * 1000),
+                "source": self.source,
+            },
+        )
+        for queue, ready in self._readers:
+            queue.append(change)
+            ready.set()
+        return version
+
+    def get(self, tenant: str, entity: str, agg_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The (version, row) of `agg_id`, or None."""
+        return self._tables.get((tenant, entity), {}).get(agg_id)
+
+    def rows(self, tenant: str, entity: str) -> dict[str, tuple[int, dict[str, Any]]]:
+        """Every row of one (tenant, entity): id → (version, row). A copy."""
+        return dict(self._tables.get((tenant, entity), {}))
+
+    # -- Snapshotter / Refiller --------------------------------------------------
+
+    async def snapshot(self, tenant: str, query: LiveQuery, limit: int) -> Snapshot:
+        """The first `limit` matches strictly after `query.cursor`."""
+        return self.read(tenant, query, query.cursor, limit)
+
+    async def refill(
+        self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int
+    ) -> Snapshot:
+        """The first `limit` matches strictly after `after` (or `query.cursor`)."""
+        return self.read(tenant, query, after if after is not None else query.cursor, limit)
+
+    def read(self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int) -> Snapshot:
+        """Synchronous keyset read: matches strictly after `after`, in total order."""
+        spec = self.specs.get(query.entity)
+        if spec is not None:
+            spec.check_query(query)
+        if limit <= 0:
+            raise InvalidQuery("limit", limit, "must be greater than 0")
+        table = self._tables.get((tenant, query.entity), {})
+        pred = compile_predicate(query.where)
+        keyfn = key_fn(query.sort)
+        floor = cursor_key(after, query.sort) if after is not None else ()
+        ids: Iterable[str] = table.keys()
+        index = self._index.get((tenant, query.entity), {})
+        for col, values in indexable_terms(query.where):
+            buckets = index.get(col, {})
+            found: set[str] = set()
+            for v in values:
+                found |= buckets.get(v, set())
+            if not isinstance(ids, set) or len(found) < len(ids):
+                ids = found  # the most selective term; the predicate checks the rest
+        keyed = []
+        for agg_id in ids:
+            version, row = table[agg_id]
+            if pred(row):
+                k = keyfn(row, agg_id)
+                if k > floor:
+                    keyed.append((k, agg_id, version, row))
+        best = heapq.nsmallest(limit, keyed)
+        rows = [
+            trusted(
+                Row,
+                {
+                    "agg_id": agg_id,
+                    "version": version,
+                    "cursor": cursor_of(row, query.sort, agg_id),
+                    "vals": row,
+                },
+            )
+            for _, agg_id, version, row in best
+        ]
+        return Snapshot(rows=rows, watermark=f"0-{self._seq}", source=self.source)
+
+    # -- Feed --------------------------------------------------------------------
+
+    async def batches(self) -> AsyncIterator[FeedBatch]:
+        """Every write after this call, in order, as batches."""
+        queue: deque[Change] = deque()
+        ready = asyncio.Event()
+        reader = (queue, ready)
+        self._readers.append(reader)
+        try:
+            yield FeedBatch([], {self.source: f"0-{self._seq}"})
+            while True:
+                await ready.wait()
+                ready.clear()
+                while queue:
+                    n = min(len(queue), _BATCH)
+                    changes = [queue.popleft() for _ in range(n)]
+                    yield FeedBatch(changes, {self.source: changes[-1].stream_id})
+        finally:
+            self._readers.remove(reader)
+
+    async def head(self) -> dict[str, str]:
+        """The position of the newest write."""
+        return {self.source: f"0-{self._seq}"}

@@ -1,0 +1,363 @@
+"""The maintained window: an exact, bounded prefix of a query's total order.
+
+A `Window` knows *every* matching row whose key lies in `(anchor, horizon]`
+— its known range — and nothing beyond. The client sees the first `limit`
+of them; the rest are the cushion. Holding a key range rather than "the first
+K rows" is what keeps it exact under any interleaving: a change is applied by
+asking only whether the row's new key is inside the range, so rows can move
+in and out across the edge in any order without opening a hole. The range
+grows only by merging a keyset read of rows strictly after `horizon`, and
+shrinks only by trimming its tail (the new horizon is then the last kept key).
+`horizon is None` means the range is unbounded: the window holds every match.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .filter import Predicate
+from .models import Cursor, DeltaOp, LiveDelta, Row, SortKey, trusted
+from .order import KeyFn, cursor_of
+
+__all__ = ("Entry", "StreamSet", "Window", "delta", "row_of")
+
+Key = tuple[Any, ...]
+
+_ENTER, _LEAVE, _MOVE, _UPDATE = DeltaOp.ENTER, DeltaOp.LEAVE, DeltaOp.MOVE, DeltaOp.UPDATE
+
+
+class Entry:
+    """One known row: its key in the total order and its latest state."""
+
+    __slots__ = ("agg_id", "at", "key", "stream_id", "vals", "version")
+
+    def __init__(
+        self,
+        key: Key,
+        agg_id: str,
+        version: int,
+        vals: dict[str, Any],
+        stream_id: str | None = None,
+        at: int | None = None,
+    ) -> None:
+        self.key = key
+        self.agg_id = agg_id
+        self.version = version
+        self.vals = vals
+        self.stream_id = stream_id
+        self.at = at
+
+
+def delta(
+    op: DeltaOp,
+    e: Entry | None,
+    sort: list[SortKey],
+    old_index: int | None = None,
+    new_index: int | None = None,
+    *,
+    with_row: bool = True,
+    count: int | None = None,
+) -> LiveDelta:
+    """Build a frame for entry `e` (trusted fast construction)."""
+    if e is None:
+        fields: dict[str, Any] = {"agg_id": None, "version": 0, "row": None, "cursor": None}
+        fields.update(stream_id=None, at=None)
+    else:
+        fields = {
+            "agg_id": e.agg_id,
+            "version": e.version,
+            "row": e.vals if with_row else None,
+            "cursor": cursor_of(e.vals, sort, e.agg_id),
+            "stream_id": e.stream_id,
+            "at": e.at,
+        }
+    fields.update(op=op, old_index=old_index, new_index=new_index, count=count)
+    return trusted(LiveDelta, fields)
+
+
+def row_of(e: Entry, sort: list[SortKey]) -> Row:
+    """The public `Row` for an entry."""
+    return trusted(
+        Row,
+        {
+            "agg_id": e.agg_id,
+            "version": e.version,
+            "cursor": cursor_of(e.vals, sort, e.agg_id),
+            "vals": e.vals,
+        },
+    )
+
+
+def _noop(agg_id: str) -> None:
+    return None
+
+
+class Window:
+    """Visible rows `[0, limit)` plus a cushion `[limit, limit + cushion)`.
+
+    Invariant: `keys` is exactly the sorted keys of every row matching the
+    predicate with `anchor < key <= horizon` (no bound when `horizon is None`).
+    `apply` keeps it and returns the client frames that turn the old visible
+    list into the new one; `merge` extends the range with a keyset read.
+    `on_add`/`on_drop` are told when a row id enters or leaves the known range
+    (the engine's reverse index hangs off them).
+    """
+
+    __slots__ = (
+        "anchor",
+        "cushion",
+        "entries",
+        "horizon",
+        "keyfn",
+        "keys",
+        "limit",
+        "on_add",
+        "on_drop",
+        "pred",
+        "sort",
+    )
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        cushion: int,
+        pred: Predicate,
+        keyfn: KeyFn,
+        sort: list[SortKey],
+        anchor: Key = (),
+        on_add: Callable[[str], None] = _noop,
+        on_drop: Callable[[str], None] = _noop,
+    ) -> None:
+        self.limit = limit
+        self.cushion = cushion
+        self.pred = pred
+        self.keyfn = keyfn
+        self.sort = sort
+        self.anchor = anchor
+        self.horizon: Key | None = anchor
+        self.keys: list[Key] = []
+        self.entries: dict[str, Entry] = {}
+        self.on_add = on_add
+        self.on_drop = on_drop
+
+    # -- reading ---------------------------------------------------------------
+
+    def visible(self) -> list[Row]:
+        """The client's list: the first `limit` rows, as `Row`s."""
+        ents = self.entries
+        return [row_of(ents[k[-1]], self.sort) for k in self.keys[: self.limit]]
+
+    def visible_entries(self) -> list[Entry]:
+        """The first `limit` entries."""
+        ents = self.entries
+        return [ents[k[-1]] for k in self.keys[: self.limit]]
+
+    def seen(self, agg_id: str, version: int) -> bool:
+        """Whether this window already holds `agg_id` at `version` or later."""
+        e = self.entries.get(agg_id)
+        return e is not None and e.version >= version
+
+    @property
+    def complete(self) -> bool:
+        """True when the window holds every matching row after the anchor."""
+        return self.horizon is None
+
+    def wants_refill(self) -> bool:
+        """True when the cushion fell below half and more rows may exist."""
+        return self.horizon is not None and len(self.keys) < self.limit + (self.cushion + 1) // 2
+
+    def refill_size(self) -> int:
+        """How many rows a refill should ask for to fill visible + cushion."""
+        return max(1, self.limit + self.cushion - len(self.keys))
+
+    def after(self) -> Cursor | None:
+        """The keyset position a refill reads strictly after (None: from the start)."""
+        if self.keys:
+            e = self.entries[self.keys[-1][-1]]
+            return cursor_of(e.vals, self.sort, e.agg_id)
+        return None
+
+    # -- changing --------------------------------------------------------------
+
+    def apply(
+        self,
+        agg_id: str,
+        version: int,
+        row: dict[str, Any] | None,
+        stream_id: str,
+        at: int,
+        out: list[LiveDelta],
+    ) -> None:
+        """Apply one write (`row is None` for a delete); append client frames to `out`."""
+        entries = self.entries
+        old = entries.get(agg_id)
+        if old is not None and version <= old.version:
+            return
+        newkey: Key | None = None
+        if row is not None and self.pred(row):
+            k = self.keyfn(row, agg_id)
+            h = self.horizon
+            if k > self.anchor and (h is None or k <= h):
+                newkey = k
+        if old is None and newkey is None:
+            return
+        keys = self.keys
+        n = self.limit
+        i = j = n  # "not visible"
+        if old is not None:
+            i = bisect_left(keys, old.key)
+            del keys[i]
+            if newkey is None:
+                del entries[agg_id]
+                self.on_drop(agg_id)
+        if newkey is not None:
+            j = bisect_left(keys, newkey)
+            keys.insert(j, newkey)
+            e = Entry(newkey, agg_id, version, row or {}, stream_id, at)
+            entries[agg_id] = e
+            if old is None:
+                self.on_add(agg_id)
+        sort = self.sort
+        if i < n:
+            if j < n:
+                op = _UPDATE if i == j else _MOVE
+                out.append(delta(op, e, sort, i, j))
+            else:
+                out.append(delta(_LEAVE, old, sort, i, with_row=False))
+                if len(keys) >= n:
+                    out.append(delta(_ENTER, entries[keys[n - 1][-1]], sort, None, n - 1))
+        elif j < n:
+            if len(keys) > n:
+                gone = entries[keys[n][-1]]
+                out.append(delta(_LEAVE, gone, sort, n - 1, with_row=False))
+            out.append(delta(_ENTER, e, sort, None, j))
+        if len(keys) > n + self.cushion:
+            self._trim()
+
+    def _trim(self) -> None:
+        keys, entries = self.keys, self.entries
+        keep = self.limit + self.cushion
+        for k in keys[keep:]:
+            del entries[k[-1]]
+            self.on_drop(k[-1])
+        del keys[keep:]
+        self.horizon = keys[-1] if keys else self.anchor
+
+    def merge(self, rows: Iterable[Entry], complete: bool, out: list[LiveDelta]) -> None:
+        """Extend the known range with a keyset read of the rows after `horizon`.
+
+        `rows` are in order, all after the current horizon, and reflect the
+        same moment as the window (the engine guarantees it); `complete` says
+        the read returned every remaining match.
+        """
+        keys, entries, n = self.keys, self.entries, self.limit
+        for e in rows:
+            if self.horizon is not None and e.key <= self.horizon:
+                continue  # the read raced a trim; the range already decides these
+            if e.agg_id in entries:
+                continue
+            keys.append(e.key)
+            entries[e.agg_id] = e
+            self.on_add(e.agg_id)
+            if len(keys) <= n:
+                out.append(delta(_ENTER, e, self.sort, None, len(keys) - 1))
+            self.horizon = e.key
+        if complete:
+            self.horizon = None
+        if len(keys) > n + self.cushion:
+            self._trim()
+
+    def clear(self) -> None:
+        """Forget everything (the range becomes empty at the anchor)."""
+        for agg_id in list(self.entries):
+            self.on_drop(agg_id)
+        self.keys.clear()
+        self.entries.clear()
+        self.horizon = self.anchor
+
+
+class StreamSet:
+    """Streamed mode: the rows known to match, each at its latest state.
+
+    It starts as the snapshot's rows and grows with every row that matches
+    after it; a member that stops matching (or is deleted) is dropped with an
+    `unmatch`. So the client always holds a subset of the matching rows, each
+    current, and sees every change to a matching row. Order is the client's.
+    """
+
+    __slots__ = ("anchor", "entries", "keyfn", "limit", "on_add", "on_drop", "pred", "sort")
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        pred: Predicate,
+        keyfn: KeyFn,
+        sort: list[SortKey],
+        anchor: Key = (),
+        on_add: Callable[[str], None] = _noop,
+        on_drop: Callable[[str], None] = _noop,
+    ) -> None:
+        self.limit = limit
+        self.pred = pred
+        self.keyfn = keyfn
+        self.sort = sort
+        self.anchor = anchor
+        self.entries: dict[str, Entry] = {}
+        self.on_add = on_add
+        self.on_drop = on_drop
+
+    def visible_entries(self) -> list[Entry]:
+        """Every member, in the query's order."""
+        return sorted(self.entries.values(), key=lambda e: e.key)
+
+    def visible(self) -> list[Row]:
+        """Every member as `Row`s, in the query's order."""
+        return [row_of(e, self.sort) for e in self.visible_entries()]
+
+    def wants_refill(self) -> bool:
+        """Never: a streamed set has no window to keep full."""
+        return False
+
+    def apply(
+        self,
+        agg_id: str,
+        version: int,
+        row: dict[str, Any] | None,
+        stream_id: str,
+        at: int,
+        out: list[LiveDelta],
+    ) -> None:
+        """Apply one write; append `match`/`unmatch`/`update` frames to `out`."""
+        old = self.entries.get(agg_id)
+        if old is not None and version <= old.version:
+            return
+        if row is not None and self.pred(row):
+            k = self.keyfn(row, agg_id)
+            if k > self.anchor:
+                e = Entry(k, agg_id, version, row, stream_id, at)
+                self.entries[agg_id] = e
+                if old is None:
+                    self.on_add(agg_id)
+                out.append(delta(DeltaOp.MATCH if old is None else _UPDATE, e, self.sort))
+                return
+        if old is not None:
+            del self.entries[agg_id]
+            self.on_drop(agg_id)
+            out.append(delta(DeltaOp.UNMATCH, old, self.sort, with_row=False))
+
+    def merge(self, rows: Iterable[Entry], complete: bool, out: list[LiveDelta]) -> None:
+        """Add snapshot rows as members (no frames: they are the snapshot)."""
+        for e in rows:
+            if e.agg_id not in self.entries:
+                self.entries[e.agg_id] = e
+                self.on_add(e.agg_id)
+
+    def clear(self) -> None:
+        """Forget every member."""
+        for agg_id in list(self.entries):
+            self.on_drop(agg_id)
+        self.entries.clear()
