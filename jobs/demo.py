@@ -100,14 +100,14 @@ async def main(changes: int, seed: int) -> int:
         for name, q in queries.items():
             pred = compile_predicate(q.where)
             rows = store.rows("acme", "asset")
-            truth = sorted(
-                (sort_key_of(r, q.sort, i), i) for i, (_, r) in rows.items() if pred(r)
-            )
+            truth = sorted((sort_key_of(r, q.sort, i), i) for i, (_, r) in rows.items() if pred(r))
             want = [i for _, i in truth[: q.limit]]
             ok = want == lists[name]
             bad += not ok
             print(f"{name:>18}: final {lists[name]} {'== truth' if ok else f'!= truth {want}'}")
-        print(f"{changes} changes in {elapsed:.2f}s; {engine.stats.frames} frames; exact: {not bad}")
+        print(
+            f"{changes} changes in {elapsed:.2f}s; {engine.stats.frames} frames; exact: {not bad}"
+        )
         return 1 if bad else 0
 
 

@@ -3,6 +3,7 @@
 Depends on pydantic only; no Redis, no Ray.
 """
 
+from ._gc import tune_gc
 from .engine import Engine, EngineStats, Subscription
 from .filter import Predicate, compile_predicate, indexable_terms
 from .index import PredicateIndex
@@ -37,7 +38,7 @@ from .models import (
 )
 from .order import compare_cursors, cursor_key, cursor_of, sort_key_of
 from .ports import Feed, FeedBatch, Refiller, Snapshotter, pos_key
-from .window import Entry, StreamSet, Window
+from .window import Entry, Frame, StreamSet, Window
 
 __all__ = (
     "Change",
@@ -51,6 +52,7 @@ __all__ = (
     "Entry",
     "Feed",
     "FeedBatch",
+    "Frame",
     "LiveDelta",
     "LiveQuery",
     "MemoryStore",
@@ -86,4 +88,5 @@ __all__ = (
     "or_",
     "pos_key",
     "sort_key_of",
+    "tune_gc",
 )

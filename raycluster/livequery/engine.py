@@ -33,14 +33,14 @@ from .index import PredicateIndex
 from .models import Change, Cursor, DeltaOp, EntitySpec, LiveDelta, LiveQuery, Row, Snapshot
 from .order import cursor_key, key_fn
 from .ports import Feed, Refiller, Snapshotter, pos_key
-from .window import Entry, StreamSet, Window, delta
+from .window import Entry, Frame, StreamSet, Window
 
 __all__ = ("Engine", "EngineStats", "Subscription")
 
 log = logging.getLogger(__name__)
 
 LoadKind = Literal["initial", "refill", "reconcile"]
-Sink = Callable[["Subscription", list[LiveDelta]], None]
+Sink = Callable[["Subscription", list[Frame]], None]
 _ZERO = (0, 0)
 _RETRY_MAX_S = 2.0  # ceiling of the backoff between failed refills
 
@@ -86,7 +86,8 @@ class Subscription:
         self.overflows = 0
         self.sink = sink
         self._engine = engine
-        self._buf: deque[LiveDelta] = deque()
+        self._buf: deque[Frame] = deque()
+        self._sort = list(query.sort)
         self._cap = buffer
         self._waiter: asyncio.Future[None] | None = None
         self._view: _View | None = None
@@ -106,11 +107,12 @@ class Subscription:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._buf.popleft()
+        return self._buf.popleft().delta(self._sort)
 
     def drain(self) -> list[LiveDelta]:
         """Every frame queued now, without waiting."""
-        out = list(self._buf)
+        sort = self._sort
+        out = [f.delta(sort) for f in self._buf]
         self._buf.clear()
         return out
 
@@ -124,7 +126,7 @@ class Subscription:
 
     # -- engine side -------------------------------------------------------------
 
-    def _push(self, frames: list[LiveDelta]) -> None:
+    def _push(self, frames: list[Frame]) -> None:
         if self.sink is not None:
             self.sink(self, frames)
             return
@@ -139,12 +141,11 @@ class Subscription:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def _reset_frames(self) -> list[LiveDelta]:
+    def _reset_frames(self) -> list[Frame]:
         view = self._view
         ents = view.state.visible_entries() if view is not None else []
-        sort = list(self.query.sort)
-        frames = [delta(DeltaOp.RESET, None, sort, count=len(ents))]
-        frames += [delta(DeltaOp.ENTER, e, sort, None, i) for i, e in enumerate(ents)]
+        frames = [Frame(DeltaOp.RESET, None, count=len(ents))]
+        frames += [Frame(DeltaOp.ENTER, e, None, i) for i, e in enumerate(ents)]
         return frames
 
     def _send_reset(self) -> None:
@@ -203,16 +204,18 @@ class _View:
         if self.loading:
             self.pending.append(ch)
             return
-        out: list[LiveDelta] = []
-        self.state.apply(ch.agg_id, ch.version, ch.row, ch.stream_id, ch.at, out)
+        out: list[Frame] = []
+        state = self.state
+        state.apply(ch.agg_id, ch.version, ch.row, ch.stream_id, ch.at, out)
         if out:
             self.emit(out)
-        if self.state.wants_refill():
+        if state.wants_refill():
             self.engine._start_load(self, "refill")
 
-    def emit(self, out: list[LiveDelta]) -> None:
-        self.engine.stats.frames += len(out) * len(self.subs)
-        for sub in self.subs:
+    def emit(self, out: list[Frame]) -> None:
+        subs = self.subs
+        self.engine.stats.frames += len(out) * len(subs)
+        for sub in subs:
             sub._push(out)
 
 
@@ -391,10 +394,9 @@ class Engine:
 
     def _dispatch(self, ch: Change) -> None:
         group = self._groups.get((ch.tenant, ch.entity))
-        if group is None:
-            return
-        for view in group.index.candidates(ch.agg_id, ch.row):
-            view.on_change(ch)
+        if group is not None:
+            for view in group.index.candidates(ch.agg_id, ch.row):
+                view.on_change(ch)
 
     def _raise_if_pump_died(self) -> None:
         p = self._pump
@@ -582,7 +584,7 @@ class Engine:
         pending, view.pending = view.pending, []
         view.loading = False
         self._loading.discard(view)
-        out: list[LiveDelta] = []
+        out: list[Frame] = []
         later: list[Change] = []
         for ch in pending:
             if pos_key(ch.stream_id) <= mark:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from types import CodeType
 from typing import Any
 
 from .models import Cond
@@ -44,8 +45,17 @@ def like_matcher(pattern: str, *, ignore_case: bool) -> Callable[[str], bool]:
     # Common shapes ('abc', 'abc%', '%abc', '%abc%') avoid the regex engine.
     body = pattern.strip("%")
     simple = "_" not in pattern and "\\" not in pattern and "%" not in body
-    if simple and not ignore_case:
+    if simple:
         starts, ends = pattern.startswith("%"), pattern.endswith("%") and len(pattern) > 1
+        if ignore_case:
+            folded = body.casefold()
+            if starts and ends:
+                return lambda s: folded in s.casefold()
+            if ends:
+                return lambda s: s.casefold().startswith(folded)
+            if starts:
+                return lambda s: s.casefold().endswith(folded)
+            return lambda s: s.casefold() == folded
         if literal:
             return body.__eq__
         if starts and ends:
@@ -57,6 +67,9 @@ def like_matcher(pattern: str, *, ignore_case: bool) -> Callable[[str], bool]:
     flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
     match = re.compile("".join(parts), flags).fullmatch
     return lambda s: match(s) is not None
+
+
+# Every atom compiles to a bool, so the and/or chain is a bool without a bool() call.
 
 
 class _Gen:
@@ -99,29 +112,44 @@ class _Gen:
 
 
 def compile_predicate(where: Sequence[Cond]) -> Predicate:
-    """Compile an AND of conditions into `pred(row) -> bool`.
+    """Compile an AND of conditions into `pred(row) -> bool` (cached by shape).
 
     SQL semantics: a null (or missing) value satisfies only `is_null`;
     `ne`/`not_in`/comparisons are false on null. A value of the wrong type
     for its comparison makes the row not match rather than raising.
     """
     if not where:
-        return lambda row: True
+        return _true
     gen = _Gen()
     body = " and ".join(gen.expr(c) for c in where)
     src = (
         "def _pred(r):\n"
         "    g = r.get\n"
         "    try:\n"
-        f"        return bool({body})\n"
+        f"        return {body}\n"
         "    except TypeError:\n"
         "        return False\n"
     )
-    scope: dict[str, Any] = {"__builtins__": {"bool": bool, "TypeError": TypeError}}
+    # The source names constants but holds no values, so subscriptions that
+    # differ only in values (eq("owner", "u1") vs "u2") share one code object.
+    code = _CODE.get(src)
+    if code is None:
+        if len(_CODE) >= _CODE_MAX:
+            _CODE.pop(next(iter(_CODE)))
+        code = _CODE[src] = compile(src, "<live-query filter>", "exec")
+    scope: dict[str, Any] = {"__builtins__": {"TypeError": TypeError}}
     scope.update(gen.consts)
-    exec(compile(src, "<live-query filter>", "exec"), scope)
+    exec(code, scope)
     pred: Predicate = scope["_pred"]
     return pred
+
+
+def _true(row: dict[str, Any]) -> bool:
+    return True
+
+
+_CODE: dict[str, CodeType] = {}
+_CODE_MAX = 4096
 
 
 def indexable_terms(where: Sequence[Cond]) -> list[tuple[str, frozenset[Any]]]:

@@ -34,6 +34,7 @@ class PredicateIndex(Generic[V]):
         self._need: dict[V, int] = {}  # view → how many indexed columns must hit
         self._terms: dict[V, list[tuple[str, frozenset[Any]]]] = {}
         self.residual: set[V] = set()
+        self._multi = 0  # views filed under more than one column
         self.holders: defaultdict[str, set[V]] = defaultdict(set)
 
     def __len__(self) -> int:
@@ -46,6 +47,7 @@ class PredicateIndex(Generic[V]):
             return
         self._terms[view] = terms
         self._need[view] = len(terms)
+        self._multi += len(terms) > 1
         for col, values in terms:
             buckets = self._by_col.setdefault(col, {})
             for v in values:
@@ -63,39 +65,39 @@ class PredicateIndex(Generic[V]):
                     del buckets[v]
             if not buckets:
                 del self._by_col[col]
-        self._need.pop(view, None)
+        self._multi -= self._need.pop(view, 0) > 1
 
-    def candidates(self, agg_id: str, row: dict[str, Any] | None) -> set[V]:
-        """Views a write of `row` (None: a delete) to `agg_id` may change."""
+    def candidates(self, agg_id: str, row: dict[str, Any] | None) -> list[V]:
+        """Views a write of `row` (None: a delete) to `agg_id` may change (no repeats)."""
         held = self.holders.get(agg_id)
-        out: set[V] = set(held) if held else set()
         if row is None:
-            return out
+            return list(held) if held else []
+        found: set[V] = set(held) if held else set()
         if self.residual:
-            out |= self.residual
-        by_col = self._by_col
-        if not by_col:
-            return out
-        hits: dict[V, int] | None = None
+            found |= self.residual
         need = self._need
-        for col, buckets in by_col.items():
+        hits: dict[V, int] | None = None
+        for col, buckets in self._by_col.items():
             try:
                 bucket = buckets.get(row.get(col))
             except TypeError:  # an unhashable value equals no indexed value
                 continue
             if not bucket:
                 continue
-            for view in bucket:
-                if need[view] == 1:
-                    out.add(view)
-                else:
-                    if hits is None:
-                        hits = {}
-                    c = hits.get(view, 0) + 1
-                    hits[view] = c
-                    if c == need[view]:
-                        out.add(view)
-        return out
+            if self._multi:
+                for view in bucket:
+                    n = need[view]
+                    if n == 1:
+                        found.add(view)
+                    else:
+                        if hits is None:
+                            hits = {}
+                        c = hits[view] = hits.get(view, 0) + 1
+                        if c == n:
+                            found.add(view)
+            else:
+                found |= bucket
+        return list(found)
 
     def hold(self, agg_id: str, view: V) -> None:
         """Record that `view`'s known range holds row `agg_id`."""

@@ -30,6 +30,34 @@ _BATCH = 1024  # changes per batch: the engine dispatches a batch without yieldi
 _Table = dict[str, tuple[int, dict[str, Any]]]  # id → (version, row)
 
 
+def _index_row(index: dict[str, dict[Any, set[str]]], agg_id: str, row: dict[str, Any]) -> None:
+    for col, buckets in index.items():
+        v = row.get(col)
+        try:
+            ids = buckets.get(v)
+            if ids is None:
+                ids = buckets[v] = set()
+        except TypeError:  # unhashable values are not indexed; the filter checks them
+            continue
+        ids.add(agg_id)
+
+
+def _unindex(
+    index: dict[str, dict[Any, set[str]]], agg_id: str, row: dict[str, Any] | None
+) -> None:
+    if row is None:
+        return
+    for col, buckets in index.items():
+        try:
+            ids = buckets.get(row.get(col))
+        except TypeError:
+            continue
+        if ids is not None:
+            ids.discard(agg_id)
+            if not ids:
+                del buckets[row.get(col)]
+
+
 class MemoryStore:
     """An in-memory row store that publishes every write to its feed.
 
@@ -96,22 +124,15 @@ class MemoryStore:
         self._versions[vkey] = version
         table = self._tables[(tenant, entity)]
         old = table.get(agg_id)
-        index = self._index[(tenant, entity)]
-        if old is not None:
-            for col, v in old[1].items():
-                try:
-                    index[col][v].discard(agg_id)
-                except (KeyError, TypeError):
-                    pass
+        index = self._index.get((tenant, entity))
+        if index:
+            _unindex(index, agg_id, old[1] if old is not None else None)
         if row is None:
             del table[agg_id]
         else:
             table[agg_id] = (version, row)
-            for col, v in row.items():
-                try:
-                    index.setdefault(col, {}).setdefault(v, set()).add(agg_id)
-                except TypeError:
-                    pass
+            if index:
+                _index_row(index, agg_id, row)
         self._seq += 1
         change = trusted(
             Change,
@@ -164,9 +185,8 @@ class MemoryStore:
         keyfn = key_fn(query.sort)
         floor = cursor_key(after, query.sort) if after is not None else ()
         ids: Iterable[str] = table.keys()
-        index = self._index.get((tenant, query.entity), {})
         for col, values in indexable_terms(query.where):
-            buckets = index.get(col, {})
+            buckets = self._column_index(tenant, query.entity, col)
             found: set[str] = set()
             for v in values:
                 found |= buckets.get(v, set())
@@ -193,6 +213,16 @@ class MemoryStore:
             for _, agg_id, version, row in best
         ]
         return Snapshot(rows=rows, watermark=f"0-{self._seq}", source=self.source)
+
+    def _column_index(self, tenant: str, entity: str, col: str) -> dict[Any, set[str]]:
+        # Built on first use, so writes only maintain columns someone filters on.
+        index = self._index[(tenant, entity)]
+        buckets = index.get(col)
+        if buckets is None:
+            buckets = index[col] = {}
+            for agg_id, (_, row) in self._tables.get((tenant, entity), {}).items():
+                _index_row({col: buckets}, agg_id, row)
+        return buckets
 
     # -- Feed --------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .models import Cursor, Scalar, SortKey
+from .models import Cursor, Scalar, SortKey, trusted
 
 __all__ = ("KeyFn", "compare_cursors", "cursor_key", "cursor_of", "key_fn", "sort_key_of")
 
@@ -78,7 +78,7 @@ def cursor_key(cursor: Cursor, sort: Sequence[SortKey]) -> tuple[Any, ...]:
 
 def cursor_of(row: dict[str, Any], sort: Sequence[SortKey], agg_id: str) -> Cursor:
     """The cursor that names `row`'s position."""
-    return Cursor.model_construct(values=[*(row.get(k.column) for k in sort), agg_id])
+    return trusted(Cursor, {"values": [*(row.get(k.column) for k in sort), agg_id]})
 
 
 def compare_cursors(a: Cursor, b: Cursor, sort: Sequence[SortKey]) -> int:

@@ -21,11 +21,12 @@ from .filter import Predicate
 from .models import Cursor, DeltaOp, LiveDelta, Row, SortKey, trusted
 from .order import KeyFn, cursor_of
 
-__all__ = ("Entry", "StreamSet", "Window", "delta", "row_of")
+__all__ = ("Entry", "Frame", "StreamSet", "Window", "row_of")
 
 Key = tuple[Any, ...]
 
 _ENTER, _LEAVE, _MOVE, _UPDATE = DeltaOp.ENTER, DeltaOp.LEAVE, DeltaOp.MOVE, DeltaOp.UPDATE
+_ROWLESS = frozenset({DeltaOp.LEAVE, DeltaOp.UNMATCH, DeltaOp.RESET})
 
 
 class Entry:
@@ -50,31 +51,74 @@ class Entry:
         self.at = at
 
 
-def delta(
-    op: DeltaOp,
-    e: Entry | None,
-    sort: list[SortKey],
-    old_index: int | None = None,
-    new_index: int | None = None,
-    *,
-    with_row: bool = True,
-    count: int | None = None,
-) -> LiveDelta:
-    """Build a frame for entry `e` (trusted fast construction)."""
-    if e is None:
-        fields: dict[str, Any] = {"agg_id": None, "version": 0, "row": None, "cursor": None}
-        fields.update(stream_id=None, at=None)
-    else:
-        fields = {
+class Frame:
+    """A client frame as the engine produces it: cheap to make, converted on demand.
+
+    The hot path only records (op, entry, indexes); the pydantic `LiveDelta`
+    (or a plain wire dict) is built when a consumer asks, once per frame even
+    when a shared view hands the same frame to many subscribers.
+    """
+
+    __slots__ = ("_delta", "count", "entry", "new_index", "old_index", "op")
+
+    def __init__(
+        self,
+        op: DeltaOp,
+        entry: Entry | None,
+        old_index: int | None = None,
+        new_index: int | None = None,
+        count: int | None = None,
+    ) -> None:
+        self.op = op
+        self.entry = entry
+        self.old_index = old_index
+        self.new_index = new_index
+        self.count = count
+        self._delta: LiveDelta | None = None
+
+    def __repr__(self) -> str:
+        agg_id = self.entry.agg_id if self.entry else None
+        return f"Frame({self.op.value}, {agg_id}, {self.old_index}, {self.new_index})"
+
+    def wire(self, sort: list[SortKey]) -> dict[str, Any]:
+        """The frame as a JSON-ready dict (the `LiveDelta` fields)."""
+        e = self.entry
+        if e is None:
+            return {
+                "op": self.op.value,
+                "agg_id": None,
+                "version": 0,
+                "row": None,
+                "old_index": self.old_index,
+                "new_index": self.new_index,
+                "cursor": None,
+                "stream_id": None,
+                "at": None,
+                "count": self.count,
+            }
+        return {
+            "op": self.op.value,
             "agg_id": e.agg_id,
             "version": e.version,
-            "row": e.vals if with_row else None,
-            "cursor": cursor_of(e.vals, sort, e.agg_id),
+            "row": None if self.op in _ROWLESS else e.vals,
+            "old_index": self.old_index,
+            "new_index": self.new_index,
+            "cursor": {"values": [*(e.vals.get(k.column) for k in sort), e.agg_id]},
             "stream_id": e.stream_id,
             "at": e.at,
+            "count": self.count,
         }
-    fields.update(op=op, old_index=old_index, new_index=new_index, count=count)
-    return trusted(LiveDelta, fields)
+
+    def delta(self, sort: list[SortKey]) -> LiveDelta:
+        """The frame as a `LiveDelta` (built once, then cached)."""
+        d = self._delta
+        if d is None:
+            fields = self.wire(sort)
+            fields["op"] = self.op
+            c = fields["cursor"]
+            fields["cursor"] = None if c is None else trusted(Cursor, c)
+            d = self._delta = trusted(LiveDelta, fields)
+        return d
 
 
 def row_of(e: Entry, sort: list[SortKey]) -> Row:
@@ -84,7 +128,9 @@ def row_of(e: Entry, sort: list[SortKey]) -> Row:
         {
             "agg_id": e.agg_id,
             "version": e.version,
-            "cursor": cursor_of(e.vals, sort, e.agg_id),
+            "cursor": trusted(
+                Cursor, {"values": [*(e.vals.get(k.column) for k in sort), e.agg_id]}
+            ),
             "vals": e.vals,
         },
     )
@@ -189,7 +235,7 @@ class Window:
         row: dict[str, Any] | None,
         stream_id: str,
         at: int,
-        out: list[LiveDelta],
+        out: list[Frame],
     ) -> None:
         """Apply one write (`row is None` for a delete); append client frames to `out`."""
         entries = self.entries
@@ -220,20 +266,19 @@ class Window:
             entries[agg_id] = e
             if old is None:
                 self.on_add(agg_id)
-        sort = self.sort
         if i < n:
             if j < n:
                 op = _UPDATE if i == j else _MOVE
-                out.append(delta(op, e, sort, i, j))
+                out.append(Frame(op, e, i, j))
             else:
-                out.append(delta(_LEAVE, old, sort, i, with_row=False))
+                out.append(Frame(_LEAVE, old, i))
                 if len(keys) >= n:
-                    out.append(delta(_ENTER, entries[keys[n - 1][-1]], sort, None, n - 1))
+                    out.append(Frame(_ENTER, entries[keys[n - 1][-1]], None, n - 1))
         elif j < n:
             if len(keys) > n:
                 gone = entries[keys[n][-1]]
-                out.append(delta(_LEAVE, gone, sort, n - 1, with_row=False))
-            out.append(delta(_ENTER, e, sort, None, j))
+                out.append(Frame(_LEAVE, gone, n - 1))
+            out.append(Frame(_ENTER, e, None, j))
         if len(keys) > n + self.cushion:
             self._trim()
 
@@ -246,7 +291,7 @@ class Window:
         del keys[keep:]
         self.horizon = keys[-1] if keys else self.anchor
 
-    def merge(self, rows: Iterable[Entry], complete: bool, out: list[LiveDelta]) -> None:
+    def merge(self, rows: Iterable[Entry], complete: bool, out: list[Frame]) -> None:
         """Extend the known range with a keyset read of the rows after `horizon`.
 
         `rows` are in order, all after the current horizon, and reflect the
@@ -263,7 +308,7 @@ class Window:
             entries[e.agg_id] = e
             self.on_add(e.agg_id)
             if len(keys) <= n:
-                out.append(delta(_ENTER, e, self.sort, None, len(keys) - 1))
+                out.append(Frame(_ENTER, e, None, len(keys) - 1))
             self.horizon = e.key
         if complete:
             self.horizon = None
@@ -329,7 +374,7 @@ class StreamSet:
         row: dict[str, Any] | None,
         stream_id: str,
         at: int,
-        out: list[LiveDelta],
+        out: list[Frame],
     ) -> None:
         """Apply one write; append `match`/`unmatch`/`update` frames to `out`."""
         old = self.entries.get(agg_id)
@@ -342,14 +387,14 @@ class StreamSet:
                 self.entries[agg_id] = e
                 if old is None:
                     self.on_add(agg_id)
-                out.append(delta(DeltaOp.MATCH if old is None else _UPDATE, e, self.sort))
+                out.append(Frame(DeltaOp.MATCH if old is None else _UPDATE, e))
                 return
         if old is not None:
             del self.entries[agg_id]
             self.on_drop(agg_id)
-            out.append(delta(DeltaOp.UNMATCH, old, self.sort, with_row=False))
+            out.append(Frame(DeltaOp.UNMATCH, old))
 
-    def merge(self, rows: Iterable[Entry], complete: bool, out: list[LiveDelta]) -> None:
+    def merge(self, rows: Iterable[Entry], complete: bool, out: list[Frame]) -> None:
         """Add snapshot rows as members (no frames: they are the snapshot)."""
         for e in rows:
             if e.agg_id not in self.entries:

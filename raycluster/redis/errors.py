@@ -1,0 +1,38 @@
+"""Errors of the Redis layer, and the translation of redis-py's at the boundary.
+
+(They belong beside the package's other errors in `raycluster/errors.py`;
+they live here until that module takes them.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis.exceptions as rx
+
+from raycluster.errors import RayclusterError
+
+__all__ = ("RedisCommandError", "RedisUnavailable", "translate_errors")
+
+
+class RedisUnavailable(RayclusterError, ConnectionError):
+    """Raised when Redis cannot be reached, or a reply did not arrive in time.
+
+    For a write the outcome is unknown: it may or may not have been applied.
+    """
+
+
+class RedisCommandError(RayclusterError):
+    """Raised when Redis rejected a command (out of memory, wrong key type, script error)."""
+
+
+@contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Re-raise redis-py errors met while doing `what` as raycluster errors (chained)."""
+    try:
+        yield
+    except (rx.ConnectionError, rx.TimeoutError, OSError) as e:
+        raise RedisUnavailable(f"{what}: Redis unavailable ({e})") from e
+    except rx.RedisError as e:
+        raise RedisCommandError(f"{what}: {e}") from e

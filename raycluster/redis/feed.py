@@ -1,0 +1,346 @@
+"""`RedisFeed`: the engine's `Feed` over the partition event streams.
+
+One blocking XREAD tails every partition stream this feed is given; each
+entry is decoded once into a `Change`. Positions are kept per stream and
+reported after every read (an empty one too), so the engine learns that a
+quiet stream has nothing more. A lost connection is retried with backoff and
+the read resumes from the last ids: XREAD is not destructive, so nothing is
+lost or delivered twice. The writer numbers each partition's events (`n`); a
+jump in that number means the stream was trimmed past this feed's position
+(a gap) — counted and logged, and the engine's `reconcile()` repairs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from raycluster.errors import ClosedError
+from raycluster.livequery.models import Change, trusted
+from raycluster.livequery.ports import FeedBatch
+
+from ._client import RETRYABLE, Backoff, make_client, resolve_url
+from .errors import translate_errors
+from .settings import RedisSettings
+
+__all__ = ("FeedStats", "RedisFeed")
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_OPS = {b"upsert": "upsert", b"delete": "delete"}
+
+
+@dataclass(slots=True)
+class FeedStats:
+    """Counters of one feed (read them; the feed only adds)."""
+
+    reads: int = 0
+    changes: int = 0
+    malformed: int = 0
+    gaps: int = 0
+    reconnects: int = 0
+
+
+class _Interrupted:
+    """The set of tailed streams changed while a read was blocked."""
+
+
+_INTERRUPTED = _Interrupted()
+
+
+class RedisFeed:
+    """Tails partition streams `lq:events:{p}`; implements the `Feed` port.
+
+    `batches()` (one reader at a time) first yields the starting positions,
+    then a `FeedBatch` after every read. `set_partitions()` changes the tailed
+    set at runtime: a new partition starts at its last id as of that call
+    (every event appended after the call returns is delivered), reported in
+    the next batch; a removed one stops being read and reported. `on_gap`,
+    when given, is called with (stream, position) when a gap is found.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        partitions: Iterable[int] = (),
+        *,
+        settings: RedisSettings | None = None,
+        on_gap: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.settings = s = settings if settings is not None else RedisSettings()
+        self.keys = s.keys
+        self.extra = s.extra_keys
+        self.stats = FeedStats()
+        self.on_gap = on_gap
+        self._client = make_client(url, s, name="raycluster-feed")
+        self._blocking = make_client(
+            url, s, blocking_ms=s.feed_block_ms, name="raycluster-feed-read"
+        )
+        self._partitions: frozenset[int] = frozenset(_check_partitions(partitions))
+        self._pos: dict[str, str] = {}  # stream → last id delivered (or skipped)
+        self._seq: dict[str, int] = {}  # stream → `n` of that entry, when known
+        self._changed = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._reading = False
+        self._closed = False
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | None = None,
+        *,
+        partitions: Iterable[int] = (),
+        settings: RedisSettings | None = None,
+        on_gap: Callable[[str, str], None] | None = None,
+    ) -> RedisFeed:
+        """A feed over `partitions` (its own connections; closed by `aclose`)."""
+        s = settings if settings is not None else RedisSettings()
+        return cls(resolve_url(url, s), partitions, settings=s, on_gap=on_gap)
+
+    async def __aenter__(self) -> RedisFeed:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop: a reader's iteration ends; connections are closed."""
+        self._closed = True
+        self._changed.set()
+        await self._blocking.aclose()
+        await self._client.aclose()
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        """The partitions tailed now."""
+        return self._partitions
+
+    @property
+    def gaps(self) -> int:
+        """How many gaps (events trimmed before they were read) were found."""
+        return self.stats.gaps
+
+    def positions(self) -> dict[str, str]:
+        """Each tailed stream's position: the last id delivered (a copy)."""
+        return dict(self._pos)
+
+    # -- Feed port -------------------------------------------------------------------
+
+    async def head(self) -> dict[str, str]:
+        """The last id of each tailed stream now (`0-0` for an empty one)."""
+        streams = [self.keys.event_stream(p) for p in sorted(self._partitions)]
+        with translate_errors("feed head"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in streams:
+                    pipe.xrevrange(key, "+", "-", count=1)
+                res = await pipe.execute()
+        return {key: r[0][0].decode() if r else "0-0" for key, r in zip(streams, res, strict=True)}
+
+    async def batches(self) -> AsyncIterator[FeedBatch]:
+        """Batches of changes in stream order; the first reports the starting positions."""
+        if self._closed:
+            raise ClosedError("feed is closed")
+        if self._reading:
+            raise RuntimeError("a RedisFeed has one reader at a time")
+        self._reading = True
+        try:
+            await self._retrying(self._resolve_missing)
+            yield FeedBatch([], dict(self._pos))
+            while not self._closed:
+                batch = await self._next_batch()
+                if batch is not None:
+                    yield batch
+        finally:
+            self._reading = False
+
+    async def set_partitions(self, partitions: Iterable[int]) -> None:
+        """Tail exactly `partitions` from now on (see the class docstring)."""
+        wanted = frozenset(_check_partitions(partitions))
+        async with self._lock:
+            added = wanted - self._partitions
+            starts = await self._start_positions(added) if added else {}
+            for p in self._partitions - wanted:
+                key = self.keys.event_stream(p)
+                self._pos.pop(key, None)
+                self._seq.pop(key, None)
+            for key, (pos, n) in starts.items():
+                self._pos[key] = pos
+                self._seq[key] = n
+            self._partitions = wanted
+            self._changed.set()  # a blocked read re-issues itself over the new set
+
+    # -- internals -------------------------------------------------------------------
+
+    async def _resolve_missing(self) -> None:
+        async with self._lock:
+            missing = [p for p in self._partitions if self.keys.event_stream(p) not in self._pos]
+            for key, (pos, n) in (await self._start_positions(missing)).items():
+                self._pos[key] = pos
+                self._seq[key] = n
+
+    async def _start_positions(self, partitions: Iterable[int]) -> dict[str, tuple[str, int]]:
+        """Each stream's last id and event number, read together (one MULTI)."""
+        parts = sorted(partitions)
+        async with self._client.pipeline(transaction=True) as pipe:
+            for p in parts:
+                pipe.xrevrange(self.keys.event_stream(p), "+", "-", count=1)
+                pipe.get(self.extra.event_seq(p))
+            res = await pipe.execute()
+        out = {}
+        for i, p in enumerate(parts):
+            last, n = res[2 * i], res[2 * i + 1]
+            out[self.keys.event_stream(p)] = (last[0][0].decode() if last else "0-0", int(n or 0))
+        return out
+
+    async def _retrying(self, step: Callable[[], Awaitable[_T]]) -> _T:
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        while True:
+            if self._closed:
+                raise ClosedError("feed is closed")
+            try:
+                return await step()
+            except RETRYABLE as e:
+                self.stats.reconnects += 1
+                log.warning("feed: Redis unavailable (%s); retrying", e)
+                await backoff.sleep()
+
+    async def _next_batch(self) -> FeedBatch | None:
+        """One read (retried until it succeeds); None if interrupted or closed."""
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        while not self._closed:
+            self._changed.clear()
+            streams = dict(self._pos)
+            try:
+                if not streams:
+                    await self._interruptible(asyncio.sleep(self.settings.feed_block_ms / 1000))
+                    return FeedBatch([], {})
+                resp = await self._interruptible(
+                    self._blocking.xread(
+                        streams,  # type: ignore[arg-type]
+                        count=self.settings.feed_count,
+                        block=self.settings.feed_block_ms,
+                    )
+                )
+            except RETRYABLE as e:
+                self.stats.reconnects += 1
+                log.warning("feed: read failed (%s); reconnecting", e)
+                await backoff.sleep()
+                continue
+            if resp is _INTERRUPTED:
+                return None
+            self.stats.reads += 1
+            return self._decode(resp or [])
+        return None
+
+    async def _interruptible(self, coro: Awaitable[_T]) -> _T | _Interrupted:
+        """Await `coro` unless the tailed set changes (or the feed closes) first."""
+        read = asyncio.ensure_future(coro)
+        changed = asyncio.ensure_future(self._changed.wait())
+        try:
+            await asyncio.wait({read, changed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            if not read.done():
+                # Cancelling a command mid-reply makes redis-py drop that connection,
+                # so a late reply can never be read as the next command's.
+                read.cancel()
+                await asyncio.wait({read})
+        if read.cancelled():
+            return _INTERRUPTED
+        return read.result()
+
+    def _decode(self, resp: Any) -> FeedBatch:
+        changes: list[Change] = []
+        pos, seqs, stats = self._pos, self._seq, self.stats
+        for name, entries in resp:
+            key = name.decode()
+            if key not in pos or not entries:
+                continue  # removed by set_partitions while the read was in flight
+            seq = seqs.get(key)
+            for raw_id, fields in entries:
+                sid = raw_id.decode()
+                ch = _change(key, sid, fields)
+                if ch is None:
+                    stats.malformed += 1
+                    log.warning("feed: skipped malformed entry %s %s", key, sid)
+                    continue
+                n = _int(fields.get(b"n"))
+                if n is not None:
+                    if seq is not None and n != seq + 1:
+                        stats.gaps += 1
+                        log.error(
+                            "feed: gap on %s before %s (events %s..%s trimmed unread);"
+                            " reconcile the views of this partition",
+                            key,
+                            sid,
+                            seq + 1,
+                            n - 1,
+                        )
+                        if self.on_gap is not None:
+                            self.on_gap(key, sid)
+                    seq = n
+                changes.append(ch)
+            if seq is not None:
+                seqs[key] = seq
+            pos[key] = entries[-1][0].decode()
+        stats.changes += len(changes)
+        return FeedBatch(changes, dict(pos))
+
+
+def _int(raw: Any) -> int | None:
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def _change(source: str, sid: str, f: dict[bytes, bytes] | None) -> Change | None:
+    """Decode one event (DESIGN §4), or None if it is malformed."""
+    if not f:
+        return None
+    try:
+        op = _OPS.get(f[b"op"])
+        version = int(f[b"v"])
+        at = int(f.get(b"at", b"0"))
+        tenant, entity, agg_id = f[b"t"].decode(), f[b"e"].decode(), f[b"id"].decode()
+        row = None
+        if op == "upsert":
+            row = json.loads(f[b"row"])
+            if not isinstance(row, dict):
+                return None
+        elif op is None:
+            return None
+    except (KeyError, ValueError, TypeError, UnicodeDecodeError):
+        return None
+    if version < 1 or not tenant or not entity or not agg_id:
+        return None
+    return trusted(
+        Change,
+        {
+            "tenant": tenant,
+            "entity": entity,
+            "agg_id": agg_id,
+            "version": version,
+            "op": op,
+            "row": row,
+            "stream_id": sid,
+            "at": at,
+            "source": source,
+        },
+    )
+
+
+def _check_partitions(partitions: Iterable[int]) -> list[int]:
+    from raycluster.cluster.routing import PARTITIONS
+
+    out = []
+    for p in partitions:
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < PARTITIONS:
+            raise ValueError(f"partitions: {p!r} is not a partition (0..{PARTITIONS - 1})")
+        out.append(p)
+    return out

