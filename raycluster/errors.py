@@ -7,9 +7,11 @@ from typing import Any
 __all__ = (
     "ClosedError",
     "ConflictError",
+    "DesyncError",
     "InvalidQuery",
     "InvalidRow",
     "RayclusterError",
+    "UnavailableError",
 )
 
 
@@ -50,3 +52,14 @@ class ConflictError(RayclusterError):
 
 class ClosedError(RayclusterError):
     """Raised when an engine, subscription or connection is used after close."""
+
+
+class DesyncError(RayclusterError):
+    """Raised by `LiveList.apply` when a frame does not fit the list it is applied to.
+
+    It means frames were lost or reordered; the owner of the list resyncs.
+    """
+
+
+class UnavailableError(RayclusterError):
+    """Raised when no shard answered a request within its deadline."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = (
+    "DEFAULT_KEYS",
     "DEFAULT_PREFIX",
     "Keys",
     "ctrl_stream",
@@ -85,7 +86,7 @@ class Keys:
         return f"{self.prefix}:epoch:{p}"
 
 
-_DEFAULT = Keys()
+DEFAULT_KEYS = _DEFAULT = Keys()
 
 
 def event_stream(p: int) -> str:

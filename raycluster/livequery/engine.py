@@ -135,13 +135,14 @@ class Subscription:
             self.overflows += 1
             self._engine.stats.resets["overflow"] += 1
             self._buf.clear()
-            frames = self._reset_frames()
+            frames = self.current_frames()
         self._buf.extend(frames)
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
 
-    def _reset_frames(self) -> list[Frame]:
+    def current_frames(self) -> list[Frame]:
+        """`reset` plus the current window as `enter` frames (what a resync sends)."""
         view = self._view
         ents = view.state.visible_entries() if view is not None else []
         frames = [Frame(DeltaOp.RESET, None, count=len(ents))]
@@ -150,7 +151,7 @@ class Subscription:
 
     def _send_reset(self) -> None:
         """Queue `reset` + the current window, past the buffer bound (it replaces history)."""
-        frames = self._reset_frames()
+        frames = self.current_frames()
         if self.sink is not None:
             self.sink(self, frames)
             return

@@ -14,7 +14,7 @@ import asyncio
 import heapq
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from raycluster.errors import ConflictError, InvalidQuery
@@ -22,9 +22,9 @@ from raycluster.errors import ConflictError, InvalidQuery
 from .filter import compile_predicate, indexable_terms
 from .models import Change, Cursor, EntitySpec, LiveQuery, Row, Snapshot, trusted
 from .order import cursor_key, cursor_of, key_fn
-from .ports import FeedBatch
+from .ports import FeedBatch, pos_key
 
-__all__ = ("MemoryStore",)
+__all__ = ("MemoryFeed", "MemoryStore")
 
 _BATCH = 1024  # changes per batch: the engine dispatches a batch without yielding
 _Table = dict[str, tuple[int, dict[str, Any]]]  # id → (version, row)
@@ -63,9 +63,18 @@ class MemoryStore:
 
     `entities` (optional) declares the schemas rows are checked against.
     Readers of `batches()` each get every write after they started reading.
+    `partition(tenant, entity)`, when given, names the source each (tenant,
+    entity) is carried on (as a partition stream is), so a `feed()` can follow
+    only some of them, like a shard that owns some partitions.
     """
 
-    def __init__(self, entities: Iterable[EntitySpec] = (), *, source: str = "memory") -> None:
+    def __init__(
+        self,
+        entities: Iterable[EntitySpec] = (),
+        *,
+        source: str = "memory",
+        partition: Callable[[str, str], str] | None = None,
+    ) -> None:
         self.source = source
         self.specs = {e.name: e for e in entities}
         self._tables: defaultdict[tuple[str, str], _Table] = defaultdict(dict)
@@ -75,7 +84,9 @@ class MemoryStore:
             dict
         )
         self._seq = 0
-        self._readers: list[tuple[deque[Change], asyncio.Event]] = []
+        self._readers: list[MemoryFeed] = []
+        self._partition = partition
+        self._known_sources: set[str] = {source}
 
     # -- writes ----------------------------------------------------------------
 
@@ -134,6 +145,9 @@ class MemoryStore:
             if index:
                 _index_row(index, agg_id, row)
         self._seq += 1
+        source = self._partition(tenant, entity) if self._partition else self.source
+        if source not in self._known_sources:
+            self._known_sources.add(source)
         change = trusted(
             Change,
             {
@@ -145,12 +159,11 @@ class MemoryStore:
                 "row": row,
                 "stream_id": f"0-{self._seq}",
                 "at": int(time.time() * 1000),
-                "source": self.source,
+                "source": source,
             },
         )
-        for queue, ready in self._readers:
-            queue.append(change)
-            ready.set()
+        for reader in self._readers:
+            reader._offer(change)
         return version
 
     def get(self, tenant: str, entity: str, agg_id: str) -> tuple[int, dict[str, Any]] | None:
@@ -212,7 +225,8 @@ class MemoryStore:
             )
             for _, agg_id, version, row in best
         ]
-        return Snapshot(rows=rows, watermark=f"0-{self._seq}", source=self.source)
+        source = self.source_of(tenant, query.entity)
+        return Snapshot(rows=rows, watermark=f"0-{self._seq}", source=source)
 
     def _column_index(self, tenant: str, entity: str, col: str) -> dict[Any, set[str]]:
         # Built on first use, so writes only maintain columns someone filters on.
@@ -224,26 +238,73 @@ class MemoryStore:
                 _index_row({col: buckets}, agg_id, row)
         return buckets
 
-    # -- Feed --------------------------------------------------------------------
+    # -- Feed ------------------------------------------------------------------
 
-    async def batches(self) -> AsyncIterator[FeedBatch]:
-        """Every write after this call, in order, as batches."""
-        queue: deque[Change] = deque()
-        ready = asyncio.Event()
-        reader = (queue, ready)
-        self._readers.append(reader)
-        try:
-            yield FeedBatch([], {self.source: f"0-{self._seq}"})
-            while True:
-                await ready.wait()
-                ready.clear()
-                while queue:
-                    n = min(len(queue), _BATCH)
-                    changes = [queue.popleft() for _ in range(n)]
-                    yield FeedBatch(changes, {self.source: changes[-1].stream_id})
-        finally:
-            self._readers.remove(reader)
+    def source_of(self, tenant: str, entity: str) -> str:
+        """The source (stream) that carries the changes of one (tenant, entity)."""
+        return self._partition(tenant, entity) if self._partition else self.source
+
+    def feed(self, sources: Iterable[str] | None = None) -> MemoryFeed:
+        """A feed of the changes of `sources` only (None: every source)."""
+        return MemoryFeed(self, sources)
+
+    def batches(self) -> AsyncIterator[FeedBatch]:
+        """Every write after this call, in order, as batches (all sources)."""
+        return MemoryFeed(self, None).batches()
 
     async def head(self) -> dict[str, str]:
-        """The position of the newest write."""
-        return {self.source: f"0-{self._seq}"}
+        """Where every source stands now."""
+        return await MemoryFeed(self, None).head()
+
+
+class MemoryFeed:
+    """The `Feed` of a `MemoryStore`, optionally limited to some sources.
+
+    Every write advances every source's position (positions are one global
+    sequence), so a reader learns that a quiet source is caught up.
+    """
+
+    def __init__(self, store: MemoryStore, sources: Iterable[str] | None) -> None:
+        self._store = store
+        self._sources: set[str] | None = None if sources is None else set(sources)
+        self._queue: deque[Change] = deque()
+        self._ready = asyncio.Event()
+
+    def set_sources(self, sources: Iterable[str]) -> None:
+        """Follow exactly `sources` from now on."""
+        self._sources = set(sources)
+        self._ready.set()
+
+    def _offer(self, change: Change) -> None:
+        if self._sources is None or change.source in self._sources:
+            self._queue.append(change)
+        self._ready.set()
+
+    def _positions(self, seq: int) -> dict[str, str]:
+        store = self._store
+        followed = store._known_sources if self._sources is None else self._sources
+        return dict.fromkeys(followed, f"0-{seq}")
+
+    async def batches(self) -> AsyncIterator[FeedBatch]:
+        """Changes of the followed sources after this call, in order, as batches."""
+        store, queue = self._store, self._queue
+        store._readers.append(self)
+        try:
+            yield FeedBatch([], self._positions(store._seq))
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                while True:
+                    n = min(len(queue), _BATCH)
+                    changes = [queue.popleft() for _ in range(n)]
+                    if queue:
+                        yield FeedBatch(changes, self._positions(pos_key(changes[-1].stream_id)[1]))
+                        continue
+                    yield FeedBatch(changes, self._positions(store._seq))
+                    break
+        finally:
+            store._readers.remove(self)
+
+    async def head(self) -> dict[str, str]:
+        """The current position of every followed source."""
+        return self._positions(self._store._seq)

@@ -59,7 +59,7 @@ class Frame:
     when a shared view hands the same frame to many subscribers.
     """
 
-    __slots__ = ("_delta", "count", "entry", "new_index", "old_index", "op")
+    __slots__ = ("_delta", "_wire", "count", "entry", "new_index", "old_index", "op")
 
     def __init__(
         self,
@@ -75,13 +75,20 @@ class Frame:
         self.new_index = new_index
         self.count = count
         self._delta: LiveDelta | None = None
+        self._wire: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         agg_id = self.entry.agg_id if self.entry else None
         return f"Frame({self.op.value}, {agg_id}, {self.old_index}, {self.new_index})"
 
     def wire(self, sort: list[SortKey]) -> dict[str, Any]:
-        """The frame as a JSON-ready dict (the `LiveDelta` fields)."""
+        """The frame as a JSON-ready dict of the `LiveDelta` fields (cached; do not mutate)."""
+        w = self._wire
+        if w is None:
+            w = self._wire = self._make_wire(sort)
+        return w
+
+    def _make_wire(self, sort: list[SortKey]) -> dict[str, Any]:
         e = self.entry
         if e is None:
             return {
@@ -113,7 +120,7 @@ class Frame:
         """The frame as a `LiveDelta` (built once, then cached)."""
         d = self._delta
         if d is None:
-            fields = self.wire(sort)
+            fields = dict(self.wire(sort))
             fields["op"] = self.op
             c = fields["cursor"]
             fields["cursor"] = None if c is None else trusted(Cursor, c)

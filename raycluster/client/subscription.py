@@ -1,0 +1,172 @@
+"""`Subscription`: what `subscribe` returns, whichever gateway served it.
+
+It keeps `rows` (a `LiveList`) current as frames arrive, and queues the
+frames for whoever iterates. The queue is bounded: a consumer that falls
+behind finds a synthetic `reset` plus the current rows in place of its
+backlog — correct, because `rows` itself never skipped a frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from raycluster.cluster.protocol import GatewayDelta
+from raycluster.errors import ClosedError, DesyncError
+from raycluster.livequery import Cursor, DeltaOp, LiveDelta, LiveQuery
+
+from .livelist import LiveList
+
+__all__ = ("Subscription", "SubscriptionControl")
+
+
+class SubscriptionControl(Protocol):
+    """Whoever can act on a subscription for its client (a gateway)."""
+
+    async def reanchor(self, sub_id: str, cursor: Cursor | None, limit: int) -> None:
+        """Move the window; returns once the new window has arrived."""
+        ...
+
+    async def unsubscribe(self, sub_id: str) -> None:
+        """End the subscription everywhere."""
+        ...
+
+    async def resync(self, sub_id: str) -> None:
+        """Ask the owner for a reset and the current window."""
+        ...
+
+
+class Subscription:
+    """A live query's client end: `rows`, async iteration of frames, reanchor, close."""
+
+    def __init__(
+        self,
+        sub_id: str,
+        tenant: str,
+        query: LiveQuery,
+        control: SubscriptionControl,
+        *,
+        buffer: int = 10_000,
+    ) -> None:
+        self.id = sub_id
+        self.tenant = tenant
+        self.query = query
+        self.rows = LiveList()
+        self.closed = False
+        self.dropped_frames = 0
+        self.on_change: Callable[[Subscription], None] | None = None
+        self._control = control
+        self._queue: deque[GatewayDelta] = deque()
+        self._cap = buffer
+        self._waiter: asyncio.Future[None] | None = None
+        self._reset_waiters: list[asyncio.Future[None]] = []
+        self._reset_pending = False
+        self._epoch = 0
+        self._seq = 0
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.id} {self.tenant}/{self.query.entity} rows={len(self.rows)}>"
+
+    @property
+    def epoch(self) -> int:
+        """Epoch of the last frame applied."""
+        return self._epoch
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> GatewayDelta:
+        while not self._queue:
+            if self.closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._queue.popleft()
+
+    def drain(self) -> list[GatewayDelta]:
+        """Every frame queued now, without waiting."""
+        out = list(self._queue)
+        self._queue.clear()
+        return out
+
+    async def reanchor(self, cursor: Cursor | None, limit: int) -> list[dict[str, Any]]:
+        """Slide the window; returns the new window's rows once they arrived."""
+        if self.closed:
+            raise ClosedError(f"subscription {self.id} is closed")
+        await self._control.reanchor(self.id, cursor, limit)
+        return self.rows.rows
+
+    async def close(self) -> None:
+        """End the subscription; iteration stops after the frames already queued."""
+        if self.closed:
+            return
+        self.closed = True
+        self._wake()
+        await self._control.unsubscribe(self.id)
+
+    # -- gateway side ------------------------------------------------------------
+
+    def deliver(self, frames: list[GatewayDelta]) -> None:
+        """Apply accepted frames to `rows` and queue them for iteration."""
+        queue = self._queue
+        for f in frames:
+            try:
+                self.rows.apply(f.delta)
+            except DesyncError:
+                # Cannot happen with a correct stream; recover rather than serve a wrong list.
+                asyncio.get_running_loop().create_task(self._control.resync(self.id))
+                continue
+            self._epoch, self._seq = f.epoch, f.seq
+            queue.append(f)
+            if f.delta.op is DeltaOp.RESET:
+                self._reset_pending = True
+        if self._reset_pending and self.rows.complete:
+            self._reset_pending = False
+            self._complete()
+        if len(queue) > self._cap:
+            self.dropped_frames += len(queue)
+            queue.clear()
+            queue.extend(self._synthetic_reset())
+        if self.on_change is not None:
+            self.on_change(self)
+        self._wake()
+
+    def mark_closed(self) -> None:
+        """The gateway ended this subscription (e.g. on shutdown)."""
+        self.closed = True
+        self._wake()
+
+    def next_reset(self) -> asyncio.Future[None]:
+        """A future resolved when the next complete window (reset + its enters) has arrived."""
+        fut = asyncio.get_running_loop().create_future()
+        self._reset_waiters.append(fut)
+        return fut
+
+    def _complete(self) -> None:
+        waiters, self._reset_waiters = self._reset_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _synthetic_reset(self) -> list[GatewayDelta]:
+        items = self.rows.items
+        mk = LiveDelta.model_construct
+        frames = [mk(op=DeltaOp.RESET, count=len(items))]
+        frames += [
+            mk(op=DeltaOp.ENTER, agg_id=i.agg_id, version=i.version, row=i.row, new_index=k)
+            for k, i in enumerate(items)
+        ]
+        return [
+            GatewayDelta.model_construct(sub_id=self.id, seq=self._seq, epoch=self._epoch, delta=d)
+            for d in frames
+        ]
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)

@@ -1,0 +1,321 @@
+"""The gateway runtime: where client subscriptions enter the tier (no Ray, no Redis).
+
+`subscribe` records the `Registration` durably *before* asking the owning
+shard to serve it, so an ownership change can never lose it; a request no
+shard answers in time is re-routed to the owner recomputed from the live set.
+Incoming frames are demultiplexed per subscription and fenced: a frame whose
+epoch is older than the newest `reset` seen is dropped, and a gap in `seq`
+asks the owner for a resync, so a client never applies a wrong stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from raycluster.client.subscription import Subscription
+from raycluster.errors import ClosedError, InvalidQuery, UnavailableError
+from raycluster.livequery import Cursor, EntitySpec, LiveDelta, LiveQuery
+
+from .ports import ControlBus, DeltaBus, Membership, SubscriptionRegistry
+from .protocol import (
+    OP_REANCHOR,
+    OP_RESYNC,
+    OP_SUBSCRIBE,
+    OP_UNSUBSCRIBE,
+    Control,
+    GatewayDelta,
+    Registration,
+    Transport,
+    WireFrame,
+)
+from .routing import owner
+
+__all__ = ("Gateway", "GatewayDeps", "GatewayOptions")
+
+log = logging.getLogger(__name__)
+
+
+class GatewayOptions(BaseModel):
+    """Timeouts and bounds of a gateway."""
+
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="Heartbeat period (< TTL).")
+    attempt_timeout_s: float = Field(
+        2.0, gt=0, description="Wait this long for a shard's answer before re-routing."
+    )
+    request_deadline_s: float = Field(
+        30.0, gt=0, description="Give up on subscribe/reanchor after this long."
+    )
+    buffer: int = Field(10_000, gt=0, description="Frames queued per subscription.")
+
+
+@dataclass
+class GatewayDeps:
+    """What a gateway runs against. `delta` is None when frames are pushed to `receive`."""
+
+    registry: SubscriptionRegistry
+    members: Membership
+    control: ControlBus
+    delta: DeltaBus | None
+    transport: Transport
+    entities: Iterable[EntitySpec] = ()
+
+
+class _State:
+    __slots__ = ("epoch", "gap", "next_seq", "reg", "sub")
+
+    def __init__(self, reg: Registration, sub: Subscription) -> None:
+        self.reg = reg
+        self.sub = sub
+        self.epoch = -1
+        self.next_seq = 0
+        self.gap = False
+
+
+class Gateway:
+    """Terminates client subscriptions and demultiplexes their frames."""
+
+    def __init__(
+        self, gateway_id: str | None, deps: GatewayDeps, options: GatewayOptions | None = None
+    ) -> None:
+        self.id = gateway_id or f"gw-{uuid.uuid4().hex[:12]}"
+        self.deps = deps
+        self.opts = options or GatewayOptions()
+        self.specs = {e.name: e for e in deps.entities}
+        self._subs: dict[str, _State] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self.counters: dict[str, int] = {
+            "frames": 0,
+            "stale": 0,
+            "gaps": 0,
+            "reroutes": 0,
+        }
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Announce the gateway and start reading its delta channel."""
+        await self.deps.members.heartbeat_gateway(self.id)
+        self._spawn(self._heartbeats(), "gateway-heartbeat")
+        if self.deps.delta is not None:
+            self._spawn(self._pump(self.deps.delta), "gateway-pump")
+
+    async def aclose(self) -> None:
+        """Unsubscribe everything, leave the live set, stop the tasks."""
+        if self._closed:
+            return
+        self._closed = True
+        for sid in list(self._subs):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.unsubscribe(sid), 5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.deps.members.leave_gateway(self.id), 5)
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(t, 5)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "gateway %s: task %s failed", self.id, task.get_name(), exc_info=task.exception()
+            )
+
+    async def _heartbeats(self) -> None:
+        while True:
+            try:
+                await self.deps.members.heartbeat_gateway(self.id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("gateway %s: heartbeat failed", self.id)
+            await asyncio.sleep(self.opts.heartbeat_interval_s)
+
+    async def _pump(self, bus: DeltaBus) -> None:
+        async for batch in bus.deltas(self.id):
+            self.receive(batch)
+
+    # -- client API --------------------------------------------------------------
+
+    def check_query(self, query: LiveQuery) -> None:
+        """Raise `InvalidQuery` if `query` does not fit the declared entities."""
+        if not self.specs:
+            return
+        spec = self.specs.get(query.entity)
+        if spec is None:
+            raise InvalidQuery("entity", query.entity, "unknown entity")
+        spec.check_query(query)
+
+    async def subscribe(
+        self, tenant: str, query: LiveQuery, *, sub_id: str | None = None
+    ) -> Subscription:
+        """Register a live query; returns once its first window has arrived.
+
+        Raises `InvalidQuery` (nothing registered) for bad input and
+        `UnavailableError` (registration removed) if no shard answers in time.
+        """
+        if self._closed:
+            raise ClosedError(f"gateway {self.id} is closed")
+        if not tenant:
+            raise InvalidQuery("tenant", tenant, "must not be empty")
+        self.check_query(query)
+        sid = sub_id or uuid.uuid4().hex
+        if sid in self._subs:
+            raise InvalidQuery("sub_id", sid, "already subscribed on this gateway")
+        reg = Registration(
+            sub_id=sid,
+            tenant=tenant,
+            query=query,
+            gateway_id=self.id,
+            transport=self.deps.transport,
+        )
+        sub = Subscription(sid, tenant, query, self, buffer=self.opts.buffer)
+        self._subs[sid] = _State(reg, sub)
+        try:
+            await self.deps.registry.put(reg)
+            await self._request(sid, OP_SUBSCRIBE)
+        except BaseException:
+            self._subs.pop(sid, None)
+            with contextlib.suppress(Exception):
+                await self.deps.registry.delete(sid)
+            raise
+        return sub
+
+    async def reanchor(self, sub_id: str, cursor: Cursor | None, limit: int) -> None:
+        """Move a window; the new cursor is persisted first, so it survives failover."""
+        st = self._state(sub_id)
+        fields = st.reg.query.model_dump()
+        fields.update(cursor=cursor.model_dump() if cursor is not None else None, limit=limit)
+        query = LiveQuery.model_validate(fields)
+        self.check_query(query)
+        st.reg = st.reg.model_copy(update={"query": query})
+        st.sub.query = query
+        await self.deps.registry.put(st.reg)
+        await self._request(sub_id, OP_REANCHOR, cursor=cursor, limit=limit)
+
+    async def unsubscribe(self, sub_id: str) -> None:
+        """End a subscription: registry first, then the owner stops serving it."""
+        st = self._subs.pop(sub_id, None)
+        if st is None:
+            return
+        st.sub.mark_closed()
+        await self.deps.registry.delete(sub_id)
+        target = await self._owner(st.reg)
+        if target:
+            await self.deps.control.send_control(target, self._control(st.reg, OP_UNSUBSCRIBE))
+
+    async def resync(self, sub_id: str) -> None:
+        """Ask the owner for a reset and the current window (after a gap)."""
+        st = self._subs.get(sub_id)
+        if st is None:
+            return
+        target = await self._owner(st.reg)
+        if target:
+            await self.deps.control.send_control(target, self._control(st.reg, OP_RESYNC))
+
+    def subscriptions(self) -> list[Subscription]:
+        """Every open subscription of this gateway."""
+        return [st.sub for st in self._subs.values()]
+
+    def status(self) -> dict[str, Any]:
+        """Subscriptions held and frame counters."""
+        return {"gateway": self.id, "subscriptions": len(self._subs), **self.counters}
+
+    # -- routing -----------------------------------------------------------------
+
+    def _state(self, sub_id: str) -> _State:
+        st = self._subs.get(sub_id)
+        if st is None:
+            raise ClosedError(f"subscription {sub_id} is not open on gateway {self.id}")
+        return st
+
+    async def _owner(self, reg: Registration) -> str:
+        return owner(reg.partition, await self.deps.members.live_shards())
+
+    def _control(self, reg: Registration, op: str, **kw: Any) -> Control:
+        return Control.model_validate(
+            {"op": op, "sub_id": reg.sub_id, "gateway_id": self.id, "tenant": reg.tenant,
+             "partition": reg.partition, **kw}
+        )  # fmt: skip
+
+    async def _request(self, sub_id: str, op: str, **kw: Any) -> None:
+        """Send `op` to the owner; wait for the window it causes; re-route on silence."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.opts.request_deadline_s
+        attempt = 0
+        while True:
+            st = self._state(sub_id)
+            done = st.sub.next_reset()
+            target = await self._owner(st.reg)
+            if target:
+                if attempt:
+                    self.counters["reroutes"] += 1
+                await self.deps.control.send_control(target, self._control(st.reg, op, **kw))
+            attempt += 1
+            timeout_s = min(self.opts.attempt_timeout_s, max(0.0, deadline - loop.time()))
+            try:
+                await asyncio.wait_for(done, timeout_s)
+                return
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    raise UnavailableError(
+                        f"no shard answered {op} of {sub_id} within "
+                        f"{self.opts.request_deadline_s}s (owner now: {target or 'none live'})"
+                    ) from None
+
+    # -- frames ------------------------------------------------------------------
+
+    def receive(self, batch: list[WireFrame]) -> None:
+        """Demultiplex one batch of wire frames to its subscriptions, fenced."""
+        out: dict[str, list[GatewayDelta]] = {}
+        subs = self._subs
+        for sid, seq, epoch, d in batch:
+            st = subs.get(sid)
+            if st is None:
+                continue
+            if d["op"] == "reset":
+                if epoch < st.epoch:
+                    self.counters["stale"] += 1
+                    continue
+                st.epoch, st.next_seq, st.gap = epoch, seq + 1, False
+            elif epoch != st.epoch or seq != st.next_seq or st.gap:
+                if epoch < st.epoch or (epoch == st.epoch and seq < st.next_seq) or st.gap:
+                    self.counters["stale"] += 1
+                    continue
+                # A frame is missing (or a new owner's reset was lost): resync.
+                st.gap = True
+                self.counters["gaps"] += 1
+                self._spawn(self.resync(sid), "gateway-resync")
+                continue
+            else:
+                st.next_seq = seq + 1
+            frame = GatewayDelta.model_construct(
+                sub_id=sid, seq=seq, epoch=epoch, delta=LiveDelta.model_validate(d)
+            )
+            out.setdefault(sid, []).append(frame)
+        self.counters["frames"] += len(batch)
+        for sid, frames in out.items():
+            subs[sid].sub.deliver(frames)

@@ -1,0 +1,101 @@
+"""What gateways and shards say to each other: controls, registrations, frames.
+
+Controls go gateway → shard on the shard's control stream. Frames go shard →
+gateway in batches; on the wire a batch is a list of `[sub_id, seq, epoch,
+delta]` entries (`delta` is a `LiveDelta` as a JSON object), so a batch for
+many subscriptions costs one message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from raycluster.livequery import Cursor, LiveDelta, LiveQuery
+
+from .routing import partition_of
+
+__all__ = (
+    "OP_REANCHOR",
+    "OP_RESYNC",
+    "OP_SUBSCRIBE",
+    "OP_UNSUBSCRIBE",
+    "Control",
+    "GatewayDelta",
+    "Registration",
+    "Transport",
+    "WireFrame",
+)
+
+OP_SUBSCRIBE = "subscribe"
+OP_UNSUBSCRIBE = "unsubscribe"
+OP_REANCHOR = "reanchor"
+OP_RESYNC = "resync"  # the gateway saw a seq gap: resend reset + window
+
+Transport = Literal["ray", "redis", "memory"]
+WireFrame = list[Any]  # [sub_id, seq, epoch, delta-as-dict]
+
+
+class Registration(BaseModel):
+    """A subscription's durable record: enough for any shard to rebuild it.
+
+    The gateway writes it *before* asking a shard to serve it, and rewrites
+    it on every reanchor, so ownership changes never lose a subscription or
+    its scroll position. `query` holds the current cursor and limit.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    sub_id: str = Field(min_length=1)
+    tenant: str = Field(min_length=1)
+    query: LiveQuery
+    gateway_id: str = Field(min_length=1)
+    transport: Transport = "redis"
+
+    @property
+    def entity(self) -> str:
+        """The query's entity."""
+        return self.query.entity
+
+    @property
+    def partition(self) -> int:
+        """The partition that owns this subscription."""
+        return partition_of(self.tenant, self.query.entity)
+
+    @property
+    def cursor(self) -> Cursor | None:
+        """The current keyset anchor."""
+        return self.query.cursor
+
+    @property
+    def mode(self) -> str:
+        """`maintained` or `streamed`."""
+        return self.query.mode
+
+
+class Control(BaseModel):
+    """A gateway → shard request about one subscription.
+
+    The shard reads the subscription itself from the registry (registry
+    first), so a control only names it; `cursor`/`limit` travel for
+    reanchor so a log of controls reads on its own.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    op: Literal["subscribe", "unsubscribe", "reanchor", "resync"]
+    sub_id: str
+    gateway_id: str
+    tenant: str = ""
+    partition: int = -1
+    cursor: Cursor | None = None
+    limit: int | None = None
+
+
+class GatewayDelta(BaseModel):
+    """One frame of one subscription, as a gateway hands it to its consumer."""
+
+    model_config = ConfigDict(frozen=True)
+    sub_id: str
+    seq: int = Field(description="Contiguous per subscription and epoch.")
+    epoch: int = Field(description="Fencing epoch of the partition claim that sent it.")
+    delta: LiveDelta

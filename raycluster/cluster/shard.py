@@ -1,0 +1,387 @@
+"""The shard runtime: one matcher node of the tier (engine-neutral: no Ray, no Redis).
+
+A shard heartbeats, owns the partitions that rendezvous hashing gives it over
+the live set, serves the subscriptions of those partitions with one live-query
+`Engine`, and forwards frames to gateways in batches. On gaining a partition
+it claims a fencing epoch, rebuilds every registration of the partition from
+the registry and sends each a `reset` (new epoch) plus its window; on losing
+one it stops serving it at once. Gateways drop frames older than the newest
+epoch they have seen, so two shards that briefly both believe they own a
+partition never interleave in a client's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from raycluster.livequery import Engine, EntitySpec, Frame, Refiller, Snapshotter, Subscription
+
+from .ports import ControlBus, DeltaBus, Fencing, Membership, PartitionFeed, SubscriptionRegistry
+from .protocol import (
+    OP_REANCHOR,
+    OP_RESYNC,
+    OP_SUBSCRIBE,
+    OP_UNSUBSCRIBE,
+    Control,
+    Registration,
+    WireFrame,
+)
+from .routing import PARTITIONS, owner
+
+__all__ = ("Shard", "ShardDeps", "ShardOptions", "Store", "owned_partitions")
+
+log = logging.getLogger(__name__)
+
+
+class Store(Snapshotter, Refiller, Protocol):
+    """A row store that answers both snapshots and refills."""
+
+
+class ShardOptions(BaseModel):
+    """Loop cadences and bounds of a shard."""
+
+    heartbeat_interval_s: float = Field(1.0, gt=0, description="Heartbeat period (< TTL).")
+    ownership_interval_s: float = Field(0.5, gt=0, description="Ownership reconcile period.")
+    gateway_check_interval_s: float = Field(5.0, gt=0, description="Dead-gateway sweep period.")
+    flush_interval_ms: float = Field(2.0, ge=0, description="Frames wait this long to batch.")
+    max_batch_frames: int = Field(2000, gt=0, description="Frames per delta message at most.")
+    max_pending_frames: int = Field(
+        100_000, gt=0, description="Frames queued per gateway before its subs are resynced."
+    )
+    cushion: int = Field(8, ge=0, description="Rows kept past each window.")
+
+
+@dataclass
+class ShardDeps:
+    """What a shard runs against."""
+
+    store: Store
+    feed: PartitionFeed
+    registry: SubscriptionRegistry
+    members: Membership
+    control: ControlBus
+    fencing: Fencing
+    delta: Mapping[str, DeltaBus]  # transport name → bus
+    entities: Iterable[EntitySpec] = ()
+
+
+def owned_partitions(shard_id: str, live: list[str]) -> set[int]:
+    """The partitions `shard_id` owns among `live` (none if it is not live)."""
+    if shard_id not in live:
+        return set()
+    return {p for p in range(PARTITIONS) if owner(p, live) == shard_id}
+
+
+class _Served:
+    """A subscription this shard serves."""
+
+    __slots__ = ("epoch", "reg", "seq", "sort", "sub")
+
+    def __init__(self, reg: Registration, epoch: int) -> None:
+        self.reg = reg
+        self.epoch = epoch
+        self.seq = 0
+        self.sort = list(reg.query.sort)
+        self.sub: Subscription | None = None
+
+
+@dataclass
+class _Outbox:
+    """Frames waiting for one gateway, and its flusher."""
+
+    gateway_id: str
+    transport: str
+    frames: list[WireFrame] = field(default_factory=list)
+    resync: set[str] = field(default_factory=set)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    sent_batches: int = 0
+
+
+class Shard:
+    """One matcher node. `await run()` drives it until cancelled; `stop()` leaves gracefully."""
+
+    def __init__(self, shard_id: str, deps: ShardDeps, options: ShardOptions | None = None) -> None:
+        self.id = shard_id
+        self.deps = deps
+        self.opts = options or ShardOptions()
+        self.engine = Engine(
+            deps.store, deps.store, deps.feed, cushion=self.opts.cushion, entities=deps.entities
+        )
+        self.owned: set[int] = set()
+        self.epochs: dict[int, int] = {}
+        self.served: dict[str, _Served] = {}
+        self._outboxes: dict[str, _Outbox] = {}
+        self._lock = asyncio.Lock()
+        self._missing_gateways: set[str] = set()
+        self._started = time.monotonic()
+        self.counters: dict[str, int] = {
+            "claims": 0,
+            "releases": 0,
+            "controls": 0,
+            "control_errors": 0,
+            "dropped_controls": 0,
+            "overflow_resyncs": 0,
+            "send_errors": 0,
+            "gateway_sweeps": 0,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Heartbeat, reconcile ownership and serve controls until cancelled."""
+        await self.deps.members.heartbeat(self.id)
+        await self.engine.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._every(self.opts.heartbeat_interval_s, self._heartbeat))
+                tg.create_task(self._every(self.opts.ownership_interval_s, self.reconcile))
+                tg.create_task(self._every(self.opts.gateway_check_interval_s, self._sweep))
+                tg.create_task(self._serve_controls())
+        finally:
+            await self._shutdown()
+
+    async def stop(self) -> None:
+        """Leave the live set now so other shards take over without waiting for the TTL."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.deps.members.leave(self.id), 5)
+
+    async def _shutdown(self) -> None:
+        for ob in self._outboxes.values():
+            if ob.task is not None:
+                ob.task.cancel()
+        for ob in self._outboxes.values():
+            if ob.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(ob.task, 5)
+        await self.engine.aclose()
+
+    async def _every(self, interval_s: float, step: Any) -> None:
+        # One failing step is logged and retried next period; it never halts the loop.
+        while True:
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("shard %s: %s failed", self.id, getattr(step, "__name__", step))
+            await asyncio.sleep(interval_s)
+
+    async def _heartbeat(self) -> None:
+        await self.deps.members.heartbeat(self.id)
+
+    # -- ownership ---------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Recompute owned partitions: claim gained, release lost, re-claim fenced ones."""
+        live = await self.deps.members.live_shards()
+        want = owned_partitions(self.id, live)
+        async with self._lock:
+            lost = self.owned - want
+            kept = self.owned & want
+            if kept:
+                # Someone claimed a partition we still hold (we were thought dead):
+                # our epoch is stale, so claim again and resend every window.
+                current = await self.deps.fencing.current(kept)
+                stale = {p for p in kept if current.get(p, 0) != self.epochs.get(p)}
+                lost |= stale
+            gained = want - (self.owned - lost)
+            for p in lost:
+                await self._release(p)
+            if lost or gained:
+                await self.deps.feed.set_partitions(want)
+            if gained:
+                await asyncio.gather(*(self._claim(p) for p in sorted(gained)))
+
+    async def _claim(self, p: int) -> None:
+        epoch = await self.deps.fencing.claim(p)
+        self.owned.add(p)
+        self.epochs[p] = epoch
+        self.counters["claims"] += 1
+        regs = await self.deps.registry.by_partition(p)
+        live_gws = set(await self.deps.members.live_gateways())
+        for reg in regs:
+            if reg.gateway_id not in live_gws:
+                await self.deps.registry.delete(reg.sub_id)
+                continue
+            await self._serve(reg)
+
+    async def _release(self, p: int) -> None:
+        self.owned.discard(p)
+        self.epochs.pop(p, None)
+        self.counters["releases"] += 1
+        for sid in [sid for sid, s in self.served.items() if s.reg.partition == p]:
+            await self._unserve(sid)
+
+    # -- serving -----------------------------------------------------------------
+
+    async def _serve(self, reg: Registration) -> None:
+        """Serve `reg` (or resend its window if already served): reset + window follow."""
+        served = self.served.get(reg.sub_id)
+        if served is not None and served.sub is not None:
+            self._emit(served, served.sub.current_frames())
+            return
+        served = _Served(reg, self.epochs[reg.partition])
+        self.served[reg.sub_id] = served
+        try:
+            sub = await self.engine.subscribe(
+                reg.tenant, reg.query, sub_id=reg.sub_id, sink=self._sink
+            )
+        except Exception:
+            self.served.pop(reg.sub_id, None)
+            log.exception("shard %s: cannot serve %s", self.id, reg.sub_id)
+            return
+        if self.served.get(reg.sub_id) is not served:  # released while subscribing
+            await sub.close()
+            return
+        served.sub = sub
+        self._emit(served, sub.current_frames())
+
+    async def _unserve(self, sub_id: str) -> None:
+        served = self.served.pop(sub_id, None)
+        if served is not None and served.sub is not None:
+            await served.sub.close()
+
+    def _sink(self, sub: Subscription, frames: list[Frame]) -> None:
+        served = self.served.get(sub.id)
+        if served is not None and served.sub is sub:
+            self._emit(served, frames)
+
+    def _emit(self, served: _Served, frames: list[Frame]) -> None:
+        reg = served.reg
+        ob = self._outbox(reg.gateway_id, reg.transport)
+        sid, epoch, sort, seq = reg.sub_id, served.epoch, served.sort, served.seq
+        out = ob.frames
+        for f in frames:
+            seq += 1
+            out.append([sid, seq, epoch, f.wire(sort)])
+        served.seq = seq
+        if len(out) > self.opts.max_pending_frames:
+            # The gateway cannot keep up: drop its backlog; each of its
+            # subscriptions gets a reset and its current window instead.
+            out.clear()
+            ob.resync.update(s for s, x in self.served.items() if x.reg.gateway_id == ob.gateway_id)
+            self.counters["overflow_resyncs"] += 1
+        ob.ready.set()
+
+    def _outbox(self, gateway_id: str, transport: str) -> _Outbox:
+        ob = self._outboxes.get(gateway_id)
+        if ob is None:
+            ob = self._outboxes[gateway_id] = _Outbox(gateway_id, transport)
+            ob.task = asyncio.create_task(self._flush_loop(ob), name=f"flush-{gateway_id}")
+        return ob
+
+    async def _flush_loop(self, ob: _Outbox) -> None:
+        bus = self.deps.delta[ob.transport]
+        delay_s = self.opts.flush_interval_ms / 1000
+        while True:
+            await ob.ready.wait()
+            ob.ready.clear()
+            if delay_s and len(ob.frames) < self.opts.max_batch_frames:
+                await asyncio.sleep(delay_s)  # let more frames join this batch
+            while ob.frames or ob.resync:
+                for sid in list(ob.resync):
+                    served = self.served.get(sid)
+                    if served is not None and served.sub is not None:
+                        self._emit(served, served.sub.current_frames())
+                ob.resync.clear()
+                n = self.opts.max_batch_frames
+                batch, ob.frames[:n] = ob.frames[:n], []
+                try:
+                    await bus.send(ob.gateway_id, batch)
+                    ob.sent_batches += 1
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # Frames are lost: every subscription in the batch resyncs.
+                    self.counters["send_errors"] += 1
+                    log.exception("shard %s: delta send to %s failed", self.id, ob.gateway_id)
+                    ob.resync.update(f[0] for f in batch)
+                    await asyncio.sleep(0.2)
+
+    # -- control -----------------------------------------------------------------
+
+    async def _serve_controls(self) -> None:
+        bus = self.deps.control
+        async for msg_id, control in bus.controls(self.id):
+            try:
+                async with self._lock:
+                    await self.handle(control)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.counters["control_errors"] += 1
+                log.exception("shard %s: control %s failed", self.id, control)
+            await bus.ack(self.id, msg_id)
+
+    async def handle(self, c: Control) -> None:
+        """Apply one control (the caller holds the shard lock)."""
+        self.counters["controls"] += 1
+        served = self.served.get(c.sub_id)
+        if c.op == OP_UNSUBSCRIBE:
+            await self._unserve(c.sub_id)
+            return
+        reg = await self.deps.registry.get(c.sub_id)
+        if reg is None:  # closed before we got here
+            await self._unserve(c.sub_id)
+            return
+        if reg.partition not in self.owned:
+            # Routed on a different view of the live set; the gateway re-routes
+            # on timeout, and the registry lets the real owner rebuild it.
+            self.counters["dropped_controls"] += 1
+            return
+        if c.op == OP_REANCHOR and served is not None and served.sub is not None:
+            served.reg = reg
+            await served.sub.reanchor(reg.query.cursor, reg.query.limit)
+        elif c.op == OP_RESYNC and served is not None and served.sub is not None:
+            self._emit(served, served.sub.current_frames())
+        elif c.op in (OP_SUBSCRIBE, OP_REANCHOR, OP_RESYNC):
+            await self._serve(reg)
+
+    async def _sweep(self) -> None:
+        """Remove subscriptions whose gateway has been gone for two sweeps in a row."""
+        live = set(await self.deps.members.live_gateways())
+        gws = {s.reg.gateway_id for s in self.served.values()}
+        gone = {g for g in gws if g not in live}
+        confirmed = gone & self._missing_gateways
+        self._missing_gateways = gone - confirmed
+        if not confirmed:
+            return
+        self.counters["gateway_sweeps"] += 1
+        async with self._lock:
+            for sid, s in list(self.served.items()):
+                if s.reg.gateway_id in confirmed:
+                    await self.deps.registry.delete(sid)
+                    await self._unserve(sid)
+            for g in confirmed:
+                ob = self._outboxes.pop(g, None)
+                if ob is not None and ob.task is not None:
+                    ob.task.cancel()
+
+    # -- status ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What an operator sees: partitions, subscriptions, views, counters."""
+        st = self.engine.stats
+        return {
+            "shard": self.id,
+            "partitions": sorted(self.owned),
+            "epochs": {p: self.epochs[p] for p in sorted(self.epochs)},
+            "subscriptions": len(self.served),
+            "views": self.engine.view_count(),
+            "changes": st.changes,
+            "frames": st.frames,
+            "resets": dict(st.resets),
+            "pending_frames": sum(len(o.frames) for o in self._outboxes.values()),
+            "batches_sent": sum(o.sent_batches for o in self._outboxes.values()),
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            **self.counters,
+        }
