@@ -1,6 +1,22 @@
-"""raycluster: a sharded live-query tier on Ray and Redis."""
+"""raycluster: a sharded live-query tier on Ray and Redis.
 
-from .errors import ClosedError, ConflictError, InvalidQuery, InvalidRow, RayclusterError
+The core (`raycluster.livequery`) is imported eagerly; the Redis and Ray
+layers load on first use of their names, so `import raycluster` pulls in
+neither redis-py nor Ray.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ClosedError,
+    ConflictError,
+    DesyncError,
+    InvalidQuery,
+    InvalidRow,
+    RayclusterError,
+    UnavailableError,
+)
 from .livequery import (
     Cond,
     Cursor,
@@ -12,7 +28,34 @@ from .livequery import (
     MemoryStore,
     Row,
     SortKey,
+    and_,
+    eq,
+    gt,
+    gte,
+    ilike,
+    in_,
+    is_not_null,
+    is_null,
+    like,
+    lt,
+    lte,
+    ne,
+    not_in,
+    or_,
 )
+
+_LAZY = {
+    "LiveList": "raycluster.client",
+    "Subscription": "raycluster.client",
+    "TierSettings": "raycluster.config",
+    "RemoteGateway": "raycluster._connect",
+    "connect": "raycluster._connect",
+    "local_redis": "raycluster.redis",
+    "RedisStore": "raycluster.redis",
+    "RedisFeed": "raycluster.redis",
+    "Writer": "raycluster.redis",
+    "Tier": "raycluster.actors",
+}
 
 __all__ = (
     "ClosedError",
@@ -20,14 +63,56 @@ __all__ = (
     "ConflictError",
     "Cursor",
     "DeltaOp",
+    "DesyncError",
     "Engine",
     "EntitySpec",
     "InvalidQuery",
     "InvalidRow",
     "LiveDelta",
+    "LiveList",
     "LiveQuery",
     "MemoryStore",
     "RayclusterError",
+    "RedisFeed",
+    "RedisStore",
+    "RemoteGateway",
     "Row",
     "SortKey",
+    "Subscription",
+    "Tier",
+    "TierSettings",
+    "UnavailableError",
+    "Writer",
+    "and_",
+    "connect",
+    "eq",
+    "gt",
+    "gte",
+    "ilike",
+    "in_",
+    "is_not_null",
+    "is_null",
+    "like",
+    "local_redis",
+    "lt",
+    "lte",
+    "ne",
+    "not_in",
+    "or_",
 )
+
+if TYPE_CHECKING:
+    from ._connect import RemoteGateway, connect
+    from .actors import Tier
+    from .client import LiveList, Subscription
+    from .config import TierSettings
+    from .redis import RedisFeed, RedisStore, Writer, local_redis
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'raycluster' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

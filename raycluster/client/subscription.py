@@ -88,6 +88,18 @@ class Subscription:
                 self._waiter = None
         return self._queue.popleft()
 
+    async def batch(self) -> list[GatewayDelta]:
+        """Wait for at least one frame, then take every frame queued ([] once closed)."""
+        while not self._queue:
+            if self.closed:
+                return []
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.drain()
+
     def drain(self) -> list[GatewayDelta]:
         """Every frame queued now, without waiting."""
         out = list(self._queue)
@@ -98,7 +110,9 @@ class Subscription:
         """Slide the window; returns the new window's rows once they arrived."""
         if self.closed:
             raise ClosedError(f"subscription {self.id} is closed")
+        arrived = self.next_reset()
         await self._control.reanchor(self.id, cursor, limit)
+        await arrived  # already done when the control waits for it itself
         return self.rows.rows
 
     async def close(self) -> None:

@@ -40,6 +40,8 @@ __all__ = ("Shard", "ShardDeps", "ShardOptions", "Store", "owned_partitions")
 
 log = logging.getLogger(__name__)
 
+CLAIM_CONCURRENCY = 8  # partitions rebuilt at once (bounded: each holds Redis connections)
+
 
 class Store(Snapshotter, Refiller, Protocol):
     """A row store that answers both snapshots and refills."""
@@ -199,20 +201,28 @@ class Shard:
             if lost or gained:
                 await self.deps.feed.set_partitions(want)
             if gained:
-                await asyncio.gather(*(self._claim(p) for p in sorted(gained)))
+                live_gws = set(await self.deps.members.live_gateways())
+                limit = asyncio.Semaphore(CLAIM_CONCURRENCY)
+                await asyncio.gather(*(self._claim(p, live_gws, limit) for p in sorted(gained)))
 
-    async def _claim(self, p: int) -> None:
-        epoch = await self.deps.fencing.claim(p)
-        self.owned.add(p)
-        self.epochs[p] = epoch
-        self.counters["claims"] += 1
-        regs = await self.deps.registry.by_partition(p)
-        live_gws = set(await self.deps.members.live_gateways())
-        for reg in regs:
-            if reg.gateway_id not in live_gws:
-                await self.deps.registry.delete(reg.sub_id)
-                continue
-            await self._serve(reg)
+    async def _claim(self, p: int, live_gws: set[str], limit: asyncio.Semaphore) -> None:
+        async with limit:
+            try:
+                epoch = await self.deps.fencing.claim(p)
+                self.owned.add(p)
+                self.epochs[p] = epoch
+                self.counters["claims"] += 1
+                for reg in await self.deps.registry.by_partition(p):
+                    if reg.gateway_id not in live_gws:
+                        await self.deps.registry.delete(reg.sub_id)
+                    else:
+                        await self._serve(reg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Not (fully) claimed: give it up; the next reconcile claims it again.
+                log.exception("shard %s: claiming partition %d failed", self.id, p)
+                await self._release(p)
 
     async def _release(self, p: int) -> None:
         self.owned.discard(p)
@@ -380,6 +390,7 @@ class Shard:
             "changes": st.changes,
             "frames": st.frames,
             "resets": dict(st.resets),
+            "lag_ms": st.lag_ms,
             "pending_frames": sum(len(o.frames) for o in self._outboxes.values()),
             "batches_sent": sum(o.sent_batches for o in self._outboxes.values()),
             "uptime_s": round(time.monotonic() - self._started, 1),

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
@@ -54,6 +55,7 @@ class EngineStats:
         self.loads = 0
         self.load_errors = 0
         self.dispatch_errors = 0
+        self.lag_ms = 0  # write → dispatch delay of the last change of the last batch
         self.resets: dict[str, int] = {"overflow": 0, "reanchor": 0, "reconcile": 0}
 
     def as_dict(self) -> dict[str, Any]:
@@ -383,7 +385,10 @@ class Engine:
                 except Exception:
                     self.stats.dispatch_errors += 1
                     log.exception("dispatch of %s/%s %s failed", ch.tenant, ch.entity, ch.agg_id)
-            self.stats.changes += len(batch.changes)
+            if batch.changes:
+                self.stats.changes += len(batch.changes)
+                at = batch.changes[-1].at
+                self.stats.lag_ms = max(0, int(time.time() * 1000) - at) if at else 0
             pos = self._pos
             for source, p in batch.positions.items():
                 k = pos_key(p)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions as rx
@@ -12,7 +15,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from .settings import RedisSettings
 
-__all__ = ("RETRYABLE", "Backoff", "make_client", "resolve_url")
+__all__ = ("RETRYABLE", "Backoff", "ReadGate", "interruptible", "make_client", "resolve_url")
 
 # What a blocking reader treats as "connection lost: back off and resume".
 # BusyLoadingError (a ConnectionError) covers a restarted server still loading its AOF.
@@ -81,3 +84,53 @@ class Backoff:
         delay_s = self._next_s * (0.5 + random.random() / 2)
         self._next_s = min(self._next_s * 2, self.max_s)
         await asyncio.sleep(delay_s)
+
+
+async def interruptible(coro: Awaitable[Any], wake: asyncio.Event) -> tuple[bool, Any]:
+    """Await `coro` unless `wake` is set first: (True, result) or (False, None).
+
+    An interrupted command is cancelled; redis-py then drops that connection,
+    so its late reply can never be read as the next command's. Errors of
+    `coro` propagate; cancellation of the caller cancels `coro` too.
+    """
+    task = asyncio.ensure_future(coro)
+    waiter = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    if task.cancelled():
+        return False, None
+    return True, task.result()
+
+
+class ReadGate:
+    """Marks the one blocking read in flight, so `aclose` can let it end first.
+
+    (Closing a redis-py client under a command that is still running breaks
+    the pool's bookkeeping; a reader is woken, then its client closed.)
+    """
+
+    def __init__(self) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Wrap one read (or one step of reads)."""
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> None:
+        """Return once no read is in flight (or after `timeout_s`)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            pass

@@ -19,11 +19,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from raycluster.cluster.routing import PARTITIONS
 from raycluster.errors import ClosedError
 from raycluster.livequery.models import Change, trusted
-from raycluster.livequery.ports import FeedBatch
+from raycluster.livequery.ports import FeedBatch, pos_key
 
-from ._client import RETRYABLE, Backoff, make_client, resolve_url
+from ._client import RETRYABLE, Backoff, ReadGate, interruptible, make_client, resolve_url
 from .errors import translate_errors
 from .settings import RedisSettings
 
@@ -44,13 +45,6 @@ class FeedStats:
     malformed: int = 0
     gaps: int = 0
     reconnects: int = 0
-
-
-class _Interrupted:
-    """The set of tailed streams changed while a read was blocked."""
-
-
-_INTERRUPTED = _Interrupted()
 
 
 class RedisFeed:
@@ -88,6 +82,7 @@ class RedisFeed:
         self._lock = asyncio.Lock()
         self._reading = False
         self._closed = False
+        self._gate = ReadGate()
 
     @classmethod
     def from_url(
@@ -112,6 +107,7 @@ class RedisFeed:
         """Stop: a reader's iteration ends; connections are closed."""
         self._closed = True
         self._changed.set()
+        await self._gate.wait_idle(self.settings.socket_timeout_s)
         await self._blocking.aclose()
         await self._client.aclose()
 
@@ -210,49 +206,36 @@ class RedisFeed:
                 await backoff.sleep()
 
     async def _next_batch(self) -> FeedBatch | None:
-        """One read (retried until it succeeds); None if interrupted or closed."""
+        """One read (retried until it succeeds); None once closed."""
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         while not self._closed:
             self._changed.clear()
             streams = dict(self._pos)
             try:
                 if not streams:
-                    await self._interruptible(asyncio.sleep(self.settings.feed_block_ms / 1000))
+                    wait_s = self.settings.feed_block_ms / 1000
+                    await interruptible(asyncio.sleep(wait_s), self._changed)
                     return FeedBatch([], {})
-                resp = await self._interruptible(
-                    self._blocking.xread(
-                        streams,  # type: ignore[arg-type]
-                        count=self.settings.feed_count,
-                        block=self.settings.feed_block_ms,
+                with self._gate.busy():
+                    done, resp = await interruptible(
+                        self._blocking.xread(
+                            streams,  # type: ignore[arg-type]
+                            count=self.settings.feed_count,
+                            block=self.settings.feed_block_ms,
+                        ),
+                        self._changed,
                     )
-                )
             except RETRYABLE as e:
                 self.stats.reconnects += 1
                 log.warning("feed: read failed (%s); reconnecting", e)
                 await backoff.sleep()
                 continue
-            if resp is _INTERRUPTED:
-                return None
+            if not done:
+                # The tailed set changed: report the new positions at once.
+                return None if self._closed else FeedBatch([], dict(self._pos))
             self.stats.reads += 1
             return self._decode(resp or [])
         return None
-
-    async def _interruptible(self, coro: Awaitable[_T]) -> _T | _Interrupted:
-        """Await `coro` unless the tailed set changes (or the feed closes) first."""
-        read = asyncio.ensure_future(coro)
-        changed = asyncio.ensure_future(self._changed.wait())
-        try:
-            await asyncio.wait({read, changed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            changed.cancel()
-            if not read.done():
-                # Cancelling a command mid-reply makes redis-py drop that connection,
-                # so a late reply can never be read as the next command's.
-                read.cancel()
-                await asyncio.wait({read})
-        if read.cancelled():
-            return _INTERRUPTED
-        return read.result()
 
     def _decode(self, resp: Any) -> FeedBatch:
         changes: list[Change] = []
@@ -261,6 +244,12 @@ class RedisFeed:
             key = name.decode()
             if key not in pos or not entries:
                 continue  # removed by set_partitions while the read was in flight
+            floor = pos_key(pos[key])
+            if pos_key(entries[0][0].decode()) <= floor:
+                # Re-added at a later start while the read was in flight: drop the overlap.
+                entries = [e for e in entries if pos_key(e[0].decode()) > floor]
+                if not entries:
+                    continue
             seq = seqs.get(key)
             for raw_id, fields in entries:
                 sid = raw_id.decode()
@@ -336,8 +325,6 @@ def _change(source: str, sid: str, f: dict[bytes, bytes] | None) -> Change | Non
 
 
 def _check_partitions(partitions: Iterable[int]) -> list[int]:
-    from raycluster.cluster.routing import PARTITIONS
-
     out = []
     for p in partitions:
         if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < PARTITIONS:

@@ -145,6 +145,7 @@ class LocalRedis:
                 return self.url
             if self._dir is None:
                 self._dir = Path(tempfile.mkdtemp(prefix="raycluster-redis-"))
+            self._dir.mkdir(parents=True, exist_ok=True)
             attempts = 1 if self._fixed_port is not None else _PORT_ATTEMPTS
             last: str = ""
             for _ in range(attempts):
@@ -171,13 +172,14 @@ class LocalRedis:
             "--loglevel", "warning",
             *self.extra_args,
         ]  # fmt: skip
+        # Output goes to the log file once the server runs; only startup errors reach the pipe.
         proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                err = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
                 tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
                 return False, (err + tail).strip()
             if self._answers_as(proc.pid, port):
@@ -215,8 +217,8 @@ class LocalRedis:
             if proc is not None:
                 proc.kill()
                 proc.wait()
-                if proc.stderr is not None:
-                    proc.stderr.close()
+                if proc.stdout is not None:
+                    proc.stdout.close()
 
     def restart(self) -> str:
         """Stop and start again on the same port and directory."""
@@ -242,8 +244,8 @@ def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    if proc.stderr is not None:
-        proc.stderr.close()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 @asynccontextmanager

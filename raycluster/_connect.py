@@ -1,0 +1,59 @@
+"""`connect()`: a gateway outside Ray, over the Redis buses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raycluster._wiring import Closers, redis_gateway
+from raycluster.client import Subscription
+from raycluster.cluster import Gateway
+from raycluster.config import TierSettings
+from raycluster.livequery import Cursor, LiveQuery
+
+__all__ = ("RemoteGateway", "connect")
+
+
+class RemoteGateway:
+    """An external gateway: same `subscribe` as `Tier`, frames over `lq:delta:{id}`."""
+
+    def __init__(self, gateway: Gateway, closers: Closers) -> None:
+        self.gateway = gateway
+        self._closers = closers
+
+    @property
+    def id(self) -> str:
+        """This gateway's id (its delta stream is `lq:delta:{id}`)."""
+        return self.gateway.id
+
+    async def subscribe(
+        self, tenant: str, query: LiveQuery, *, sub_id: str | None = None
+    ) -> Subscription:
+        """Register a live query; returns once its first window has arrived."""
+        return await self.gateway.subscribe(tenant, query, sub_id=sub_id)
+
+    async def reanchor(self, sub_id: str, cursor: Cursor | None, limit: int) -> None:
+        """Move a window."""
+        await self.gateway.reanchor(sub_id, cursor, limit)
+
+    def status(self) -> dict[str, Any]:
+        """Subscriptions and counters."""
+        return self.gateway.status()
+
+    async def aclose(self) -> None:
+        """Unsubscribe everything and close the connections."""
+        await self.gateway.aclose()
+        await self._closers.aclose()
+
+    async def __aenter__(self) -> RemoteGateway:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def connect(redis_url: str, settings: TierSettings | None = None) -> RemoteGateway:
+    """A started gateway over the tier's Redis (no Ray needed in this process)."""
+    s = settings or TierSettings.load()
+    gw, closers = redis_gateway(None, redis_url, s, transport="redis")
+    await gw.start()
+    return RemoteGateway(gw, closers)

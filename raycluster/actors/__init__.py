@@ -1,0 +1,18 @@
+"""The tier on Ray: shard and gateway actors, the controller, and the `Tier` handle."""
+
+from .controller import Controller
+from .gateway import GatewayActor, RayDeltaBus
+from .names import controller_name, gateway_name, shard_name
+from .shard import ShardActor
+from .tier import Tier
+
+__all__ = (
+    "Controller",
+    "GatewayActor",
+    "RayDeltaBus",
+    "ShardActor",
+    "Tier",
+    "controller_name",
+    "gateway_name",
+    "shard_name",
+)

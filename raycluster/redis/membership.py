@@ -1,0 +1,115 @@
+"""`RedisMembership`: who is live — shards and gateways — by TTL heartbeats.
+
+A heartbeat sets the member's key (`lq:shard:{id}` / the gateway's) with a
+TTL *and* records its expiry as its score in a sorted set (`Keys.members()` /
+`Keys.gateways()`), so the live set is one range read, never a keyspace scan.
+Both happen in one script on the **server's clock** (`TIME`): every node
+compares expiries against the same clock, so client clock skew cannot make
+nodes disagree about who is live. Reading the live set prunes expired members.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from ._client import make_client, resolve_url
+from .errors import translate_errors
+from .scripts import HEARTBEAT, LIVE_MEMBERS
+from .settings import RedisSettings
+
+__all__ = ("RedisMembership",)
+
+
+class RedisMembership:
+    """Heartbeats and live sets of shards and gateways (the `Membership` port).
+
+    A member is live from a heartbeat until `heartbeat_ttl_s` (settings, or the
+    call's `ttl_s`) after it; `leave` ends it at once. Live sets are sorted ids.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        settings: RedisSettings | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        self.settings = settings if settings is not None else RedisSettings()
+        self.keys = self.settings.keys
+        self._client = client
+        self._owns_client = owns_client
+        self._heartbeat = client.register_script(HEARTBEAT)
+        self._live = client.register_script(LIVE_MEMBERS)
+
+    @classmethod
+    def from_url(
+        cls, url: str | None = None, *, settings: RedisSettings | None = None
+    ) -> RedisMembership:
+        """Membership with its own connection pool (closed by `aclose`)."""
+        s = settings if settings is not None else RedisSettings()
+        client = make_client(resolve_url(url, s), s, name="raycluster-membership")
+        return cls(client, settings=s, owns_client=True)
+
+    async def __aenter__(self) -> RedisMembership:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool if this object created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    # -- shards ----------------------------------------------------------------------
+
+    async def heartbeat(self, shard_id: str, *, ttl_s: float | None = None) -> None:
+        """Mark `shard_id` live for the TTL from now (server clock)."""
+        await self._beat(self.keys.heartbeat_key(shard_id), self.keys.members(), shard_id, ttl_s)
+
+    async def live_shards(self) -> list[str]:
+        """The ids of shards with an unexpired heartbeat, sorted."""
+        return await self._members(self.keys.members())
+
+    async def leave(self, shard_id: str) -> None:
+        """Remove `shard_id` from the live set now (graceful shutdown)."""
+        await self._leave(self.keys.heartbeat_key(shard_id), self.keys.members(), shard_id)
+
+    # -- gateways --------------------------------------------------------------------
+
+    async def heartbeat_gateway(self, gateway_id: str, *, ttl_s: float | None = None) -> None:
+        """Mark a gateway live for the TTL from now (server clock)."""
+        await self._beat(
+            self.keys.gateway_heartbeat(gateway_id), self.keys.gateways(), gateway_id, ttl_s
+        )
+
+    async def live_gateways(self) -> list[str]:
+        """The ids of gateways with an unexpired heartbeat, sorted."""
+        return await self._members(self.keys.gateways())
+
+    async def leave_gateway(self, gateway_id: str) -> None:
+        """Remove a gateway from the live set now."""
+        await self._leave(self.keys.gateway_heartbeat(gateway_id), self.keys.gateways(), gateway_id)
+
+    # -- internals -------------------------------------------------------------------
+
+    async def _beat(self, key: str, zset: str, member: str, ttl_s: float | None) -> int:
+        if not member:
+            raise ValueError("member id must be a non-empty string")
+        ttl_ms = max(
+            1, round((ttl_s if ttl_s is not None else self.settings.heartbeat_ttl_s) * 1000)
+        )
+        with translate_errors(f"heartbeat {member}"):
+            return int(await self._heartbeat(keys=[key, zset], args=[member, ttl_ms]))
+
+    async def _members(self, zset: str) -> list[str]:
+        with translate_errors("live members"):
+            raw = await self._live(keys=[zset])
+        return sorted(m.decode() for m in raw)
+
+    async def _leave(self, key: str, zset: str, member: str) -> None:
+        with translate_errors(f"leave {member}"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.zrem(zset, member)
+                await pipe.execute()

@@ -1,0 +1,183 @@
+"""`RedisRegistry`: the durable record of every subscription (DESIGN §5, "registry first").
+
+One hash per subscription (`Keys.registration`: `json` — the
+`cluster.protocol.Registration` —, `p` partition, `gw` gateway) and two index
+sets (`Keys.partition_regs`, `Keys.gateway_regs`). Every change is one
+MULTI/EXEC that WATCHes the registration, so the hash and both sets change
+together and a concurrent writer retries instead of interleaving.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+
+from raycluster.cluster.protocol import Registration
+from raycluster.livequery.models import Cursor
+
+from ._client import make_client, resolve_url
+from .errors import translate_errors
+from .settings import RedisSettings
+
+__all__ = ("RedisRegistry", "Registration")
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+class RedisRegistry:
+    """Registrations in Redis (the `SubscriptionRegistry` port).
+
+    Writes are atomic across the hash and its index sets. Lookups read an
+    index set, then the registrations it names; one deleted or moved in
+    between is left out, so a lookup never returns what is not there.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        settings: RedisSettings | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        self.settings = settings if settings is not None else RedisSettings()
+        self.keys = self.settings.keys
+        self._client = client
+        self._owns_client = owns_client
+
+    @classmethod
+    def from_url(
+        cls, url: str | None = None, *, settings: RedisSettings | None = None
+    ) -> RedisRegistry:
+        """A registry with its own connection pool (closed by `aclose`)."""
+        s = settings if settings is not None else RedisSettings()
+        client = make_client(resolve_url(url, s), s, name="raycluster-registry")
+        return cls(client, settings=s, owns_client=True)
+
+    async def __aenter__(self) -> RedisRegistry:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool if this registry created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def put(self, reg: Registration) -> None:
+        """Record (or replace) a registration; its index sets follow it atomically."""
+        key = self.keys.registration(reg.sub_id)
+        body = reg.model_dump_json()
+        p, gw = reg.partition, reg.gateway_id
+
+        async def tx(pipe: Pipeline) -> None:
+            old_p, old_gw = await pipe.hmget(key, ["p", "gw"])
+            pipe.multi()
+            if old_p is not None and int(old_p) != p:
+                pipe.srem(self.keys.partition_regs(int(old_p)), reg.sub_id)
+            if old_gw is not None and _text(old_gw) != gw:
+                pipe.srem(self.keys.gateway_regs(_text(old_gw)), reg.sub_id)
+            pipe.hset(key, mapping={"json": body, "p": p, "gw": gw})
+            pipe.sadd(self.keys.partition_regs(p), reg.sub_id)
+            pipe.sadd(self.keys.gateway_regs(gw), reg.sub_id)
+
+        with translate_errors(f"put registration {reg.sub_id}"):
+            await self._client.transaction(tx, key)
+
+    async def update_cursor(
+        self, sub_id: str, cursor: Cursor | None, limit: int
+    ) -> Registration | None:
+        """Persist a reanchor: the registration's query gets `cursor` and `limit`.
+
+        Returns the updated registration (None if there is none). Atomic: a
+        concurrent change makes it re-read and re-apply.
+        """
+        key = self.keys.registration(sub_id)
+
+        async def tx(pipe: Pipeline) -> Registration | None:
+            raw = await pipe.hget(key, "json")
+            if raw is None:
+                pipe.multi()
+                return None
+            reg = Registration.model_validate_json(raw)
+            fields = reg.query.model_dump()
+            fields.update(cursor=cursor.model_dump() if cursor is not None else None, limit=limit)
+            new = reg.model_copy(update={"query": type(reg.query).model_validate(fields)})
+            pipe.multi()
+            pipe.hset(key, "json", new.model_dump_json())
+            return new
+
+        with translate_errors(f"update registration {sub_id}"):
+            out: Registration | None = await self._client.transaction(
+                tx, key, value_from_callable=True
+            )
+        return out
+
+    async def delete(self, sub_id: str) -> None:
+        """Remove a registration and its index entries (no error if absent)."""
+        await self.remove(sub_id)
+
+    async def remove(self, sub_id: str) -> bool:
+        """`delete`, returning whether the registration existed."""
+        key = self.keys.registration(sub_id)
+
+        async def tx(pipe: Pipeline) -> bool:
+            old_p, old_gw = await pipe.hmget(key, ["p", "gw"])
+            pipe.multi()
+            pipe.delete(key)
+            if old_p is not None:
+                pipe.srem(self.keys.partition_regs(int(old_p)), sub_id)
+            if old_gw is not None:
+                pipe.srem(self.keys.gateway_regs(_text(old_gw)), sub_id)
+            return old_p is not None
+
+        with translate_errors(f"delete registration {sub_id}"):
+            existed: bool = await self._client.transaction(tx, key, value_from_callable=True)
+        return existed
+
+    async def delete_gateway(self, gateway_id: str) -> int:
+        """Remove every registration of a gateway that is gone; how many were removed."""
+        removed = 0
+        for reg in await self.by_gateway(gateway_id):
+            removed += await self.remove(reg.sub_id)
+        return removed
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get(self, sub_id: str) -> Registration | None:
+        """One registration, or None."""
+        with translate_errors(f"get registration {sub_id}"):
+            raw = await self._client.hget(self.keys.registration(sub_id), "json")
+        return None if raw is None else Registration.model_validate_json(raw)
+
+    async def by_partition(self, p: int) -> list[Registration]:
+        """The registrations on partition `p`, by sub id."""
+        regs = await self._load(self.keys.partition_regs(p))
+        return [r for r in regs if r.partition == p]
+
+    async def by_partition_num(self, p: int) -> int:
+        """How many registrations partition `p` has (one SCARD)."""
+        with translate_errors(f"count registrations of partition {p}"):
+            return int(await self._client.scard(self.keys.partition_regs(p)))
+
+    async def by_gateway(self, gateway_id: str) -> list[Registration]:
+        """The registrations held by one gateway, by sub id."""
+        regs = await self._load(self.keys.gateway_regs(gateway_id))
+        return [r for r in regs if r.gateway_id == gateway_id]
+
+    async def _load(self, index_key: str) -> list[Registration]:
+        with translate_errors(f"read registrations of {index_key}"):
+            ids: Any = sorted(await self._client.smembers(index_key))
+            if not ids:
+                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for sub_id in ids:
+                    pipe.hget(self.keys.registration(_text(sub_id)), "json")
+                raws = await pipe.execute()
+        return [Registration.model_validate_json(raw) for raw in raws if raw is not None]
