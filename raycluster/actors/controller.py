@@ -65,6 +65,7 @@ class Controller:
             await asyncio.sleep(ENSURE_INTERVAL_S)
             try:
                 async with self._lock:
+                    await self._forget_dead()
                     await self._ensure()
             except asyncio.CancelledError:
                 raise
@@ -114,6 +115,18 @@ class Controller:
             max_restarts=-1,
             num_cpus=s.gateway_num_cpus,
         ).remote(gid, self.settings_json, self.url)
+
+    async def _forget_dead(self) -> None:
+        # A shard killed for good (not restarted by Ray) is re-created under its name.
+        for group in (self.shards, self.gateways):
+            for aid, h in list(group.items()):
+                try:
+                    await asyncio.wait_for(h.ready.remote(), STATUS_TIMEOUT_S)
+                except ray.exceptions.ActorDiedError:
+                    log.warning("controller: %s died; starting it again", aid)
+                    del group[aid]
+                except Exception:
+                    pass  # slow or restarting: leave it to Ray
 
     async def _ensure(self) -> None:
         for gid in gateway_ids(self.settings.gateways):

@@ -180,6 +180,7 @@ class LocalRedis:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 err = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                _terminate(proc, 1.0)  # reaps it and closes the pipe
                 tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
                 return False, (err + tail).strip()
             if self._answers_as(proc.pid, port):
