@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Any
 
 import ray
@@ -100,6 +101,10 @@ class ShardActor:
     async def ready(self) -> bool:
         """True once the shard heartbeats (it may not own partitions yet)."""
         return not self._task.done()
+
+    async def pid(self) -> int:
+        """The actor's process id (operators and chaos tests signal it)."""
+        return os.getpid()
 
     async def status(self) -> dict[str, Any]:
         """The shard runtime's status."""
