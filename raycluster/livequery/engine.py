@@ -516,6 +516,7 @@ class Engine:
         view.loading = True
         view.pending = []
         self._loading.add(view)
+        view.index.loading.add(view)
         task = asyncio.create_task(self._load(view, kind), name=f"livequery-{kind}")
         self._tasks.add(task)
         task.add_done_callback(self._reap)
@@ -565,6 +566,7 @@ class Engine:
         view.failed = e
         view.loading = False
         self._loading.discard(view)
+        view.index.loading.discard(view)
         view.ready.set()
         if not view.subs and not view.waiting:
             self._drop_view(view)
@@ -590,8 +592,10 @@ class Engine:
         pending, view.pending = view.pending, []
         view.loading = False
         self._loading.discard(view)
+        view.index.loading.discard(view)
         out: list[Frame] = []
         later: list[Change] = []
+        state.trimming = False  # the read starts at the horizon it was asked for
         for ch in pending:
             if pos_key(ch.stream_id) <= mark:
                 state.apply(ch.agg_id, ch.version, ch.row, ch.stream_id, ch.at, out)
@@ -612,6 +616,8 @@ class Engine:
                     sub._send_reset()
         else:
             state.merge(rows, complete, out)
+        state.trimming = True
+        state.trim()
         for ch in later:
             state.apply(ch.agg_id, ch.version, ch.row, ch.stream_id, ch.at, out)
         if kind == "initial":

@@ -34,6 +34,10 @@ class PredicateIndex(Generic[V]):
         self._need: dict[V, int] = {}  # view → how many indexed columns must hit
         self._terms: dict[V, list[tuple[str, frozenset[Any]]]] = {}
         self.residual: set[V] = set()
+        # Views waiting for a store read see every change of the group: whether
+        # a change concerns them depends on parked changes not yet applied
+        # (a parked insert of row X makes a later change of X relevant).
+        self.loading: set[V] = set()
         self._multi = 0  # views filed under more than one column
         self.holders: defaultdict[str, set[V]] = defaultdict(set)
 
@@ -56,6 +60,7 @@ class PredicateIndex(Generic[V]):
     def remove(self, view: V) -> None:
         """Forget `view` (its holder entries are dropped by the window)."""
         self.residual.discard(view)
+        self.loading.discard(view)
         for col, values in self._terms.pop(view, ()):
             buckets = self._by_col[col]
             for v in values:
@@ -70,9 +75,13 @@ class PredicateIndex(Generic[V]):
     def candidates(self, agg_id: str, row: dict[str, Any] | None) -> list[V]:
         """Views a write of `row` (None: a delete) to `agg_id` may change (no repeats)."""
         held = self.holders.get(agg_id)
-        if row is None:
+        if row is None and not self.loading:
             return list(held) if held else []
         found: set[V] = set(held) if held else set()
+        if self.loading:
+            found |= self.loading
+            if row is None:
+                return list(found)
         if self.residual:
             found |= self.residual
         need = self._need

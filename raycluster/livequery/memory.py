@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -26,8 +26,20 @@ from .ports import FeedBatch, pos_key
 
 __all__ = ("MemoryFeed", "MemoryStore")
 
+
+class _Table:
+    """The rows of one (tenant, entity), their tombstones and column indexes."""
+
+    __slots__ = ("index", "rows", "source", "tombs")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.rows: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.tombs: dict[str, int] = {}  # deleted id → the version of its delete
+        self.index: dict[str, dict[Any, set[str]]] = {}  # column → value → ids
+
+
 _BATCH = 1024  # changes per batch: the engine dispatches a batch without yielding
-_Table = dict[str, tuple[int, dict[str, Any]]]  # id → (version, row)
 
 
 def _index_row(index: dict[str, dict[Any, set[str]]], agg_id: str, row: dict[str, Any]) -> None:
@@ -77,12 +89,7 @@ class MemoryStore:
     ) -> None:
         self.source = source
         self.specs = {e.name: e for e in entities}
-        self._tables: defaultdict[tuple[str, str], _Table] = defaultdict(dict)
-        self._versions: dict[tuple[str, str, str], int] = {}
-        # (tenant, entity) → column → value → ids
-        self._index: defaultdict[tuple[str, str], dict[str, dict[Any, set[str]]]] = defaultdict(
-            dict
-        )
+        self._tables: dict[tuple[str, str], _Table] = {}
         self._seq = 0
         self._readers: list[MemoryFeed] = []
         self._partition = partition
@@ -114,10 +121,18 @@ class MemoryStore:
         Deleting a row that does not exist writes nothing and returns its
         current version (0 if it never existed).
         """
-        table = self._tables.get((tenant, entity))
-        if table is None or agg_id not in table:
-            return self._versions.get((tenant, entity, agg_id), 0)
+        t = self._tables.get((tenant, entity))
+        if t is None or agg_id not in t.rows:
+            return t.tombs.get(agg_id, 0) if t is not None else 0
         return self._write(tenant, entity, agg_id, None, expected_version)
+
+    def _table(self, tenant: str, entity: str) -> _Table:
+        t = self._tables.get((tenant, entity))
+        if t is None:
+            source = self._partition(tenant, entity) if self._partition else self.source
+            self._known_sources.add(source)
+            t = self._tables[(tenant, entity)] = _Table(source)
+        return t
 
     def _write(
         self,
@@ -127,27 +142,24 @@ class MemoryStore:
         row: dict[str, Any] | None,
         expected: int | None,
     ) -> int:
-        vkey = (tenant, entity, agg_id)
-        current = self._versions.get(vkey, 0)
+        t = self._tables.get((tenant, entity)) or self._table(tenant, entity)
+        rows = t.rows
+        old = rows.get(agg_id)
+        current = old[0] if old is not None else t.tombs.get(agg_id, 0)
         if expected is not None and expected != current:
             raise ConflictError(agg_id, expected, current)
         version = current + 1
-        self._versions[vkey] = version
-        table = self._tables[(tenant, entity)]
-        old = table.get(agg_id)
-        index = self._index.get((tenant, entity))
-        if index:
-            _unindex(index, agg_id, old[1] if old is not None else None)
+        index = t.index
+        if index and old is not None:
+            _unindex(index, agg_id, old[1])
         if row is None:
-            del table[agg_id]
+            del rows[agg_id]
+            t.tombs[agg_id] = version  # a re-insert continues from this version
         else:
-            table[agg_id] = (version, row)
+            rows[agg_id] = (version, row)
             if index:
                 _index_row(index, agg_id, row)
         self._seq += 1
-        source = self._partition(tenant, entity) if self._partition else self.source
-        if source not in self._known_sources:
-            self._known_sources.add(source)
         change = trusted(
             Change,
             {
@@ -159,7 +171,7 @@ class MemoryStore:
                 "row": row,
                 "stream_id": f"0-{self._seq}",
                 "at": int(time.time() * 1000),
-                "source": source,
+                "source": t.source,
             },
         )
         for reader in self._readers:
@@ -168,11 +180,13 @@ class MemoryStore:
 
     def get(self, tenant: str, entity: str, agg_id: str) -> tuple[int, dict[str, Any]] | None:
         """The (version, row) of `agg_id`, or None."""
-        return self._tables.get((tenant, entity), {}).get(agg_id)
+        t = self._tables.get((tenant, entity))
+        return t.rows.get(agg_id) if t is not None else None
 
     def rows(self, tenant: str, entity: str) -> dict[str, tuple[int, dict[str, Any]]]:
         """Every row of one (tenant, entity): id → (version, row). A copy."""
-        return dict(self._tables.get((tenant, entity), {}))
+        t = self._tables.get((tenant, entity))
+        return dict(t.rows) if t is not None else {}
 
     # -- Snapshotter / Refiller --------------------------------------------------
 
@@ -193,7 +207,8 @@ class MemoryStore:
             spec.check_query(query)
         if limit <= 0:
             raise InvalidQuery("limit", limit, "must be greater than 0")
-        table = self._tables.get((tenant, query.entity), {})
+        t = self._tables.get((tenant, query.entity))
+        table = t.rows if t is not None else {}
         pred = compile_predicate(query.where)
         keyfn = key_fn(query.sort)
         floor = cursor_key(after, query.sort) if after is not None else ()
@@ -225,16 +240,16 @@ class MemoryStore:
             )
             for _, agg_id, version, row in best
         ]
-        source = self.source_of(tenant, query.entity)
+        source = t.source if t is not None else self.source_of(tenant, query.entity)
         return Snapshot(rows=rows, watermark=f"0-{self._seq}", source=source)
 
     def _column_index(self, tenant: str, entity: str, col: str) -> dict[Any, set[str]]:
         # Built on first use, so writes only maintain columns someone filters on.
-        index = self._index[(tenant, entity)]
-        buckets = index.get(col)
+        t = self._table(tenant, entity)
+        buckets = t.index.get(col)
         if buckets is None:
-            buckets = index[col] = {}
-            for agg_id, (_, row) in self._tables.get((tenant, entity), {}).items():
+            buckets = t.index[col] = {}
+            for agg_id, (_, row) in t.rows.items():
                 _index_row({col: buckets}, agg_id, row)
         return buckets
 

@@ -170,6 +170,7 @@ class Window:
         "on_drop",
         "pred",
         "sort",
+        "trimming",
     )
 
     def __init__(
@@ -195,6 +196,9 @@ class Window:
         self.entries: dict[str, Entry] = {}
         self.on_add = on_add
         self.on_drop = on_drop
+        # Off while a keyset read is merged: the read starts after the horizon
+        # it was asked for, so the horizon must not shrink until it is merged.
+        self.trimming = True
 
     # -- reading ---------------------------------------------------------------
 
@@ -286,10 +290,13 @@ class Window:
                 gone = entries[keys[n][-1]]
                 out.append(Frame(_LEAVE, gone, n - 1))
             out.append(Frame(_ENTER, e, None, j))
-        if len(keys) > n + self.cushion:
-            self._trim()
+        if len(keys) > n + self.cushion and self.trimming:
+            self.trim()
 
-    def _trim(self) -> None:
+    def trim(self) -> None:
+        """Drop rows past visible + cushion; the horizon becomes the last kept key."""
+        if len(self.keys) <= self.limit + self.cushion:
+            return
         keys, entries = self.keys, self.entries
         keep = self.limit + self.cushion
         for k in keys[keep:]:
@@ -319,8 +326,8 @@ class Window:
             self.horizon = e.key
         if complete:
             self.horizon = None
-        if len(keys) > n + self.cushion:
-            self._trim()
+        if len(keys) > n + self.cushion and self.trimming:
+            self.trim()
 
     def clear(self) -> None:
         """Forget everything (the range becomes empty at the anchor)."""
@@ -340,7 +347,17 @@ class StreamSet:
     current, and sees every change to a matching row. Order is the client's.
     """
 
-    __slots__ = ("anchor", "entries", "keyfn", "limit", "on_add", "on_drop", "pred", "sort")
+    __slots__ = (
+        "anchor",
+        "entries",
+        "keyfn",
+        "limit",
+        "on_add",
+        "on_drop",
+        "pred",
+        "sort",
+        "trimming",
+    )
 
     def __init__(
         self,
@@ -361,6 +378,10 @@ class StreamSet:
         self.entries: dict[str, Entry] = {}
         self.on_add = on_add
         self.on_drop = on_drop
+        self.trimming = True  # nothing to trim; here for the engine's uniform handling
+
+    def trim(self) -> None:
+        """Nothing to trim in a membership set."""
 
     def visible_entries(self) -> list[Entry]:
         """Every member, in the query's order."""
