@@ -89,7 +89,11 @@ class LiveList:
             i = self._at(d.new_index, agg_id)
             items[i] = Item(agg_id, d.version, d.row or {})
         elif op in (DeltaOp.MATCH, DeltaOp.UPDATE):
+            # A match of a member, or an update of a non-member, means a frame was lost.
             pos = self._find(agg_id)
+            if (pos is None) == (op is DeltaOp.UPDATE):
+                held = "holds" if pos is not None else "does not hold"
+                raise DesyncError(f"{op.value} of {agg_id!r}, which the list {held}")
             item = Item(agg_id, d.version, d.row or {})
             if pos is None:
                 items.append(item)

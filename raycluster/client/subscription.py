@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from raycluster.cluster.protocol import GatewayDelta
 from raycluster.errors import ClosedError, DesyncError
 from raycluster.livequery import Cursor, DeltaOp, LiveDelta, LiveQuery
 
 from .livelist import LiveList
+
+if TYPE_CHECKING:  # the cluster package imports this module: no runtime cycle
+    from raycluster.cluster.protocol import GatewayDelta
 
 __all__ = ("Subscription", "SubscriptionControl")
 
@@ -168,6 +170,8 @@ class Subscription:
                 w.set_result(None)
 
     def _synthetic_reset(self) -> list[GatewayDelta]:
+        from raycluster.cluster.protocol import GatewayDelta
+
         items = self.rows.items
         mk = LiveDelta.model_construct
         frames = [mk(op=DeltaOp.RESET, count=len(items))]

@@ -273,6 +273,7 @@ class Engine:
         self._tick: asyncio.Future[None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self._closed = False
+        self._fed = False  # the feed reported its starting positions
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -290,6 +291,11 @@ class Engine:
         if self._pump is None:
             self._pump = asyncio.create_task(self._run_pump(), name="livequery-pump")
             self._pump.add_done_callback(lambda _: self._notify())
+        # Return once the feed reported where it starts: every write after
+        # start() returns is then delivered.
+        while not self._fed and not self._pump.done():
+            await self._wait_tick()
+        self._raise_if_pump_died()
 
     def check_query(self, query: LiveQuery) -> None:
         """Raise `InvalidQuery` if `query` does not fit the declared entities."""
@@ -394,6 +400,7 @@ class Engine:
                 k = pos_key(p)
                 if k > pos.get(source, _ZERO):
                     pos[source] = k
+            self._fed = True
             if self._parked:
                 self._unpark()
             self._notify()

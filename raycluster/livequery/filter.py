@@ -42,34 +42,38 @@ def like_matcher(pattern: str, *, ignore_case: bool) -> Callable[[str], bool]:
         else:
             parts.append(re.escape(ch))
         i += 1
-    # Common shapes ('abc', 'abc%', '%abc', '%abc%') avoid the regex engine.
-    body = pattern.strip("%")
-    simple = "_" not in pattern and "\\" not in pattern and "%" not in body
-    if simple:
-        starts, ends = pattern.startswith("%"), pattern.endswith("%") and len(pattern) > 1
-        if ignore_case:
-            folded = body.casefold()
-            if starts and ends:
-                return lambda s: folded in s.casefold()
-            if ends:
-                return lambda s: s.casefold().startswith(folded)
-            if starts:
-                return lambda s: s.casefold().endswith(folded)
-            return lambda s: s.casefold() == folded
-        if literal:
-            return body.__eq__
-        if starts and ends:
-            return lambda s: body in s
-        if ends:
-            return lambda s: s.startswith(body)
-        if starts:
-            return lambda s: s.endswith(body)
     flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
     match = re.compile("".join(parts), flags).fullmatch
-    return lambda s: match(s) is not None
+    # Common shapes ('abc', 'abc%', '%abc', '%abc%') avoid the regex engine.
+    # Ignoring case, only ASCII text takes the fast path: there `lower()` is
+    # exactly the one-to-one case mapping the regex uses (for other scripts,
+    # lower()/casefold() can map one character to two).
+    body = pattern.strip("%")
+    simple = "_" not in pattern and "\\" not in pattern and "%" not in body
+    if not simple or (ignore_case and not pattern.isascii()):
+        return lambda s: isinstance(s, str) and match(s) is not None
+    starts, ends = pattern.startswith("%"), pattern.endswith("%") and len(pattern) > 1
+    if ignore_case:
+        body = body.lower()
+    if literal:
+        shape = "eq"
+    elif starts and ends:
+        shape = "in"
+    else:
+        shape = "end" if starts else "start"
 
+    def test(s: str) -> bool:
+        if shape == "eq":
+            return s == body
+        if shape == "in":
+            return body in s
+        return s.endswith(body) if shape == "end" else s.startswith(body)
 
-# Every atom compiles to a bool, so the and/or chain is a bool without a bool() call.
+    if not ignore_case:
+        return lambda s: isinstance(s, str) and test(s)
+    return lambda s: (
+        isinstance(s, str) and (test(s.lower()) if s.isascii() else match(s) is not None)
+    )
 
 
 class _Gen:

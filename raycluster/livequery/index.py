@@ -75,13 +75,13 @@ class PredicateIndex(Generic[V]):
     def candidates(self, agg_id: str, row: dict[str, Any] | None) -> list[V]:
         """Views a write of `row` (None: a delete) to `agg_id` may change (no repeats)."""
         held = self.holders.get(agg_id)
-        if row is None and not self.loading:
+        if row is None:
+            if self.loading:
+                return list(self.loading.union(held or ()))
             return list(held) if held else []
         found: set[V] = set(held) if held else set()
         if self.loading:
             found |= self.loading
-            if row is None:
-                return list(found)
         if self.residual:
             found |= self.residual
         need = self._need

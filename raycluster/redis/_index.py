@@ -94,20 +94,28 @@ class Layout:
         sortable = spec.sortable if spec.sortable is not None else cols
         self.sortable = [(c, spec.columns[c] == "str") for c in sortable]
 
-    def entries(self, tenant: str, agg_id: str, row: dict[str, Any]) -> list[str | bytes]:
-        """The WRITE script's index triples (kind, key, x) for `row`."""
+    def entries(self, tenant: str, agg_id: str, row: dict[str, Any]) -> bytes:
+        """The WRITE script's index entries for `row` (one length-prefixed string)."""
         entity = self.spec.name
-        out: list[str | bytes] = []
+        out: list[bytes] = []
         vx = self.keys.value_index
         for c in self.filterable:
-            out += ("v", vx(tenant, entity, c, canon(row.get(c))), count_field(c))
+            out.append(_entry(b"v", vx(tenant, entity, c, canon(row.get(c))), count_field(c)))
         for c, lexical in self.sortable:
             v = row.get(c)
             if lexical:
-                out += ("l", self.extra.sort_lex(tenant, entity, c), lex_member(v, agg_id))
+                key = self.extra.sort_lex(tenant, entity, c)
+                out.append(_entry(b"l", key, lex_member(v, agg_id)))
             else:
-                out += ("n", self.extra.sort_num(tenant, entity, c), score_text(v))
-        return out
+                key = self.extra.sort_num(tenant, entity, c)
+                out.append(_entry(b"n", key, score_text(v)))
+        return b"".join(out)
+
+
+def _entry(kind: bytes, key: str, x: str | bytes) -> bytes:
+    kb = key.encode()
+    xb = x.encode() if isinstance(x, str) else x
+    return b"%s%d:%s%d:%s" % (kind, len(kb), kb, len(xb), xb)
 
 
 def check_scalar(v: Any) -> str | None:

@@ -20,27 +20,31 @@ local version = tonumber(cur[1] or '0')
 if expected ~= '' and tonumber(expected) ~= version then
   return {'conflict', version, ''}
 end
-local exists = redis.call('HEXISTS', row_key, 'row') == 1
-if op == 'delete' and not exists then
+-- A live row always has `ix` (possibly empty); a deleted one keeps only `v`.
+if op == 'delete' and not cur[2] then
   return {'noop', version, ''}
 end
-local function ident(kind, key, x)
-  return kind .. #key .. ':' .. key .. x
+-- Entries: kind byte, then key and x, each as <decimal byte length> ':' <bytes>.
+local function parse(blob, out, set)
+  local pos, len = 1, #blob
+  while pos <= len do
+    local start = pos
+    local kind = string.sub(blob, pos, pos)
+    local c = string.find(blob, ':', pos + 1, true)
+    local key_end = c + tonumber(string.sub(blob, pos + 1, c - 1))
+    local key = string.sub(blob, c + 1, key_end)
+    c = string.find(blob, ':', key_end + 1, true)
+    pos = c + tonumber(string.sub(blob, key_end + 1, c - 1)) + 1
+    out[#out + 1] = {kind, key, string.sub(blob, c + 1, pos - 1)}
+    set[string.sub(blob, start, pos - 1)] = #out
+  end
 end
-local new = {}
-local new_set = {}
-for i = 8, #ARGV, 3 do
-  new[#new + 1] = ARGV[i]; new[#new + 1] = ARGV[i + 1]; new[#new + 1] = ARGV[i + 2]
-  new_set[ident(ARGV[i], ARGV[i + 1], ARGV[i + 2])] = true
-end
-local old = {}
-if cur[2] then old = cmsgpack.unpack(cur[2]) end
-local old_set = {}
-for i = 1, #old, 3 do
-  local kind, key, x = old[i], old[i + 1], old[i + 2]
-  local id = ident(kind, key, x)
-  old_set[id] = true
-  if not new_set[id] then
+local new, new_set, old, old_set = {}, {}, {}, {}
+parse(ARGV[8] or '', new, new_set)
+if cur[2] then parse(cur[2], old, old_set) end
+for ident, i in pairs(old_set) do
+  if not new_set[ident] then
+    local kind, key, x = old[i][1], old[i][2], old[i][3]
     if kind == 'v' then
       redis.call('SREM', key, agg_id)
       if redis.call('HINCRBY', counts_key, x, -1) <= 0 then redis.call('HDEL', counts_key, x) end
@@ -51,9 +55,9 @@ for i = 1, #old, 3 do
     end
   end
 end
-for i = 1, #new, 3 do
-  local kind, key, x = new[i], new[i + 1], new[i + 2]
-  if not old_set[ident(kind, key, x)] then
+for ident, i in pairs(new_set) do
+  if not old_set[ident] then
+    local kind, key, x = new[i][1], new[i][2], new[i][3]
     if kind == 'v' then
       redis.call('SADD', key, agg_id)
       redis.call('HINCRBY', counts_key, x, 1)
@@ -70,7 +74,7 @@ if op == 'delete' then
   redis.call('HDEL', row_key, 'row', 'ix')
   redis.call('ZREM', ids_key, agg_id)
 else
-  redis.call('HSET', row_key, 'v', version, 'row', ARGV[6], 'ix', cmsgpack.pack(new))
+  redis.call('HSET', row_key, 'v', version, 'row', ARGV[6], 'ix', ARGV[8] or '')
   redis.call('ZADD', ids_key, 0, agg_id)
 end
 local n = redis.call('INCR', seq_key)
@@ -95,16 +99,18 @@ KEYS: 1 row hash `Keys.row(t, e, id)`; 2 live-id sorted set `Keys.table(t, e)`;
 
 ARGV: 1 op `upsert`|`delete`; 2 expected version or `""` (none); 3 tenant;
 4 entity; 5 id; 6 row JSON (`""` on delete); 7 stream MAXLEN (approximate);
-8… the row's index entries, as triples `kind, key, x`:
+8 the row's index entries (upsert only), one string: for each entry a kind
+byte, then its key and its `x`, each written as `<byte length>:<bytes>`
+(e.g. `v5:lq:vx…3:v:a`). Kinds:
 
-* `v, value-set key, "v:{column}"` — SADD key id, count in the count hash;
-* `n, numeric sorted-set key, score` — ZADD key score id;
-* `l, lexical sorted-set key, member` — ZADD key 0 member.
+* `v` value set: SADD key id, and HINCRBY the count hash field `x` (`v:{column}`);
+* `n` numeric sort index: ZADD key `x` (the score) id;
+* `l` lexical sort index: ZADD key 0 `x` (the member).
 
-(`_index.Layout` derives them from the entity's spec; a delete passes none.)
-The row hash keeps `v` (version, kept after a delete so a re-insert
-continues from it), `row` (JSON) and `ix` (the entries, msgpack) so the next
-write removes exactly the entries that changed.
+(`_index.Layout` derives them from the entity's spec.) The row hash keeps
+`v` (version, kept after a delete so a re-insert continues from it), `row`
+(JSON) and `ix` (the entries string), so the next write removes exactly the
+entries that changed; a live row always has `ix`.
 
 Returns `{status, version, stream id}`: `ok` (written at `version`),
 `conflict` (expected version differs; `version` is the current one, nothing

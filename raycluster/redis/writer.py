@@ -180,7 +180,7 @@ class Writer:
             isinstance(expected, bool) or not isinstance(expected, int) or expected < 0
         ):
             raise InvalidRow("expected_version", expected, "must be an int >= 0")
-        entries: list[str | bytes] = []
+        entries = b""
         row_json = ""
         if row is not None:
             if not isinstance(row, Mapping):
@@ -209,7 +209,7 @@ class Writer:
             agg_id,
             row_json,
             self.settings.events_maxlen,
-            *entries,
+            entries,
         ]
         return keys, args
 
