@@ -1,0 +1,244 @@
+"""Tier benchmarks on a local Ray with a private Redis.
+
+    python benchmarks/bench_tier.py [--quick] [--runs 3]
+
+* write → client latency p50/p99 at fixed write rates, over the in-cluster
+  path (gateway actor, object-ref streams) and the Redis path (external
+  gateway reading `lq:delta:{gw}`), 100 windows;
+* the most changes/s one shard sustains with 10,000 subscriptions (each
+  change renames a row inside its window: one frame per change), per path;
+* failover: a shard killed for good → every client reset by a new owner.
+
+Latency is measured per frame as receive time minus the write's server time
+(`at`, stamped by the write script), so both clocks are this machine's.
+Prints a table of medians and writes benchmarks/results/bench_tier.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ray
+from _report import report
+
+import raycluster
+from raycluster import EntitySpec, LiveQuery, SortKey, Tier, TierSettings, eq
+from raycluster.cluster import owner, partition_of
+from raycluster.redis import LocalRedis
+
+ASSET = EntitySpec(name="asset", columns={"owner": "str", "name": "str"}, max_window=100)
+T = "bench"
+
+
+def settings(name: str, url: str, shards: int) -> TierSettings:
+    return TierSettings.load(
+        name=name,
+        shards=shards,
+        shard_num_cpus=0.5,
+        entities=[ASSET.model_dump()],
+        redis={"redis_url": url, "key_prefix": name, "heartbeat_ttl_s": 2.0},
+        shard={"heartbeat_interval_s": 0.4, "ownership_interval_s": 0.2},
+    )
+
+
+def pct(vals: list[float], q: float) -> float:
+    if not vals:
+        return float("nan")
+    s = sorted(vals)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def preload(w: Any, rows: int, owners: int) -> None:
+    batch = {f"a{i:06}": {"owner": f"u{i % owners}", "name": f"n{i:06}"} for i in range(rows)}
+    items = list(batch.items())
+    for k in range(0, len(items), 1000):
+        await w.upsert_many(T, "asset", items[k : k + 1000])
+
+
+async def latency(tier: Tier, path: str, rate: float, seconds: float) -> dict[str, Any]:
+    """Fixed-rate renames; per-frame write → client latency."""
+    owners = 100
+    w = tier.writer()
+    await preload(w, 1000, owners)
+    remote = await raycluster.connect(tier.redis_url, tier.settings) if path == "redis" else None
+    subs = []
+    for i in range(owners):
+        q = LiveQuery(entity="asset", where=[eq("owner", f"u{i}")],
+                      sort=[SortKey(column="name")], limit=10)  # fmt: skip
+        subs.append(await (remote or tier).subscribe(T, q))
+    lat: list[float] = []
+
+    async def consume(sub: Any) -> None:
+        async for f in sub:
+            if f.delta.op.value != "reset" and f.delta.at:
+                lat.append(time.time() * 1000 - f.delta.at)
+
+    readers = [asyncio.create_task(consume(s)) for s in subs]
+    rnd = random.Random(1)
+    n = int(rate * seconds)
+    t0 = time.monotonic()
+    for k in range(n):
+        i = rnd.randrange(1000)
+        await w.upsert(T, "asset", f"a{i:06}", {"owner": f"u{i % owners}", "name": f"m{k:07}"})
+        delay = t0 + (k + 1) / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    achieved = n / (time.monotonic() - t0)
+    deadline = time.monotonic() + 10
+    while len(lat) < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for s in subs:
+        await s.close()
+    for r in readers:
+        r.cancel()
+    if remote is not None:
+        await remote.aclose()
+    await w.aclose()
+    return {"p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "frames": len(lat),
+            "writes": n, "write_rate": achieved}  # fmt: skip
+
+
+async def throughput(tier: Tier, path: str, subs_n: int, rows: int, changes: int) -> dict[str, Any]:
+    """Renames written as fast as possible; changes/s until every frame reached the gateway."""
+    w = tier.writer()
+    await preload(w, rows, subs_n)
+    remote = await raycluster.connect(tier.redis_url, tier.settings) if path == "redis" else None
+    gw = None if remote else tier.gateway()
+    sem = asyncio.Semaphore(200)
+
+    async def sub(i: int) -> None:
+        q = LiveQuery(entity="asset", where=[eq("owner", f"u{i}")],
+                      sort=[SortKey(column="name")], limit=10)  # fmt: skip
+        async with sem:
+            if remote is not None:
+                await remote.subscribe(T, q)
+            else:
+                assert gw is not None
+                await gw.subscribe.remote(T, q.model_dump_json(), f"tp-{i}")
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(sub(i) for i in range(subs_n)))
+    setup_s = time.monotonic() - t0
+
+    async def frames_in() -> int:
+        if remote is not None:
+            return int(remote.status()["frames"])
+        assert gw is not None
+        return int((await gw.status.remote())["frames"])
+
+    base = await frames_in()
+    rnd = random.Random(2)
+    plan = [rnd.randrange(rows) for _ in range(changes)]
+    items = [(f"a{i:06}", {"owner": f"u{i % subs_n}", "name": f"m{k:07}"})
+             for k, i in enumerate(plan)]  # fmt: skip
+    t0 = time.monotonic()
+
+    async def write(part: list[tuple[str, dict[str, Any]]]) -> None:
+        for k in range(0, len(part), 500):
+            await w.upsert_many(T, "asset", part[k : k + 500])
+
+    await asyncio.gather(*(write(items[j::2]) for j in range(2)))
+    write_s = time.monotonic() - t0
+    while await frames_in() - base < changes and time.monotonic() - t0 < 300:
+        await asyncio.sleep(0.02)
+    elapsed = time.monotonic() - t0
+    got = await frames_in() - base
+    if remote is not None:
+        await remote.aclose()
+    else:
+        for i in range(subs_n):
+            await gw.unsubscribe.remote(f"tp-{i}")  # type: ignore[union-attr]
+    await w.aclose()
+    return {"changes_per_s": changes / elapsed, "write_rate": changes / write_s,
+            "frames": got, "setup_s": setup_s}  # fmt: skip
+
+
+async def failover(tier: Tier, runs: int) -> list[float]:
+    """Kill the owner of the subscriptions' partition for good; time until all are reset."""
+    w = tier.writer()
+    await preload(w, 100, 10)
+    subs = []
+    for i in range(10):
+        q = LiveQuery(entity="asset", where=[eq("owner", f"u{i}")],
+                      sort=[SortKey(column="name")], limit=5)  # fmt: skip
+        subs.append(await tier.subscribe(T, q))
+    times = []
+    p = partition_of(T, "asset")
+    for _ in range(runs):
+        live = tier.status()["live_shards"]
+        victim = owner(p, live)
+        epochs = [s.epoch for s in subs]
+        h = ray.get_actor(f"{tier.name}:shard:{victim}", namespace=tier.namespace)
+        t0 = time.monotonic()
+        ray.kill(h)
+        while any(s.epoch == e for s, e in zip(subs, epochs, strict=True)):
+            await asyncio.sleep(0.01)
+        times.append(time.monotonic() - t0)
+        # Let the controller start the dead shard again, and ownership settle back.
+        while len(tier.status()["live_shards"]) < len(live):
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+    for s in subs:
+        await s.close()
+    await w.aclose()
+    return times
+
+
+async def main(args: argparse.Namespace) -> None:
+    ray.init(num_cpus=4, include_dashboard=False, namespace="raycluster-bench")
+    rows: list[dict[str, Any]] = []
+    srv = LocalRedis()
+    url = srv.start()
+    try:
+        rates = [200, 1000] if args.quick else [200, 1000, 2000]
+        seconds = 2.0 if args.quick else 5.0
+        tier = Tier.start(settings("bench-lat", url, 1))
+        for path in ("ray", "redis"):
+            for rate in rates:
+                res = [await latency(tier, path, rate, seconds) for _ in range(args.runs)]
+                rows.append({
+                    "benchmark": f"latency {path} path @ {rate}/s", "p50_ms": statistics.median(
+                        r["p50_ms"] for r in res), "p99_ms": statistics.median(
+                        r["p99_ms"] for r in res), "target": "p99 <= 20 ms" if rate == 1000 else "",
+                    "runs": [f"{r['p50_ms']:.1f}/{r['p99_ms']:.1f}" for r in res]})  # fmt: skip
+        tier.stop()
+        subs_n, nrows, changes = (
+            (1000, 10_000, 20_000) if args.quick else (10_000, 100_000, 100_000)
+        )
+        for path in ("ray", "redis"):
+            tier = Tier.start(settings(f"bench-tp-{path}", url, 1))
+            res = [await throughput(tier, path, subs_n, nrows, changes)]
+            tier.stop()
+            rows.append({"benchmark": f"one shard, {subs_n} subs, {path} path",
+                         "changes_per_s": res[0]["changes_per_s"],
+                         "write_rate": res[0]["write_rate"], "setup_s": res[0]["setup_s"],
+                         "target": ">= 10000 changes/s"})  # fmt: skip
+        tier = Tier.start(settings("bench-fo", url, 3))
+        times = await failover(tier, args.runs)
+        tier.stop()
+        rows.append({"benchmark": "failover (kill owner for good, TTL 2 s)",
+                     "median_s": statistics.median(times), "target": "<= TTL + 1 s = 3 s",
+                     "runs": [round(t, 2) for t in times]})  # fmt: skip
+    finally:
+        srv.stop()
+        ray.shutdown()
+    report("bench_tier", rows, ["benchmark", "p50_ms", "p99_ms", "changes_per_s", "write_rate",
+                                "setup_s", "median_s", "target", "runs"])  # fmt: skip
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--runs", type=int, default=3)
+    asyncio.run(main(ap.parse_args()))
