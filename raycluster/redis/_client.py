@@ -52,8 +52,13 @@ def make_client(
             single_connection_client=True,
             client_name=name,
         )
-    return aioredis.Redis.from_url(
+    # A blocking pool: a burst of concurrent commands (a shard rebuilding
+    # thousands of subscriptions) waits for a connection instead of failing
+    # with "Too many connections" as redis-py's default pool does past 100.
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=settings.max_connections,
+        timeout=settings.socket_timeout_s,
         decode_responses=False,
         socket_connect_timeout=settings.connect_timeout_s,
         socket_timeout=settings.socket_timeout_s,
@@ -65,6 +70,7 @@ def make_client(
         ),
         client_name=name,
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
 
 
 class Backoff:

@@ -68,6 +68,9 @@ class RedisSettings(BaseSettings):
         500, gt=0, description="Rows per pipelined round trip in `Writer.upsert_many`."
     )
     connect_timeout_s: float = Field(5.0, gt=0, description="TCP connect timeout.")
+    max_connections: int = Field(
+        32, gt=0, description="Connections per client pool; more commands wait for one."
+    )
     socket_timeout_s: float = Field(
         10.0, gt=0, description="Reply timeout of a command (blocking reads add their block time)."
     )
