@@ -265,26 +265,31 @@ class Gateway:
         """Send `op` to the owner; wait for the window it causes; re-route on silence."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.opts.request_deadline_s
-        attempt = 0
+        st = self._state(sub_id)
+        done = st.sub.next_reset()
+        sent_to = ""
         while True:
-            st = self._state(sub_id)
-            done = st.sub.next_reset()
             target = await self._owner(st.reg)
-            if target:
-                if attempt:
+            # Controls are durable until handled, and a shard that gains the
+            # partition later rebuilds it from the registry: resending to the
+            # same owner only adds load, so only a new owner gets it again.
+            if target and target != sent_to:
+                if sent_to:
                     self.counters["reroutes"] += 1
                 await self.deps.control.send_control(target, self._control(st.reg, op, **kw))
-            attempt += 1
+                sent_to = target
             timeout_s = min(self.opts.attempt_timeout_s, max(0.0, deadline - loop.time()))
             try:
-                await asyncio.wait_for(done, timeout_s)
+                await asyncio.wait_for(asyncio.shield(done), timeout_s)
                 return
             except TimeoutError:
                 if loop.time() >= deadline:
+                    done.cancel()
                     raise UnavailableError(
                         f"no shard answered {op} of {sub_id} within "
                         f"{self.opts.request_deadline_s}s (owner now: {target or 'none live'})"
                     ) from None
+            st = self._state(sub_id)
 
     # -- frames ------------------------------------------------------------------
 
