@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 import statistics
@@ -20,6 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import redis.asyncio as aioredis
 from _report import report
 
 from raycluster.cluster.routing import partition_of
@@ -149,8 +151,14 @@ async def main_async(runs: int, quick: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     n_bench = 20_000 if quick else 100_000
     sizes = [10_000] if quick else [10_000, 100_000]
-    async with local_redis() as url:
+    async with local_redis(binary=s.redis_server) as url:
         port = int(url.rsplit(":", 1)[1].split("/")[0])
+        probe = aioredis.Redis.from_url(url)
+        version = (await probe.info("server"))["redis_version"]
+        await probe.aclose()
+        print(f"redis-server {version} on port {port}; load average {os.getloadavg()[0]:.2f}")
+        rows.append({"benchmark": f"redis-server version {version}", "median": None,
+                     "unit": "", "vs XADD": None, "runs": None})  # fmt: skip
         xadd_1 = statistics.median(
             [await asyncio.to_thread(redis_benchmark, port, n_bench, 1) for _ in range(runs)]
         )
@@ -203,6 +211,8 @@ async def main_async(runs: int, quick: bool) -> list[dict[str, Any]]:
                 for label, q in [("sort temp", by_temp), ("eq kind + sort temp", with_eq)]:
                     ms = [await snapshot_ms(scan, tenant, q, 1) for _ in range(scan_runs)]
                     add(f"snapshot 50 of {n:,}: {label} (full scan)", ms, "ms", None)
+        rows.append({"benchmark": "load average (1 min) at the end", "median": os.getloadavg()[0],
+                     "unit": "", "vs XADD": None, "runs": None})  # fmt: skip
     return rows
 
 

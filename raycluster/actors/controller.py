@@ -29,7 +29,8 @@ __all__ = ("Controller",)
 log = logging.getLogger(__name__)
 
 STATUS_TIMEOUT_S = 5.0  # a shard that does not answer status in time is reported as such
-ENSURE_INTERVAL_S = 5.0  # how often missing actors are re-created
+ENSURE_INTERVAL_S = 5.0
+GATEWAY_MAX_CONCURRENCY = 100_000  # how often missing actors are re-created
 
 
 def shard_ids(n: int) -> list[str]:
@@ -114,6 +115,10 @@ class Controller:
             get_if_exists=True,
             max_restarts=-1,
             num_cpus=s.gateway_num_cpus,
+            # Every open stream() and pending subscribe() holds one slot of the
+            # actor's concurrency (1,000 by default); past it, shards' deliver()
+            # calls would queue behind them and no window would ever arrive.
+            max_concurrency=GATEWAY_MAX_CONCURRENCY,
         ).remote(gid, self.settings_json, self.url)
 
     async def _forget_dead(self) -> None:

@@ -55,10 +55,15 @@ def make_client(
     # A blocking pool: a burst of concurrent commands (a shard rebuilding
     # thousands of subscriptions) waits for a connection instead of failing
     # with "Too many connections" as redis-py's default pool does past 100.
+    # No wait timeout: the pool is not fair (a task that just released a
+    # connection takes it back before a woken waiter), so under sustained load
+    # beyond `max_connections` a waiter can starve for seconds and a timeout
+    # would fail it although Redis is fine. Every command still has its socket
+    # timeout, so a dead server fails the commands and frees the connections.
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=settings.max_connections,
-        timeout=settings.socket_timeout_s,
+        timeout=None,
         decode_responses=False,
         socket_connect_timeout=settings.connect_timeout_s,
         socket_timeout=settings.socket_timeout_s,
