@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from raycluster.livequery import Engine, EntitySpec, Frame, Refiller, Snapshotter, Subscription
 
+from ._rwlock import RWLock
 from .ports import ControlBus, DeltaBus, Fencing, Membership, PartitionFeed, SubscriptionRegistry
 from .protocol import (
     OP_REANCHOR,
@@ -41,6 +43,7 @@ __all__ = ("Shard", "ShardDeps", "ShardOptions", "Store", "owned_partitions")
 log = logging.getLogger(__name__)
 
 CLAIM_CONCURRENCY = 8  # partitions rebuilt at once (bounded: each holds Redis connections)
+CONTROL_CONCURRENCY = 64  # controls handled at once (each mostly waits on one store read)
 
 
 class Store(Snapshotter, Refiller, Protocol):
@@ -122,7 +125,8 @@ class Shard:
         self.epochs: dict[int, int] = {}
         self.served: dict[str, _Served] = {}
         self._outboxes: dict[str, _Outbox] = {}
-        self._lock = asyncio.Lock()
+        # Ownership changes run alone; controls run together (ordered per subscription).
+        self._lock = RWLock()
         self._missing_gateways: set[str] = set()
         self._started = time.monotonic()
         self.counters: dict[str, int] = {
@@ -186,7 +190,7 @@ class Shard:
         """Recompute owned partitions: claim gained, release lost, re-claim fenced ones."""
         live = await self.deps.members.live_shards()
         want = owned_partitions(self.id, live)
-        async with self._lock:
+        async with self._lock.write():
             lost = self.owned - want
             kept = self.owned & want
             if kept:
@@ -321,19 +325,46 @@ class Shard:
 
     async def _serve_controls(self) -> None:
         bus = self.deps.control
-        async for msg_id, control in bus.controls(self.id):
-            try:
-                async with self._lock:
-                    await self.handle(control)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.counters["control_errors"] += 1
-                log.exception("shard %s: control %s failed", self.id, control)
-            await bus.ack(self.id, msg_id)
+        slots = asyncio.Semaphore(CONTROL_CONCURRENCY)
+        last: dict[str, asyncio.Task[None]] = {}  # per subscription: its latest control
+        running: set[asyncio.Task[None]] = set()
+
+        def done(task: asyncio.Task[None], sub_id: str) -> None:
+            slots.release()
+            running.discard(task)
+            if last.get(sub_id) is task:
+                del last[sub_id]
+
+        try:
+            async for msg_id, control in bus.controls(self.id):
+                await slots.acquire()
+                task = asyncio.create_task(
+                    self._one_control(msg_id, control, last.get(control.sub_id))
+                )
+                last[control.sub_id] = task
+                running.add(task)
+                task.add_done_callback(functools.partial(done, sub_id=control.sub_id))
+        finally:
+            for t in running:
+                t.cancel()
+
+    async def _one_control(
+        self, msg_id: str, control: Control, before: asyncio.Task[None] | None
+    ) -> None:
+        if before is not None:
+            await asyncio.wait([before])  # controls of one subscription apply in order
+        try:
+            async with self._lock.read():
+                await self.handle(control)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.counters["control_errors"] += 1
+            log.exception("shard %s: control %s failed", self.id, control)
+        await self.deps.control.ack(self.id, msg_id)
 
     async def handle(self, c: Control) -> None:
-        """Apply one control (the caller holds the shard lock)."""
+        """Apply one control (the caller holds the shard lock for reading)."""
         self.counters["controls"] += 1
         served = self.served.get(c.sub_id)
         if c.op == OP_UNSUBSCRIBE:
@@ -366,7 +397,7 @@ class Shard:
         if not confirmed:
             return
         self.counters["gateway_sweeps"] += 1
-        async with self._lock:
+        async with self._lock.write():
             for sid, s in list(self.served.items()):
                 if s.reg.gateway_id in confirmed:
                     await self.deps.registry.delete(sid)
