@@ -147,24 +147,13 @@ def _noop(agg_id: str) -> None:
     return None
 
 
-class Window:
-    """Visible rows `[0, limit)` plus a cushion `[limit, limit + cushion)`.
-
-    Invariant: `keys` is exactly the sorted keys of every row matching the
-    predicate with `anchor < key <= horizon` (no bound when `horizon is None`).
-    `apply` keeps it and returns the client frames that turn the old visible
-    list into the new one; `merge` extends the range with a keyset read.
-    `on_add`/`on_drop` are told when a row id enters or leaves the known range
-    (the engine's reverse index hangs off them).
-    """
+class _Rows:
+    """What a window and a streamed set share: a predicate, an order, known rows."""
 
     __slots__ = (
         "anchor",
-        "cushion",
         "entries",
-        "horizon",
         "keyfn",
-        "keys",
         "limit",
         "on_add",
         "on_drop",
@@ -177,7 +166,6 @@ class Window:
         self,
         *,
         limit: int,
-        cushion: int,
         pred: Predicate,
         keyfn: KeyFn,
         sort: list[SortKey],
@@ -186,13 +174,10 @@ class Window:
         on_drop: Callable[[str], None] = _noop,
     ) -> None:
         self.limit = limit
-        self.cushion = cushion
         self.pred = pred
         self.keyfn = keyfn
         self.sort = sort
         self.anchor = anchor
-        self.horizon: Key | None = anchor
-        self.keys: list[Key] = []
         self.entries: dict[str, Entry] = {}
         self.on_add = on_add
         self.on_drop = on_drop
@@ -200,12 +185,35 @@ class Window:
         # it was asked for, so the horizon must not shrink until it is merged.
         self.trimming = True
 
-    # -- reading ---------------------------------------------------------------
+    def visible_entries(self) -> list[Entry]:
+        """The rows the client holds, in the query's order."""
+        raise NotImplementedError
 
     def visible(self) -> list[Row]:
-        """The client's list: the first `limit` rows, as `Row`s."""
-        ents = self.entries
-        return [row_of(ents[k[-1]], self.sort) for k in self.keys[: self.limit]]
+        """The rows the client holds, as `Row`s."""
+        return [row_of(e, self.sort) for e in self.visible_entries()]
+
+
+class Window(_Rows):
+    """Visible rows `[0, limit)` plus a cushion `[limit, limit + cushion)`.
+
+    Invariant: `keys` is exactly the sorted keys of every row matching the
+    predicate with `anchor < key <= horizon` (no bound when `horizon is None`).
+    `apply` keeps it and returns the client frames that turn the old visible
+    list into the new one; `merge` extends the range with a keyset read.
+    `on_add`/`on_drop` are told when a row id enters or leaves the known range
+    (the engine's reverse index hangs off them).
+    """
+
+    __slots__ = ("cushion", "horizon", "keys")
+
+    def __init__(self, *, cushion: int, **common: Any) -> None:
+        super().__init__(**common)
+        self.cushion = cushion
+        self.horizon: Key | None = self.anchor
+        self.keys: list[Key] = []
+
+    # -- reading ---------------------------------------------------------------
 
     def visible_entries(self) -> list[Entry]:
         """The first `limit` entries."""
@@ -338,7 +346,7 @@ class Window:
         self.horizon = self.anchor
 
 
-class StreamSet:
+class StreamSet(_Rows):
     """Streamed mode: the rows known to match, each at its latest state.
 
     It starts as the snapshot's rows and grows with every row that matches
@@ -347,38 +355,7 @@ class StreamSet:
     current, and sees every change to a matching row. Order is the client's.
     """
 
-    __slots__ = (
-        "anchor",
-        "entries",
-        "keyfn",
-        "limit",
-        "on_add",
-        "on_drop",
-        "pred",
-        "sort",
-        "trimming",
-    )
-
-    def __init__(
-        self,
-        *,
-        limit: int,
-        pred: Predicate,
-        keyfn: KeyFn,
-        sort: list[SortKey],
-        anchor: Key = (),
-        on_add: Callable[[str], None] = _noop,
-        on_drop: Callable[[str], None] = _noop,
-    ) -> None:
-        self.limit = limit
-        self.pred = pred
-        self.keyfn = keyfn
-        self.sort = sort
-        self.anchor = anchor
-        self.entries: dict[str, Entry] = {}
-        self.on_add = on_add
-        self.on_drop = on_drop
-        self.trimming = True  # nothing to trim; here for the engine's uniform handling
+    __slots__ = ()
 
     def trim(self) -> None:
         """Nothing to trim in a membership set."""
@@ -386,10 +363,6 @@ class StreamSet:
     def visible_entries(self) -> list[Entry]:
         """Every member, in the query's order."""
         return sorted(self.entries.values(), key=lambda e: e.key)
-
-    def visible(self) -> list[Row]:
-        """Every member as `Row`s, in the query's order."""
-        return [row_of(e, self.sort) for e in self.visible_entries()]
 
     def wants_refill(self) -> bool:
         """Never: a streamed set has no window to keep full."""

@@ -119,7 +119,9 @@ def _entry(kind: bytes, key: str, x: str | bytes) -> bytes:
 
 
 def check_scalar(v: Any) -> str | None:
-    """Why a (type-checked) value cannot be stored, or None when it can."""
+    """Why a value cannot be stored, or None when it can."""
+    if v is not None and not isinstance(v, str | int | float):
+        return "must be a string, number, boolean or null"
     if isinstance(v, float) and not math.isfinite(v):
         return "not a finite number"
     if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:

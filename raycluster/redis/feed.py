@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _OPS = {b"upsert": "upsert", b"delete": "delete"}
+# json.loads(bytes) sniffs the encoding on every call; rows are UTF-8 by contract.
+_json_decode = json.JSONDecoder().decode
 
 
 @dataclass(slots=True)
@@ -299,7 +301,7 @@ def _change(source: str, sid: str, f: dict[bytes, bytes] | None) -> Change | Non
         tenant, entity, agg_id = f[b"t"].decode(), f[b"e"].decode(), f[b"id"].decode()
         row = None
         if op == "upsert":
-            row = json.loads(f[b"row"])
+            row = _json_decode(f[b"row"].decode())
             if not isinstance(row, dict):
                 return None
         elif op is None:

@@ -9,88 +9,110 @@ from a prefix argument, so they target a standalone Redis, not Redis Cluster.
 
 from __future__ import annotations
 
-__all__ = ("HEARTBEAT", "LIVE_MEMBERS", "READ", "WRITE")
+__all__ = ("HEARTBEAT", "LIVE_MEMBERS", "READ", "WRITE", "WRITE_MANY")
 
-WRITE = r"""
-local row_key, ids_key, stream_key = KEYS[1], KEYS[2], KEYS[3]
-local counts_key, seq_key = KEYS[4], KEYS[5]
-local op, expected, agg_id = ARGV[1], ARGV[2], ARGV[5]
-local cur = redis.call('HMGET', row_key, 'v', 'ix')
-local version = tonumber(cur[1] or '0')
-if expected ~= '' and tonumber(expected) ~= version then
-  return {'conflict', version, ''}
-end
--- A live row always has `ix` (possibly empty); a deleted one keeps only `v`.
-if op == 'delete' and not cur[2] then
-  return {'noop', version, ''}
-end
--- Entries: kind byte, then key and x, each as <decimal byte length> ':' <bytes>.
-local function parse(blob, out, set)
-  local pos, len = 1, #blob
+_WRITE_FN = r"""
+local V, N = 118, 110 -- string.byte('v'), string.byte('n')
+local function parse(blob)
+  local out, pos, len = {}, 1, #blob
   while pos <= len do
-    local start = pos
-    local kind = string.sub(blob, pos, pos)
-    local c = string.find(blob, ':', pos + 1, true)
-    local key_end = c + tonumber(string.sub(blob, pos + 1, c - 1))
-    local key = string.sub(blob, c + 1, key_end)
-    c = string.find(blob, ':', key_end + 1, true)
-    pos = c + tonumber(string.sub(blob, key_end + 1, c - 1)) + 1
-    out[#out + 1] = {kind, key, string.sub(blob, c + 1, pos - 1)}
-    set[string.sub(blob, start, pos - 1)] = #out
+    local _, e, klen = string.find(blob, '^(%d+):', pos + 1)
+    local key_end = e + tonumber(klen)
+    local _, e2, xlen = string.find(blob, '^(%d+):', key_end + 1)
+    local stop = e2 + tonumber(xlen)
+    out[#out + 1] = {string.byte(blob, pos), string.sub(blob, e + 1, key_end),
+      string.sub(blob, e2 + 1, stop), pos, stop}
+    pos = stop + 1
+  end
+  return out
+end
+local function add(en, agg_id, counts_key)
+  if en[1] == V then
+    redis.call('SADD', en[2], agg_id)
+    redis.call('HINCRBY', counts_key, en[3], 1)
+  elseif en[1] == N then
+    redis.call('ZADD', en[2], en[3], agg_id)
+  else
+    redis.call('ZADD', en[2], 0, en[3])
   end
 end
-local new, new_set, old, old_set = {}, {}, {}, {}
-parse(ARGV[8] or '', new, new_set)
-if cur[2] then parse(cur[2], old, old_set) end
-for ident, i in pairs(old_set) do
-  if not new_set[ident] then
-    local kind, key, x = old[i][1], old[i][2], old[i][3]
-    if kind == 'v' then
-      redis.call('SREM', key, agg_id)
-      if redis.call('HINCRBY', counts_key, x, -1) <= 0 then redis.call('HDEL', counts_key, x) end
-    elseif kind == 'n' then
-      redis.call('ZREM', key, agg_id)
+local function remove(en, agg_id, counts_key)
+  if en[1] == V then
+    redis.call('SREM', en[2], agg_id)
+    if redis.call('HINCRBY', counts_key, en[3], -1) <= 0 then
+      redis.call('HDEL', counts_key, en[3])
+    end
+  elseif en[1] == N then
+    redis.call('ZREM', en[2], agg_id)
+  else
+    redis.call('ZREM', en[2], en[3])
+  end
+end
+-- One row: the common body of WRITE and WRITE_MANY. `a` = {op, expected,
+-- tenant, entity, id, row JSON, maxlen, entries}; `at` = write time (ms).
+local function write(row_key, ids_key, stream_key, counts_key, seq_key, a, at)
+  local op, expected, agg_id = a[1], a[2], a[5]
+  local cur = redis.call('HMGET', row_key, 'v', 'ix')
+  local version = tonumber(cur[1] or '0')
+  if expected ~= '' and tonumber(expected) ~= version then
+    return {'conflict', version, ''}
+  end
+  -- A live row always has `ix` (possibly empty); a deleted one keeps only `v`.
+  if op == 'delete' and not cur[2] then
+    return {'noop', version, ''}
+  end
+  local old_blob, new_blob = cur[2], a[8] or ''
+  if old_blob ~= new_blob then
+    -- Only entries that changed are touched: an update of unindexed columns costs nothing.
+    local new = parse(new_blob)
+    if not old_blob or old_blob == '' then
+      for _, en in ipairs(new) do add(en, agg_id, counts_key) end
+    elseif #new == 0 then
+      for _, en in ipairs(parse(old_blob)) do remove(en, agg_id, counts_key) end
     else
-      redis.call('ZREM', key, x)
+      local old, new_set, old_set = parse(old_blob), {}, {}
+      for _, en in ipairs(new) do new_set[string.sub(new_blob, en[4], en[5])] = true end
+      for _, en in ipairs(old) do
+        local ident = string.sub(old_blob, en[4], en[5])
+        old_set[ident] = true
+        if not new_set[ident] then remove(en, agg_id, counts_key) end
+      end
+      for _, en in ipairs(new) do
+        if not old_set[string.sub(new_blob, en[4], en[5])] then add(en, agg_id, counts_key) end
+      end
     end
   end
-end
-for ident, i in pairs(new_set) do
-  if not old_set[ident] then
-    local kind, key, x = new[i][1], new[i][2], new[i][3]
-    if kind == 'v' then
-      redis.call('SADD', key, agg_id)
-      redis.call('HINCRBY', counts_key, x, 1)
-    elseif kind == 'n' then
-      redis.call('ZADD', key, x, agg_id)
-    else
-      redis.call('ZADD', key, 0, x)
-    end
+  version = version + 1
+  if op == 'delete' then
+    redis.call('HSET', row_key, 'v', version)
+    redis.call('HDEL', row_key, 'row', 'ix')
+    redis.call('ZREM', ids_key, agg_id)
+  else
+    redis.call('HSET', row_key, 'v', version, 'row', a[6], 'ix', a[8] or '')
+    redis.call('ZADD', ids_key, 0, agg_id)
   end
+  local n = redis.call('INCR', seq_key)
+  local sid
+  if op == 'delete' then
+    sid = redis.call('XADD', stream_key, 'MAXLEN', '~', a[7], '*',
+      't', a[3], 'e', a[4], 'id', agg_id, 'v', version, 'op', 'delete', 'at', at, 'n', n)
+  else
+    sid = redis.call('XADD', stream_key, 'MAXLEN', '~', a[7], '*',
+      't', a[3], 'e', a[4], 'id', agg_id, 'v', version, 'op', 'upsert',
+      'row', a[6], 'at', at, 'n', n)
+  end
+  return {'ok', version, sid}
 end
-version = version + 1
-if op == 'delete' then
-  redis.call('HSET', row_key, 'v', version)
-  redis.call('HDEL', row_key, 'row', 'ix')
-  redis.call('ZREM', ids_key, agg_id)
-else
-  redis.call('HSET', row_key, 'v', version, 'row', ARGV[6], 'ix', ARGV[8] or '')
-  redis.call('ZADD', ids_key, 0, agg_id)
-end
-local n = redis.call('INCR', seq_key)
 local t = redis.call('TIME')
-local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local sid
-if op == 'delete' then
-  sid = redis.call('XADD', stream_key, 'MAXLEN', '~', ARGV[7], '*',
-    't', ARGV[3], 'e', ARGV[4], 'id', agg_id, 'v', version, 'op', 'delete', 'at', at, 'n', n)
-else
-  sid = redis.call('XADD', stream_key, 'MAXLEN', '~', ARGV[7], '*',
-    't', ARGV[3], 'e', ARGV[4], 'id', agg_id, 'v', version, 'op', 'upsert',
-    'row', ARGV[6], 'at', at, 'n', n)
-end
-return {'ok', version, sid}
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
+
+WRITE = (
+    _WRITE_FN
+    + r"""
+return write(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV, now_ms)
+"""
+)
 """Write one row (upsert or delete) and append its event, atomically.
 
 KEYS: 1 row hash `Keys.row(t, e, id)`; 2 live-id sorted set `Keys.table(t, e)`;
@@ -117,6 +139,29 @@ Returns `{status, version, stream id}`: `ok` (written at `version`),
 written) or `noop` (delete of a missing row; nothing written). The event's
 fields are DESIGN §4's (`t e id v op row at`) plus `n`, the partition's
 event counter, by which a reader detects a trimmed gap.
+"""
+
+WRITE_MANY = (
+    _WRITE_FN
+    + r"""
+local base = {'upsert', '', ARGV[1], ARGV[2], '', '', ARGV[3], ''}
+local versions = {}
+for i = 5, #KEYS do
+  local j = 4 + (i - 5) * 3
+  base[5], base[6], base[8] = ARGV[j], ARGV[j + 1], ARGV[j + 2]
+  versions[#versions + 1] = write(KEYS[i], KEYS[1], KEYS[2], KEYS[3], KEYS[4], base, now_ms)[2]
+end
+return versions
+"""
+)
+"""Upsert many rows of one (tenant, entity) and append their events, atomically.
+
+The same per-row step as `WRITE` (same keys, entries and event), for a batch
+in one call. KEYS: 1 live-id sorted set; 2 partition stream; 3 index-count
+hash; 4 partition event counter; 5… one row hash per row. ARGV: 1 tenant;
+2 entity; 3 stream MAXLEN; then per row (in KEYS order) its id, row JSON and
+index entries. Returns the rows' new versions, in order (an id given twice
+is written twice).
 """
 
 READ = r"""

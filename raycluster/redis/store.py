@@ -50,6 +50,8 @@ from .settings import RedisSettings
 __all__ = ("RedisStore",)
 
 _Table = dict[str, tuple[int, dict[str, Any]]]
+# json.loads(bytes) sniffs the encoding on every call; rows are UTF-8 by contract.
+_json_decode = json.JSONDecoder().decode
 _GROWTH = 4  # a walk that came up short reads this many times more rows next time
 _SMALL_SET = 256  # a value set this small is always read directly
 
@@ -284,24 +286,24 @@ class RedisStore:
             if walk is not None and after is not None and not _start_ok(walk[0], after):
                 walk = None
         if best is not None:
-            size = best[0]
-            if walk is None or size <= _SMALL_SET or size * size <= 2 * limit * total:
-                return _Plan("sets", field=best[1], sets=best[2])
-        if walk is None:
-            return _Plan("all")
-        if best is not None:
+            # A walk expects to read limit / selectivity rows (the term's values
+            # spread evenly along the sort order); the sets read exactly `size`.
             first_k = math.ceil(limit * total / max(best[0], 1) * 1.25) + 16
         elif query.where:
             first_k = 2 * limit + 16
         else:
             first_k = limit + 16
+        if best is not None and (walk is None or best[0] <= max(first_k, _SMALL_SET)):
+            return _Plan("sets", field=best[1], sets=best[2])
+        if walk is None:
+            return _Plan("all")
         return _Plan("walk", kind=walk[0], zkey=walk[1], first_k=min(first_k, total + 1))
 
 
 def _decode(raw: list[Any]) -> Iterable[tuple[str, int, dict[str, Any]]]:
-    loads = json.loads
+    loads = _json_decode
     for j in range(0, len(raw), 3):
-        yield raw[j].decode(), int(raw[j + 1]), loads(raw[j + 2])
+        yield raw[j].decode(), int(raw[j + 1]), loads(raw[j + 2].decode())
 
 
 def _start_ok(kind: str, after: Cursor) -> bool:

@@ -16,12 +16,15 @@ from ._client import make_client, resolve_url
 from ._index import Layout, check_scalar
 from ._keys import ExtraKeys
 from .errors import translate_errors
-from .scripts import WRITE
+from .scripts import WRITE, WRITE_MANY
 from .settings import RedisSettings
 
 __all__ = ("Writer",)
 
 _Rows = Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Mapping[str, Any]]]
+# Rows per WRITE_MANY call: each call is atomic, so this bounds how long one
+# batch holds Redis (a few ms) before other clients' commands run.
+_ROWS_PER_CALL = 100
 
 
 def _check_name(field: str, value: Any) -> None:
@@ -40,7 +43,9 @@ class Writer:
     index entries and its event on `lq:events:{partition_of(tenant, entity)}`
     are written by one Lua script (`scripts.WRITE`), so a reader never sees
     one without the other; versions increase by one per write and survive a
-    delete. A connection lost mid-write raises `RedisUnavailable` and leaves
+    delete. With no `entities` declared, any entity is accepted: a row is then
+    any JSON object of scalars, stored without indexes (reads scan). A
+    connection lost mid-write raises `RedisUnavailable` and leaves
     the outcome unknown (redis-py retries a dropped connection first, so a
     write may rarely be applied twice, as two consecutive versions).
     """
@@ -49,7 +54,7 @@ class Writer:
         self,
         client: aioredis.Redis,
         *,
-        entities: Iterable[EntitySpec],
+        entities: Iterable[EntitySpec] = (),
         settings: RedisSettings | None = None,
         owns_client: bool = False,
     ) -> None:
@@ -60,13 +65,14 @@ class Writer:
         self._client = client
         self._owns_client = owns_client
         self._script = client.register_script(WRITE)
+        self._many = client.register_script(WRITE_MANY)
 
     @classmethod
     def from_url(
         cls,
         url: str | None = None,
         *,
-        entities: Iterable[EntitySpec],
+        entities: Iterable[EntitySpec] = (),
         settings: RedisSettings | None = None,
     ) -> Writer:
         """A writer with its own connection pool (closed by `aclose`)."""
@@ -124,9 +130,10 @@ class Writer:
         """Upsert many rows of one (tenant, entity), pipelined; their new versions, in order.
 
         Every row is validated before any is sent (`InvalidRow` naming
-        `rows.{i}.…`; nothing written). Each row is atomic with its event;
-        the batch as a whole is not (a failure part-way leaves a prefix
-        written). An id given twice is written twice, in order.
+        `rows.{i}.…`; nothing written). Rows go 100 to a script call
+        (`scripts.WRITE_MANY`, atomic per call), `write_batch` rows per round
+        trip; a failure part-way leaves a prefix written. An id given twice
+        is written twice, in order.
         """
         items = list(rows.items()) if isinstance(rows, Mapping) else list(rows)
         prepared = []
@@ -135,15 +142,23 @@ class Writer:
                 prepared.append(self._prepare(tenant, entity, agg_id, row, None))
             except InvalidRow as e:
                 raise InvalidRow(f"rows.{i}.{e.field}", e.value, e.reason) from e
+        if not prepared:
+            return []
+        common = prepared[0][0][1:]  # live ids, stream, index counts, event counter
+        head: list[Any] = [tenant, entity, self.settings.events_maxlen]
         versions: list[int] = []
         step = self.settings.write_batch
         with translate_errors(f"upsert_many {tenant}/{entity}"):
             for start in range(0, len(prepared), step):
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for keys, args in prepared[start : start + step]:
-                        await self._script(keys=keys, args=args, client=pipe)
+                    chunk = prepared[start : start + step]
+                    for i in range(0, len(chunk), _ROWS_PER_CALL):
+                        part = chunk[i : i + _ROWS_PER_CALL]
+                        flat = [x for _, a in part for x in (a[4], a[5], a[7])]
+                        keys = [*common, *(k[0] for k, _ in part)]
+                        await self._many(keys=keys, args=[*head, *flat], client=pipe)
                     results = await pipe.execute()
-                versions.extend(int(r[1]) for r in results)
+                versions.extend(int(v) for r in results for v in r)
         return versions
 
     async def get(self, tenant: str, entity: str, agg_id: str) -> tuple[int, dict[str, Any]] | None:
@@ -174,7 +189,7 @@ class Writer:
         _check_name("entity", entity)
         _check_name("agg_id", agg_id)
         layout = self.layouts.get(entity)
-        if layout is None:
+        if layout is None and self.layouts:
             raise InvalidRow("entity", entity, "unknown entity")
         if expected is not None and (
             isinstance(expected, bool) or not isinstance(expected, int) or expected < 0
@@ -186,13 +201,15 @@ class Writer:
             if not isinstance(row, Mapping):
                 raise InvalidRow("row", row, "must be an object")
             vals = dict(row)
-            layout.spec.check_row(vals)
+            if layout is not None:
+                layout.spec.check_row(vals)
             for col, v in vals.items():
-                why = check_scalar(v)
+                why = check_scalar(v) if isinstance(col, str) else "column names are strings"
                 if why is not None:
                     raise InvalidRow(f"row.{col}", v, why)
             row_json = json.dumps(vals, separators=(",", ":"), ensure_ascii=False)
-            entries = layout.entries(tenant, agg_id, vals)
+            if layout is not None:
+                entries = layout.entries(tenant, agg_id, vals)
         p = partition_of(tenant, entity)
         keys = [
             self.keys.row(tenant, entity, agg_id),
