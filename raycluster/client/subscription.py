@@ -62,7 +62,7 @@ class Subscription:
         self._control = control
         self._queue: deque[GatewayDelta] = deque()
         self._cap = buffer
-        self._waiter: asyncio.Future[None] | None = None
+        self._arrived = asyncio.Event()
         self._reset_waiters: list[asyncio.Future[None]] = []
         self._reset_pending = False
         self._epoch = 0
@@ -83,11 +83,8 @@ class Subscription:
         while not self._queue:
             if self.closed:
                 raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            self._arrived.clear()
+            await self._arrived.wait()
         return self._queue.popleft()
 
     async def batch(self) -> list[GatewayDelta]:
@@ -95,11 +92,8 @@ class Subscription:
         while not self._queue:
             if self.closed:
                 return []
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            self._arrived.clear()
+            await self._arrived.wait()
         return self.drain()
 
     def drain(self) -> list[GatewayDelta]:
@@ -185,6 +179,4 @@ class Subscription:
         ]
 
     def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._arrived.set()

@@ -91,7 +91,7 @@ class Subscription:
         self._buf: deque[Frame] = deque()
         self._sort = list(query.sort)
         self._cap = buffer
-        self._waiter: asyncio.Future[None] | None = None
+        self._arrived = asyncio.Event()
         self._view: _View | None = None
 
     def __repr__(self) -> str:
@@ -104,11 +104,8 @@ class Subscription:
         while not self._buf:
             if self.closed:
                 raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            self._arrived.clear()
+            await self._arrived.wait()
         return self._buf.popleft().delta(self._sort)
 
     def drain(self) -> list[LiveDelta]:
@@ -139,9 +136,7 @@ class Subscription:
             self._buf.clear()
             frames = self.current_frames()
         self._buf.extend(frames)
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._arrived.set()
 
     def current_frames(self) -> list[Frame]:
         """`reset` plus the current window as `enter` frames (what a resync sends)."""
@@ -161,9 +156,7 @@ class Subscription:
         self._wake()
 
     def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._arrived.set()
 
 
 class _View:
