@@ -53,6 +53,8 @@ class PredicateIndex(Generic[V]):
         self._need[view] = len(terms)
         self._multi += len(terms) > 1
         for col, values in terms:
+            if not values:
+                continue  # nothing can match this column: the view is never a candidate
             buckets = self._by_col.setdefault(col, {})
             for v in values:
                 buckets.setdefault(v, set()).add(view)
@@ -62,7 +64,9 @@ class PredicateIndex(Generic[V]):
         self.residual.discard(view)
         self.loading.discard(view)
         for col, values in self._terms.pop(view, ()):
-            buckets = self._by_col[col]
+            buckets = self._by_col.get(col)
+            if buckets is None:  # a term with no values (contradictory eq/in) filed nothing
+                continue
             for v in values:
                 bucket = buckets[v]
                 bucket.discard(view)

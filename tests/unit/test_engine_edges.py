@@ -817,3 +817,18 @@ async def test_live_delta_json_round_trip_for_every_op() -> None:
             "match",
             "unmatch",
         }
+
+
+async def test_contradictory_eq_terms_subscribe_and_close_cleanly() -> None:
+    """Two eq on one column with different values: an empty index term, nothing matches."""
+    store = MemoryStore()
+    store.upsert("t", "e", "r1", {"on": True})
+    async with Engine(store, store, store) as engine:
+        a = await engine.subscribe(
+            "t", LiveQuery(entity="e", limit=5, where=[eq("on", True), eq("on", False)])
+        )
+        b = await engine.subscribe("t", LiveQuery(entity="e", limit=5, where=[eq("on", True)]))
+        assert a.snapshot == [] and [r.agg_id for r in b.snapshot] == ["r1"]
+        await b.close()
+        await a.close()
+        assert engine.view_count() == 0

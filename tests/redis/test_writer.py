@@ -1,0 +1,277 @@
+"""Writer: versions, validation, optimistic concurrency, the event format, the script contract."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis_helpers import stream_entries
+
+from raycluster.cluster.keys import Keys
+from raycluster.cluster.routing import partition_of
+from raycluster.errors import ConflictError, InvalidRow
+from raycluster.livequery import EntitySpec
+from raycluster.redis import RedisSettings, RedisUnavailable, Writer
+from raycluster.redis.scripts import WRITE, WRITE_MANY
+
+pytestmark = pytest.mark.redis
+
+SPEC = EntitySpec(
+    name="asset",
+    columns={"name": "str", "kind": "str", "temp": "float", "n": "int", "on": "bool"},
+)
+KEYS = Keys()
+STREAM = KEYS.event_stream(partition_of("acme", "asset"))
+
+
+@pytest.fixture
+async def writer(redis_url: str, settings: RedisSettings) -> Any:
+    async with Writer.from_url(redis_url, entities=[SPEC], settings=settings) as w:
+        yield w
+
+
+async def _snapshot_keys(admin: aioredis.Redis) -> dict[bytes, Any]:
+    """Every key and its content: proves 'nothing written'."""
+    out: dict[bytes, Any] = {}
+    for key in sorted(await admin.keys("*")):
+        kind = (await admin.type(key)).decode()
+        if kind == "hash":
+            out[key] = await admin.hgetall(key)
+        elif kind == "set":
+            out[key] = await admin.smembers(key)
+        elif kind == "zset":
+            out[key] = await admin.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            out[key] = await admin.xrange(key)
+        else:
+            out[key] = await admin.get(key)
+    return out
+
+
+async def test_versions_increase_and_survive_delete(writer: Writer) -> None:
+    assert await writer.upsert("acme", "asset", "a1", {"name": "x"}) == 1
+    assert await writer.upsert("acme", "asset", "a1", {"name": "y"}) == 2
+    assert await writer.get("acme", "asset", "a1") == (2, {"name": "y"})
+    assert await writer.delete("acme", "asset", "a1") == 3
+    assert await writer.get("acme", "asset", "a1") is None
+    assert await writer.version("acme", "asset", "a1") == 3
+    # Re-insert continues from the kept counter.
+    assert await writer.upsert("acme", "asset", "a1", {"name": "z"}) == 4
+
+
+async def test_delete_of_missing_row_writes_nothing(writer: Writer, admin: aioredis.Redis) -> None:
+    assert await writer.delete("acme", "asset", "never") == 0
+    assert await admin.exists(STREAM) == 0
+    await writer.upsert("acme", "asset", "a1", {"name": "x"})
+    await writer.delete("acme", "asset", "a1")
+    before = await _snapshot_keys(admin)
+    assert await writer.delete("acme", "asset", "a1") == 2
+    assert await _snapshot_keys(admin) == before
+
+
+async def test_event_format_and_stream(writer: Writer, admin: aioredis.Redis) -> None:
+    await writer.upsert("acme", "asset", "a1", {"name": "x", "temp": 1.5, "on": True})
+    await writer.delete("acme", "asset", "a1")
+    entries = await stream_entries(admin, STREAM)
+    assert len(entries) == 2
+    (_, up), (_, dl) = entries
+    assert {k: up[k] for k in ("t", "e", "id", "v", "op", "n")} == {
+        "t": "acme",
+        "e": "asset",
+        "id": "a1",
+        "v": "1",
+        "op": "upsert",
+        "n": "1",
+    }
+    assert json.loads(up["row"]) == {"name": "x", "temp": 1.5, "on": True}
+    assert int(up["at"]) > 1_600_000_000_000
+    assert dl["op"] == "delete" and dl["v"] == "2" and "row" not in dl and dl["n"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"name": 5}, "row.name"),
+        ({"bogus": 1}, "row.bogus"),
+        ({"n": 1.5}, "row.n"),
+        ({"n": True}, "row.n"),
+        ({"temp": float("nan")}, "row.temp"),
+        ({"temp": float("inf")}, "row.temp"),
+        ({"n": 2**70}, "row.n"),
+        ({"name": "\ud800"}, "row.name"),
+        ([1, 2], "row"),
+    ],
+)
+async def test_bad_rows_rejected_naming_the_field(
+    writer: Writer, admin: aioredis.Redis, row: Any, field: str
+) -> None:
+    await writer.upsert("acme", "asset", "a1", {"name": "ok"})
+    before = await _snapshot_keys(admin)
+    with pytest.raises(InvalidRow) as info:
+        await writer.upsert("acme", "asset", "a1", row)
+    assert info.value.field == field
+    assert field in str(info.value)
+    assert await _snapshot_keys(admin) == before
+
+
+@pytest.mark.parametrize(
+    ("tenant", "entity", "agg_id", "field"),
+    [
+        ("", "asset", "a1", "tenant"),
+        ("a:b", "asset", "a1", "tenant"),
+        ("acme", "nope", "a1", "entity"),
+        ("acme", "asset", "", "agg_id"),
+    ],
+)
+async def test_bad_names_rejected(
+    writer: Writer, admin: aioredis.Redis, tenant: str, entity: str, agg_id: str, field: str
+) -> None:
+    with pytest.raises(InvalidRow) as info:
+        await writer.upsert(tenant, entity, agg_id, {"name": "x"})
+    assert info.value.field == field
+    assert await admin.dbsize() == 0
+
+
+async def test_optimistic_concurrency(writer: Writer, admin: aioredis.Redis) -> None:
+    assert await writer.upsert("acme", "asset", "a1", {"name": "x"}, expected_version=0) == 1
+    before = await _snapshot_keys(admin)
+    with pytest.raises(ConflictError) as info:
+        await writer.upsert("acme", "asset", "a1", {"name": "y"}, expected_version=0)
+    assert (info.value.expected, info.value.actual) == (0, 1)
+    with pytest.raises(ConflictError):
+        await writer.delete("acme", "asset", "a1", expected_version=5)
+    assert await _snapshot_keys(admin) == before
+    assert await writer.upsert("acme", "asset", "a1", {"name": "y"}, expected_version=1) == 2
+    assert await writer.delete("acme", "asset", "a1", expected_version=2) == 3
+
+
+async def test_upsert_many(writer: Writer, admin: aioredis.Redis) -> None:
+    rows = [(f"a{i % 7}", {"name": f"n{i}", "n": i}) for i in range(20)]
+    versions = await writer.upsert_many("acme", "asset", rows)
+    expected: dict[str, int] = {}
+    want = []
+    for agg_id, _ in rows:
+        expected[agg_id] = expected.get(agg_id, 0) + 1
+        want.append(expected[agg_id])
+    assert versions == want
+    assert len(await stream_entries(admin, STREAM)) == 20
+    assert await writer.get("acme", "asset", "a6") == (2, {"name": "n13", "n": 13})
+
+
+async def test_upsert_many_validates_everything_first(
+    writer: Writer, admin: aioredis.Redis
+) -> None:
+    rows = {"a1": {"name": "x"}, "a2": {"name": "y", "n": "bad"}, "a3": {"name": "z"}}
+    with pytest.raises(InvalidRow) as info:
+        await writer.upsert_many("acme", "asset", rows)
+    assert info.value.field == "rows.1.row.n"
+    assert await admin.dbsize() == 0
+
+
+async def test_upsert_many_batches(redis_url: str, admin: aioredis.Redis) -> None:
+    s = RedisSettings(write_batch=7)
+    async with Writer.from_url(redis_url, entities=[SPEC], settings=s) as w:
+        versions = await w.upsert_many("acme", "asset", {f"a{i}": {"n": i} for i in range(30)})
+    assert versions == [1] * 30
+    assert await admin.xlen(STREAM) == 30
+
+
+async def test_stream_is_bounded(redis_url: str, admin: aioredis.Redis) -> None:
+    s = RedisSettings(events_maxlen=100)
+    async with Writer.from_url(redis_url, entities=[SPEC], settings=s) as w:
+        await w.upsert_many("acme", "asset", {f"a{i}": {"n": i} for i in range(1000)})
+    # Approximate trimming removes whole macro-nodes (100 entries by default).
+    assert 100 <= await admin.xlen(STREAM) <= 300
+
+
+async def test_script_reloaded_after_script_flush(writer: Writer, admin: aioredis.Redis) -> None:
+    await writer.upsert("acme", "asset", "a1", {"name": "x"})
+    await admin.script_flush()
+    assert await writer.upsert("acme", "asset", "a1", {"name": "y"}) == 2
+    await admin.script_flush()
+    assert await writer.upsert_many("acme", "asset", {"a1": {"name": "z"}}) == [3]
+
+
+async def test_script_contract_from_another_language(admin: aioredis.Redis) -> None:
+    """Call the script exactly as its docstring says (plain EVAL, no Python helpers)."""
+    p = partition_of("acme", "asset")
+    keys = [
+        "lq:row:acme:asset:r1",
+        "lq:ids:acme:asset",
+        f"lq:events:{p}",
+        "lq:ixc:acme:asset",
+        f"lq:evseq:{p}",
+    ]
+    row = '{"kind":"pump"}'
+    vx = 'lq:vx:acme:asset:kind:"pump"'
+    entries = f"v{len(vx)}:{vx}6:v:kind"  # kind, then key and x as <length>:<bytes>
+    res = await admin.eval(WRITE, 5, *keys, "upsert", "", "acme", "asset", "r1", row, 1000, entries)
+    assert res[0] == b"ok" and res[1] == 1
+    assert await admin.smembers('lq:vx:acme:asset:kind:"pump"') == {b"r1"}
+    res = await admin.eval(WRITE, 5, *keys, "upsert", "0", "acme", "asset", "r1", row, 1000)
+    assert res[:2] == [b"conflict", 1]
+    res = await admin.eval(WRITE, 5, *keys, "delete", "1", "acme", "asset", "r1", "", 1000)
+    assert res[:2] == [b"ok", 2]
+    assert await admin.exists('lq:vx:acme:asset:kind:"pump"') == 0
+    assert await admin.hgetall("lq:ixc:acme:asset") == {}
+    res = await admin.eval(WRITE, 5, *keys, "delete", "", "acme", "asset", "r1", "", 1000)
+    assert res[:2] == [b"noop", 2]
+
+
+async def test_unreachable_redis_is_translated(settings: RedisSettings, tmp_path: Path) -> None:
+    s = settings.model_copy(update={"command_retries": 0, "connect_timeout_s": 0.5})
+    url = f"unix://{tmp_path / 'nobody.sock'}"  # nothing listens: touches no one's server
+    async with Writer.from_url(url, entities=[SPEC], settings=s) as w:
+        with pytest.raises(RedisUnavailable):
+            await w.upsert("acme", "asset", "a1", {"name": "x"})
+
+
+async def test_more_callers_than_connections(redis_url: str, admin: aioredis.Redis) -> None:
+    """Callers beyond the pool size wait their turn; none fails (the pool is not fair)."""
+    s = RedisSettings(max_connections=4, socket_timeout_s=0.5)
+    async with Writer.from_url(redis_url, entities=[SPEC], settings=s) as w:
+
+        async def caller(k: int) -> None:
+            for i in range(40):
+                await w.upsert("acme", "asset", f"a{k}-{i}", {"n": i})
+
+        await asyncio.gather(*(caller(k) for k in range(20)))
+        # A waiter can starve while busy callers retake connections: it must
+        # not time out for that (only a command's own socket timeout applies).
+        assert w._client.connection_pool.timeout is None  # type: ignore[attr-defined]
+    assert await admin.xlen(STREAM) == 800
+
+
+async def test_upsert_many_across_script_calls(writer: Writer, admin: aioredis.Redis) -> None:
+    """Batches larger than one script call; ids repeat across call boundaries."""
+    rows = [(f"a{i % 90}", {"n": i}) for i in range(250)]
+    versions = await writer.upsert_many("acme", "asset", rows)
+    assert versions == [i // 90 + 1 for i in range(250)]
+    assert await writer.get("acme", "asset", "a5") == (3, {"n": 185})
+    entries = await stream_entries(admin, STREAM)
+    assert [e["n"] for _, e in entries] == [str(i + 1) for i in range(250)]
+
+
+async def test_write_many_script_contract(admin: aioredis.Redis) -> None:
+    p = partition_of("acme", "asset")
+    keys = ["lq:ids:acme:asset", f"lq:events:{p}", "lq:ixc:acme:asset", f"lq:evseq:{p}"]
+    rows = ["lq:row:acme:asset:r1", "lq:row:acme:asset:r2", "lq:row:acme:asset:r1"]
+    args = ["acme", "asset", 1000, "r1", '{"n":1}', "", "r2", '{"n":2}', "", "r1", '{"n":3}', ""]
+    assert await admin.eval(WRITE_MANY, 7, *keys, *rows, *args) == [1, 1, 2]
+    assert await admin.hget("lq:row:acme:asset:r1", "row") == b'{"n":3}'
+
+
+async def test_without_declared_entities_any_entity_is_stored_unindexed(
+    redis_url: str, settings: RedisSettings, admin: aioredis.Redis
+) -> None:
+    async with Writer.from_url(redis_url, settings=settings) as w:
+        assert await w.upsert("acme", "anything", "x1", {"a": 1, "b": None, "c": "s"}) == 1
+        with pytest.raises(InvalidRow) as info:
+            await w.upsert("acme", "anything", "x2", {"a": [1]})
+        assert info.value.field == "row.a"
+        assert await w.get("acme", "anything", "x1") == (1, {"a": 1, "b": None, "c": "s"})
+    assert await admin.keys("lq:vx:*") == [] and await admin.keys("lq:s?:*") == []
