@@ -54,6 +54,12 @@ class GatewayOptions(BaseModel):
         30.0, gt=0, description="Give up on subscribe/reanchor after this long."
     )
     buffer: int = Field(10_000, gt=0, description="Frames queued per subscription.")
+    audit_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often the gateway checks the registry still holds its subscriptions "
+        "(shards drop those of a gateway presumed dead; one that comes back restores them).",
+    )
 
 
 @dataclass
@@ -97,6 +103,7 @@ class Gateway:
             "stale": 0,
             "gaps": 0,
             "reroutes": 0,
+            "restored": 0,
         }
 
     async def __aenter__(self) -> Gateway:
@@ -145,14 +152,41 @@ class Gateway:
             )
 
     async def _heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_audit = loop.time() + self.opts.audit_interval_s
         while True:
             try:
                 await self.deps.members.heartbeat_gateway(self.id)
+                if loop.time() >= next_audit:
+                    next_audit = loop.time() + self.opts.audit_interval_s
+                    await self.audit()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("gateway %s: heartbeat failed", self.id)
             await asyncio.sleep(self.opts.heartbeat_interval_s)
+
+    async def audit(self) -> int:
+        """Re-register (and re-subscribe) open subscriptions the registry lost.
+
+        Shards remove the subscriptions of a gateway whose heartbeats stopped
+        for a while; if this gateway was only slow, its clients would freeze.
+        Returns how many subscriptions were restored.
+        """
+        if not self._subs:
+            return 0
+        have = {r.sub_id for r in await self.deps.registry.by_gateway(self.id)}
+        restored = 0
+        for sid, st in list(self._subs.items()):
+            if sid in have or self._subs.get(sid) is not st:
+                continue
+            await self.deps.registry.put(st.reg)
+            target = await self._owner(st.reg)
+            if target:
+                await self.deps.control.send_control(target, self._control(st.reg, OP_SUBSCRIBE))
+            restored += 1
+        self.counters["restored"] += restored
+        return restored
 
     async def _pump(self, bus: DeltaBus) -> None:
         async for batch in bus.deltas(self.id):

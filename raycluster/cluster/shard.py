@@ -205,22 +205,20 @@ class Shard:
             if lost or gained:
                 await self.deps.feed.set_partitions(want)
             if gained:
-                live_gws = set(await self.deps.members.live_gateways())
                 limit = asyncio.Semaphore(CLAIM_CONCURRENCY)
-                await asyncio.gather(*(self._claim(p, live_gws, limit) for p in sorted(gained)))
+                await asyncio.gather(*(self._claim(p, limit) for p in sorted(gained)))
 
-    async def _claim(self, p: int, live_gws: set[str], limit: asyncio.Semaphore) -> None:
+    async def _claim(self, p: int, limit: asyncio.Semaphore) -> None:
         async with limit:
             try:
                 epoch = await self.deps.fencing.claim(p)
                 self.owned.add(p)
                 self.epochs[p] = epoch
                 self.counters["claims"] += 1
+                # Every registration is served; a gateway that is really gone
+                # is removed by the sweep, which needs two observations.
                 for reg in await self.deps.registry.by_partition(p):
-                    if reg.gateway_id not in live_gws:
-                        await self.deps.registry.delete(reg.sub_id)
-                    else:
-                        await self._serve(reg)
+                    await self._serve(reg)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -270,6 +268,17 @@ class Shard:
             self._emit(served, frames)
 
     def _emit(self, served: _Served, frames: list[Frame]) -> None:
+        ob = self._append(served, frames)
+        out = ob.frames
+        if len(out) > self.opts.max_pending_frames:
+            # The gateway cannot keep up: drop its backlog; each of its
+            # subscriptions gets a reset and its current window instead.
+            out.clear()
+            ob.resync.update(s for s, x in self.served.items() if x.reg.gateway_id == ob.gateway_id)
+            self.counters["overflow_resyncs"] += 1
+        ob.ready.set()
+
+    def _append(self, served: _Served, frames: list[Frame]) -> _Outbox:
         reg = served.reg
         ob = self._outbox(reg.gateway_id, reg.transport)
         sid, epoch, sort, seq = reg.sub_id, served.epoch, served.sort, served.seq
@@ -278,13 +287,7 @@ class Shard:
             seq += 1
             out.append([sid, seq, epoch, f.wire(sort)])
         served.seq = seq
-        if len(out) > self.opts.max_pending_frames:
-            # The gateway cannot keep up: drop its backlog; each of its
-            # subscriptions gets a reset and its current window instead.
-            out.clear()
-            ob.resync.update(s for s, x in self.served.items() if x.reg.gateway_id == ob.gateway_id)
-            self.counters["overflow_resyncs"] += 1
-        ob.ready.set()
+        return ob
 
     def _outbox(self, gateway_id: str, transport: str) -> _Outbox:
         ob = self._outboxes.get(gateway_id)
@@ -302,11 +305,13 @@ class Shard:
             if delay_s and len(ob.frames) < self.opts.max_batch_frames:
                 await asyncio.sleep(delay_s)  # let more frames join this batch
             while ob.frames or ob.resync:
-                for sid in list(ob.resync):
+                # Windows that replace a dropped backlog go out whatever their
+                # size (they are the bound), a batch at a time like any frames.
+                resync, ob.resync = ob.resync, set()
+                for sid in sorted(resync):
                     served = self.served.get(sid)
                     if served is not None and served.sub is not None:
-                        self._emit(served, served.sub.current_frames())
-                ob.resync.clear()
+                        self._append(served, served.sub.current_frames())
                 n = self.opts.max_batch_frames
                 batch, ob.frames[:n] = ob.frames[:n], []
                 try:

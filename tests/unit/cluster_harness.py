@@ -60,7 +60,7 @@ FAST_SHARD = ShardOptions(
     heartbeat_interval_s=0.1, ownership_interval_s=0.05, gateway_check_interval_s=0.2
 )
 FAST_GATEWAY = GatewayOptions(
-    heartbeat_interval_s=0.1, attempt_timeout_s=0.5, request_deadline_s=10.0
+    heartbeat_interval_s=0.1, attempt_timeout_s=0.5, request_deadline_s=10.0, audit_interval_s=0.3
 )
 
 

@@ -353,12 +353,6 @@ async def test_dead_gateway_subscriptions_are_removed(
     assert all(served_by(cluster, s.id) for s in alive_subs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a gateway presumed dead (heartbeats lost > TTL) that comes back keeps its "
-    "subscriptions open, but shards deleted their registrations and stopped serving them: "
-    "its clients freeze silently (no frames, no error)",
-)
 async def test_gateway_back_from_presumed_dead_still_serves_or_ends_its_subscriptions(
     make_cluster: Callable[..., Cluster],
 ) -> None:
@@ -378,12 +372,6 @@ async def test_gateway_back_from_presumed_dead_still_serves_or_ends_its_subscrip
     await wait_for(lambda: sub.closed or in_sync(cluster.store, sub), 2, what="served or ended")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Shard._claim deletes the registrations of every gateway absent at that "
-    "instant (one observation, no grace, unlike _sweep's two): a gateway whose heartbeat is "
-    "briefly late during a failover loses those subscriptions for good",
-)
 async def test_gateway_briefly_late_during_a_claim_keeps_its_subscriptions(
     make_cluster: Callable[..., Cluster],
 ) -> None:
@@ -505,12 +493,6 @@ async def test_injected_seq_gap_is_not_applied_and_resyncs(cluster: Cluster) -> 
     await wait_for(lambda: in_sync(cluster.store, sub), what="live after resync")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a shard outbox overflow resyncs every subscription of the gateway, but when "
-    "re-emitting those windows overflows again, the re-added resyncs are wiped by "
-    "`ob.resync.clear()`: subscriptions are left with lost frames and no reset (no gap seen)",
-)
 async def test_outbox_overflow_resyncs_every_subscription(
     make_cluster: Callable[..., Cluster],
 ) -> None:
