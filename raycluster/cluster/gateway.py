@@ -75,11 +75,12 @@ class GatewayDeps:
 
 
 class _State:
-    __slots__ = ("epoch", "gap", "next_seq", "reg", "sub")
+    __slots__ = ("epoch", "gap", "next_seq", "reg", "rev", "sub")
 
     def __init__(self, reg: Registration, sub: Subscription) -> None:
         self.reg = reg
         self.sub = sub
+        self.rev = -1  # query revision of the last window received
         self.epoch = -1
         self.next_seq = 0
         self.gap = False
@@ -230,7 +231,7 @@ class Gateway:
         self._subs[sid] = _State(reg, sub)
         try:
             await self.deps.registry.put(reg)
-            await self._request(sid, OP_SUBSCRIBE)
+            await self._request(sid, OP_SUBSCRIBE, 0)
         except BaseException:
             self._subs.pop(sid, None)
             with contextlib.suppress(Exception):
@@ -245,10 +246,11 @@ class Gateway:
         fields.update(cursor=cursor.model_dump() if cursor is not None else None, limit=limit)
         query = LiveQuery.model_validate(fields)
         self.check_query(query)
-        st.reg = st.reg.model_copy(update={"query": query})
+        rev = st.reg.rev + 1
+        st.reg = st.reg.model_copy(update={"query": query, "rev": rev})
         st.sub.query = query
         await self.deps.registry.put(st.reg)
-        await self._request(sub_id, OP_REANCHOR, cursor=cursor, limit=limit)
+        await self._request(sub_id, OP_REANCHOR, rev, cursor=cursor, limit=limit)
 
     async def unsubscribe(self, sub_id: str) -> None:
         """End a subscription: registry first, then the owner stops serving it."""
@@ -295,34 +297,45 @@ class Gateway:
              "partition": reg.partition, **kw}
         )  # fmt: skip
 
-    async def _request(self, sub_id: str, op: str, **kw: Any) -> None:
-        """Send `op` to the owner; wait for the window it causes; re-route on silence."""
+    async def _request(self, sub_id: str, op: str, rev: int, **kw: Any) -> None:
+        """Send `op` to the owner; wait for a window of query revision `rev` or later.
+
+        Only such a window completes the request: a reset of an older query
+        (a resync, or a rebuild that read the registry before our write) does
+        not. Controls are durable and a shard that gains the partition later
+        rebuilds it from the registry, so a subscribe is resent only to a new
+        owner; a reanchor is also resent to the same owner after a silent
+        attempt (it may have landed on a shard that did not own the partition).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.opts.request_deadline_s
-        st = self._state(sub_id)
-        done = st.sub.next_reset()
         sent_to = ""
+        st = self._state(sub_id)
+        done = st.sub.next_reset()  # before sending: the answer may come at once
         while True:
             target = await self._owner(st.reg)
-            # Controls are durable until handled, and a shard that gains the
-            # partition later rebuilds it from the registry: resending to the
-            # same owner only adds load, so only a new owner gets it again.
-            if target and target != sent_to:
+            if target and (target != sent_to or op == OP_REANCHOR):
                 if sent_to:
                     self.counters["reroutes"] += 1
-                await self.deps.control.send_control(target, self._control(st.reg, op, **kw))
+                control = self._control(st.reg, op, rev=rev, **kw)
+                await self.deps.control.send_control(target, control)
                 sent_to = target
-            timeout_s = min(self.opts.attempt_timeout_s, max(0.0, deadline - loop.time()))
-            try:
-                await asyncio.wait_for(asyncio.shield(done), timeout_s)
-                return
-            except TimeoutError:
-                if loop.time() >= deadline:
-                    done.cancel()
-                    raise UnavailableError(
-                        f"no shard answered {op} of {sub_id} within "
-                        f"{self.opts.request_deadline_s}s (owner now: {target or 'none live'})"
-                    ) from None
+            attempt_end = min(deadline, loop.time() + self.opts.attempt_timeout_s)
+            while (remaining := attempt_end - loop.time()) > 0:
+                try:
+                    await asyncio.wait_for(asyncio.shield(done), remaining)
+                except TimeoutError:
+                    break
+                st = self._state(sub_id)
+                if st.rev >= rev:
+                    return
+                done = st.sub.next_reset()  # a window of an older query: keep waiting
+            if loop.time() >= deadline:
+                done.cancel()
+                raise UnavailableError(
+                    f"no shard answered {op} of {sub_id} within "
+                    f"{self.opts.request_deadline_s}s (owner now: {target or 'none live'})"
+                )
             st = self._state(sub_id)
 
     # -- frames ------------------------------------------------------------------
@@ -331,7 +344,7 @@ class Gateway:
         """Demultiplex one batch of wire frames to its subscriptions, fenced."""
         out: dict[str, list[GatewayDelta]] = {}
         subs = self._subs
-        for sid, seq, epoch, d in batch:
+        for sid, seq, epoch, d, *more in batch:
             st = subs.get(sid)
             if st is None:
                 continue
@@ -340,6 +353,7 @@ class Gateway:
                     self.counters["stale"] += 1
                     continue
                 st.epoch, st.next_seq, st.gap = epoch, seq + 1, False
+                st.rev = more[0] if more else 0
             elif epoch != st.epoch or seq != st.next_seq or st.gap:
                 if epoch < st.epoch or (epoch == st.epoch and seq < st.next_seq) or st.gap:
                     self.counters["stale"] += 1

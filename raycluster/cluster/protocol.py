@@ -2,7 +2,8 @@
 
 Controls go gateway → shard on the shard's control stream. Frames go shard →
 gateway in batches; on the wire a batch is a list of `[sub_id, seq, epoch,
-delta]` entries (`delta` is a `LiveDelta` as a JSON object), so a batch for
+delta, rev]` entries (`delta` is a `LiveDelta` as a JSON object; `rev` the
+revision of the subscription's query the frame belongs to), so a batch for
 many subscriptions costs one message.
 """
 
@@ -34,7 +35,7 @@ OP_REANCHOR = "reanchor"
 OP_RESYNC = "resync"  # the gateway saw a seq gap: resend reset + window
 
 Transport = Literal["ray", "redis", "memory"]
-WireFrame = list[Any]  # [sub_id, seq, epoch, delta-as-dict]
+WireFrame = list[Any]  # [sub_id, seq, epoch, delta-as-dict, rev]
 
 
 class Registration(BaseModel):
@@ -51,6 +52,7 @@ class Registration(BaseModel):
     query: LiveQuery
     gateway_id: str = Field(min_length=1)
     transport: Transport = "redis"
+    rev: int = Field(0, ge=0, description="Bumped by every reanchor: which query is current.")
 
     @property
     def entity(self) -> str:
@@ -89,6 +91,8 @@ class Control(BaseModel):
     partition: int = -1
     cursor: Cursor | None = None
     limit: int | None = None
+    rev: int = 0
+    hops: int = Field(0, description="How often shards forwarded it (bounded, no loops).")
 
 
 class GatewayDelta(BaseModel):

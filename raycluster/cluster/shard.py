@@ -43,6 +43,7 @@ __all__ = ("Shard", "ShardDeps", "ShardOptions", "Store", "owned_partitions")
 log = logging.getLogger(__name__)
 
 CLAIM_CONCURRENCY = 8  # partitions rebuilt at once (bounded: each holds Redis connections)
+MAX_FORWARDS = 1  # a control misrouted on a stale live set is forwarded at most once
 CONTROL_CONCURRENCY = 64  # controls handled at once (each mostly waits on one store read)
 
 
@@ -88,10 +89,11 @@ def owned_partitions(shard_id: str, live: list[str]) -> set[int]:
 class _Served:
     """A subscription this shard serves."""
 
-    __slots__ = ("epoch", "reg", "seq", "sort", "sub")
+    __slots__ = ("epoch", "reg", "rev", "seq", "sort", "sub")
 
     def __init__(self, reg: Registration, epoch: int) -> None:
         self.reg = reg
+        self.rev = reg.rev  # the query revision its frames show
         self.epoch = epoch
         self.seq = 0
         self.sort = list(reg.query.sort)
@@ -128,6 +130,7 @@ class Shard:
         # Ownership changes run alone; controls run together (ordered per subscription).
         self._lock = RWLock()
         self._missing_gateways: set[str] = set()
+        self._live: list[str] = []  # the live set of the last reconcile
         self._started = time.monotonic()
         self.counters: dict[str, int] = {
             "claims": 0,
@@ -135,6 +138,7 @@ class Shard:
             "controls": 0,
             "control_errors": 0,
             "dropped_controls": 0,
+            "forwarded_controls": 0,
             "overflow_resyncs": 0,
             "send_errors": 0,
             "gateway_sweeps": 0,
@@ -189,6 +193,7 @@ class Shard:
     async def reconcile(self) -> None:
         """Recompute owned partitions: claim gained, release lost, re-claim fenced ones."""
         live = await self.deps.members.live_shards()
+        self._live = live
         want = owned_partitions(self.id, live)
         async with self._lock.write():
             lost = self.owned - want
@@ -281,11 +286,11 @@ class Shard:
     def _append(self, served: _Served, frames: list[Frame]) -> _Outbox:
         reg = served.reg
         ob = self._outbox(reg.gateway_id, reg.transport)
-        sid, epoch, sort, seq = reg.sub_id, served.epoch, served.sort, served.seq
+        sid, epoch, sort, seq, rev = reg.sub_id, served.epoch, served.sort, served.seq, served.rev
         out = ob.frames
         for f in frames:
             seq += 1
-            out.append([sid, seq, epoch, f.wire(sort)])
+            out.append([sid, seq, epoch, f.wire(sort), rev])
         served.seq = seq
         return ob
 
@@ -380,12 +385,22 @@ class Shard:
             await self._unserve(c.sub_id)
             return
         if reg.partition not in self.owned:
-            # Routed on a different view of the live set; the gateway re-routes
-            # on timeout, and the registry lets the real owner rebuild it.
-            self.counters["dropped_controls"] += 1
+            # Routed on a different view of the live set: hand it to the owner
+            # this shard sees (once; the gateway also re-routes on silence, and
+            # the registry lets the real owner rebuild it).
+            target = owner(reg.partition, self._live)
+            if target and target != self.id and c.hops < MAX_FORWARDS:
+                self.counters["forwarded_controls"] += 1
+                forwarded = c.model_copy(update={"hops": c.hops + 1})
+                await self.deps.control.send_control(target, forwarded)
+            else:
+                self.counters["dropped_controls"] += 1
             return
         if c.op == OP_REANCHOR and served is not None and served.sub is not None:
-            served.reg = reg
+            if served.rev >= reg.rev:  # already applied (a resent request): resend the window
+                self._emit(served, served.sub.current_frames())
+                return
+            served.reg, served.rev = reg, reg.rev
             await served.sub.reanchor(reg.query.cursor, reg.query.limit)
         elif c.op == OP_RESYNC and served is not None and served.sub is not None:
             self._emit(served, served.sub.current_frames())

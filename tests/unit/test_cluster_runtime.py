@@ -508,11 +508,6 @@ async def test_outbox_overflow_resyncs_every_subscription(
     await wait_for(lambda: all(in_sync(c.store, s) for s in subs), 2, what="all resynced")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: reanchor returns once *any* complete window arrives; a reset already in "
-    "flight for the old window (here a gap resync) makes it return the old rows",
-)
 async def test_reanchor_returns_the_new_window_with_a_resync_in_flight(
     cluster: Cluster,
 ) -> None:
@@ -532,12 +527,6 @@ async def test_reanchor_returns_the_new_window_with_a_resync_in_flight(
     assert sub.rows.ids == [i for i, _ in truth(cluster.store, sub)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: reanchor completes on any complete window, and a request is resent only to a "
-    "new owner: when its control went to a non-owner (a racy read of the live set) and the "
-    "owner's rebuild of the old query lands meanwhile, the reanchor is never applied",
-)
 async def test_reanchor_is_applied_even_if_a_rebuild_of_the_old_window_answers_it(
     cluster: Cluster,
 ) -> None:
