@@ -57,6 +57,9 @@ class FromStart:
     def deltas(self, gateway_id: str) -> AsyncIterator[list[WireFrame]]:
         return self.bus.deltas(gateway_id, last_id="0-0")
 
+    async def drop(self, gateway_id: str) -> None:
+        await self.bus.drop(gateway_id)
+
 
 def redis_shard(
     shard_id: str, url: str, settings: TierSettings, extra_delta: Mapping[str, DeltaBus] = {}

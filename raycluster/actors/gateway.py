@@ -55,6 +55,10 @@ class RayDeltaBus:
     def deltas(self, gateway_id: str) -> Any:
         raise NotImplementedError("gateway actors receive batches through deliver()")
 
+    async def drop(self, gateway_id: str) -> None:
+        """Forget the cached handle (an actor has no channel to delete)."""
+        self._handles.pop(gateway_id, None)
+
 
 @ray.remote
 class GatewayActor:

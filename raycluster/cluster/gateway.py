@@ -135,6 +135,9 @@ class Gateway:
             await asyncio.wait_for(self.deps.members.leave_gateway(self.id), 5)
         for t in list(self._tasks):
             t.cancel()
+        if self.deps.delta is not None:  # nothing will read this gateway's channel again
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.deps.delta.drop(self.id), 5)
         for t in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(t, 5)

@@ -162,6 +162,10 @@ class MemoryDeltaBus:
         queue.append(frames)
         ready.set()
 
+    async def drop(self, gateway_id: str) -> None:
+        """Forget the gateway's channel."""
+        self._channels.pop(gateway_id, None)
+
     async def deltas(self, gateway_id: str) -> AsyncIterator[list[WireFrame]]:
         """Every batch of the channel not yet read, then new ones (one reader per gateway)."""
         queue, ready = self._channel(gateway_id)

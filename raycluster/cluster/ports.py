@@ -79,6 +79,10 @@ class DeltaBus(Protocol):
         """The batches sent to `gateway_id` from now on, in order."""
         ...
 
+    async def drop(self, gateway_id: str) -> None:
+        """Forget a gateway's channel (it closed, or it is gone for good)."""
+        ...
+
 
 class SubscriptionRegistry(Protocol):
     """Durable registrations, indexed by partition and by gateway; atomic per call."""

@@ -426,6 +426,9 @@ class Shard:
                 ob = self._outboxes.pop(g, None)
                 if ob is not None and ob.task is not None:
                     ob.task.cancel()
+                if ob is not None:
+                    with contextlib.suppress(Exception):
+                        await self.deps.delta[ob.transport].drop(g)
 
     # -- status ------------------------------------------------------------------
 

@@ -494,6 +494,11 @@ class RedisDeltaBus:
         self.stats.sent += 1
         return str(sid.decode())
 
+    async def drop(self, gateway_id: str) -> None:
+        """Delete a gateway's delta stream (it closed, or it is gone for good)."""
+        with translate_errors(f"drop delta stream of {gateway_id}"):
+            await self._client.delete(self.keys.delta_channel(gateway_id))
+
     def deltas(self, gateway_id: str, last_id: str = "$") -> DeltaStream:
         """Batches for `gateway_id` strictly after `last_id` (`$`: from now on)."""
         stream = DeltaStream(self, gateway_id, last_id, self._url)

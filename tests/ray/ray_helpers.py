@@ -1,0 +1,353 @@
+"""Helpers of the Ray tier: fast tier settings, running tiers, waiting, brute-force truth.
+
+The truth is computed from scratch from what the test wrote (DESIGN §1, §8),
+never with the engine's own filter or order code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import ray
+
+from raycluster import Cond, Cursor, DeltaOp, EntitySpec, LiveQuery, SortKey, Subscription
+from raycluster.actors import Tier, controller_name, shard_name
+from raycluster.cluster import GatewayDelta, owned_by, owner, partition_of
+from raycluster.config import TierSettings
+from raycluster.redis import Writer
+
+ENTITY = "asset"
+ASSET = EntitySpec(
+    name=ENTITY,
+    columns={"name": "str", "kind": "str", "site": "str", "temp": "int"},
+    max_window=200,
+)
+
+# Fast cadences: a dead shard is noticed within TTL + one ownership interval.
+HEARTBEAT_TTL_S = 2.0
+OWNERSHIP_INTERVAL_S = 0.2
+GATEWAY_CHECK_INTERVAL_S = 0.5
+
+
+# -- settings and tiers ------------------------------------------------------------
+
+
+def unique(label: str) -> str:
+    """A name no other test (or session) uses: tier names, key prefixes, tenants."""
+    return f"{label}-{uuid.uuid4().hex[:6]}"
+
+
+def tier_settings(name: str, namespace: str, **overrides: Any) -> TierSettings:
+    """Fast settings for a test tier: its own name and key prefix, short TTLs."""
+    base: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "shards": 3,
+        "shard_num_cpus": 0.5,
+        "gateway_num_cpus": 0,
+        "redis": {"heartbeat_ttl_s": HEARTBEAT_TTL_S, "key_prefix": f"lqt-{name}"},
+        "shard": {
+            "heartbeat_interval_s": 0.4,
+            "ownership_interval_s": OWNERSHIP_INTERVAL_S,
+            "gateway_check_interval_s": GATEWAY_CHECK_INTERVAL_S,
+        },
+        "gateway": {"attempt_timeout_s": 1.0},
+        "entities": [ASSET.model_dump()],
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return TierSettings.load(**base)
+
+
+def _force_stop(name: str, namespace: str) -> None:
+    # A start that failed half-way leaves a detached controller (and maybe actors) behind.
+    try:
+        controller = ray.get_actor(controller_name(name), namespace=namespace)
+    except ValueError:
+        return
+    with contextlib.suppress(Exception):
+        ray.get(controller.stop.remote(), timeout=60)
+    with contextlib.suppress(Exception):
+        ray.kill(controller)
+
+
+@asynccontextmanager
+async def running_tier(settings: TierSettings, redis_url: str) -> AsyncIterator[Tier]:
+    """A started, converged tier, always stopped on exit (blocking Ray calls run off the loop)."""
+    try:
+        tier = await asyncio.to_thread(Tier.start, settings, redis_url=redis_url)
+    except BaseException:
+        await asyncio.to_thread(_force_stop, settings.name, settings.namespace)
+        raise
+    try:
+        # `Tier.start` returns once shards heartbeat; ownership settles a moment later.
+        await wait_converged(tier, settings.shards)
+        yield tier
+    finally:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(tier.stop), 90)
+        except BaseException:
+            await asyncio.to_thread(_force_stop, settings.name, settings.namespace)
+            raise
+
+
+async def status(tier: Tier) -> dict[str, Any]:
+    """`tier.status()` without blocking the event loop (gateways heartbeat on it)."""
+    return await asyncio.to_thread(tier.status)
+
+
+def shard_handle(tier: Tier, shard_id: str) -> Any:
+    """The actor handle of one shard of `tier`."""
+    return ray.get_actor(shard_name(tier.name, shard_id), namespace=tier.namespace)
+
+
+def shard_ids(n: int) -> list[str]:
+    """The ids the controller gives the first `n` shards."""
+    return [f"shard-{i}" for i in range(n)]
+
+
+def converged(st: Mapping[str, Any], expected_live: list[str]) -> bool:
+    """Exactly `expected_live` are live, and each owns exactly its HRW partitions."""
+    if st["live_shards"] != expected_live or sorted(st["shards"]) != expected_live:
+        return False
+    for sid, s in st["shards"].items():
+        if "error" in s or set(s["partitions"]) != owned_by(sid, expected_live):
+            return False
+    return True
+
+
+async def wait_converged(tier: Tier, n: int, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Wait until the tier runs shards 0..n-1, each owning its HRW partitions; the status."""
+    want = shard_ids(n)
+    last: dict[str, Any] = {}
+
+    async def ok() -> bool:
+        nonlocal last
+        last = await status(tier)
+        return converged(last, want)
+
+    await wait_for(ok, timeout_s, interval_s=0.25, what=lambda: f"tier converged on {want}: {last}")
+    return last
+
+
+def owner_of(tenant: str, live: Iterable[str]) -> str:
+    """The shard that owns `tenant`'s assets among `live`."""
+    return owner(partition_of(tenant, ENTITY), list(live))
+
+
+def tenants_on(shard: str, live: list[str], n: int, label: str) -> list[str]:
+    """`n` fresh tenants whose asset partition `shard` owns among `live`."""
+    out: list[str] = []
+    while len(out) < n:
+        t = unique(label)
+        if owner_of(t, live) == shard:
+            out.append(t)
+    return out
+
+
+# -- waiting -----------------------------------------------------------------------
+
+
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout_s: float,
+    *,
+    interval_s: float = 0.05,
+    what: str | Callable[[], str] = "condition",
+) -> float:
+    """Poll `predicate` (sync or async) until true; the seconds it took. Fails on timeout."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        if time.monotonic() >= deadline:
+            text = what() if callable(what) else what
+            pytest.fail(f"timed out after {timeout_s}s waiting for {text}")
+        await asyncio.sleep(interval_s)
+
+
+# -- brute-force truth -------------------------------------------------------------
+
+
+def _cond_holds(c: Cond, row: Mapping[str, Any]) -> bool:
+    """SQL semantics, written from DESIGN §8 (not the engine's compiler)."""
+    if c.op == "and":
+        return all(_cond_holds(a, row) for a in c.args or ())
+    if c.op == "or":
+        return any(_cond_holds(a, row) for a in c.args or ())
+    v = row.get(c.column or "")
+    if c.op == "is_null":
+        return v is None
+    if c.op == "is_not_null":
+        return v is not None
+    if v is None:
+        return False
+    x = c.value
+    if c.op == "eq":
+        return bool(v == x)
+    if c.op == "ne":
+        return bool(v != x)
+    if c.op == "gt":
+        return bool(v > x)
+    if c.op == "gte":
+        return bool(v >= x)
+    if c.op == "lt":
+        return bool(v < x)
+    if c.op == "lte":
+        return bool(v <= x)
+    if c.op == "in":
+        return v in (c.values or ())
+    if c.op == "not_in":
+        return v not in (c.values or ())
+    raise AssertionError(f"the test oracle does not know {c.op!r}")
+
+
+def _cmp_value(a: Any, b: Any, desc: bool) -> int:
+    # null sorts after every value ascending, before every value descending.
+    if a is None or b is None:
+        if a is None and b is None:
+            return 0
+        nulls_high = -1 if desc else 1
+        return nulls_high if a is None else -nulls_high
+    c = (a > b) - (a < b)
+    return -c if desc else c
+
+
+def _cmp_keys(a: list[Any], b: list[Any], sort: list[SortKey]) -> int:
+    """Compare two (sort values…, id) keys in the query's total order."""
+    for k, key in enumerate(sort):
+        c = _cmp_value(a[k], b[k], key.desc)
+        if c:
+            return c
+    return (a[-1] > b[-1]) - (a[-1] < b[-1])
+
+
+def top_n(rows: Mapping[str, Mapping[str, Any]], query: LiveQuery) -> list[str]:
+    """The ids the window must hold: filter, total order, strictly after the cursor, limit."""
+    sort = list(query.sort)
+
+    def key(agg_id: str) -> list[Any]:
+        return [rows[agg_id].get(k.column) for k in sort] + [agg_id]
+
+    ids = [i for i, r in rows.items() if all(_cond_holds(c, r) for c in query.where)]
+    ids.sort(key=functools.cmp_to_key(lambda a, b: _cmp_keys(key(a), key(b), sort)))
+    if query.cursor is not None:
+        floor = list(query.cursor.values)
+        ids = [i for i in ids if _cmp_keys(key(i), floor, sort) > 0]
+    return ids[: query.limit]
+
+
+def cursor_at(row: Mapping[str, Any], agg_id: str, query: LiveQuery) -> Cursor:
+    """The keyset cursor of a row under `query`'s order."""
+    return Cursor(values=[row.get(k.column) for k in query.sort] + [agg_id])
+
+
+class Shadow:
+    """A writer that also keeps what it wrote: `rows[tenant][id]` is the truth."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.rows: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def of(self, tenant: str) -> dict[str, dict[str, Any]]:
+        """The truth of one tenant's assets."""
+        return self.rows.setdefault(tenant, {})
+
+    async def upsert(self, tenant: str, agg_id: str, row: dict[str, Any]) -> None:
+        await self.writer.upsert(tenant, ENTITY, agg_id, row)
+        self.of(tenant)[agg_id] = dict(row)
+
+    async def upsert_many(self, tenant: str, rows: Mapping[str, dict[str, Any]]) -> None:
+        await self.writer.upsert_many(tenant, ENTITY, rows)
+        self.of(tenant).update({k: dict(v) for k, v in rows.items()})
+
+    async def delete(self, tenant: str, agg_id: str) -> None:
+        await self.writer.delete(tenant, ENTITY, agg_id)
+        self.of(tenant).pop(agg_id, None)
+
+    def truth(self, tenant: str, query: LiveQuery) -> list[str]:
+        return top_n(self.of(tenant), query)
+
+
+@asynccontextmanager
+async def shadow_writer(tier: Tier) -> AsyncIterator[Shadow]:
+    """A `Shadow` over the tier's writer (closed on exit)."""
+    writer = tier.writer()
+    try:
+        yield Shadow(writer)
+    finally:
+        await writer.aclose()
+
+
+async def wait_exact(
+    subs: Iterable[tuple[Subscription, str, LiveQuery]], shadow: Shadow, timeout_s: float = 20.0
+) -> float:
+    """Wait until every (sub, tenant, expected query) list equals the brute-force truth."""
+    items = list(subs)
+
+    def wrong() -> list[str]:
+        return [
+            f"{s.id[:8]} {t}: has {s.rows.ids}, truth {shadow.truth(t, q)}"
+            for s, t, q in items
+            if not s.rows.complete or s.rows.ids != shadow.truth(t, q)
+        ]
+
+    return await wait_for(
+        lambda: not wrong(), timeout_s, what=lambda: "exact windows: " + "; ".join(wrong()[:5])
+    )
+
+
+async def close_all(subs: Iterable[Subscription]) -> None:
+    """Close subscriptions, never failing a teardown."""
+    for s in subs:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(s.close(), 10)
+
+
+# -- workloads ---------------------------------------------------------------------
+
+KINDS = ("pump", "valve", "fan")
+SITES = ("north", "south", "east")
+
+
+def random_row(rnd: random.Random) -> dict[str, Any]:
+    """An asset with nulls now and then (null order is part of the contract)."""
+    return {
+        "name": f"n{rnd.randrange(1000):03}",
+        "kind": rnd.choice(KINDS),
+        "site": None if rnd.random() < 0.15 else rnd.choice(SITES),
+        "temp": None if rnd.random() < 0.15 else rnd.randrange(100),
+    }
+
+
+def check_snapshot(frames: list[GatewayDelta], want: list[str]) -> None:
+    """`frames` open with a reset announcing exactly the enters that follow: `want`, in order."""
+    assert frames, "no frames"
+    first = frames[0]
+    assert first.delta.op is DeltaOp.RESET, [f.delta.op for f in frames]
+    count = first.delta.count
+    window = frames[1 : 1 + (count or 0)]
+    assert count == len(want), (count, want)
+    assert [f.delta.op for f in window] == [DeltaOp.ENTER] * len(want)
+    assert [f.delta.agg_id for f in window] == want
+    assert [f.delta.new_index for f in window] == list(range(len(want)))
+    assert {f.epoch for f in frames[: 1 + len(want)]} == {first.epoch}
+    seqs = [f.seq for f in frames]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs

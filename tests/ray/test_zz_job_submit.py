@@ -1,0 +1,185 @@
+"""`ray job submit` of jobs/serve.py against a Ray head of this test's own.
+
+The head (`ray start --head`) gets its own temp dir and free ports for
+everything it binds, so it never meets the session's local instance (nor
+anyone else's Ray). `ray stop` would stop every Ray on the machine, so the
+head is stopped by signalling exactly its processes: those with a file open
+under its temp dir or naming it on their command line, and their
+descendants. The file is named `zz` so it runs last in the tier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parents[2]
+EXCLUDES = [".git", ".mypy_cache", ".hypothesis", ".pytest_cache", ".ruff_cache", ".benchmarks",
+            "tests", "benchmarks"]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _port_range(n: int) -> tuple[int, int]:
+    """`n` consecutive free ports (for the head's workers)."""
+    rnd = random.Random()
+    for _ in range(200):
+        base = rnd.randrange(20_000, 30_000 - n)
+        ok = True
+        for port in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base, base + n - 1
+    raise RuntimeError("no free port range")
+
+
+def _run(args: list[str], env: dict[str, str], timeout_s: float) -> Any:
+    return subprocess.run(
+        args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
+def _pids_of(temp_dir: str) -> set[int]:
+    """Processes of the head: a file open under `temp_dir` or it on the command line,
+    then every descendant of those."""
+    parents: dict[int, int] = {}
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+            if temp_dir in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.add(pid)
+                continue
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd).startswith(temp_dir):
+                        found.add(pid)
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    grew = True
+    while grew:
+        kids = {p for p, pp in parents.items() if pp in found and p not in found}
+        found |= kids
+        grew = bool(kids)
+    return found
+
+
+def _stop_head(temp_dir: str) -> None:
+    """SIGTERM the head's processes, then SIGKILL what is left after a grace period."""
+    for sig, grace_s in ((signal.SIGTERM, 6.0), (signal.SIGKILL, 5.0)):
+        pids = _pids_of(temp_dir)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while pids and time.monotonic() < deadline:
+            pids = {p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)}
+            time.sleep(0.2)
+        if not pids:
+            return
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@pytest.fixture(scope="module")
+def head() -> Iterator[tuple[str, dict[str, str]]]:
+    """A private Ray head: (dashboard address, environment for the `ray` CLI)."""
+    temp_dir = tempfile.mkdtemp(prefix="rcj", dir="/tmp")  # short: Ray's socket paths
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    dashboard = _free_port()
+    low, high = _port_range(40)
+    ports = {
+        "--port": _free_port(),
+        "--dashboard-port": dashboard,
+        "--ray-client-server-port": _free_port(),
+        "--node-manager-port": _free_port(),
+        "--object-manager-port": _free_port(),
+        "--dashboard-agent-listen-port": _free_port(),
+        "--dashboard-agent-grpc-port": _free_port(),
+        "--runtime-env-agent-port": _free_port(),
+        "--metrics-export-port": _free_port(),
+        "--min-worker-port": low,
+        "--max-worker-port": high,
+    }
+    args = ["ray", "start", "--head", "--include-dashboard=true", "--num-cpus=4",
+            "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+            *(f"{k}={v}" for k, v in ports.items())]  # fmt: skip
+    try:
+        started = _run(args, env, 180)
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        _stop_head(temp_dir)
+        left = _pids_of(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not {p for p in left if not _zombie(p)}, f"head processes left: {left}"
+
+
+@pytest.mark.timeout(420)
+def test_ray_job_submit_serves_the_tier(head: tuple[str, dict[str, str]]) -> None:
+    address, env = head
+    submission = f"rcj-{uuid.uuid4().hex[:8]}"
+    runtime_env = {
+        "env_vars": {"RAYCLUSTER_SHARDS": "2", "RAYCLUSTER_SHARD_NUM_CPUS": "0.5",
+                     "RAY_AUTH_MODE": "disabled"},
+        "excludes": EXCLUDES,
+    }  # fmt: skip
+    submit = _run(
+        ["ray", "job", "submit", "--address", address, "--submission-id", submission,
+         "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
+         "python", "jobs/serve.py", "--config", "configs/tier.yaml",
+         "--for-seconds", "20", "--status-every", "2"],
+        env, 300,
+    )  # fmt: skip
+    plain = ["--log-style", "record", "--log-color", "false"]
+    status = _run(["ray", "job", "status", *plain, "--address", address, submission], env, 60)
+    logs = _run(["ray", "job", "logs", "--address", address, submission], env, 60).stdout
+    why = submit.stdout[-3000:] + submit.stderr[-3000:] + logs[-3000:]
+    assert submit.returncode == 0, why
+    assert f"Job '{submission}' succeeded" in status.stdout + status.stderr, status.stdout + why
+    lines = [json.loads(ln.split("status ", 1)[1]) for ln in logs.splitlines()
+             if ln.startswith("status {")]  # fmt: skip
+    assert lines, logs[-3000:]
+    assert any(line["live_shards"] == ["shard-0", "shard-1"] for line in lines), lines
+    assert all(line["partitions_owned"] <= 256 for line in lines)
+    assert lines[-1]["partitions_owned"] == 256, lines[-1]
+    assert "stopped" in logs
