@@ -53,27 +53,31 @@ def like_matcher(pattern: str, *, ignore_case: bool) -> Callable[[str], bool]:
     if not simple or (ignore_case and not pattern.isascii()):
         return lambda s: isinstance(s, str) and match(s) is not None
     starts, ends = pattern.startswith("%"), pattern.endswith("%") and len(pattern) > 1
+    # One closure per shape: this runs once per row per filter.
     if ignore_case:
-        body = body.lower()
+        low = body.lower()
+        if literal:
+            return lambda s: isinstance(s, str) and (
+                s.lower() == low if s.isascii() else match(s) is not None
+            )
+        if starts and ends:
+            return lambda s: isinstance(s, str) and (
+                low in s.lower() if s.isascii() else match(s) is not None
+            )
+        if ends:
+            return lambda s: isinstance(s, str) and (
+                s.lower().startswith(low) if s.isascii() else match(s) is not None
+            )
+        return lambda s: isinstance(s, str) and (
+            s.lower().endswith(low) if s.isascii() else match(s) is not None
+        )
     if literal:
-        shape = "eq"
-    elif starts and ends:
-        shape = "in"
-    else:
-        shape = "end" if starts else "start"
-
-    def test(s: str) -> bool:
-        if shape == "eq":
-            return s == body
-        if shape == "in":
-            return body in s
-        return s.endswith(body) if shape == "end" else s.startswith(body)
-
-    if not ignore_case:
-        return lambda s: isinstance(s, str) and test(s)
-    return lambda s: (
-        isinstance(s, str) and (test(s.lower()) if s.isascii() else match(s) is not None)
-    )
+        return lambda s: isinstance(s, str) and s == body
+    if starts and ends:
+        return lambda s: isinstance(s, str) and body in s
+    if ends:
+        return lambda s: isinstance(s, str) and s.startswith(body)
+    return lambda s: isinstance(s, str) and s.endswith(body)
 
 
 class _Gen:
