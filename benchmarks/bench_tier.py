@@ -195,46 +195,68 @@ async def failover(tier: Tier, runs: int) -> list[float]:
     return times
 
 
+COLUMNS = ["benchmark", "p50_ms", "p99_ms", "changes_per_s", "write_rate", "setup_s",
+           "median_s", "target", "runs", "error"]  # fmt: skip
+
+
 async def main(args: argparse.Namespace) -> None:
     ray.init(num_cpus=4, include_dashboard=False, namespace="raycluster-bench")
     rows: list[dict[str, Any]] = []
     srv = LocalRedis()
     url = srv.start()
-    try:
-        rates = [200, 1000] if args.quick else [200, 1000, 2000]
-        seconds = 2.0 if args.quick else 5.0
-        tier = Tier.start(settings("bench-lat", url, 1))
-        for path in ("ray", "redis"):
-            for rate in rates:
-                res = [await latency(tier, path, rate, seconds) for _ in range(args.runs)]
-                rows.append({
-                    "benchmark": f"latency {path} path @ {rate}/s", "p50_ms": statistics.median(
-                        r["p50_ms"] for r in res), "p99_ms": statistics.median(
-                        r["p99_ms"] for r in res), "target": "p99 <= 20 ms" if rate == 1000 else "",
-                    "runs": [f"{r['p50_ms']:.1f}/{r['p99_ms']:.1f}" for r in res]})  # fmt: skip
-        tier.stop()
-        subs_n, nrows, changes = (
-            (1000, 10_000, 20_000) if args.quick else (10_000, 100_000, 100_000)
-        )
-        for path in ("ray", "redis"):
-            tier = Tier.start(settings(f"bench-tp-{path}", url, 1))
-            res = [await throughput(tier, path, subs_n, nrows, changes)]
+
+    async def section(name: str, tier_name: str, shards: int, body: Any) -> None:
+        # One failing section is recorded and the others still run; the table
+        # is written after every section, so a stopped run keeps what it had.
+        tier = Tier.start(settings(tier_name, url, shards))
+        try:
+            rows.extend(await body(tier))
+        except Exception as e:
+            rows.append({"benchmark": name, "error": f"{type(e).__name__}: {e}"[:160]})
+        finally:
             tier.stop()
-            rows.append({"benchmark": f"one shard, {subs_n} subs, {path} path",
-                         "changes_per_s": res[0]["changes_per_s"],
-                         "write_rate": res[0]["write_rate"], "setup_s": res[0]["setup_s"],
-                         "target": ">= 10000 changes/s"})  # fmt: skip
-        tier = Tier.start(settings("bench-fo", url, 3))
+        report("bench_tier", rows, COLUMNS)
+
+    async def failovers(tier: Tier) -> list[dict[str, Any]]:
         times = await failover(tier, args.runs)
-        tier.stop()
-        rows.append({"benchmark": "failover (kill owner for good, TTL 2 s)",
-                     "median_s": statistics.median(times), "target": "<= TTL + 1 s = 3 s",
-                     "runs": [round(t, 2) for t in times]})  # fmt: skip
+        return [{"benchmark": "failover (kill owner for good, TTL 2 s)",
+                 "median_s": statistics.median(times), "target": "<= TTL + 1 s = 3 s",
+                 "runs": [round(t, 2) for t in times]}]  # fmt: skip
+
+    async def latencies(tier: Tier) -> list[dict[str, Any]]:
+        out = []
+        for path in ("ray", "redis"):
+            for rate in [200, 1000] if args.quick else [200, 1000, 2000]:
+                res = [await latency(tier, path, rate, 2.0 if args.quick else 5.0)
+                       for _ in range(args.runs)]  # fmt: skip
+                out.append({"benchmark": f"latency {path} path @ {rate}/s",
+                            "p50_ms": statistics.median(r["p50_ms"] for r in res),
+                            "p99_ms": statistics.median(r["p99_ms"] for r in res),
+                            "target": "p99 <= 20 ms" if rate == 1000 else "",
+                            "runs": [f"{r['p50_ms']:.1f}/{r['p99_ms']:.1f}"
+                                     for r in res]})  # fmt: skip
+        return out
+
+    subs_n, nrows, changes = (1000, 10_000, 20_000) if args.quick else (10_000, 100_000, 100_000)
+
+    def throughputs(path: str) -> Any:
+        async def run(tier: Tier) -> list[dict[str, Any]]:
+            r = await throughput(tier, path, subs_n, nrows, changes)
+            return [{"benchmark": f"one shard, {subs_n} subs, {path} path",
+                     "changes_per_s": r["changes_per_s"], "write_rate": r["write_rate"],
+                     "setup_s": r["setup_s"], "target": ">= 10000 changes/s"}]  # fmt: skip
+
+        return run
+
+    try:
+        await section("failover", "bench-fo", 3, failovers)
+        await section("latency", "bench-lat", 1, latencies)
+        for path in ("ray", "redis"):
+            await section(f"one shard, {subs_n} subs, {path} path", f"bench-tp-{path}", 1,
+                          throughputs(path))  # fmt: skip
     finally:
         srv.stop()
         ray.shutdown()
-    report("bench_tier", rows, ["benchmark", "p50_ms", "p99_ms", "changes_per_s", "write_rate",
-                                "setup_s", "median_s", "target", "runs"])  # fmt: skip
 
 
 if __name__ == "__main__":
