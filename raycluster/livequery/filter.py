@@ -57,19 +57,21 @@ def like_matcher(pattern: str, *, ignore_case: bool) -> Callable[[str], bool]:
     if ignore_case:
         low = body.lower()
         if literal:
-            return lambda s: isinstance(s, str) and (
-                s.lower() == low if s.isascii() else match(s) is not None
+            return lambda s: (
+                isinstance(s, str) and (s.lower() == low if s.isascii() else match(s) is not None)
             )
         if starts and ends:
-            return lambda s: isinstance(s, str) and (
-                low in s.lower() if s.isascii() else match(s) is not None
+            return lambda s: (
+                isinstance(s, str) and (low in s.lower() if s.isascii() else match(s) is not None)
             )
         if ends:
-            return lambda s: isinstance(s, str) and (
-                s.lower().startswith(low) if s.isascii() else match(s) is not None
+            return lambda s: (
+                isinstance(s, str)
+                and (s.lower().startswith(low) if s.isascii() else match(s) is not None)
             )
-        return lambda s: isinstance(s, str) and (
-            s.lower().endswith(low) if s.isascii() else match(s) is not None
+        return lambda s: (
+            isinstance(s, str)
+            and (s.lower().endswith(low) if s.isascii() else match(s) is not None)
         )
     if literal:
         return lambda s: isinstance(s, str) and s == body
