@@ -6,7 +6,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
 import redis.asyncio as aioredis
 import redis.exceptions as rx
@@ -15,7 +15,15 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from .settings import RedisSettings
 
-__all__ = ("RETRYABLE", "Backoff", "ReadGate", "interruptible", "make_client", "resolve_url")
+__all__ = (
+    "RETRYABLE",
+    "Backoff",
+    "ClientComponent",
+    "ReadGate",
+    "interruptible",
+    "make_client",
+    "resolve_url",
+)
 
 # What a blocking reader treats as "connection lost: back off and resume".
 # BusyLoadingError (a ConnectionError) covers a restarted server still loading its AOF.
@@ -145,3 +153,43 @@ class ReadGate:
                 await self._idle.wait()
         except TimeoutError:
             pass
+
+
+class ClientComponent:
+    """A component over one Redis client: `from_url`, `async with` and `aclose`.
+
+    `from_url` gives the component its own connection pool, which `aclose`
+    closes; a component built on a shared client leaves that client open.
+    """
+
+    client_name = "raycluster"
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        settings: RedisSettings | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        self.settings = settings if settings is not None else RedisSettings()
+        self.keys = self.settings.keys
+        self._client = client
+        self._owns_client = owns_client
+
+    @classmethod
+    def from_url(cls, url: str | None = None, *, settings: RedisSettings | None = None) -> Self:
+        """The component with its own connection pool (closed by `aclose`)."""
+        s = settings if settings is not None else RedisSettings()
+        return cls(make_client(resolve_url(url, s), s, name=cls.client_name), settings=s,
+                   owns_client=True)  # fmt: skip
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool if this component created it."""
+        if self._owns_client:
+            await self._client.aclose()

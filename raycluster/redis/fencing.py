@@ -10,49 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from ._client import make_client, resolve_url
+from ._client import ClientComponent
 from .errors import translate_errors
-from .settings import RedisSettings
 
 __all__ = ("RedisFencing",)
 
 
-class RedisFencing:
+class RedisFencing(ClientComponent):
     """Partition epochs in Redis (the `Fencing` port): every claim is larger than any before."""
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        *,
-        settings: RedisSettings | None = None,
-        owns_client: bool = False,
-    ) -> None:
-        self.settings = settings if settings is not None else RedisSettings()
-        self.keys = self.settings.keys
-        self._client = client
-        self._owns_client = owns_client
-
-    @classmethod
-    def from_url(
-        cls, url: str | None = None, *, settings: RedisSettings | None = None
-    ) -> RedisFencing:
-        """Fencing with its own connection pool (closed by `aclose`)."""
-        s = settings if settings is not None else RedisSettings()
-        client = make_client(resolve_url(url, s), s, name="raycluster-fencing")
-        return cls(client, settings=s, owns_client=True)
-
-    async def __aenter__(self) -> RedisFencing:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool if this object created it."""
-        if self._owns_client:
-            await self._client.aclose()
+    client_name = "raycluster-fencing"
 
     async def claim(self, p: int) -> int:
         """A new epoch for partition `p` (one INCR: atomic, never repeats)."""

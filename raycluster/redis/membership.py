@@ -10,56 +10,30 @@ nodes disagree about who is live. Reading the live set prunes expired members.
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as aioredis
 
-from ._client import make_client, resolve_url
+from ._client import ClientComponent
 from .errors import translate_errors
 from .scripts import HEARTBEAT, LIVE_MEMBERS
-from .settings import RedisSettings
 
 __all__ = ("RedisMembership",)
 
 
-class RedisMembership:
+class RedisMembership(ClientComponent):
     """Heartbeats and live sets of shards and gateways (the `Membership` port).
 
     A member is live from a heartbeat until `heartbeat_ttl_s` (settings, or the
     call's `ttl_s`) after it; `leave` ends it at once. Live sets are sorted ids.
     """
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        *,
-        settings: RedisSettings | None = None,
-        owns_client: bool = False,
-    ) -> None:
-        self.settings = settings if settings is not None else RedisSettings()
-        self.keys = self.settings.keys
-        self._client = client
-        self._owns_client = owns_client
+    client_name = "raycluster-membership"
+
+    def __init__(self, client: aioredis.Redis, **kw: Any) -> None:
+        super().__init__(client, **kw)
         self._heartbeat = client.register_script(HEARTBEAT)
         self._live = client.register_script(LIVE_MEMBERS)
-
-    @classmethod
-    def from_url(
-        cls, url: str | None = None, *, settings: RedisSettings | None = None
-    ) -> RedisMembership:
-        """Membership with its own connection pool (closed by `aclose`)."""
-        s = settings if settings is not None else RedisSettings()
-        client = make_client(resolve_url(url, s), s, name="raycluster-membership")
-        return cls(client, settings=s, owns_client=True)
-
-    async def __aenter__(self) -> RedisMembership:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool if this object created it."""
-        if self._owns_client:
-            await self._client.aclose()
 
     # -- shards ----------------------------------------------------------------------
 

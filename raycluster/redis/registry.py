@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from raycluster.cluster.protocol import Registration
 from raycluster.livequery.models import Cursor
 
-from ._client import make_client, resolve_url
+from ._client import ClientComponent
 from .errors import translate_errors
-from .settings import RedisSettings
 
 __all__ = ("RedisRegistry", "Registration")
 
@@ -28,7 +26,7 @@ def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-class RedisRegistry:
+class RedisRegistry(ClientComponent):
     """Registrations in Redis (the `SubscriptionRegistry` port).
 
     Writes are atomic across the hash and its index sets. Lookups read an
@@ -36,37 +34,7 @@ class RedisRegistry:
     between is left out, so a lookup never returns what is not there.
     """
 
-    def __init__(
-        self,
-        client: aioredis.Redis,
-        *,
-        settings: RedisSettings | None = None,
-        owns_client: bool = False,
-    ) -> None:
-        self.settings = settings if settings is not None else RedisSettings()
-        self.keys = self.settings.keys
-        self._client = client
-        self._owns_client = owns_client
-
-    @classmethod
-    def from_url(
-        cls, url: str | None = None, *, settings: RedisSettings | None = None
-    ) -> RedisRegistry:
-        """A registry with its own connection pool (closed by `aclose`)."""
-        s = settings if settings is not None else RedisSettings()
-        client = make_client(resolve_url(url, s), s, name="raycluster-registry")
-        return cls(client, settings=s, owns_client=True)
-
-    async def __aenter__(self) -> RedisRegistry:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool if this registry created it."""
-        if self._owns_client:
-            await self._client.aclose()
+    client_name = "raycluster-registry"
 
     # -- writes ------------------------------------------------------------------------
 
