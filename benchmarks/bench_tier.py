@@ -206,6 +206,8 @@ async def main(args: argparse.Namespace) -> None:
     url = srv.start()
 
     async def section(name: str, tier_name: str, shards: int, body: Any) -> None:
+        if args.only and not any(o in name for o in args.only):
+            return
         # One failing section is recorded and the others still run; the table
         # is written after every section, so a stopped run keeps what it had.
         tier = Tier.start(settings(tier_name, url, shards))
@@ -238,6 +240,7 @@ async def main(args: argparse.Namespace) -> None:
         return out
 
     subs_n, nrows, changes = (1000, 10_000, 20_000) if args.quick else (10_000, 100_000, 100_000)
+    subs_n, nrows, changes = args.subs or subs_n, args.rows or nrows, args.changes or changes
 
     def throughputs(path: str) -> Any:
         async def run(tier: Tier) -> list[dict[str, Any]]:
@@ -263,4 +266,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--subs", type=int, help="subscriptions of the throughput sections")
+    ap.add_argument("--rows", type=int, help="rows of the throughput sections")
+    ap.add_argument("--changes", type=int, help="changes written by the throughput sections")
+    ap.add_argument("--only", action="append", help="run sections whose name contains this")
     asyncio.run(main(ap.parse_args()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from typing import Any
 
 import ray
@@ -60,13 +61,39 @@ class RayDeltaBus:
         self._handles.pop(gateway_id, None)
 
 
+class _Consumer:
+    """A driver (or any Ray code) reading the frames of its subscriptions as one stream."""
+
+    __slots__ = ("closed", "frames", "ready", "resync", "subs")
+
+    def __init__(self) -> None:
+        self.frames: list[WireFrame] = []
+        self.ready = asyncio.Event()
+        self.subs: set[str] = set()
+        self.resync: set[str] = set()  # send these a fresh window (the backlog was dropped)
+        self.closed = False
+
+
 @ray.remote
 class GatewayActor:
-    """An in-cluster gateway: subscribe here, then iterate `stream(sub_id)`."""
+    """An in-cluster gateway: subscribe here, then iterate `consume(consumer)` (or `stream(sub)`).
+
+    A consumer (one per driver, say) reads the frames of all its
+    subscriptions as one streaming generator of batches, so the number of
+    Ray streams does not grow with subscriptions. Batches are wire entries
+    `[sub_id, seq, epoch, delta-dict, rev]`, already fenced here. A consumer
+    that falls more than `buffer` frames behind gets, in place of its backlog,
+    a `reset` plus the current window of each of its subscriptions.
+    """
 
     def __init__(self, gateway_id: str, settings_json: str, redis_url: str) -> None:
         settings = TierSettings.model_validate_json(settings_json)
         self.gw, self._closers = redis_gateway(gateway_id, redis_url, settings, transport="ray")
+        self.gw.forward = self._forward
+        self.gw.queue_frames = False  # frames go to consumers; the gateway keeps rows only
+        self._cap = settings.gateway.buffer
+        self._consumers: dict[str, _Consumer] = {}
+        self._consumer_of: dict[str, str] = {}  # sub_id -> consumer id
         self._started = asyncio.get_event_loop().create_task(self.gw.start())
 
     async def ready(self) -> str:
@@ -74,29 +101,124 @@ class GatewayActor:
         await self._started
         return self.gw.id
 
-    async def deliver(self, batch: list[WireFrame]) -> None:
-        """Receive one batch of frames from a shard."""
+    async def deliver(self, batch: list[WireFrame], shared: list[Any] | None = None) -> None:
+        """Receive one batch of frames from a shard.
+
+        With `shared`, each entry's delta is an index into it: the shard put
+        the deltas once for every gateway that needs them (see `RayDeltaBus`).
+        """
+        if shared is not None:
+            batch = [[e[0], e[1], e[2], shared[e[3]], e[4]] for e in batch]
         self.gw.receive(batch)
 
-    async def subscribe(self, tenant: str, query_json: str, sub_id: str | None = None) -> str:
-        """Register a live query; returns its id once the first window is here."""
+    def _consumer(self, consumer_id: str) -> _Consumer:
+        c = self._consumers.get(consumer_id)
+        if c is None:
+            c = self._consumers[consumer_id] = _Consumer()
+        return c
+
+    def _forward(self, sub_id: str, entries: list[WireFrame]) -> None:
+        cid = self._consumer_of.get(sub_id)
+        c = self._consumers.get(cid) if cid is not None else None
+        if c is None:
+            return
+        c.frames += entries
+        if len(c.frames) > self._cap:
+            c.frames.clear()
+            c.resync |= c.subs
+        c.ready.set()
+
+    async def subscribe(
+        self,
+        tenant: str,
+        query_json: str,
+        sub_id: str | None = None,
+        consumer: str | None = None,
+    ) -> str:
+        """Register a live query; returns its id once the first window is here.
+
+        With `consumer`, its frames (the first window included) go to that
+        consumer's `consume` stream.
+        """
         await self._started
-        sub = await self.gw.subscribe(
-            tenant, LiveQuery.model_validate_json(query_json), sub_id=sub_id
-        )
-        return sub.id
+        sid = sub_id or uuid.uuid4().hex
+        if consumer is not None:
+            self._consumer_of[sid] = consumer
+            self._consumer(consumer).subs.add(sid)
+        try:
+            await self.gw.subscribe(tenant, LiveQuery.model_validate_json(query_json), sub_id=sid)
+        except BaseException:
+            self._detach(sid)
+            raise
+        return sid
+
+    async def consume(self, consumer_id: str) -> Any:
+        """Batches of wire entries of every subscription of `consumer_id`, until `release`."""
+        c = self._consumer(consumer_id)
+        try:
+            while not c.closed:
+                await c.ready.wait()
+                c.ready.clear()
+                batch = self._take(c)
+                if batch:
+                    yield batch
+        finally:
+            if self._consumers.get(consumer_id) is c:
+                await self._drop_consumer(consumer_id)
 
     async def stream(self, sub_id: str) -> Any:
-        """Batches of frames (JSON-ready dicts) of one subscription, until it closes."""
-        subs = {s.id: s for s in self.gw.subscriptions()}
-        sub = subs.get(sub_id)
-        if sub is None:
+        """Batches of frames (JSON-ready dicts) of one subscription, until it closes.
+
+        The subscription gets a consumer of its own, starting with its current
+        window; prefer `consume` for many subscriptions.
+        """
+        if sub_id not in {s.id for s in self.gw.subscriptions()}:
             raise ClosedError(f"subscription {sub_id} is not open on gateway {self.gw.id}")
-        while True:
-            frames = await sub.batch()
-            if not frames:
-                return
-            yield [f.model_dump(mode="json") for f in frames]
+        cid = f"sub:{sub_id}"
+        self._detach(sub_id)
+        self._consumer_of[sub_id] = cid
+        c = self._consumer(cid)
+        c.subs.add(sub_id)
+        c.resync.add(sub_id)  # start with its current window
+        c.ready.set()
+        async for batch in self.consume(cid):
+            yield [{"sub_id": e[0], "seq": e[1], "epoch": e[2], "delta": e[3]} for e in batch]
+
+    def _take(self, c: _Consumer) -> list[WireFrame]:
+        batch, c.frames = c.frames, []
+        if c.resync:
+            subs = {s.id: s for s in self.gw.subscriptions()}
+            for sid in sorted(c.resync & c.subs):
+                sub = subs.get(sid)
+                if sub is not None:
+                    batch = [e for e in batch if e[0] != sid] + sub.window_wire()
+            c.resync.clear()
+        return batch
+
+    def _detach(self, sub_id: str) -> None:
+        cid = self._consumer_of.pop(sub_id, None)
+        c = self._consumers.get(cid) if cid is not None else None
+        if c is not None:
+            c.subs.discard(sub_id)
+            if cid == f"sub:{sub_id}":  # a stream of this subscription alone ends with it
+                c.closed = True
+                c.ready.set()
+
+    async def _drop_consumer(self, consumer_id: str) -> None:
+        """The consumer is gone: end its subscriptions, so nothing leaks."""
+        c = self._consumers.pop(consumer_id, None)
+        if c is None:
+            return
+        c.closed = True
+        c.ready.set()
+        for sid in list(c.subs):
+            self._consumer_of.pop(sid, None)
+            with contextlib.suppress(Exception):
+                await self.gw.unsubscribe(sid)
+
+    async def release(self, consumer_id: str) -> None:
+        """End a consumer's stream and every subscription it holds."""
+        await self._drop_consumer(consumer_id)
 
     async def reanchor(self, sub_id: str, cursor_json: str | None, limit: int) -> None:
         """Move a window (persisted first, re-routed to the current owner)."""
@@ -109,14 +231,18 @@ class GatewayActor:
 
     async def unsubscribe(self, sub_id: str) -> None:
         """End a subscription."""
+        self._detach(sub_id)
         await self.gw.unsubscribe(sub_id)
 
     async def status(self) -> dict[str, Any]:
-        """Subscriptions and frame counters."""
-        return self.gw.status()
+        """Subscriptions, consumers and frame counters."""
+        return {**self.gw.status(), "consumers": len(self._consumers)}
 
     async def stop(self) -> None:
         """Unsubscribe everything and leave the live set."""
+        for c in self._consumers.values():
+            c.closed = True
+            c.ready.set()
         with contextlib.suppress(Exception):
             await self.gw.aclose()
         await self._closers.aclose()

@@ -13,7 +13,6 @@ from typing import Any, cast
 import ray
 
 from raycluster.client import Subscription
-from raycluster.cluster.protocol import GatewayDelta
 from raycluster.config import TierSettings
 from raycluster.errors import RayclusterError
 from raycluster.livequery import Cursor, LiveQuery
@@ -27,38 +26,65 @@ __all__ = ("Tier",)
 log = logging.getLogger(__name__)
 
 
-class _RemoteControl:
-    """A driver-side subscription's link to its gateway actor (and the frame pump)."""
+class _Consumer:
+    """This driver's end of one gateway actor: one frame stream for all its subscriptions.
+
+    Subscriptions made through `Tier.subscribe` share it; frames are routed
+    to each `Subscription` here. When the stream ends (the gateway died),
+    every subscription on it is marked closed.
+    """
 
     def __init__(self, gateway: Any) -> None:
         self.gateway = gateway
+        self.id = f"drv-{uuid.uuid4().hex[:12]}"
+        self.subs: dict[str, Subscription] = {}
         self.task: asyncio.Task[None] | None = None
+
+    def usable(self) -> bool:
+        """False once its stream ended, or if it belongs to another (finished) event loop."""
+        t = self.task
+        return t is None or (not t.done() and t.get_loop() is asyncio.get_running_loop())
+
+    def attach(self, sub: Subscription) -> None:
+        """Route `sub`'s frames to it (before subscribing: the first window may come at once)."""
+        self.subs[sub.id] = sub
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._pump(), name=f"consumer-{self.id}")
+
+    async def _pump(self) -> None:
+        stream = self.gateway.consume.options(_generator_backpressure_num_objects=4)
+        try:
+            async for ref in stream.remote(self.id):
+                entries = await ref
+                by_sub: dict[str, list[Any]] = {}
+                for e in entries:
+                    by_sub.setdefault(e[0], []).append(e)
+                for sid, mine in by_sub.items():
+                    sub = self.subs.get(sid)
+                    if sub is not None:
+                        sub.deliver_wire(mine)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("consumer %s: the stream from its gateway ended", self.id)
+        finally:
+            for sub in self.subs.values():
+                sub.mark_closed()
+            self.subs.clear()
+
+    # SubscriptionControl
 
     async def reanchor(self, sub_id: str, cursor: Cursor | None, limit: int) -> None:
         cursor_json = cursor.model_dump_json() if cursor is not None else None
         await self.gateway.reanchor.remote(sub_id, cursor_json, limit)
 
     async def unsubscribe(self, sub_id: str) -> None:
+        self.subs.pop(sub_id, None)
         with contextlib.suppress(Exception):
             await self.gateway.unsubscribe.remote(sub_id)
-        if self.task is not None:
-            self.task.cancel()
 
     async def resync(self, sub_id: str) -> None:
         await self.gateway.resync.remote(sub_id)
-
-
-async def _pump(gateway: Any, sub: Subscription) -> None:
-    try:
-        async for ref in gateway.stream.remote(sub.id):
-            frames = await ref
-            sub.deliver([GatewayDelta.model_validate(f) for f in frames])
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        log.exception("subscription %s: stream from its gateway ended", sub.id)
-    finally:
-        sub.mark_closed()
 
 
 class Tier:
@@ -72,6 +98,7 @@ class Tier:
         self.gateway_ids: list[str] = info["gateways"]
         self.settings = TierSettings.model_validate_json(info["settings"])
         self._rr = itertools.count()
+        self._consumers: dict[str, _Consumer] = {}  # gateway id -> this driver's stream
 
     @classmethod
     def start(
@@ -157,13 +184,28 @@ class Tier:
     async def subscribe(
         self, tenant: str, query: LiveQuery, *, gateway_id: str | None = None
     ) -> Subscription:
-        """Subscribe through an in-cluster gateway; returns once the first window is here."""
-        gw = self.gateway(gateway_id)
+        """Subscribe through an in-cluster gateway; returns once the first window is here.
+
+        All subscriptions this `Tier` makes through one gateway share one
+        stream of object refs (batches of frames for all of them).
+        """
+        if not self.gateway_ids:
+            raise RayclusterError(f"tier {self.name!r} runs no in-cluster gateway")
+        gid = gateway_id or self.gateway_ids[next(self._rr) % len(self.gateway_ids)]
+        consumer = self._consumers.get(gid)
+        if consumer is None or not consumer.usable():
+            consumer = self._consumers[gid] = _Consumer(self.gateway(gid))
         sub_id = uuid.uuid4().hex
-        await gw.subscribe.remote(tenant, query.model_dump_json(), sub_id)
-        control = _RemoteControl(gw)
-        sub = Subscription(sub_id, tenant, query, control, buffer=self.settings.gateway.buffer)
+        sub = Subscription(sub_id, tenant, query, consumer, buffer=self.settings.gateway.buffer)
         first = sub.next_reset()
-        control.task = asyncio.create_task(_pump(gw, sub), name=f"sub-{sub_id}")
-        await first
+        consumer.attach(sub)
+        try:
+            await consumer.gateway.subscribe.remote(
+                tenant, query.model_dump_json(), sub_id, consumer.id
+            )
+            await first
+        except BaseException:
+            consumer.subs.pop(sub_id, None)
+            first.cancel()
+            raise
         return sub

@@ -15,13 +15,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from raycluster.errors import ClosedError, DesyncError
 from raycluster.livequery import Cursor, DeltaOp, LiveDelta, LiveQuery
+from raycluster.livequery.models import delta_from_wire, trusted
 
 from .livelist import LiveList
 
 if TYPE_CHECKING:  # the cluster package imports this module: no runtime cycle
-    from raycluster.cluster.protocol import GatewayDelta
+    from raycluster.cluster.protocol import GatewayDelta, WireFrame
 
 __all__ = ("Subscription", "SubscriptionControl")
+
+_WIRE_FIELDS = tuple(LiveDelta.model_fields)
 
 
 class SubscriptionControl(Protocol):
@@ -51,6 +54,7 @@ class Subscription:
         control: SubscriptionControl,
         *,
         buffer: int = 10_000,
+        queue_frames: bool = True,
     ) -> None:
         self.id = sub_id
         self.tenant = tenant
@@ -62,6 +66,7 @@ class Subscription:
         self._control = control
         self._queue: deque[GatewayDelta] = deque()
         self._cap = buffer
+        self._queue_frames = queue_frames  # False: only `rows` is kept (frames go elsewhere)
         self._arrived = asyncio.Event()
         self._reset_waiters: list[asyncio.Future[None]] = []
         self._reset_pending = False
@@ -122,9 +127,14 @@ class Subscription:
 
     # -- gateway side ------------------------------------------------------------
 
+    def deliver_wire(self, entries: list[WireFrame]) -> None:
+        """`deliver` for wire entries `[sub_id, seq, epoch, delta-dict, ...]` (already fenced)."""
+        self.deliver(gateway_deltas(entries))
+
     def deliver(self, frames: list[GatewayDelta]) -> None:
         """Apply accepted frames to `rows` and queue them for iteration."""
         queue = self._queue
+        keep = self._queue_frames
         for f in frames:
             try:
                 self.rows.apply(f.delta)
@@ -133,7 +143,8 @@ class Subscription:
                 asyncio.get_running_loop().create_task(self._control.resync(self.id))
                 continue
             self._epoch, self._seq = f.epoch, f.seq
-            queue.append(f)
+            if keep:
+                queue.append(f)
             if f.delta.op is DeltaOp.RESET:
                 self._reset_pending = True
         if self._reset_pending and self.rows.complete:
@@ -164,20 +175,38 @@ class Subscription:
             if not w.done():
                 w.set_result(None)
 
-    def _synthetic_reset(self) -> list[GatewayDelta]:
-        from raycluster.cluster.protocol import GatewayDelta
+    def window_wire(self) -> list[WireFrame]:
+        """Wire entries for a `reset` plus the current rows (what a lagging reader gets).
 
-        items = self.rows.items
-        mk = LiveDelta.model_construct
-        frames = [mk(op=DeltaOp.RESET, count=len(items))]
-        frames += [
-            mk(op=DeltaOp.ENTER, agg_id=i.agg_id, version=i.version, row=i.row, new_index=k)
+        They are numbered to end at the last `seq` applied, so a reader that
+        checks `seq` sees the next live frame follow on without a gap.
+        """
+        sid, epoch, items = self.id, self._epoch, self.rows.items
+        first = self._seq - len(items)
+        none = dict.fromkeys(_WIRE_FIELDS)
+        out: list[WireFrame] = [
+            [sid, first, epoch, {**none, "op": "reset", "version": 0, "count": len(items)}]
+        ]
+        out += [
+            [sid, first + k + 1, epoch, {**none, "op": "enter", "agg_id": i.agg_id,
+                                         "version": i.version, "row": i.row, "new_index": k}]
             for k, i in enumerate(items)
-        ]
-        return [
-            GatewayDelta.model_construct(sub_id=self.id, seq=self._seq, epoch=self._epoch, delta=d)
-            for d in frames
-        ]
+        ]  # fmt: skip
+        return out
+
+    def _synthetic_reset(self) -> list[GatewayDelta]:
+        return gateway_deltas(self.window_wire())
 
     def _wake(self) -> None:
         self._arrived.set()
+
+
+def gateway_deltas(entries: list[WireFrame]) -> list[GatewayDelta]:
+    """`GatewayDelta`s of wire entries `[sub_id, seq, epoch, delta-dict, ...]`."""
+    from raycluster.cluster.protocol import GatewayDelta
+
+    return [
+        trusted(GatewayDelta, {"sub_id": e[0], "seq": e[1], "epoch": e[2],
+                               "delta": delta_from_wire(e[3])})
+        for e in entries
+    ]  # fmt: skip

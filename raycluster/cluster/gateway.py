@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from raycluster.client.subscription import Subscription
 from raycluster.errors import ClosedError, InvalidQuery, UnavailableError
-from raycluster.livequery import Cursor, EntitySpec, LiveDelta, LiveQuery
+from raycluster.livequery import Cursor, EntitySpec, LiveQuery
 
 from .ports import ControlBus, DeltaBus, Membership, SubscriptionRegistry
 from .protocol import (
@@ -31,7 +31,6 @@ from .protocol import (
     OP_SUBSCRIBE,
     OP_UNSUBSCRIBE,
     Control,
-    GatewayDelta,
     Registration,
     Transport,
     WireFrame,
@@ -99,6 +98,8 @@ class Gateway:
         self._subs: dict[str, _State] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self.forward: Callable[[str, list[WireFrame]], None] | None = None
+        self.queue_frames = True  # False when `forward` takes the frames (no per-sub queue)
         self.counters: dict[str, int] = {
             "frames": 0,
             "stale": 0,
@@ -230,7 +231,9 @@ class Gateway:
             gateway_id=self.id,
             transport=self.deps.transport,
         )
-        sub = Subscription(sid, tenant, query, self, buffer=self.opts.buffer)
+        sub = Subscription(
+            sid, tenant, query, self, buffer=self.opts.buffer, queue_frames=self.queue_frames
+        )
         self._subs[sid] = _State(reg, sub)
         try:
             await self.deps.registry.put(reg)
@@ -344,10 +347,16 @@ class Gateway:
     # -- frames ------------------------------------------------------------------
 
     def receive(self, batch: list[WireFrame]) -> None:
-        """Demultiplex one batch of wire frames to its subscriptions, fenced."""
-        out: dict[str, list[GatewayDelta]] = {}
+        """Demultiplex one batch of wire frames to its subscriptions, fenced.
+
+        Accepted frames go to each subscription (its `rows`), and, as the wire
+        entries they came in, to `forward` when set (the in-cluster gateway
+        hands them on to its consumers without re-encoding them).
+        """
+        out: dict[str, list[WireFrame]] = {}
         subs = self._subs
-        for sid, seq, epoch, d, *more in batch:
+        for entry in batch:
+            sid, seq, epoch, d = entry[0], entry[1], entry[2], entry[3]
             st = subs.get(sid)
             if st is None:
                 continue
@@ -356,7 +365,7 @@ class Gateway:
                     self.counters["stale"] += 1
                     continue
                 st.epoch, st.next_seq, st.gap = epoch, seq + 1, False
-                st.rev = more[0] if more else 0
+                st.rev = entry[4] if len(entry) > 4 else 0
             elif epoch != st.epoch or seq != st.next_seq or st.gap:
                 if epoch < st.epoch or (epoch == st.epoch and seq < st.next_seq) or st.gap:
                     self.counters["stale"] += 1
@@ -368,10 +377,13 @@ class Gateway:
                 continue
             else:
                 st.next_seq = seq + 1
-            frame = GatewayDelta.model_construct(
-                sub_id=sid, seq=seq, epoch=epoch, delta=LiveDelta.model_validate(d)
-            )
-            out.setdefault(sid, []).append(frame)
+            frames = out.get(sid)
+            if frames is None:
+                frames = out[sid] = []
+            frames.append(entry)
         self.counters["frames"] += len(batch)
-        for sid, frames in out.items():
-            subs[sid].sub.deliver(frames)
+        forward = self.forward
+        for sid, entries in out.items():
+            subs[sid].sub.deliver_wire(entries)
+            if forward is not None:
+                forward(sid, entries)

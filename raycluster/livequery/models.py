@@ -400,3 +400,27 @@ def trusted(cls: type[_M], fields: dict[str, Any]) -> _M:
     _set(obj, "__pydantic_extra__", None)
     _set(obj, "__pydantic_private__", None)
     return obj
+
+
+_DELTA_FIELDS = frozenset(LiveDelta.model_fields)
+_OPS = {op.value: op for op in DeltaOp}
+
+
+def delta_from_wire(d: dict[str, Any]) -> LiveDelta:
+    """A `LiveDelta` from its wire dict (what shards send), about 10x cheaper than validating.
+
+    Shards write every field (see `Frame.wire`), so a dict with exactly those
+    keys and a known op is built as is; anything else (another producer, a
+    hand-written frame) goes through full validation and raises on bad input.
+    """
+    op = _OPS.get(d.get("op"))  # type: ignore[arg-type]
+    if op is None or d.keys() != _DELTA_FIELDS:
+        return LiveDelta.model_validate(d)
+    fields = dict(d)
+    fields["op"] = op
+    c = fields["cursor"]
+    if c is not None:
+        if not isinstance(c, dict) or not isinstance(c.get("values"), list):
+            return LiveDelta.model_validate(d)
+        fields["cursor"] = trusted(Cursor, {"values": c["values"]})
+    return trusted(LiveDelta, fields)
