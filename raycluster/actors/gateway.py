@@ -35,23 +35,58 @@ class RayDeltaBus:
     Awaiting each call keeps batches in order and bounds what is in flight per
     gateway (the shard accumulates the next batch meanwhile), so a slow
     gateway pushes back on the shard instead of queuing without bound.
+
+    Batches flushed together (in one event-loop turn) are sent together: a
+    delta that several gateways need (subscriptions of one shared view on
+    different gateways) is `ray.put` once, and each gateway's batch refers to
+    it by index into that one shared object.
     """
 
     def __init__(self, tier: str, namespace: str) -> None:
         self.tier = tier
         self.namespace = namespace
         self._handles: dict[str, Any] = {}
+        self._pending: list[tuple[str, list[WireFrame], asyncio.Future[None]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.shared_puts = 0  # how many shared payloads were put (for status/tests)
 
     async def send(self, gateway_id: str, frames: list[WireFrame]) -> None:
-        handle = self._handles.get(gateway_id)
-        if handle is None:
-            handle = ray.get_actor(gateway_name(self.tier, gateway_id), namespace=self.namespace)
-            self._handles[gateway_id] = handle
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._dispatch)
+        self._pending.append((gateway_id, frames, done))
+        await done
+
+    def _dispatch(self) -> None:
+        pending, self._pending = self._pending, []
+        shared, batches = share_deltas([frames for _, frames, _ in pending])
+        ref = None
+        if shared:
+            ref = ray.put(shared)
+            self.shared_puts += 1
+        for (gid, _, done), batch in zip(pending, batches, strict=True):
+            task = asyncio.create_task(self._call(gid, batch, ref, done))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _call(
+        self, gateway_id: str, batch: list[WireFrame], ref: Any, done: asyncio.Future[None]
+    ) -> None:
         try:
-            await handle.deliver.remote(frames)
-        except Exception:
+            handle = self._handles.get(gateway_id)
+            if handle is None:
+                name = gateway_name(self.tier, gateway_id)
+                handle = ray.get_actor(name, namespace=self.namespace)
+                self._handles[gateway_id] = handle
+            await handle.deliver.remote(batch, ref)
+        except Exception as e:
             self._handles.pop(gateway_id, None)  # look it up again next time
-            raise
+            if not done.done():
+                done.set_exception(e)
+        else:
+            if not done.done():
+                done.set_result(None)
 
     def deltas(self, gateway_id: str) -> Any:
         raise NotImplementedError("gateway actors receive batches through deliver()")
@@ -59,6 +94,35 @@ class RayDeltaBus:
     async def drop(self, gateway_id: str) -> None:
         """Forget the cached handle (an actor has no channel to delete)."""
         self._handles.pop(gateway_id, None)
+
+
+def share_deltas(batches: list[list[WireFrame]]) -> tuple[list[Any], list[list[WireFrame]]]:
+    """Pull out the deltas that more than one batch carries.
+
+    Returns `(shared, batches)`: in the returned batches an entry whose delta
+    is in `shared` carries its index there instead (an int); other entries
+    are unchanged. Deltas are the same object when one view's frame goes to
+    several subscriptions (`Frame.wire` is cached), so identity finds them.
+    """
+    if len(batches) < 2:
+        return [], batches
+    seen: dict[int, int] = {}  # id(delta) -> the batch that first carried it
+    multi: dict[int, int] = {}  # id(delta) -> index in shared
+    shared: list[Any] = []
+    for k, batch in enumerate(batches):
+        for e in batch:
+            key = id(e[3])
+            first = seen.setdefault(key, k)
+            if first != k and key not in multi:
+                multi[key] = len(shared)
+                shared.append(e[3])
+    if not shared:
+        return [], batches
+    out = [
+        [[e[0], e[1], e[2], multi[id(e[3])], *e[4:]] if id(e[3]) in multi else e for e in batch]
+        for batch in batches
+    ]
+    return shared, out
 
 
 class _Consumer:
@@ -104,11 +168,13 @@ class GatewayActor:
     async def deliver(self, batch: list[WireFrame], shared: list[Any] | None = None) -> None:
         """Receive one batch of frames from a shard.
 
-        With `shared`, each entry's delta is an index into it: the shard put
-        the deltas once for every gateway that needs them (see `RayDeltaBus`).
+        With `shared` (resolved by Ray from the one object the shard put), an
+        entry whose delta is an int refers to `shared[i]` (see `RayDeltaBus`).
         """
         if shared is not None:
-            batch = [[e[0], e[1], e[2], shared[e[3]], e[4]] for e in batch]
+            batch = [
+                [e[0], e[1], e[2], shared[e[3]], *e[4:]] if type(e[3]) is int else e for e in batch
+            ]
         self.gw.receive(batch)
 
     def _consumer(self, consumer_id: str) -> _Consumer:

@@ -75,7 +75,7 @@ class ShardActor:
     def __init__(self, shard_id: str, settings_json: str, redis_url: str) -> None:
         self.id = shard_id
         self.settings = TierSettings.model_validate_json(settings_json)
-        ray_bus = RayDeltaBus(self.settings.name, self.settings.namespace)
+        ray_bus = self._ray_bus = RayDeltaBus(self.settings.name, self.settings.namespace)
         self.shard, self._closers = redis_shard(
             shard_id, redis_url, self.settings, extra_delta={"ray": ray_bus}
         )
@@ -110,6 +110,7 @@ class ShardActor:
         """The shard runtime's status."""
         st = self.shard.status()
         st["running"] = not self._task.done()
+        st["shared_puts"] = self._ray_bus.shared_puts
         return st
 
     async def stop(self) -> None:
