@@ -180,7 +180,7 @@ class Gateway:
         """
         if not self._subs:
             return 0
-        have = {r.sub_id for r in await self.deps.registry.by_gateway(self.id)}
+        have = await self.deps.registry.ids_by_gateway(self.id)
         restored = 0
         for sid, st in list(self._subs.items()):
             if sid in have or self._subs.get(sid) is not st:

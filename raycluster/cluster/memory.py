@@ -202,6 +202,10 @@ class MemoryRegistry:
         """Every registration of one gateway."""
         return [r for r in self._regs.values() if r.gateway_id == gateway_id]
 
+    async def ids_by_gateway(self, gateway_id: str) -> set[str]:
+        """The sub ids of one gateway's registrations."""
+        return {r.sub_id for r in self._regs.values() if r.gateway_id == gateway_id}
+
 
 class MemoryFencing:
     """Epoch counters per partition."""

@@ -107,6 +107,10 @@ class SubscriptionRegistry(Protocol):
         """Every registration held by one gateway."""
         ...
 
+    async def ids_by_gateway(self, gateway_id: str) -> set[str]:
+        """The sub ids of one gateway's registrations (cheap: no records read)."""
+        ...
+
 
 class Fencing(Protocol):
     """A counter per partition: every claim gets a larger epoch than any before."""

@@ -139,6 +139,12 @@ class RedisRegistry(ClientComponent):
         regs = await self._load(self.keys.gateway_regs(gateway_id))
         return [r for r in regs if r.gateway_id == gateway_id]
 
+    async def ids_by_gateway(self, gateway_id: str) -> set[str]:
+        """The sub ids in one gateway's index (one SMEMBERS; no records read)."""
+        with translate_errors(f"read the registrations of gateway {gateway_id}"):
+            ids: Any = await self._client.smembers(self.keys.gateway_regs(gateway_id))
+        return {_text(i) for i in ids}
+
     async def _load(self, index_key: str) -> list[Registration]:
         with translate_errors(f"read registrations of {index_key}"):
             ids: Any = sorted(await self._client.smembers(index_key))

@@ -41,10 +41,12 @@ async def test_put_get_lookups_delete(registry: RedisRegistry) -> None:
     assert [r.sub_id for r in await registry.by_partition(p_rival)] == ["s3"]
     assert await registry.by_partition_num(p_acme) == 2
     assert [r.sub_id for r in await registry.by_gateway("gw-1")] == ["s1", "s2"]
+    assert await registry.ids_by_gateway("gw-1") == {"s1", "s2"}
     await registry.delete("s1")
     await registry.delete("s1")  # absent: no error
     assert await registry.remove("s1") is False
     assert [r.sub_id for r in await registry.by_gateway("gw-1")] == ["s2"]
+    assert await registry.ids_by_gateway("gw-1") == {"s2"}
     assert await registry.by_partition_num(p_acme) == 1
 
 
