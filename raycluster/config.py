@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from raycluster.cluster.gateway import GatewayOptions
 from raycluster.cluster.shard import ShardOptions
+from raycluster.edge.settings import EdgeSettings
 from raycluster.errors import InvalidQuery
 from raycluster.livequery import EntitySpec
 from raycluster.redis.settings import RedisSettings
@@ -45,6 +46,7 @@ class TierSettings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     shard: ShardOptions = Field(default_factory=ShardOptions)
     gateway: GatewayOptions = Field(default_factory=GatewayOptions)
+    edge: EdgeSettings = Field(default_factory=EdgeSettings)
     entities: list[EntitySpec] = Field(
         default_factory=list, description="Declared entities (empty: any entity, unchecked)."
     )

@@ -62,6 +62,7 @@ class Subscription:
         self.rows = LiveList()
         self.closed = False
         self.dropped_frames = 0
+        self.frames_in = 0  # frames delivered to this subscription
         self.on_change: Callable[[Subscription], None] | None = None
         self._control = control
         self._queue: deque[GatewayDelta] = deque()
@@ -135,6 +136,7 @@ class Subscription:
         """Apply accepted frames to `rows` and queue them for iteration."""
         queue = self._queue
         keep = self._queue_frames
+        self.frames_in += len(frames)
         for f in frames:
             try:
                 self.rows.apply(f.delta)

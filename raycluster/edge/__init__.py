@@ -1,0 +1,36 @@
+"""The edge: live queries for browsers and other clients over SSE and WebSocket.
+
+The wire contract is `raycluster/edge/PROTOCOL.md`. `create_app` builds the
+Starlette application over an external gateway (`raycluster.connect`),
+`run_edge` serves it with uvicorn, `EdgeClient` is the Python client,
+`sign_token` makes a signed bearer token, `EdgeSettings` is the `edge:`
+section of the tier settings.
+
+`EdgeSettings` and `sign_token` import without the `edge` extra (the tier
+settings use them); the rest needs starlette, uvicorn, httpx and websockets
+and is imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .auth import sign_token
+from .settings import EdgeSettings
+
+if TYPE_CHECKING:
+    from .app import create_app
+    from .client import EdgeClient
+    from .server import run_edge
+
+__all__ = ("EdgeClient", "EdgeSettings", "create_app", "run_edge", "sign_token")
+
+_LAZY = {"create_app": ".app", "EdgeClient": ".client", "run_edge": ".server"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,270 @@
+"""The edge's state: connections, their subscriptions, bounded outgoing buffers, counters.
+
+A `_EdgeSub` wraps one gateway `Subscription`. A pump task moves the frames
+the gateway accepted (already fenced) into the subscription's outgoing deque,
+numbering them with the edge's own contiguous `seq` (the epoch is the
+shard's). When the deque holds more than `edge.buffer` frames beyond a window's
+worth, the backlog is replaced by a `reset` and the subscription's current rows — exact, because
+the gateway's `rows` never skipped a frame — so memory stays bounded and the
+client never sees a gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from raycluster.livequery import DeltaOp, LiveDelta
+
+from .settings import EdgeSettings
+
+if TYPE_CHECKING:
+    from raycluster._connect import RemoteGateway
+    from raycluster.client import Subscription
+    from raycluster.cluster import GatewayDelta
+
+__all__ = ("Conn", "EdgeSub", "Hub", "parse_token", "resume_token")
+
+log = logging.getLogger(__name__)
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+# An outgoing item: a frame (seq, epoch, delta) or a ready-made WS control message.
+Frame = tuple[int, int, LiveDelta]
+Item = Frame | dict[str, Any]
+
+
+def resume_token(sub_id: str, epoch: int, seq: int) -> str:
+    """`<sub id>.<epoch>.<seq>` (PROTOCOL.md, Resume)."""
+    return f"{sub_id}.{epoch}.{seq}"
+
+
+def parse_token(token: str | None) -> tuple[str, int, int] | None:
+    """(sub id, epoch, seq) of a resume token; None if it does not parse."""
+    if not token:
+        return None
+    parts = token.strip().rsplit(".", 2)
+    if len(parts) != 3 or not parts[0]:
+        return None
+    sid, epoch, seq = parts
+    if not (sid.isalnum() and len(sid) <= 64):
+        return None
+    try:
+        return sid, int(epoch), int(seq)
+    except ValueError:
+        return None
+
+
+def delta_json(d: LiveDelta) -> dict[str, Any]:
+    """A delta as the JSON object clients receive (no null fields)."""
+    return d.model_dump(mode="json", exclude_none=True)
+
+
+class EdgeSub:
+    """One subscription served on one connection: its pump and bounded outgoing buffer."""
+
+    def __init__(
+        self, hub: Hub, conn: Conn, sub: Subscription, client_id: str | None, seq: int
+    ) -> None:
+        self.hub = hub
+        self.conn = conn
+        self.sub = sub
+        self.client_id = client_id
+        self.seq = seq  # next edge seq
+        self.epoch = 0
+        self.out: deque[Item] = deque()
+        self.ended = False  # no frame will be added any more
+        self.pump: asyncio.Task[None] | None = None
+
+    @property
+    def id(self) -> str:
+        """The subscription id (the tier's)."""
+        return self.sub.id
+
+    def start(self) -> None:
+        """Queue what already arrived (the first window), then pump the rest."""
+        self.take(self.sub.drain())
+        self.pump = asyncio.create_task(self._pump(), name=f"edge-pump-{self.id}")
+
+    def mark(self, message: dict[str, Any]) -> None:
+        """Queue a control message after the frames already queued (WS replies)."""
+        self.out.append(message)
+        self.conn.wake.set()
+
+    def take(self, frames: list[GatewayDelta]) -> None:
+        """Number and queue frames; replace an overlong backlog by a reset and the window."""
+        if not frames:
+            return
+        out = self.out
+        seq = self.seq
+        for f in frames:
+            out.append((seq, f.epoch, f.delta))
+            seq += 1
+        self.seq = seq
+        self.epoch = frames[-1].epoch
+        # A reset costs a window: worth it only once the backlog is longer than the buffer
+        # plus the window it replaces.
+        rows = self.sub.rows
+        if len(out) > self.hub.settings.buffer + len(rows) and rows.complete:
+            self._collapse()
+        self.conn.wake.set()
+
+    def _collapse(self) -> None:
+        marks = [i for i in self.out if isinstance(i, dict)]
+        self.hub.counters["slow_consumer_resets"] += 1
+        self.hub.counters["frames_replaced"] += len(self.out) - len(marks)
+        self.out.clear()
+        items = self.sub.rows.items
+        mk = LiveDelta.model_construct
+        seq, epoch = self.seq, self.epoch
+        self.out.append((seq, epoch, mk(op=DeltaOp.RESET, count=len(items))))
+        for k, it in enumerate(items):
+            d = mk(op=DeltaOp.ENTER, agg_id=it.agg_id, version=it.version, row=it.row, new_index=k)
+            self.out.append((seq + 1 + k, epoch, d))
+        self.seq = seq + len(items) + 1
+        self.out.extend(marks)
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                frames = await self.sub.batch()
+                if not frames:
+                    break
+                self.take(frames)
+        finally:
+            self.ended = True
+            self.conn.wake.set()
+
+    async def close(self) -> None:
+        """Unsubscribe (idempotent) and stop pumping."""
+        self.ended = True
+        self.hub.forget(self)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.sub.close(), 10)
+        if self.pump is not None:
+            self.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.pump
+        self.conn.wake.set()
+
+
+@dataclass(eq=False)
+class Conn:
+    """One client connection (an SSE stream or a WebSocket) of one tenant."""
+
+    hub: Hub
+    tenant: str
+    kind: str
+    subs: dict[str, EdgeSub] = field(default_factory=dict)  # client id (WS) or sub id (SSE)
+    control: deque[dict[str, Any]] = field(default_factory=deque)  # WS messages of no sub
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    ending: str | None = None  # reason the server ends this connection
+
+    def end(self, reason: str) -> None:
+        """Ask the connection's writer to end it (with `reason`)."""
+        if self.ending is None:
+            self.ending = reason
+        self.wake.set()
+
+    async def close_all(self) -> None:
+        """Unsubscribe everything this connection holds."""
+        subs = list(self.subs.values())
+        self.subs.clear()
+        await asyncio.gather(*(s.close() for s in subs))
+
+
+class Hub:
+    """Every connection and subscription of one edge, its limits and counters."""
+
+    def __init__(self, gateway: RemoteGateway, settings: EdgeSettings) -> None:
+        self.gateway = gateway
+        self.settings = settings
+        self.subs: dict[str, EdgeSub] = {}
+        self.conns: set[Conn] = set()
+        self.tenant_subs: Counter[str] = Counter()
+        self.tenant_conns: Counter[str] = Counter()
+        self.closing = False
+        self.counters: Counter[str] = Counter()
+
+    def open_conn(self, tenant: str, kind: str) -> Conn | None:
+        """A new connection, or None if the tenant is at its connection limit."""
+        if self.tenant_conns[tenant] >= self.settings.max_connections_per_tenant:
+            return None
+        conn = Conn(self, tenant, kind)
+        self.conns.add(conn)
+        self.tenant_conns[tenant] += 1
+        self.counters[f"connections_opened_{kind}"] += 1
+        if self.closing:
+            conn.end("shutdown")
+        return conn
+
+    async def close_conn(self, conn: Conn) -> None:
+        """Unsubscribe everything the connection held and drop it."""
+        try:
+            await conn.close_all()
+        finally:
+            if conn in self.conns:
+                self.conns.discard(conn)
+                self.tenant_conns[conn.tenant] -= 1
+                if self.tenant_conns[conn.tenant] <= 0:
+                    del self.tenant_conns[conn.tenant]
+
+    def reserve(self, tenant: str) -> bool:
+        """Count one more subscription of `tenant`; False at the tenant's limit."""
+        if self.tenant_subs[tenant] >= self.settings.max_subscriptions_per_tenant:
+            return False
+        self.tenant_subs[tenant] += 1
+        return True
+
+    def release(self, tenant: str) -> None:
+        """Undo `reserve`."""
+        self.tenant_subs[tenant] -= 1
+        if self.tenant_subs[tenant] <= 0:
+            del self.tenant_subs[tenant]
+
+    def adopt(self, esub: EdgeSub) -> None:
+        """Record a served subscription (its tenant slot is already reserved)."""
+        self.subs[esub.id] = esub
+
+    def forget(self, esub: EdgeSub) -> None:
+        """Drop a subscription's record and free its tenant slot (idempotent)."""
+        if self.subs.get(esub.id) is esub:
+            del self.subs[esub.id]
+            self.release(esub.conn.tenant)
+
+    def find(self, tenant: str, sub_id: str) -> EdgeSub | None:
+        """The tenant's open subscription `sub_id` (None for another tenant's)."""
+        esub = self.subs.get(sub_id)
+        if esub is None or esub.conn.tenant != tenant or esub.ended:
+            return None
+        return esub
+
+    async def take_over(self, tenant: str, sub_id: str) -> bool:
+        """Before reusing `sub_id` on resume: end its old stream if the tenant still holds it.
+
+        False if another tenant holds it (the resume token is then ignored).
+        """
+        old = self.subs.get(sub_id)
+        if old is None:
+            return sub_id not in self._gateway_subs()
+        if old.conn.tenant != tenant:
+            return False
+        old.conn.subs = {k: v for k, v in old.conn.subs.items() if v is not old}
+        if old.conn.kind == "sse":
+            old.conn.end("replaced")
+        await old.close()
+        return True
+
+    def _gateway_subs(self) -> set[str]:
+        return {s.id for s in self.gateway.gateway.subscriptions()}
+
+    def shutdown(self) -> None:
+        """Ask every connection to end with reason `shutdown` (safe from a signal handler)."""
+        self.closing = True
+        for conn in list(self.conns):
+            conn.end("shutdown")
