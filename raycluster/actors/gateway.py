@@ -155,7 +155,8 @@ class GatewayActor:
         self.gw, self._closers = redis_gateway(gateway_id, redis_url, settings, transport="ray")
         self.gw.forward = self._forward
         self.gw.queue_frames = False  # frames go to consumers; the gateway keeps rows only
-        self._cap = settings.gateway.buffer
+        self._cap = settings.gateway.consumer_buffer
+        self.consumer_resets = 0
         self._consumers: dict[str, _Consumer] = {}
         self._consumer_of: dict[str, str] = {}  # sub_id -> consumer id
         self._started = asyncio.get_event_loop().create_task(self.gw.start())
@@ -190,8 +191,11 @@ class GatewayActor:
             return
         c.frames += entries
         if len(c.frames) > self._cap:
+            # The consumer is behind: its subscriptions with frames in the
+            # backlog get their current window instead of it.
+            c.resync |= {e[0] for e in c.frames}
             c.frames.clear()
-            c.resync |= c.subs
+            self.consumer_resets += 1
         c.ready.set()
 
     async def subscribe(
@@ -302,7 +306,11 @@ class GatewayActor:
 
     async def status(self) -> dict[str, Any]:
         """Subscriptions, consumers and frame counters."""
-        return {**self.gw.status(), "consumers": len(self._consumers)}
+        return {
+            **self.gw.status(),
+            "consumers": len(self._consumers),
+            "consumer_resets": self.consumer_resets,
+        }
 
     async def stop(self) -> None:
         """Unsubscribe everything and leave the live set."""

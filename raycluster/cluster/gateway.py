@@ -53,6 +53,12 @@ class GatewayOptions(BaseModel):
         30.0, gt=0, description="Give up on subscribe/reanchor after this long."
     )
     buffer: int = Field(10_000, gt=0, description="Frames queued per subscription.")
+    consumer_buffer: int = Field(
+        200_000,
+        gt=0,
+        description="In-cluster gateways: frames queued per consumer stream (one stream "
+        "carries many subscriptions); past it, the backlog is replaced by fresh windows.",
+    )
     audit_interval_s: float = Field(
         5.0,
         gt=0,
