@@ -14,9 +14,7 @@ import contextlib
 import logging
 import random
 import secrets
-import signal
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -241,7 +239,7 @@ class WebDemo:
         from .server import ws_protocol
 
         self._redis = LocalRedis()
-        url = await asyncio.to_thread(_start_shielded_from_ctrl_c, self._redis)
+        url = await asyncio.to_thread(self._redis.start)
         settings = self._settings = demo_settings(url, self.token, self.tenant)
         for i in range(self.shard_count):
             shard, closers = redis_shard(f"web-{i}", url, settings)
@@ -268,7 +266,7 @@ class WebDemo:
             app,
             host=self.host,
             port=self.port,
-            ws=_ws_impl(ws_protocol),
+            ws=ws_protocol(),
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=2,
@@ -364,25 +362,6 @@ class WebDemo:
         if self._redis is not None:
             await asyncio.to_thread(self._redis.close)
             self._redis = None
-
-
-def _start_shielded_from_ctrl_c(redis: LocalRedis) -> str:
-    # Ctrl-C in a terminal signals the whole process group: the private server would
-    # die before the shards and gateway using it have stopped. It starts with SIGINT
-    # blocked (a child inherits the signal mask); `aclose` stops it with SIGTERM.
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        return redis.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _ws_impl(ws_protocol: Callable[[], Any]) -> Any:
-    # uvicorn's legacy-websockets module warns on import with a UserWarning subclass
-    # (UvicornDeprecationWarning), which `ws_protocol` does not silence.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return ws_protocol()
 
 
 async def _serve_demo(host: str, port: int, rate: float, rows: int) -> None:

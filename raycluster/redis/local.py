@@ -183,6 +183,10 @@ class LocalRedis:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            # Its own session: Ctrl-C in a terminal (SIGINT to the foreground
+            # process group) must not stop it before the code using it has
+            # shut down; it still dies with us (PDEATHSIG) and on `stop()`.
+            start_new_session=True,
         )
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:

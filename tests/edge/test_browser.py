@@ -28,9 +28,6 @@ WAIT_MS = 15_000
 pytestmark = [
     pytest.mark.redis,
     pytest.mark.timeout(120),
-    # uvicorn's websockets-legacy protocol (raycluster.edge.server.ws_protocol) warns per
-    # connection; a warning raised as an error there would kill the socket, not fail a test.
-    pytest.mark.filterwarnings("ignore:remove second argument of ws_handler:DeprecationWarning"),
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}"),
 ]
 
