@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from raycluster.client.fence import Fence
 from raycluster.client.subscription import Subscription
 from raycluster.errors import ClosedError, InvalidQuery, UnavailableError
 from raycluster.livequery import Cursor, EntitySpec, LiveQuery
@@ -80,15 +81,13 @@ class GatewayDeps:
 
 
 class _State:
-    __slots__ = ("epoch", "gap", "next_seq", "reg", "rev", "sub")
+    __slots__ = ("fence", "reg", "rev", "sub")
 
     def __init__(self, reg: Registration, sub: Subscription) -> None:
         self.reg = reg
         self.sub = sub
         self.rev = -1  # query revision of the last window received
-        self.epoch = -1
-        self.next_seq = 0
-        self.gap = False
+        self.fence = Fence()
 
 
 class Gateway:
@@ -362,27 +361,19 @@ class Gateway:
         out: dict[str, list[WireFrame]] = {}
         subs = self._subs
         for entry in batch:
-            sid, seq, epoch, d = entry[0], entry[1], entry[2], entry[3]
+            sid = entry[0]
             st = subs.get(sid)
             if st is None:
                 continue
-            if d["op"] == "reset":
-                if epoch < st.epoch:
-                    self.counters["stale"] += 1
-                    continue
-                st.epoch, st.next_seq, st.gap = epoch, seq + 1, False
-                st.rev = entry[4] if len(entry) > 4 else 0
-            elif epoch != st.epoch or seq != st.next_seq or st.gap:
-                if epoch < st.epoch or (epoch == st.epoch and seq < st.next_seq) or st.gap:
-                    self.counters["stale"] += 1
-                    continue
-                # A frame is missing (or a new owner's reset was lost): resync.
-                st.gap = True
-                self.counters["gaps"] += 1
-                self._spawn(self.resync(sid), "gateway-resync")
+            is_reset = entry[3]["op"] == "reset"
+            verdict = st.fence.check(entry[1], entry[2], is_reset)
+            if verdict != "ok":
+                self.counters["stale" if verdict == "stale" else "gaps"] += 1
+                if verdict == "gap":  # a frame is missing (or a new owner's reset was lost)
+                    self._spawn(self.resync(sid), "gateway-resync")
                 continue
-            else:
-                st.next_seq = seq + 1
+            if is_reset:
+                st.rev = entry[4] if len(entry) > 4 else 0
             frames = out.get(sid)
             if frames is None:
                 frames = out[sid] = []
