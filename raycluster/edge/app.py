@@ -168,7 +168,8 @@ class _Edge:
         except (UnavailableError, TimeoutError) as e:
             raise _Failure(503, "unavailable", str(e) or "no shard answered") from e
 
-    async def reanchor(self, esub: EdgeSub, raw: Any) -> int:
+    async def reanchor(self, esub: EdgeSub, raw: Any) -> tuple[int, int]:
+        """Move `esub`'s window; returns (rows, the edge seq of its last frame queued)."""
         try:
             body = _Reanchor.model_validate(raw)
         except ValidationError as e:
@@ -186,7 +187,7 @@ class _Edge:
         except (UnavailableError, TimeoutError) as e:
             raise _Failure(503, "unavailable", str(e) or "no shard answered") from e
         esub.take(esub.sub.drain())  # the new window is queued on the stream now
-        return len(esub.sub.rows)
+        return len(esub.sub.rows), esub.seq - 1
 
     # -- SSE -----------------------------------------------------------------------
 
@@ -228,10 +229,10 @@ class _Edge:
                 raw = await request.json()
             except ValueError as e:
                 raise _Failure(422, "invalid", [{"loc": [], "msg": "body is not JSON"}]) from e
-            rows = await self.reanchor(esub, raw)
+            rows, seq = await self.reanchor(esub, raw)
         except _Failure as f:
             return f.response()
-        return JSONResponse({"sub": esub.id, "rows": rows})
+        return JSONResponse({"sub": esub.id, "rows": rows, "seq": seq})
 
     async def resync_route(self, request: Request) -> Response:
         try:
@@ -325,7 +326,7 @@ class _Edge:
         if esub is None or esub.ended:
             raise _Failure(404, "not_found", f"no subscription {cid!r} on this connection")
         if op == "reanchor":
-            rows = await self.reanchor(
+            rows, _ = await self.reanchor(
                 esub, {k: v for k, v in msg.items() if k not in ("op", "id")}
             )
             esub.mark({"type": "reanchored", "id": cid, "rows": rows})

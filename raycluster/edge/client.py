@@ -72,6 +72,7 @@ class _Stream:
         self.fence = Fence()
         self.token: str | None = None
         self.gaps = 0
+        self.applied = asyncio.Event()  # set whenever a frame was applied
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def frame(self, seq: int, epoch: int, delta: dict[str, Any], token: str | None) -> None:
@@ -90,6 +91,23 @@ class _Stream:
         if token:
             self.token = token
         self.sub.deliver([f])
+        self.applied.set()
+
+    async def applied_through(self, seq: int) -> None:
+        """Wait until the frame numbered `seq` of this stream has been applied.
+
+        Gives up quietly if the stream restarts meanwhile (a reconnect starts
+        with a complete window of the current query anyway).
+        """
+        fence, epoch = self.fence, self.fence.epoch
+        deadline = asyncio.get_running_loop().time() + self.client.timeout_s
+        while fence.next_seq <= seq and fence.epoch >= epoch >= 0:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            self.applied.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.applied.wait(), remaining)
 
     def spawn(self, coro: Any) -> None:
         t = asyncio.create_task(coro)
@@ -203,6 +221,11 @@ class _SSE(_Stream):
         r = await self.client.http.post(f"/v1/live/{sub_id}/reanchor", json=body)
         if r.status_code != 200:
             _raise_for(r.status_code, r.json())
+        # The answer names the new window's last frame on the stream: a reset
+        # that arrived before it (a resync of the old window) must not count.
+        seq = r.json().get("seq")
+        if isinstance(seq, int):
+            await self.applied_through(seq)
 
     async def resync(self, sub_id: str) -> None:
         r = await self.client.http.post(f"/v1/live/{sub_id}/resync")
