@@ -198,9 +198,11 @@ export class LiveSubscription {
   async reanchor(cursor, limit) {
     if (this.closed) throw new LiveQueryError(0, "closed", "subscription is closed");
     const since = this.list.resets;
-    await this.client._transport(this.transport).reanchor(this, cursor ?? null, limit);
+    // SSE answers with the seq of the new window's last frame: a resync of the
+    // old window arriving just before it must not end the wait.
+    const seq = await this.client._transport(this.transport).reanchor(this, cursor ?? null, limit);
     this.query = { ...this.query, cursor: cursor ?? null, limit };
-    await this._windowAfter(since);
+    await this._windowAfter(since, seq);
     return this.rows;
   }
 
@@ -299,15 +301,21 @@ export class LiveSubscription {
     const resets = this.list.resets;
     const still = [];
     for (const w of this._waiters) {
-      if (resets > w.since) w.resolve();
+      const through = w.seq == null || w.fence !== this._fence || this._fence.next > w.seq;
+      if (resets > w.since && through) w.resolve();
       else still.push(w);
     }
     this._waiters = still;
   }
 
-  _windowAfter(since) {
-    if (this.list.resets > since && this.list.complete) return Promise.resolve();
-    return new Promise((resolve, reject) => this._waiters.push({ since, resolve, reject }));
+  _windowAfter(since, seq = null) {
+    const fence = this._fence; // a new stream (reconnect) starts a new fence
+    if (this.list.resets > since && this.list.complete && (seq == null || fence.next > seq)) {
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) =>
+      this._waiters.push({ since, seq, fence, resolve, reject }),
+    );
   }
 
   _failWaiters(err) {
@@ -496,7 +504,9 @@ class SseTransport {
 
   async reanchor(s, cursor, limit) {
     await s.ready;
-    await this._post(s, "/reanchor", { cursor, limit });
+    const resp = await this._post(s, "/reanchor", { cursor, limit });
+    const answer = await resp.json();
+    return typeof answer.seq === "number" ? answer.seq : null;
   }
 
   async resync(s) {
