@@ -34,7 +34,10 @@ class RayDeltaBus:
 
     Awaiting each call keeps batches in order and bounds what is in flight per
     gateway (the shard accumulates the next batch meanwhile), so a slow
-    gateway pushes back on the shard instead of queuing without bound.
+    gateway pushes back on the shard instead of queuing without bound. One
+    call in flight, not two: Ray does not keep submission order for calls to
+    an async actor, and a reordered batch costs a resync. (Measured: two in
+    flight did not lower write → client latency here; calls are CPU-bound.)
 
     Batches flushed together (in one event-loop turn) are sent together: a
     delta that several gateways need (subscriptions of one shared view on

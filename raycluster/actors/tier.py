@@ -52,7 +52,7 @@ class _Consumer:
             self.task = asyncio.create_task(self._pump(), name=f"consumer-{self.id}")
 
     async def _pump(self) -> None:
-        stream = self.gateway.consume.options(_generator_backpressure_num_objects=4)
+        stream = self.gateway.consume.options(_generator_backpressure_num_objects=16)
         try:
             async for ref in stream.remote(self.id):
                 entries = await ref
