@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
 import redis.asyncio as aioredis
 import redis.exceptions as rx
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
@@ -40,6 +41,51 @@ def resolve_url(url: str | None, settings: RedisSettings) -> str:
     return found
 
 
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # the hiredis extra is optional: redis-py packs in Python
+    _hiredis_pack = None
+
+
+class _HiredisPack:
+    """Commands packed by hiredis (C), as redis-py's sync client does; its asyncio
+    client packs in Python, ~400 µs for an XREAD over 256 streams (8x hiredis)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        assert _hiredis_pack is not None
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [_hiredis_pack(args)]
+        except TypeError as e:
+            raise rx.DataError(str(e)) from e
+
+
+class _PackedConnection(_HiredisPack, Connection):
+    pass
+
+
+class _PackedSSLConnection(_HiredisPack, SSLConnection):
+    pass
+
+
+class _PackedUnixConnection(_HiredisPack, UnixDomainSocketConnection):
+    pass
+
+
+def _connection_class(url: str) -> dict[str, Any]:
+    """`connection_class` for `url` with hiredis packing, if hiredis is there."""
+    if _hiredis_pack is None:
+        return {}
+    scheme = url.split("://", 1)[0]
+    cls = {"redis": _PackedConnection, "rediss": _PackedSSLConnection,
+           "unix": _PackedUnixConnection}.get(scheme)  # fmt: skip
+    return {"connection_class": cls} if cls is not None else {}
+
+
 def make_client(
     url: str, settings: RedisSettings, *, blocking_ms: int | None = None, name: str | None = None
 ) -> aioredis.Redis:
@@ -59,6 +105,7 @@ def make_client(
             retry=Retry(NoBackoff(), 0),
             single_connection_client=True,
             client_name=name,
+            **_connection_class(url),
         )
     # A blocking pool: a burst of concurrent commands (a shard rebuilding
     # thousands of subscriptions) waits for a connection instead of failing
@@ -82,6 +129,7 @@ def make_client(
             settings.command_retries,
         ),
         client_name=name,
+        **_connection_class(url),
     )
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
 
