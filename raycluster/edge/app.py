@@ -194,10 +194,7 @@ class _Edge:
     async def live(self, request: Request) -> Response:
         try:
             tenant = self.tenant(request)
-            try:
-                raw = await request.json()
-            except ValueError as e:
-                raise _Failure(422, "invalid", [{"loc": [], "msg": "body is not JSON"}]) from e
+            raw = await _json_body(request)
             query = self.query(raw)
             conn = self.hub.open_conn(tenant, "sse")
             if conn is None:
@@ -216,6 +213,7 @@ class _Edge:
         return _SSEResponse(self, conn, esub, resumed)
 
     def side(self, request: Request) -> EdgeSub:
+        """The subscription a side request names, if it is the token's tenant's."""
         tenant = self.tenant(request)
         esub = self.hub.find(tenant, request.path_params["sub"])
         if esub is None:
@@ -225,10 +223,7 @@ class _Edge:
     async def reanchor_route(self, request: Request) -> Response:
         try:
             esub = self.side(request)
-            try:
-                raw = await request.json()
-            except ValueError as e:
-                raise _Failure(422, "invalid", [{"loc": [], "msg": "body is not JSON"}]) from e
+            raw = await _json_body(request)
             rows, seq = await self.reanchor(esub, raw)
         except _Failure as f:
             return f.response()
@@ -589,3 +584,11 @@ def create_app(gateway: RemoteGateway, settings: TierSettings) -> Starlette:
     app.state.hub = edge.hub
     app.state.edge = edge
     return app
+
+
+async def _json_body(request: Request) -> Any:
+    """The request's JSON body, or a 422 naming no field (the body as a whole)."""
+    try:
+        return await request.json()
+    except ValueError as e:
+        raise _Failure(422, "invalid", [{"loc": [], "msg": "body is not JSON"}]) from e
