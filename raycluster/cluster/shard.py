@@ -81,9 +81,16 @@ class ShardDeps:
 
 def owned_partitions(shard_id: str, live: list[str]) -> set[int]:
     """The partitions `shard_id` owns among `live` (none if it is not live)."""
+    return set(_owned(shard_id, tuple(live)))
+
+
+@functools.lru_cache(maxsize=64)
+def _owned(shard_id: str, live: tuple[str, ...]) -> frozenset[int]:
+    # 256 x len(live) hashes: worth caching, the live set rarely changes
+    # and every shard recomputes it each ownership interval.
     if shard_id not in live:
-        return set()
-    return {p for p in range(PARTITIONS) if owner(p, live) == shard_id}
+        return frozenset()
+    return frozenset(p for p in range(PARTITIONS) if owner(p, list(live)) == shard_id)
 
 
 class _Served:
