@@ -42,10 +42,13 @@ ASSET = EntitySpec(name="asset", columns={"owner": "str", "name": "str"}, max_wi
 T = "bench"
 
 
-def settings(name: str, url: str, shards: int, ttl_s: float = 2.0) -> TierSettings:
+def settings(
+    name: str, url: str, shards: int, ttl_s: float = 2.0, gateway_transport: str = "ray"
+) -> TierSettings:
     return TierSettings.load(
         name=name,
         shards=shards,
+        gateway_transport=gateway_transport,
         shard_num_cpus=0.5,
         entities=[ASSET.model_dump()],
         redis={"redis_url": url, "key_prefix": name, "heartbeat_ttl_s": ttl_s},
@@ -236,13 +239,14 @@ async def main(args: argparse.Namespace) -> None:
     url = srv.start()
 
     async def section(
-        name: str, tier_name: str, shards: int, body: Any, ttl_s: float = 2.0
-    ) -> None:
+        name: str, tier_name: str, shards: int, body: Any, ttl_s: float = 2.0,
+        gateway_transport: str = "ray",
+    ) -> None:  # fmt: skip
         if args.only and not any(o in name for o in args.only):
             return
         # One failing section is recorded and the others still run; the table
         # is written after every section, so a stopped run keeps what it had.
-        tier = Tier.start(settings(tier_name, url, shards, ttl_s))
+        tier = Tier.start(settings(tier_name, url, shards, ttl_s, gateway_transport))
         try:
             rows.extend(await body(tier))
         except Exception as e:
@@ -257,13 +261,14 @@ async def main(args: argparse.Namespace) -> None:
                  "median_s": statistics.median(times), "target": "<= TTL + 1 s = 3 s",
                  "runs": [round(t, 2) for t in times]}]  # fmt: skip
 
-    async def latencies(tier: Tier) -> list[dict[str, Any]]:
+    async def latencies(tier: Tier, paths: tuple[str, ...] = ("ray", "redis")) -> Any:
         out = []
-        for path in ("ray", "redis"):
+        for path in paths:
+            label = path if tier.settings.gateway_transport == "ray" else "in-cluster over Redis"
             for rate in [200, 1000] if args.quick else [200, 1000, 2000]:
                 res = [await latency(tier, path, rate, 2.0 if args.quick else 5.0)
                        for _ in range(args.runs)]  # fmt: skip
-                out.append({"benchmark": f"latency {path} path @ {rate}/s",
+                out.append({"benchmark": f"latency {label} path @ {rate}/s",
                             "p50_ms": statistics.median(r["p50_ms"] for r in res),
                             "p99_ms": statistics.median(r["p99_ms"] for r in res),
                             "target": "p99 <= 20 ms" if rate == 1000 else "",
@@ -293,6 +298,9 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await section("failover", "bench-fo", 3, failovers)
         await section("latency", "bench-lat", 1, latencies)
+        # In-cluster gateway actors reading their Redis delta stream (gateway_transport).
+        await section("latency in-cluster over redis", "bench-lat-rt", 1,
+                      lambda t: latencies(t, ("ray",)), gateway_transport="redis")  # fmt: skip
         for path in ("ray", "redis"):
             await section(f"one shard, {subs_n} subs, {path} path", f"bench-tp-{path}", 1,
                           throughputs(path), ttl_s=60.0)  # fmt: skip

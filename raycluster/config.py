@@ -9,7 +9,7 @@ environment (`RAYCLUSTER_*`; nested fields with `__`, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
@@ -43,6 +43,13 @@ class TierSettings(BaseSettings):
         "adds nodes for pending shards.",
     )
     gateway_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per gateway actor.")
+    gateway_transport: Literal["ray", "redis"] = Field(
+        "ray",
+        description="How shards reach in-cluster gateway actors: 'ray' (batches by actor "
+        "calls; a delta several gateways need is put once) or 'redis' (the gateway's "
+        "`lq:delta:{id}` stream, as external gateways; fewer Ray calls, lower latency on "
+        "small machines).",
+    )
     redis: RedisSettings = Field(default_factory=RedisSettings)
     shard: ShardOptions = Field(default_factory=ShardOptions)
     gateway: GatewayOptions = Field(default_factory=GatewayOptions)

@@ -155,7 +155,9 @@ class GatewayActor:
 
     def __init__(self, gateway_id: str, settings_json: str, redis_url: str) -> None:
         settings = TierSettings.model_validate_json(settings_json)
-        self.gw, self._closers = redis_gateway(gateway_id, redis_url, settings, transport="ray")
+        self.gw, self._closers = redis_gateway(
+            gateway_id, redis_url, settings, transport=settings.gateway_transport
+        )
         self.gw.forward = self._forward
         self.gw.queue_frames = False  # frames go to consumers; the gateway keeps rows only
         self._cap = settings.gateway.consumer_buffer
