@@ -28,6 +28,8 @@ __all__ = ("GatewayActor", "RayDeltaBus")
 
 log = logging.getLogger(__name__)
 
+CONSUMER_KEEPALIVE_S = 2.0  # an idle consumer stream yields an empty batch this often
+
 
 class RayDeltaBus:
     """The "ray" delta transport: `send` is an awaited call to the gateway actor.
@@ -232,7 +234,14 @@ class GatewayActor:
         c = self._consumer(consumer_id)
         try:
             while not c.closed:
-                await c.ready.wait()
+                try:
+                    await asyncio.wait_for(c.ready.wait(), CONSUMER_KEEPALIVE_S)
+                except TimeoutError:
+                    # An empty batch now and then: Ray closes the generator
+                    # when it cannot report one to a dead consumer, which ends
+                    # the consumer's subscriptions (`finally` below).
+                    yield []
+                    continue
                 c.ready.clear()
                 batch = self._take(c)
                 if batch:
