@@ -11,6 +11,7 @@ import uvicorn
 from raycluster._connect import connect
 from raycluster.config import TierSettings
 from raycluster.errors import RayclusterError
+from raycluster.livequery import tune_gc
 
 from ._hub import Hub
 from .app import create_app
@@ -49,6 +50,7 @@ async def serve(
     gateway = await connect(url, settings)
     try:
         app = create_app(gateway, settings)
+        tune_gc()  # many connections' long-lived state: keep the collector off it
         edge = settings.edge
         config = uvicorn.Config(
             app,
