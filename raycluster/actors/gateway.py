@@ -20,7 +20,7 @@ from raycluster._wiring import redis_gateway
 from raycluster.cluster.protocol import WireFrame
 from raycluster.config import TierSettings
 from raycluster.errors import ClosedError
-from raycluster.livequery import Cursor, LiveQuery
+from raycluster.livequery import Cursor, LiveQuery, tune_gc
 
 from .names import gateway_name
 
@@ -167,6 +167,7 @@ class GatewayActor:
         self._consumers: dict[str, _Consumer] = {}
         self._consumer_of: dict[str, str] = {}  # sub_id -> consumer id
         self._started = asyncio.get_event_loop().create_task(self.gw.start())
+        tune_gc()
 
     async def ready(self) -> str:
         """The gateway id, once it heartbeats."""
