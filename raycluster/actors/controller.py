@@ -15,10 +15,10 @@ import time
 from typing import Any
 
 import ray
-import redis.asyncio as aioredis
 
 from raycluster.config import TierSettings
 from raycluster.redis import RedisMembership
+from raycluster.redis._client import make_client
 
 from .gateway import GatewayActor
 from .names import gateway_name, shard_name
@@ -54,8 +54,10 @@ class Controller:
         self.desired = self.settings.shards
         self.shards: dict[str, Any] = {}
         self.gateways: dict[str, Any] = {}
-        self._redis = aioredis.Redis.from_url(redis_url)
-        self._members = RedisMembership.from_url(redis_url, settings=self.settings.redis)
+        # One client (with the configured timeouts and retries) for the live set
+        # and the desired shard count.
+        self._redis = make_client(redis_url, self.settings.redis, name="raycluster-controller")
+        self._members = RedisMembership(self._redis, settings=self.settings.redis)
         self._desired_key = f"{self.settings.redis.key_prefix}:tier:{self.settings.name}:shards"
         self._last: tuple[float, int, int] | None = None
         self._lock = asyncio.Lock()
@@ -204,5 +206,4 @@ class Controller:
             self.shards.clear()
             await self._redis.delete(self._desired_key)
         with contextlib.suppress(Exception):
-            await self._members.aclose()
             await self._redis.aclose()

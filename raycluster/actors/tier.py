@@ -176,10 +176,13 @@ class Tier:
 
     def gateway(self, gateway_id: str | None = None) -> Any:
         """The handle of one in-cluster gateway (round-robin when not named)."""
+        gid = self._pick(gateway_id)
+        return ray.get_actor(gateway_name(self.name, gid), namespace=self.namespace)
+
+    def _pick(self, gateway_id: str | None) -> str:
         if not self.gateway_ids:
             raise RayclusterError(f"tier {self.name!r} runs no in-cluster gateway")
-        gid = gateway_id or self.gateway_ids[next(self._rr) % len(self.gateway_ids)]
-        return ray.get_actor(gateway_name(self.name, gid), namespace=self.namespace)
+        return gateway_id or self.gateway_ids[next(self._rr) % len(self.gateway_ids)]
 
     async def subscribe(
         self, tenant: str, query: LiveQuery, *, gateway_id: str | None = None
@@ -189,9 +192,7 @@ class Tier:
         All subscriptions this `Tier` makes through one gateway share one
         stream of object refs (batches of frames for all of them).
         """
-        if not self.gateway_ids:
-            raise RayclusterError(f"tier {self.name!r} runs no in-cluster gateway")
-        gid = gateway_id or self.gateway_ids[next(self._rr) % len(self.gateway_ids)]
+        gid = self._pick(gateway_id)
         consumer = self._consumers.get(gid)
         if consumer is None or not consumer.usable():
             consumer = self._consumers[gid] = _Consumer(self.gateway(gid))

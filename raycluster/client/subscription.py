@@ -115,7 +115,7 @@ class Subscription:
         arrived = self.next_reset()
         await self._control.reanchor(self.id, cursor, limit)
         await arrived  # already done when the control waits for it itself
-        self.query = self.query.model_copy(update={"cursor": cursor, "limit": limit})
+        self.query = self.query.moved(cursor, limit)
         return self.rows.rows
 
     async def close(self) -> None:

@@ -24,6 +24,7 @@ from raycluster.client.fence import Fence
 from raycluster.client.subscription import Subscription
 from raycluster.errors import ClosedError, InvalidQuery, UnavailableError
 from raycluster.livequery import Cursor, EntitySpec, LiveQuery
+from raycluster.livequery.models import check_against
 
 from .ports import ControlBus, DeltaBus, Membership, SubscriptionRegistry
 from .protocol import (
@@ -187,11 +188,14 @@ class Gateway:
             return 0
         have = await self.deps.registry.ids_by_gateway(self.id)
         restored = 0
+        live: list[str] | None = None  # read once, only if something is missing
         for sid, st in list(self._subs.items()):
             if sid in have or self._subs.get(sid) is not st:
                 continue
             await self.deps.registry.put(st.reg)
-            target = await self._owner(st.reg)
+            if live is None:
+                live = await self.deps.members.live_shards()
+            target = owner(st.reg.partition, live)
             if target:
                 await self.deps.control.send_control(target, self._control(st.reg, OP_SUBSCRIBE))
             restored += 1
@@ -206,12 +210,7 @@ class Gateway:
 
     def check_query(self, query: LiveQuery) -> None:
         """Raise `InvalidQuery` if `query` does not fit the declared entities."""
-        if not self.specs:
-            return
-        spec = self.specs.get(query.entity)
-        if spec is None:
-            raise InvalidQuery("entity", query.entity, "unknown entity")
-        spec.check_query(query)
+        check_against(self.specs, query)
 
     async def subscribe(
         self, tenant: str, query: LiveQuery, *, sub_id: str | None = None
@@ -253,9 +252,7 @@ class Gateway:
     async def reanchor(self, sub_id: str, cursor: Cursor | None, limit: int) -> None:
         """Move a window; the new cursor is persisted first, so it survives failover."""
         st = self._state(sub_id)
-        fields = st.reg.query.model_dump()
-        fields.update(cursor=cursor.model_dump() if cursor is not None else None, limit=limit)
-        query = LiveQuery.model_validate(fields)
+        query = st.reg.query.moved(cursor, limit)
         self.check_query(query)
         rev = st.reg.rev + 1
         st.reg = st.reg.model_copy(update={"query": query, "rev": rev})

@@ -55,11 +55,6 @@ class Registration(BaseModel):
     rev: int = Field(0, ge=0, description="Bumped by every reanchor: which query is current.")
 
     @property
-    def entity(self) -> str:
-        """The query's entity."""
-        return self.query.entity
-
-    @property
     def partition(self) -> int:
         """The partition that owns this subscription."""
         return partition_of(self.tenant, self.query.entity)
@@ -68,11 +63,6 @@ class Registration(BaseModel):
     def cursor(self) -> Cursor | None:
         """The current keyset anchor."""
         return self.query.cursor
-
-    @property
-    def mode(self) -> str:
-        """`maintained` or `streamed`."""
-        return self.query.mode
 
 
 class Control(BaseModel):

@@ -36,7 +36,7 @@ from .protocol import (
     Registration,
     WireFrame,
 )
-from .routing import PARTITIONS, owner
+from .routing import owned_by, owner
 
 __all__ = ("Shard", "ShardDeps", "ShardOptions", "Store", "owned_partitions")
 
@@ -88,9 +88,7 @@ def owned_partitions(shard_id: str, live: list[str]) -> set[int]:
 def _owned(shard_id: str, live: tuple[str, ...]) -> frozenset[int]:
     # 256 x len(live) hashes: worth caching, the live set rarely changes
     # and every shard recomputes it each ownership interval.
-    if shard_id not in live:
-        return frozenset()
-    return frozenset(p for p in range(PARTITIONS) if owner(p, list(live)) == shard_id)
+    return owned_by(shard_id, live) if shard_id in live else frozenset()
 
 
 class _Served:
@@ -212,8 +210,8 @@ class Shard:
                 stale = {p for p in kept if current.get(p, 0) != self.epochs.get(p)}
                 lost |= stale
             gained = want - (self.owned - lost)
-            for p in lost:
-                await self._release(p)
+            if lost:
+                await self._release(lost)
             if lost or gained:
                 await self.deps.feed.set_partitions(want)
             if gained:
@@ -236,13 +234,15 @@ class Shard:
             except Exception:
                 # Not (fully) claimed: give it up; the next reconcile claims it again.
                 log.exception("shard %s: claiming partition %d failed", self.id, p)
-                await self._release(p)
+                await self._release({p})
 
-    async def _release(self, p: int) -> None:
-        self.owned.discard(p)
-        self.epochs.pop(p, None)
-        self.counters["releases"] += 1
-        for sid in [sid for sid, s in self.served.items() if s.reg.partition == p]:
+    async def _release(self, partitions: set[int]) -> None:
+        """Stop serving `partitions` (one pass over the served subscriptions)."""
+        for p in partitions:
+            self.owned.discard(p)
+            self.epochs.pop(p, None)
+        self.counters["releases"] += len(partitions)
+        for sid in [sid for sid, s in self.served.items() if s.reg.partition in partitions]:
             await self._unserve(sid)
 
     # -- serving -----------------------------------------------------------------

@@ -31,7 +31,17 @@ from raycluster.errors import ClosedError, InvalidQuery
 
 from .filter import compile_predicate, indexable_terms
 from .index import PredicateIndex
-from .models import Change, Cursor, DeltaOp, EntitySpec, LiveDelta, LiveQuery, Row, Snapshot
+from .models import (
+    Change,
+    Cursor,
+    DeltaOp,
+    EntitySpec,
+    LiveDelta,
+    LiveQuery,
+    Row,
+    Snapshot,
+    check_against,
+)
 from .order import cursor_key, key_fn
 from .ports import Feed, Refiller, Snapshotter, pos_key
 from .window import Entry, Frame, StreamSet, Window
@@ -57,10 +67,6 @@ class EngineStats:
         self.dispatch_errors = 0
         self.lag_ms = 0  # write → dispatch delay of the last change of the last batch
         self.resets: dict[str, int] = {"overflow": 0, "reanchor": 0, "reconcile": 0}
-
-    def as_dict(self) -> dict[str, Any]:
-        """A plain copy."""
-        return {**vars(self), "resets": dict(self.resets)}
 
 
 class Subscription:
@@ -292,12 +298,7 @@ class Engine:
 
     def check_query(self, query: LiveQuery) -> None:
         """Raise `InvalidQuery` if `query` does not fit the declared entities."""
-        if not self.specs:
-            return
-        spec = self.specs.get(query.entity)
-        if spec is None:
-            raise InvalidQuery("entity", query.entity, "unknown entity")
-        spec.check_query(query)
+        check_against(self.specs, query)
 
     async def subscribe(
         self,
@@ -484,9 +485,7 @@ class Engine:
     async def _reanchor(self, sub: Subscription, cursor: Cursor | None, limit: int) -> list[Row]:
         if sub.closed:
             raise ClosedError(f"subscription {sub.id} is closed")
-        fields = sub.query.model_dump()
-        fields.update(cursor=cursor.model_dump() if cursor is not None else None, limit=limit)
-        query = LiveQuery.model_validate(fields)
+        query = sub.query.moved(cursor, limit)
         self.check_query(query)
         old = sub.query
         self._detach(sub)

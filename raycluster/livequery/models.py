@@ -238,6 +238,12 @@ class LiveQuery(BaseModel):
         """Canonical text of the query: equal shapes share one view."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
+    def moved(self, cursor: Cursor | None, limit: int) -> LiveQuery:
+        """The same query at another keyset position and size (validated: a bad limit raises)."""
+        fields = self.model_dump()
+        fields.update(cursor=cursor.model_dump() if cursor is not None else None, limit=limit)
+        return LiveQuery.model_validate(fields)
+
 
 class DeltaOp(enum.StrEnum):
     """What a frame tells the client to do with its list."""
@@ -382,6 +388,16 @@ class EntitySpec(BaseModel):
         for v in [c.value] if c.values is None else c.values:
             if v is not None and not _fits(kind, v):
                 raise InvalidQuery(f"{at}.value", v, f"expected {kind} for {col!r}")
+
+
+def check_against(specs: dict[str, EntitySpec], query: LiveQuery) -> None:
+    """Raise `InvalidQuery` if `query` does not fit the declared entities (none: any)."""
+    if not specs:
+        return
+    spec = specs.get(query.entity)
+    if spec is None:
+        raise InvalidQuery("entity", query.entity, "unknown entity")
+    spec.check_query(query)
 
 
 _new = object.__new__

@@ -135,9 +135,7 @@ def row_of(e: Entry, sort: list[SortKey]) -> Row:
         {
             "agg_id": e.agg_id,
             "version": e.version,
-            "cursor": trusted(
-                Cursor, {"values": [*(e.vals.get(k.column) for k in sort), e.agg_id]}
-            ),
+            "cursor": cursor_of(e.vals, sort, e.agg_id),
             "vals": e.vals,
         },
     )
@@ -219,16 +217,6 @@ class Window(_Rows):
         """The first `limit` entries."""
         ents = self.entries
         return [ents[k[-1]] for k in self.keys[: self.limit]]
-
-    def seen(self, agg_id: str, version: int) -> bool:
-        """Whether this window already holds `agg_id` at `version` or later."""
-        e = self.entries.get(agg_id)
-        return e is not None and e.version >= version
-
-    @property
-    def complete(self) -> bool:
-        """True when the window holds every matching row after the anchor."""
-        return self.horizon is None
 
     def wants_refill(self) -> bool:
         """True when the cushion fell below half and more rows may exist."""

@@ -225,11 +225,14 @@ class ClientComponent:
         self._owns_client = owns_client
 
     @classmethod
-    def from_url(cls, url: str | None = None, *, settings: RedisSettings | None = None) -> Self:
-        """The component with its own connection pool (closed by `aclose`)."""
+    def from_url(
+        cls, url: str | None = None, *, settings: RedisSettings | None = None, **kw: Any
+    ) -> Self:
+        """The component with its own connection pool (closed by `aclose`); `kw` go to
+        the constructor."""
         s = settings if settings is not None else RedisSettings()
         return cls(make_client(resolve_url(url, s), s, name=cls.client_name), settings=s,
-                   owns_client=True)  # fmt: skip
+                   owns_client=True, **kw)  # fmt: skip
 
     async def __aenter__(self) -> Self:
         return self

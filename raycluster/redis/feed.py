@@ -123,10 +123,6 @@ class RedisFeed:
         """How many gaps (events trimmed before they were read) were found."""
         return self.stats.gaps
 
-    def positions(self) -> dict[str, str]:
-        """Each tailed stream's position: the last id delivered (a copy)."""
-        return dict(self._pos)
-
     # -- Feed port -------------------------------------------------------------------
 
     async def head(self) -> dict[str, str]:

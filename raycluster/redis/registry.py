@@ -74,9 +74,7 @@ class RedisRegistry(ClientComponent):
                 pipe.multi()
                 return None
             reg = Registration.model_validate_json(raw)
-            fields = reg.query.model_dump()
-            fields.update(cursor=cursor.model_dump() if cursor is not None else None, limit=limit)
-            new = reg.model_copy(update={"query": type(reg.query).model_validate(fields)})
+            new = reg.model_copy(update={"query": reg.query.moved(cursor, limit)})
             pipe.multi()
             pipe.hset(key, "json", new.model_dump_json())
             return new
@@ -112,8 +110,8 @@ class RedisRegistry(ClientComponent):
     async def delete_gateway(self, gateway_id: str) -> int:
         """Remove every registration of a gateway that is gone; how many were removed."""
         removed = 0
-        for reg in await self.by_gateway(gateway_id):
-            removed += await self.remove(reg.sub_id)
+        for sub_id in await self.ids_by_gateway(gateway_id):
+            removed += await self.remove(sub_id)
         return removed
 
     # -- reads -------------------------------------------------------------------------

@@ -40,12 +40,11 @@ from raycluster.livequery.filter import compile_predicate, indexable_terms
 from raycluster.livequery.models import Cursor, EntitySpec, LiveQuery, Row, Snapshot, trusted
 from raycluster.livequery.order import cursor_key, cursor_of, key_fn
 
-from ._client import make_client, resolve_url
+from ._client import ClientComponent
 from ._index import LEX_NULL, canon, count_field, lex_encode, score_text
 from ._keys import row_prefix
 from .errors import translate_errors
 from .scripts import READ
-from .settings import RedisSettings
 
 __all__ = ("RedisStore",)
 
@@ -66,7 +65,7 @@ class _Plan:
     first_k: int = 0
 
 
-class RedisStore:
+class RedisStore(ClientComponent):
     """The row store over Redis: implements the `Snapshotter` and `Refiller` ports.
 
     `entities`, when given, are checked against queries (`InvalidQuery`);
@@ -74,50 +73,24 @@ class RedisStore:
     plans off (for measuring the plain scan).
     """
 
+    client_name = "raycluster-store"
+
     def __init__(
         self,
         client: aioredis.Redis,
         *,
-        settings: RedisSettings | None = None,
         entities: Iterable[EntitySpec] = (),
-        owns_client: bool = False,
         sort_index: bool = True,
         value_index: bool = True,
+        **kw: Any,
     ) -> None:
-        self.settings = settings if settings is not None else RedisSettings()
-        self.keys = self.settings.keys
+        super().__init__(client, **kw)
         self.extra = self.settings.extra_keys
         self.specs = {e.name: e for e in entities}
         self.sort_index = sort_index
         self.value_index = value_index
         self.plans: Counter[str] = Counter()  # reads per plan ("walk+" counts re-reads)
-        self._client = client
-        self._owns_client = owns_client
         self._script = client.register_script(READ)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str | None = None,
-        *,
-        settings: RedisSettings | None = None,
-        entities: Iterable[EntitySpec] = (),
-    ) -> RedisStore:
-        """A store with its own connection pool (closed by `aclose`)."""
-        s = settings if settings is not None else RedisSettings()
-        client = make_client(resolve_url(url, s), s, name="raycluster-store")
-        return cls(client, settings=s, entities=entities, owns_client=True)
-
-    async def __aenter__(self) -> RedisStore:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool if this store created it."""
-        if self._owns_client:
-            await self._client.aclose()
 
     # -- ports -------------------------------------------------------------------
 
@@ -155,12 +128,6 @@ class RedisStore:
     async def rows(self, tenant: str, entity: str) -> _Table:
         """Every live row of one (tenant, entity): id → (version, row)."""
         return (await self.rows_at(tenant, entity))[0]
-
-    async def get(self, tenant: str, entity: str, agg_id: str) -> tuple[int, dict[str, Any]] | None:
-        """The (version, row) of a live row, or None."""
-        with translate_errors(f"get {tenant}/{entity}/{agg_id}"):
-            v, raw = await self._client.hmget(self.keys.row(tenant, entity, agg_id), ["v", "row"])
-        return None if raw is None else (int(v or 0), json.loads(raw))
 
     # -- internals -------------------------------------------------------------------
 

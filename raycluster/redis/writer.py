@@ -12,12 +12,11 @@ from raycluster.cluster.routing import partition_of
 from raycluster.errors import ConflictError, InvalidRow
 from raycluster.livequery.models import EntitySpec
 
-from ._client import make_client, resolve_url
+from ._client import ClientComponent
 from ._index import Layout, check_scalar
 from ._keys import ExtraKeys
 from .errors import translate_errors
 from .scripts import WRITE, WRITE_MANY
-from .settings import RedisSettings
 
 __all__ = ("Writer",)
 
@@ -35,7 +34,7 @@ def _check_name(field: str, value: Any) -> None:
         raise InvalidRow(field, value, "must not contain ':'")
 
 
-class Writer:
+class Writer(ClientComponent):
     """Writes rows of declared entities: the row, its indexes and its event at once.
 
     Guarantees: a row is validated against its `EntitySpec` before anything
@@ -50,46 +49,16 @@ class Writer:
     write may rarely be applied twice, as two consecutive versions).
     """
 
+    client_name = "raycluster-writer"
+
     def __init__(
-        self,
-        client: aioredis.Redis,
-        *,
-        entities: Iterable[EntitySpec] = (),
-        settings: RedisSettings | None = None,
-        owns_client: bool = False,
+        self, client: aioredis.Redis, *, entities: Iterable[EntitySpec] = (), **kw: Any
     ) -> None:
-        self.settings = settings if settings is not None else RedisSettings()
-        self.keys = self.settings.keys
+        super().__init__(client, **kw)
         self.extra: ExtraKeys = self.settings.extra_keys
         self.layouts = {e.name: Layout(e, self.keys, self.extra) for e in entities}
-        self._client = client
-        self._owns_client = owns_client
         self._script = client.register_script(WRITE)
         self._many = client.register_script(WRITE_MANY)
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str | None = None,
-        *,
-        entities: Iterable[EntitySpec] = (),
-        settings: RedisSettings | None = None,
-    ) -> Writer:
-        """A writer with its own connection pool (closed by `aclose`)."""
-        s = settings if settings is not None else RedisSettings()
-        client = make_client(resolve_url(url, s), s, name="raycluster-writer")
-        return cls(client, entities=entities, settings=s, owns_client=True)
-
-    async def __aenter__(self) -> Writer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection pool if this writer created it."""
-        if self._owns_client:
-            await self._client.aclose()
 
     # -- writes ------------------------------------------------------------------
 
