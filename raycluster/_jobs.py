@@ -101,11 +101,8 @@ async def _demo(args: argparse.Namespace) -> int:
     print(f"tier up in {time.monotonic() - t0:.1f}s: {len(tier.status()['live_shards'])} shards,"
           f" redis {tier.redis_url}", flush=True)  # fmt: skip
     writer = tier.writer()
-    truth: dict[str, dict[str, Any]] = {}
-    for i in range(300):
-        row = _random_asset(rnd)
-        await writer.upsert("acme", "asset", f"a{i:03}", row)
-        truth[f"a{i:03}"] = row
+    truth: dict[str, dict[str, Any]] = {f"a{i:03}": _random_asset(rnd) for i in range(300)}
+    await writer.upsert_many("acme", "asset", truth)
     queries = {
         "hot pumps (in-cluster)": LiveQuery(
             entity="asset", where=[eq("kind", "pump"), gt("temp", 50)],

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from raycluster.livequery import DeltaOp, LiveDelta
 from .settings import EdgeSettings
 
 if TYPE_CHECKING:
-    from raycluster._connect import RemoteGateway
     from raycluster.client import Subscription
     from raycluster.cluster import GatewayDelta
 
@@ -32,7 +30,6 @@ __all__ = ("Conn", "EdgeSub", "Hub", "parse_token", "resume_token")
 
 log = logging.getLogger(__name__)
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 # An outgoing item: a frame (seq, epoch, delta) or a ready-made WS control message.
 Frame = tuple[int, int, LiveDelta]
@@ -68,13 +65,10 @@ def delta_json(d: LiveDelta) -> dict[str, Any]:
 class EdgeSub:
     """One subscription served on one connection: its pump and bounded outgoing buffer."""
 
-    def __init__(
-        self, hub: Hub, conn: Conn, sub: Subscription, client_id: str | None, seq: int
-    ) -> None:
+    def __init__(self, hub: Hub, conn: Conn, sub: Subscription, seq: int) -> None:
         self.hub = hub
         self.conn = conn
         self.sub = sub
-        self.client_id = client_id
         self.seq = seq  # next edge seq
         self.epoch = 0
         self.out: deque[Item] = deque()
@@ -165,6 +159,11 @@ class Conn:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     ending: str | None = None  # reason the server ends this connection
 
+    def reply(self, message: dict[str, Any]) -> None:
+        """Queue a WS message that belongs to no subscription."""
+        self.control.append(message)
+        self.wake.set()
+
     def end(self, reason: str) -> None:
         """Ask the connection's writer to end it (with `reason`)."""
         if self.ending is None:
@@ -181,8 +180,7 @@ class Conn:
 class Hub:
     """Every connection and subscription of one edge, its limits and counters."""
 
-    def __init__(self, gateway: RemoteGateway, settings: EdgeSettings) -> None:
-        self.gateway = gateway
+    def __init__(self, settings: EdgeSettings) -> None:
         self.settings = settings
         self.subs: dict[str, EdgeSub] = {}
         self.conns: set[Conn] = set()
@@ -251,7 +249,7 @@ class Hub:
         """
         old = self.subs.get(sub_id)
         if old is None:
-            return sub_id not in self._gateway_subs()
+            return True  # an id the gateway still holds is refused there (a fresh sub)
         if old.conn.tenant != tenant:
             return False
         old.conn.subs = {k: v for k, v in old.conn.subs.items() if v is not old}
@@ -259,9 +257,6 @@ class Hub:
             old.conn.end("replaced")
         await old.close()
         return True
-
-    def _gateway_subs(self) -> set[str]:
-        return {s.id for s in self.gateway.gateway.subscriptions()}
 
     def shutdown(self) -> None:
         """Ask every connection to end with reason `shutdown` (safe from a signal handler)."""

@@ -93,9 +93,8 @@ class _Edge:
 
     def __init__(self, gateway: RemoteGateway, settings: TierSettings) -> None:
         self.gateway = gateway
-        self.tier = settings
         self.settings: EdgeSettings = settings.edge
-        self.hub = Hub(gateway, self.settings)
+        self.hub = Hub(self.settings)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -125,7 +124,7 @@ class _Edge:
         return q
 
     async def subscribe(
-        self, conn: Conn, query: LiveQuery, resume: str | None, client_id: str | None
+        self, conn: Conn, query: LiveQuery, resume: str | None
     ) -> tuple[EdgeSub, bool]:
         """Subscribe for `conn` (limits, resume); the sub is queued with its first window."""
         hub = self.hub
@@ -150,7 +149,7 @@ class _Edge:
         except BaseException:
             hub.release(conn.tenant)
             raise
-        esub = EdgeSub(hub, conn, sub, client_id, seq)
+        esub = EdgeSub(hub, conn, sub, seq)
         hub.adopt(esub)
         if conn.ending is not None:  # the connection went away meanwhile
             await esub.close()
@@ -163,8 +162,6 @@ class _Edge:
                 self.gateway.subscribe(tenant, query, sub_id=sub_id),
                 self.settings.request_timeout_s,
             )
-        except InvalidQuery:
-            raise
         except (UnavailableError, TimeoutError) as e:
             raise _Failure(503, "unavailable", str(e) or "no shard answered") from e
 
@@ -201,7 +198,7 @@ class _Edge:
                 raise _Failure(429, "limit", "too many connections for this tenant")
             try:
                 esub, resumed = await self.subscribe(
-                    conn, query, request.headers.get("last-event-id"), None
+                    conn, query, request.headers.get("last-event-id")
                 )
             except BaseException:
                 await self.hub.close_conn(conn)
@@ -289,8 +286,7 @@ class _Edge:
                 if not isinstance(msg, dict):
                     raise ValueError("not an object")
             except ValueError:
-                conn.control.append(_ws_error(None, _Failure(422, "invalid", "not a JSON object")))
-                conn.wake.set()
+                conn.reply(_ws_error(None, _Failure(422, "invalid", "not a JSON object")))
                 continue
             cid = msg.get("id")
             try:
@@ -298,8 +294,7 @@ class _Edge:
                     raise _invalid(InvalidQuery("id", cid, "must be a non-empty string"))
                 await self._ws_op(conn, cid, msg)
             except _Failure as f:
-                conn.control.append(_ws_error(cid if isinstance(cid, str) else None, f))
-                conn.wake.set()
+                conn.reply(_ws_error(cid if isinstance(cid, str) else None, f))
 
     async def _ws_op(self, conn: Conn, cid: str, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -311,7 +306,7 @@ class _Edge:
                 raise _Failure(429, "limit", "too many subscriptions on this connection")
             resume = msg.get("resume")
             new, resumed = await self.subscribe(
-                conn, query, resume if isinstance(resume, str) else None, cid
+                conn, query, resume if isinstance(resume, str) else None
             )
             conn.subs[cid] = new
             new.mark({"type": "subscribed", "id": cid, "sub": new.id, "resumed": resumed})
@@ -330,8 +325,7 @@ class _Edge:
         elif op == "unsubscribe":
             del conn.subs[cid]
             await esub.close()
-            conn.control.append({"type": "unsubscribed", "id": cid})
-            conn.wake.set()
+            conn.reply({"type": "unsubscribed", "id": cid})
         else:
             raise _invalid(InvalidQuery("op", op, "unknown op"))
 
@@ -433,13 +427,14 @@ class _Edge:
                 f'raycluster_edge_auth_failures_total{{status="{status}"}} '
                 f"{c[f'auth_failures_{status}']}"
             )
-        for key, value in self.gateway.status().items():
+        gs = self.gateway.status()
+        for key, value in gs.items():
             if isinstance(value, int) and key != "subscriptions":
                 name = f"raycluster_gateway_{key}_total"
                 lines += [f"# TYPE {name} counter", f"{name} {value}"]
         lines += [
             "# TYPE raycluster_gateway_subscriptions gauge",
-            f"raycluster_gateway_subscriptions {self.gateway.status().get('subscriptions', 0)}",
+            f"raycluster_gateway_subscriptions {gs.get('subscriptions', 0)}",
         ]
         return Response(
             "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8"
@@ -582,7 +577,6 @@ def create_app(gateway: RemoteGateway, settings: TierSettings) -> Starlette:
     ]
     app = Starlette(routes=routes)
     app.state.hub = edge.hub
-    app.state.edge = edge
     return app
 
 

@@ -71,7 +71,6 @@ class _Stream:
         self.sub = Subscription("", "", query, self, buffer=client.buffer)
         self.fence = Fence()
         self.token: str | None = None
-        self.gaps = 0
         self.applied = asyncio.Event()  # set whenever a frame was applied
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -83,7 +82,6 @@ class _Stream:
             return  # a test simulating a lost frame
         verdict = self.fence.check(seq, epoch, d.op == "reset")
         if verdict == "gap":
-            self.gaps += 1
             self.spawn(self.resync(self.sub.id))
             return
         if verdict == "stale":
@@ -189,19 +187,21 @@ class _SSE(_Stream):
                 raw = await resp.aread()
                 _raise_for(resp.status_code, json.loads(raw) if raw else {})
             self.fence.clear()
-            event, data = "", ""
+            event, data, token = "", "", ""
             async for line in resp.aiter_lines():
                 if line:
                     if line.startswith("event:"):
                         event = line[6:].strip()
                     elif line.startswith("data:"):
                         data = line[5:].strip()
+                    elif line.startswith("id:"):
+                        token = line[3:].strip()
                     continue
-                if event and data and self._event(event, json.loads(data)):
+                if event and data and self._event(event, json.loads(data), token):
                     return
-                event, data = "", ""
+                event, data, token = "", "", ""
 
-    def _event(self, event: str, data: dict[str, Any]) -> bool:
+    def _event(self, event: str, data: dict[str, Any], token: str) -> bool:
         """Handle one event; True if the server ended the stream on purpose."""
         if event == "subscribed":
             self.sub.id = data["sub"]
@@ -213,7 +213,7 @@ class _SSE(_Stream):
                 self.closing = True
             return True
         seq, epoch = data["seq"], data["epoch"]
-        self.frame(seq, epoch, data["delta"], f"{self.sub.id}.{epoch}.{seq}")
+        self.frame(seq, epoch, data["delta"], token or None)
         return False
 
     async def reanchor(self, sub_id: str, cursor: Cursor | None, limit: int) -> None:
@@ -240,6 +240,7 @@ class _SSE(_Stream):
 
     async def _stop(self) -> None:
         self.closing = True
+        self.client._sse.discard(self)
         if self.runner is not None:
             self.runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

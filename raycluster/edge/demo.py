@@ -42,7 +42,6 @@ KINDS = ("pump", "valve", "fan", "sensor", "motor")
 SITES = ("north", "south", "east", "west")
 OWNERS = ("ana", "bo", "chen", "dev", "eli", "fay", "gus", "hana")
 
-_SEED_CHUNK = 500  # rows per pipelined seed write
 _READY_TIMEOUT_S = 30.0  # shards converge and uvicorn binds within this
 _STOP_TIMEOUT_S = 10.0  # teardown steps give up after this
 
@@ -236,7 +235,7 @@ class WebDemo:
         import uvicorn
 
         from .app import create_app
-        from .server import ws_protocol
+        from .server import _Server, ws_protocol
 
         self._redis = LocalRedis()
         url = await asyncio.to_thread(self._redis.start)
@@ -247,20 +246,12 @@ class WebDemo:
             self._shards.append((shard, closers, task))
         self._writer = Writer.from_url(url, entities=settings.entities, settings=settings.redis)
         seed = demo_rows(self.seed_count, self.seed)
-        items = list(seed.items())
-        for k in range(0, len(items), _SEED_CHUNK):
-            await self._writer.upsert_many(self.tenant, ENTITY, dict(items[k : k + _SEED_CHUNK]))
+        await self._writer.upsert_many(self.tenant, ENTITY, seed)
         self.rows_now.update({k: dict(v) for k, v in seed.items()})
         await self._until(self._converged, "the shards to own every partition")
         self._gateway = await connect(url, settings)
         app = create_app(self._gateway, settings)
         self._hub = app.state.hub
-        hub = self._hub
-
-        class _Server(uvicorn.Server):
-            def handle_exit(self, sig: int, frame: Any) -> None:
-                hub.shutdown()  # streams say `shutdown` before the server goes
-                super().handle_exit(sig, frame)
 
         config = uvicorn.Config(
             app,
@@ -271,7 +262,7 @@ class WebDemo:
             lifespan="off",
             timeout_graceful_shutdown=2,
         )
-        self._server = _Server(config)
+        self._server = _Server(config, self._hub)
         self._serving = asyncio.create_task(self._serve(), name="webdemo-uvicorn")
         await self._until(self._listening, "the web server to listen")
         if self.rate > 0:

@@ -85,8 +85,4 @@ def run_edge(settings: TierSettings, *, host: str | None = None, port: int | Non
     Raises `RayclusterError` if `settings.redis.redis_url` is unset: the edge
     must share the tier's Redis.
     """
-    if not settings.redis.redis_url:
-        raise RayclusterError(
-            "the edge needs the tier's Redis: set redis.redis_url (or RAYCLUSTER_REDIS_URL)"
-        )
     asyncio.run(serve(settings, host=host, port=port))
