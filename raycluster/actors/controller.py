@@ -125,15 +125,23 @@ class Controller:
 
     async def _forget_dead(self) -> None:
         # A shard killed for good (not restarted by Ray) is re-created under its name.
+        # All actors are asked at once: the lock is held for one timeout, not one each.
+        async def dead(aid: str, h: Any) -> bool:
+            try:
+                await asyncio.wait_for(h.ready.remote(), STATUS_TIMEOUT_S)
+            except ray.exceptions.ActorDiedError:
+                log.warning("controller: %s died; starting it again", aid)
+                return True
+            except Exception:
+                pass  # slow or restarting: leave it to Ray
+            return False
+
         for group in (self.shards, self.gateways):
-            for aid, h in list(group.items()):
-                try:
-                    await asyncio.wait_for(h.ready.remote(), STATUS_TIMEOUT_S)
-                except ray.exceptions.ActorDiedError:
-                    log.warning("controller: %s died; starting it again", aid)
+            actors = list(group.items())
+            gone = await asyncio.gather(*(dead(aid, h) for aid, h in actors))
+            for (aid, _), is_dead in zip(actors, gone, strict=True):
+                if is_dead:
                     del group[aid]
-                except Exception:
-                    pass  # slow or restarting: leave it to Ray
 
     async def _ensure(self) -> None:
         for gid in gateway_ids(self.settings.gateways):

@@ -24,7 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self, TypeVar
 
 import redis.exceptions as rx
 from pydantic import BaseModel, ValidationError
@@ -80,13 +80,53 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_default)
 
 
+_R = TypeVar("_R", bound="_Reader")
+
+
+class _Bus:
+    """What both buses share: a command client, the readers they opened, closing."""
+
+    client_name = "raycluster-bus"
+
+    def __init__(self, url: str, *, settings: RedisSettings | None = None) -> None:
+        self.settings = s = settings if settings is not None else RedisSettings()
+        self.keys = s.keys
+        self.stats = BusStats()
+        self._url = url
+        self._client = make_client(url, s, name=self.client_name)
+        self._streams: set[_Reader] = set()
+
+    @classmethod
+    def from_url(cls, url: str | None = None, *, settings: RedisSettings | None = None) -> Self:
+        """A bus with its own connections (closed by `aclose`)."""
+        s = settings if settings is not None else RedisSettings()
+        return cls(resolve_url(url, s), settings=s)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every reader this bus opened, then the connections."""
+        for stream in list(self._streams):
+            await stream.aclose()
+        await self._client.aclose()
+
+    def _track(self, stream: _R) -> _R:
+        self._streams.add(stream)
+        stream._on_close.append(self._streams.discard)
+        return stream
+
+
 class _Reader:
     """Shared life cycle of one blocking stream reader (connection, close, backoff)."""
 
-    def __init__(self, url: str, settings: RedisSettings, stats: BusStats, name: str) -> None:
-        self.settings = settings
-        self.stats = stats
-        self._client = make_client(url, settings, blocking_ms=settings.bus_block_ms, name=name)
+    def __init__(self, bus: _Bus, name: str) -> None:
+        self.settings = settings = bus.settings
+        self.stats = bus.stats
+        self._client = make_client(bus._url, settings, blocking_ms=settings.bus_block_ms, name=name)
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._wake = asyncio.Event()
         self._closed = False
@@ -97,6 +137,15 @@ class _Reader:
     def closed(self) -> bool:
         """Whether `aclose` was called."""
         return self._closed
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         """End the iteration (a blocked read returns at once) and close the connection."""
@@ -122,8 +171,8 @@ class ControlStream(_Reader):
     are delivered again to the next reader of this shard (e.g. after a restart).
     """
 
-    def __init__(self, bus: RedisControlBus, shard_id: str, consumer: str, url: str) -> None:
-        super().__init__(url, bus.settings, bus.stats, "raycluster-ctrl-read")
+    def __init__(self, bus: RedisControlBus, shard_id: str, consumer: str) -> None:
+        super().__init__(bus, "raycluster-ctrl-read")
         self.shard_id = shard_id
         self.consumer = consumer
         self._bus = bus
@@ -133,15 +182,6 @@ class ControlStream(_Reader):
         self._inflight: set[str] = set()  # handed out, not yet acknowledged
         self._pending_from: str | None = "0"  # None: pending re-read done, read new (">")
         self._group_ready = False
-
-    def __aiter__(self) -> ControlStream:
-        return self
-
-    async def __aenter__(self) -> ControlStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def __anext__(self) -> ControlMessage:
         while not self._buf:
@@ -269,7 +309,7 @@ class ControlPairs:
         await self.stream.aclose()
 
 
-class RedisControlBus:
+class RedisControlBus(_Bus):
     """Control requests to shards over `lq:ctrl:{shard}` (the `ControlBus` port).
 
     Delivery is at least once: a message stays pending until acknowledged
@@ -278,33 +318,7 @@ class RedisControlBus:
     controls are idempotent per subscription.)
     """
 
-    def __init__(self, url: str, *, settings: RedisSettings | None = None) -> None:
-        self.settings = s = settings if settings is not None else RedisSettings()
-        self.keys = s.keys
-        self.stats = BusStats()
-        self._url = url
-        self._client = make_client(url, s, name="raycluster-ctrl")
-        self._streams: set[ControlStream] = set()
-
-    @classmethod
-    def from_url(
-        cls, url: str | None = None, *, settings: RedisSettings | None = None
-    ) -> RedisControlBus:
-        """A control bus with its own connections (closed by `aclose`)."""
-        s = settings if settings is not None else RedisSettings()
-        return cls(resolve_url(url, s), settings=s)
-
-    async def __aenter__(self) -> RedisControlBus:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close every reader opened by `control()`/`controls()`, then the connections."""
-        for stream in list(self._streams):
-            await stream.aclose()
-        await self._client.aclose()
+    client_name = "raycluster-ctrl"
 
     async def send_control(self, shard_id: str, control: Control | Mapping[str, Any]) -> None:
         """Append a control message (a `Control` or any JSON object) for `shard_id`."""
@@ -331,10 +345,7 @@ class RedisControlBus:
         The consumer is named after the shard unless given. Iterate it;
         acknowledge each message after handling it.
         """
-        stream = ControlStream(self, shard_id, consumer or shard_id, self._url)
-        self._streams.add(stream)
-        stream._on_close.append(self._streams.discard)
-        return stream
+        return self._track(ControlStream(self, shard_id, consumer or shard_id))
 
     def controls(self, shard_id: str) -> ControlPairs:
         """`(message id, Control)` pairs of `shard_id`: first any unacked, then new ones."""
@@ -346,7 +357,7 @@ class RedisControlBus:
         """Acknowledge handled messages of `shard_id` (acking twice is harmless)."""
         ids = [m.id if isinstance(m, ControlMessage) else m for m in (msg_id, *more)]
         for stream in self._streams:
-            if stream.shard_id == shard_id:
+            if isinstance(stream, ControlStream) and stream.shard_id == shard_id:
                 stream._acked(ids)
         with translate_errors(f"ack control of {shard_id}"):
             await self._client.xack(
@@ -374,8 +385,8 @@ class DeltaStream(_Reader):
     to resume exactly after it. Also an async context manager.
     """
 
-    def __init__(self, bus: RedisDeltaBus, gateway_id: str, last_id: str, url: str) -> None:
-        super().__init__(url, bus.settings, bus.stats, "raycluster-delta-read")
+    def __init__(self, bus: RedisDeltaBus, gateway_id: str, last_id: str) -> None:
+        super().__init__(bus, "raycluster-delta-read")
         self.gateway_id = gateway_id
         self._key = bus.keys.delta_channel(gateway_id)
         self._last: str = last_id
@@ -385,15 +396,6 @@ class DeltaStream(_Reader):
     def last_id(self) -> str:
         """The id of the last batch handed out (`$` until the first read)."""
         return self._last
-
-    def __aiter__(self) -> DeltaStream:
-        return self
-
-    async def __aenter__(self) -> DeltaStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def __anext__(self) -> list[Any]:
         while not self._buf:
@@ -442,36 +444,10 @@ class DeltaStream(_Reader):
             self._buf.append((mid, frames))
 
 
-class RedisDeltaBus:
+class RedisDeltaBus(_Bus):
     """Delta batches to external gateways over `lq:delta:{gateway}` (the `DeltaBus` port)."""
 
-    def __init__(self, url: str, *, settings: RedisSettings | None = None) -> None:
-        self.settings = s = settings if settings is not None else RedisSettings()
-        self.keys = s.keys
-        self.stats = BusStats()
-        self._url = url
-        self._client = make_client(url, s, name="raycluster-delta")
-        self._streams: set[DeltaStream] = set()
-
-    @classmethod
-    def from_url(
-        cls, url: str | None = None, *, settings: RedisSettings | None = None
-    ) -> RedisDeltaBus:
-        """A delta bus with its own connections (closed by `aclose`)."""
-        s = settings if settings is not None else RedisSettings()
-        return cls(resolve_url(url, s), settings=s)
-
-    async def __aenter__(self) -> RedisDeltaBus:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close every reader opened by `deltas()`, then the connections."""
-        for stream in list(self._streams):
-            await stream.aclose()
-        await self._client.aclose()
+    client_name = "raycluster-delta"
 
     async def send(self, gateway_id: str, frames: Sequence[Any]) -> None:
         """Append one batch of frames (one XADD, a JSON array) for `gateway_id`.
@@ -501,7 +477,4 @@ class RedisDeltaBus:
 
     def deltas(self, gateway_id: str, last_id: str = "$") -> DeltaStream:
         """Batches for `gateway_id` strictly after `last_id` (`$`: from now on)."""
-        stream = DeltaStream(self, gateway_id, last_id, self._url)
-        self._streams.add(stream)
-        stream._on_close.append(self._streams.discard)
-        return stream
+        return self._track(DeltaStream(self, gateway_id, last_id))
