@@ -15,6 +15,7 @@ from .errors import (
     InvalidQuery,
     InvalidRow,
     RayclusterError,
+    RegistrationConflict,
     UnavailableError,
 )
 from .livequery import (
@@ -75,6 +76,7 @@ __all__ = (
     "RayclusterError",
     "RedisFeed",
     "RedisStore",
+    "RegistrationConflict",
     "RemoteGateway",
     "Row",
     "SortKey",

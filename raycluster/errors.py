@@ -11,6 +11,7 @@ __all__ = (
     "InvalidQuery",
     "InvalidRow",
     "RayclusterError",
+    "RegistrationConflict",
     "UnavailableError",
 )
 
@@ -63,3 +64,18 @@ class DesyncError(RayclusterError):
 
 class UnavailableError(RayclusterError):
     """Raised when no shard answered a request within its deadline."""
+
+
+class RegistrationConflict(RayclusterError):
+    """Raised when a registration would replace one it must not.
+
+    A sub id stays bound to the tenant that registered it: the registry
+    never lets another tenant's registration replace it, nor another
+    gateway's unless that gateway takes the subscription over (a resume whose
+    token was verified). The message never names the other tenant.
+    """
+
+    def __init__(self, sub_id: str, reason: str) -> None:
+        self.sub_id = sub_id
+        self.reason = reason
+        super().__init__(f"subscription {sub_id}: {reason}")

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from raycluster.client.fence import Fence
 from raycluster.client.subscription import Subscription
-from raycluster.errors import ClosedError, InvalidQuery, UnavailableError
+from raycluster.errors import ClosedError, InvalidQuery, RegistrationConflict, UnavailableError
 from raycluster.livequery import Cursor, EntitySpec, LiveQuery
 from raycluster.livequery.models import check_against
 
@@ -112,6 +112,7 @@ class Gateway:
             "gaps": 0,
             "reroutes": 0,
             "restored": 0,
+            "taken_over": 0,
         }
 
     async def __aenter__(self) -> Gateway:
@@ -192,7 +193,11 @@ class Gateway:
         for sid, st in list(self._subs.items()):
             if sid in have or self._subs.get(sid) is not st:
                 continue
-            await self.deps.registry.put(st.reg)
+            try:
+                await self.deps.registry.put(st.reg)
+            except RegistrationConflict:
+                self._taken_over(sid)  # resumed through another gateway
+                continue
             if live is None:
                 live = await self.deps.members.live_shards()
             target = owner(st.reg.partition, live)
@@ -217,6 +222,12 @@ class Gateway:
     ) -> Subscription:
         """Register a live query; returns once its first window has arrived.
 
+        The gateway mints the sub id. `sub_id` is only for a resume whose
+        possession the caller has verified (the edge checks the resume
+        token's MAC): the subscription then moves here from whichever gateway
+        held it, and stays its tenant's — the registry refuses, with
+        `RegistrationConflict`, a sub id registered by another tenant.
+
         Raises `InvalidQuery` (nothing registered) for bad input and
         `UnavailableError` (registration removed) if no shard answers in time.
         """
@@ -240,41 +251,61 @@ class Gateway:
         )
         self._subs[sid] = _State(reg, sub)
         try:
-            await self.deps.registry.put(reg)
+            await self.deps.registry.put(reg, takeover=sub_id is not None)
+        except BaseException:
+            self._subs.pop(sid, None)
+            raise
+        try:
             await self._request(sid, OP_SUBSCRIBE, 0)
         except BaseException:
             self._subs.pop(sid, None)
             with contextlib.suppress(Exception):
-                await self.deps.registry.delete(sid)
+                await self.deps.registry.delete(sid, self.id)
             raise
         return sub
 
-    async def reanchor(self, sub_id: str, cursor: Cursor | None, limit: int) -> None:
-        """Move a window; the new cursor is persisted first, so it survives failover."""
-        st = self._state(sub_id)
+    async def reanchor(
+        self, sub_id: str, cursor: Cursor | None, limit: int, *, tenant: str | None = None
+    ) -> None:
+        """Move a window; the new cursor is persisted first, so it survives failover.
+
+        Raises `InvalidQuery` (nothing changed) for a bad cursor or limit, and
+        `ClosedError` if the subscription is not open here (for `tenant`, when
+        given) or was taken over by another gateway meanwhile.
+        """
+        st = self._state(sub_id, tenant)
         query = st.reg.query.moved(cursor, limit)
         self.check_query(query)
         rev = st.reg.rev + 1
-        st.reg = st.reg.model_copy(update={"query": query, "rev": rev})
+        reg = st.reg.model_copy(update={"query": query, "rev": rev})
+        try:
+            await self.deps.registry.put(reg)
+        except RegistrationConflict as e:
+            self._taken_over(sub_id)
+            raise ClosedError(f"subscription {sub_id} moved to another gateway") from e
+        st.reg = reg
         st.sub.query = query
-        await self.deps.registry.put(st.reg)
         await self._request(sub_id, OP_REANCHOR, rev, cursor=cursor, limit=limit)
 
-    async def unsubscribe(self, sub_id: str) -> None:
-        """End a subscription: registry first, then the owner stops serving it."""
-        st = self._subs.pop(sub_id, None)
-        if st is None:
+    async def unsubscribe(self, sub_id: str, *, tenant: str | None = None) -> None:
+        """End a subscription: registry first, then the owner stops serving it.
+
+        Idempotent; a sub id not open here (for `tenant`, when given) is left alone.
+        """
+        st = self._subs.get(sub_id)
+        if st is None or (tenant is not None and st.reg.tenant != tenant):
             return
+        del self._subs[sub_id]
         st.sub.mark_closed()
-        await self.deps.registry.delete(sub_id)
+        await self.deps.registry.delete(sub_id, self.id)
         target = await self._owner(st.reg)
         if target:
             await self.deps.control.send_control(target, self._control(st.reg, OP_UNSUBSCRIBE))
 
-    async def resync(self, sub_id: str) -> None:
+    async def resync(self, sub_id: str, *, tenant: str | None = None) -> None:
         """Ask the owner for a reset and the current window (after a gap)."""
         st = self._subs.get(sub_id)
-        if st is None:
+        if st is None or (tenant is not None and st.reg.tenant != tenant):
             return
         target = await self._owner(st.reg)
         if target:
@@ -290,11 +321,18 @@ class Gateway:
 
     # -- routing -----------------------------------------------------------------
 
-    def _state(self, sub_id: str) -> _State:
+    def _state(self, sub_id: str, tenant: str | None = None) -> _State:
         st = self._subs.get(sub_id)
-        if st is None:
+        if st is None or (tenant is not None and st.reg.tenant != tenant):
             raise ClosedError(f"subscription {sub_id} is not open on gateway {self.id}")
         return st
+
+    def _taken_over(self, sub_id: str) -> None:
+        """Forget a subscription another gateway took over (a resume there); it ends here."""
+        st = self._subs.pop(sub_id, None)
+        if st is not None:
+            self.counters["taken_over"] += 1
+            st.sub.mark_closed()
 
     async def _owner(self, reg: Registration) -> str:
         return owner(reg.partition, await self.deps.members.live_shards())

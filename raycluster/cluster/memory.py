@@ -19,7 +19,7 @@ from raycluster.livequery import EntitySpec, FeedBatch, MemoryStore
 from raycluster.livequery.memory import MemoryFeed
 
 from .keys import DEFAULT_KEYS, Keys
-from .protocol import Control, Registration, WireFrame
+from .protocol import Control, Registration, WireFrame, check_replace
 from .routing import partition_of
 
 __all__ = (
@@ -182,17 +182,22 @@ class MemoryRegistry:
     def __init__(self) -> None:
         self._regs: dict[str, Registration] = {}
 
-    async def put(self, reg: Registration) -> None:
-        """Create or replace."""
+    async def put(self, reg: Registration, *, takeover: bool = False) -> None:
+        """Create or replace (the registry's rule: `protocol.check_replace`)."""
+        old = self._regs.get(reg.sub_id)
+        if old is not None:
+            check_replace(reg, old.tenant, old.gateway_id, takeover=takeover)
         self._regs[reg.sub_id] = reg
 
     async def get(self, sub_id: str) -> Registration | None:
         """One, or None."""
         return self._regs.get(sub_id)
 
-    async def delete(self, sub_id: str) -> None:
-        """Remove (absent is fine)."""
-        self._regs.pop(sub_id, None)
+    async def delete(self, sub_id: str, gateway_id: str | None = None) -> None:
+        """Remove (absent is fine); with `gateway_id`, only if that gateway holds it."""
+        old = self._regs.get(sub_id)
+        if old is not None and gateway_id in (None, old.gateway_id):
+            del self._regs[sub_id]
 
     async def by_partition(self, p: int) -> list[Registration]:
         """Every registration of partition `p`."""

@@ -87,16 +87,20 @@ class DeltaBus(Protocol):
 class SubscriptionRegistry(Protocol):
     """Durable registrations, indexed by partition and by gateway; atomic per call."""
 
-    async def put(self, reg: Registration) -> None:
-        """Create or replace a registration."""
+    async def put(self, reg: Registration, *, takeover: bool = False) -> None:
+        """Create or replace a registration, atomically under `protocol.check_replace`.
+
+        Raises `RegistrationConflict` (nothing written) if the sub id belongs
+        to another tenant, or to another gateway and `takeover` is False.
+        """
         ...
 
     async def get(self, sub_id: str) -> Registration | None:
         """One registration, or None."""
         ...
 
-    async def delete(self, sub_id: str) -> None:
-        """Remove a registration (no error if absent)."""
+    async def delete(self, sub_id: str, gateway_id: str | None = None) -> None:
+        """Remove a registration (no error if absent); with `gateway_id`, only if it holds it."""
         ...
 
     async def by_partition(self, p: int) -> list[Registration]:

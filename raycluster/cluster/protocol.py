@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from raycluster.errors import RegistrationConflict
 from raycluster.livequery import Cursor, LiveDelta, LiveQuery
 
 from .routing import partition_of
@@ -27,6 +28,7 @@ __all__ = (
     "Registration",
     "Transport",
     "WireFrame",
+    "check_replace",
 )
 
 OP_SUBSCRIBE = "subscribe"
@@ -63,6 +65,23 @@ class Registration(BaseModel):
     def cursor(self) -> Cursor | None:
         """The current keyset anchor."""
         return self.query.cursor
+
+
+def check_replace(
+    new: Registration, old_tenant: str | None, old_gateway: str | None, *, takeover: bool
+) -> None:
+    """Raise `RegistrationConflict` unless `new` may replace the record it would overwrite.
+
+    The registry's one rule (every implementation applies it atomically): a
+    sub id never changes tenant, and changes gateway only by a takeover.
+    `old_*` are None when there is no record.
+    """
+    if old_tenant is None:
+        return
+    if old_tenant != new.tenant:
+        raise RegistrationConflict(new.sub_id, "registered by another tenant")
+    if old_gateway != new.gateway_id and not takeover:
+        raise RegistrationConflict(new.sub_id, f"held by another gateway ({old_gateway})")
 
 
 class Control(BaseModel):

@@ -147,6 +147,8 @@ class Shard:
             "overflow_resyncs": 0,
             "send_errors": 0,
             "gateway_sweeps": 0,
+            "conflicts": 0,
+            "handovers": 0,
         }
 
     # -- lifecycle ---------------------------------------------------------------
@@ -381,16 +383,37 @@ class Shard:
         await self.deps.control.ack(self.id, msg_id)
 
     async def handle(self, c: Control) -> None:
-        """Apply one control (the caller holds the shard lock for reading)."""
+        """Apply one control (the caller holds the shard lock for reading).
+
+        A subscription keeps the tenant and gateway it is served for: a
+        control or registration that disagrees is a conflict (logged,
+        counted, not applied). The one legitimate change of gateway is a
+        takeover: a `subscribe` from the gateway the registry now names.
+        """
         self.counters["controls"] += 1
         served = self.served.get(c.sub_id)
         if c.op == OP_UNSUBSCRIBE:
-            await self._unserve(c.sub_id)
+            if served is None or served.reg.gateway_id == c.gateway_id:
+                await self._unserve(c.sub_id)
             return
         reg = await self.deps.registry.get(c.sub_id)
         if reg is None:  # closed before we got here
             await self._unserve(c.sub_id)
             return
+        if (c.tenant and c.tenant != reg.tenant) or (
+            served is not None and served.reg.tenant != reg.tenant
+        ):
+            self._conflict(c, reg, "tenant")
+            return
+        if served is not None and served.reg.gateway_id != reg.gateway_id:
+            if c.op != OP_SUBSCRIBE or c.gateway_id != reg.gateway_id:
+                self._conflict(c, reg, "gateway")
+                return
+            self.counters["handovers"] += 1  # a resume moved it: serve it afresh there
+            await self._unserve(c.sub_id)
+            served = None
+        elif c.gateway_id != reg.gateway_id:
+            return  # from a gateway that no longer holds it (taken over): nothing to do
         if reg.partition not in self.owned:
             # Routed on a different view of the live set: hand it to the owner
             # this shard sees (once; the gateway also re-routes on silence, and
@@ -414,6 +437,14 @@ class Shard:
         elif c.op in (OP_SUBSCRIBE, OP_REANCHOR, OP_RESYNC):
             await self._serve(reg)
 
+    def _conflict(self, c: Control, reg: Registration, what: str) -> None:
+        self.counters["conflicts"] += 1
+        log.warning(
+            "shard %s: %s conflict on %s: control %s from gateway %s (tenant %r), registry "
+            "names gateway %s (tenant %r); not applied",
+            self.id, what, c.sub_id, c.op, c.gateway_id, c.tenant, reg.gateway_id, reg.tenant,
+        )  # fmt: skip
+
     async def _sweep(self) -> None:
         """Remove subscriptions whose gateway has been gone for two sweeps in a row."""
         live = set(await self.deps.members.live_gateways())
@@ -427,7 +458,7 @@ class Shard:
         async with self._lock.write():
             for sid, s in list(self.served.items()):
                 if s.reg.gateway_id in confirmed:
-                    await self.deps.registry.delete(sid)
+                    await self.deps.registry.delete(sid, s.reg.gateway_id)
                     await self._unserve(sid)
             for g in confirmed:
                 ob = self._outboxes.pop(g, None)

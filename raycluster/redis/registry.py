@@ -13,8 +13,7 @@ from typing import Any
 
 from redis.asyncio.client import Pipeline
 
-from raycluster.cluster.protocol import Registration
-from raycluster.livequery.models import Cursor
+from raycluster.cluster.protocol import Registration, check_replace
 
 from ._client import ClientComponent
 from .errors import translate_errors
@@ -24,6 +23,10 @@ __all__ = ("RedisRegistry", "Registration")
 
 def _text(raw: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _opt(raw: Any) -> str | None:
+    return None if raw is None else _text(raw)
 
 
 class RedisRegistry(ClientComponent):
@@ -38,70 +41,58 @@ class RedisRegistry(ClientComponent):
 
     # -- writes ------------------------------------------------------------------------
 
-    async def put(self, reg: Registration) -> None:
-        """Record (or replace) a registration; its index sets follow it atomically."""
+    async def put(self, reg: Registration, *, takeover: bool = False) -> None:
+        """Record (or replace) a registration; its index sets follow it atomically.
+
+        A sub id stays bound to its tenant: replacing another tenant's
+        registration raises `RegistrationConflict`, and so does replacing
+        another gateway's unless `takeover` (a verified resume moving the
+        subscription here). Nothing is written then.
+        """
         key = self.keys.registration(reg.sub_id)
         body = reg.model_dump_json()
         p, gw = reg.partition, reg.gateway_id
 
         async def tx(pipe: Pipeline) -> None:
-            old_p, old_gw = await pipe.hmget(key, ["p", "gw"])
+            old_p, old_gw, old_t = await pipe.hmget(key, ["p", "gw", "t"])
+            if old_p is not None and old_t is None:  # written before `t` was kept
+                raw = await pipe.hget(key, "json")
+                old_t = Registration.model_validate_json(raw).tenant if raw else None
+            check_replace(reg, _opt(old_t), _opt(old_gw), takeover=takeover)
             pipe.multi()
             if old_p is not None and int(old_p) != p:
                 pipe.srem(self.keys.partition_regs(int(old_p)), reg.sub_id)
             if old_gw is not None and _text(old_gw) != gw:
                 pipe.srem(self.keys.gateway_regs(_text(old_gw)), reg.sub_id)
-            pipe.hset(key, mapping={"json": body, "p": p, "gw": gw})
+            pipe.hset(key, mapping={"json": body, "p": p, "gw": gw, "t": reg.tenant})
             pipe.sadd(self.keys.partition_regs(p), reg.sub_id)
             pipe.sadd(self.keys.gateway_regs(gw), reg.sub_id)
 
         with translate_errors(f"put registration {reg.sub_id}"):
             await self._client.transaction(tx, key)
 
-    async def update_cursor(
-        self, sub_id: str, cursor: Cursor | None, limit: int
-    ) -> Registration | None:
-        """Persist a reanchor: the registration's query gets `cursor` and `limit`.
+    async def delete(self, sub_id: str, gateway_id: str | None = None) -> None:
+        """Remove a registration and its index entries (no error if absent).
 
-        Returns the updated registration (None if there is none). Atomic: a
-        concurrent change makes it re-read and re-apply.
+        With `gateway_id`, only if that gateway still holds it (one that was
+        taken over belongs to its new gateway).
         """
-        key = self.keys.registration(sub_id)
+        await self.remove(sub_id, gateway_id)
 
-        async def tx(pipe: Pipeline) -> Registration | None:
-            raw = await pipe.hget(key, "json")
-            if raw is None:
-                pipe.multi()
-                return None
-            reg = Registration.model_validate_json(raw)
-            new = reg.model_copy(update={"query": reg.query.moved(cursor, limit)})
-            pipe.multi()
-            pipe.hset(key, "json", new.model_dump_json())
-            return new
-
-        with translate_errors(f"update registration {sub_id}"):
-            out: Registration | None = await self._client.transaction(
-                tx, key, value_from_callable=True
-            )
-        return out
-
-    async def delete(self, sub_id: str) -> None:
-        """Remove a registration and its index entries (no error if absent)."""
-        await self.remove(sub_id)
-
-    async def remove(self, sub_id: str) -> bool:
-        """`delete`, returning whether the registration existed."""
+    async def remove(self, sub_id: str, gateway_id: str | None = None) -> bool:
+        """`delete`, returning whether a registration was removed."""
         key = self.keys.registration(sub_id)
 
         async def tx(pipe: Pipeline) -> bool:
             old_p, old_gw = await pipe.hmget(key, ["p", "gw"])
             pipe.multi()
+            if old_p is None or (gateway_id is not None and _opt(old_gw) != gateway_id):
+                return False
             pipe.delete(key)
-            if old_p is not None:
-                pipe.srem(self.keys.partition_regs(int(old_p)), sub_id)
+            pipe.srem(self.keys.partition_regs(int(old_p)), sub_id)
             if old_gw is not None:
                 pipe.srem(self.keys.gateway_regs(_text(old_gw)), sub_id)
-            return old_p is not None
+            return True
 
         with translate_errors(f"delete registration {sub_id}"):
             existed: bool = await self._client.transaction(tx, key, value_from_callable=True)
@@ -111,7 +102,7 @@ class RedisRegistry(ClientComponent):
         """Remove every registration of a gateway that is gone; how many were removed."""
         removed = 0
         for sub_id in await self.ids_by_gateway(gateway_id):
-            removed += await self.remove(sub_id)
+            removed += await self.remove(sub_id, gateway_id)
         return removed
 
     # -- reads -------------------------------------------------------------------------

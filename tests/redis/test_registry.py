@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 from raycluster.cluster.keys import Keys
 from raycluster.cluster.protocol import Registration
 from raycluster.cluster.routing import partition_of
-from raycluster.livequery import Cursor, LiveQuery, SortKey, eq
+from raycluster.errors import RegistrationConflict
+from raycluster.livequery import LiveQuery, SortKey, eq
 from raycluster.redis import RedisRegistry, RedisSettings
 
 pytestmark = pytest.mark.redis
@@ -54,20 +55,41 @@ async def test_replacing_moves_the_index_entries(
     registry: RedisRegistry, admin: aioredis.Redis
 ) -> None:
     await registry.put(reg("s1", gw="gw-1"))
-    await registry.put(reg("s1", tenant="rival", gw="gw-2"))
+    await registry.put(reg("s1", gw="gw-2"), takeover=True)
     assert await registry.by_gateway("gw-1") == []
     assert await admin.smembers(K.gateway_regs("gw-1")) == set()
-    assert await admin.smembers(K.partition_regs(partition_of("acme", "asset"))) == set()
-    assert [r.tenant for r in await registry.by_gateway("gw-2")] == ["rival"]
+    assert [r.gateway_id for r in await registry.by_gateway("gw-2")] == ["gw-2"]
 
 
-async def test_update_cursor_persists_a_reanchor(registry: RedisRegistry) -> None:
-    await registry.put(reg("s1"))
-    cur = Cursor(values=["m", "a9"])
-    new = await registry.update_cursor("s1", cur, 25)
-    assert new is not None and new.cursor == cur and new.query.limit == 25
-    assert await registry.get("s1") == new
-    assert await registry.update_cursor("missing", cur, 5) is None
+async def test_a_sub_id_stays_its_tenants(registry: RedisRegistry, admin: aioredis.Redis) -> None:
+    """Another tenant can never replace a registration, takeover or not; nothing is written."""
+    await registry.put(reg("s1", gw="gw-1"))
+    before = await admin.hgetall(K.registration("s1"))
+    for takeover in (False, True):
+        with pytest.raises(RegistrationConflict, match="another tenant"):
+            await registry.put(reg("s1", tenant="rival", gw="gw-2"), takeover=takeover)
+    assert await admin.hgetall(K.registration("s1")) == before
+    assert await admin.smembers(K.gateway_regs("gw-2")) == set()
+    assert await admin.smembers(K.partition_regs(partition_of("rival", "asset"))) == set()
+    # Nor may another gateway of the same tenant, unless it takes the subscription over.
+    with pytest.raises(RegistrationConflict, match="another gateway"):
+        await registry.put(reg("s1", gw="gw-2"))
+    await registry.put(reg("s1", gw="gw-1"))  # its own gateway may replace it
+    # A gateway deletes only what it holds.
+    await registry.delete("s1", "gw-2")
+    assert await registry.get("s1") is not None
+    await registry.delete("s1", "gw-1")
+    assert await registry.get("s1") is None
+
+
+async def test_records_without_a_tenant_field_are_still_bound(
+    registry: RedisRegistry, admin: aioredis.Redis
+) -> None:
+    """A record written before the `t` field existed is bound by the tenant in its JSON."""
+    await registry.put(reg("s1", gw="gw-1"))
+    await admin.hdel(K.registration("s1"), "t")
+    with pytest.raises(RegistrationConflict):
+        await registry.put(reg("s1", tenant="rival", gw="gw-1"))
 
 
 async def test_delete_gateway(registry: RedisRegistry) -> None:
@@ -87,7 +109,7 @@ async def test_concurrent_writers_leave_consistent_indexes(
 
         async def churn(r: RedisRegistry, k: int) -> None:
             for i in range(30):
-                await r.put(reg("s1", gw=f"gw-{(k + i) % 3}"))
+                await r.put(reg("s1", gw=f"gw-{(k + i) % 3}"), takeover=True)
                 if i % 7 == 0:
                     await r.delete("s1")
 
