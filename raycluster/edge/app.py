@@ -31,7 +31,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from raycluster._connect import RemoteGateway
 from raycluster.config import TierSettings
-from raycluster.errors import ClosedError, InvalidQuery, RayclusterError, UnavailableError
+from raycluster.errors import (
+    ClosedError,
+    InvalidQuery,
+    RayclusterError,
+    RegistrationConflict,
+    UnavailableError,
+)
 from raycluster.livequery import Cursor, LiveQuery
 
 from ._hub import Conn, EdgeSub, Hub, delta_json, parse_token, resume_token
@@ -138,8 +144,8 @@ class _Edge:
                 sub_id, seq = parsed[0], parsed[2] + 1
             try:
                 sub = await self._subscribe(conn.tenant, query, sub_id)
-            except InvalidQuery as e:
-                if sub_id is None or e.field != "sub_id":
+            except (InvalidQuery, RegistrationConflict) as e:
+                if sub_id is None or getattr(e, "field", "sub_id") != "sub_id":
                     raise
                 sub_id, seq = None, 0  # still held by the gateway: start afresh
                 sub = await self._subscribe(conn.tenant, query, None)
