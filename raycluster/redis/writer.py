@@ -109,6 +109,8 @@ class Writer(ClientComponent):
         trip; a failure part-way leaves a prefix written. An id given twice
         is written twice, in order.
         """
+        _check_name("tenant", tenant)  # the arguments themselves, not `rows.{i}.…`
+        _check_name("entity", entity)
         items = list(rows.items()) if isinstance(rows, Mapping) else list(rows)
         prepared = []
         for i, (agg_id, row) in enumerate(items):
