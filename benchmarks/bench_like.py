@@ -2,8 +2,9 @@
 
     python benchmarks/bench_like.py [--runs 5] [--cap-s 5]
 
-For each pattern: µs per row of the linear matcher against a 1 KB value that
-does not match (the worst case: every segment placement is tried), and, for
+For each pattern: µs per row of the linear matcher against a 1 KB value built
+to fail as late as possible (the anchored ends match, every middle segment is
+searched over the whole value), and, for
 comparison, the regex LIKE compiled to before, against a 40-character value,
 stopped after `--cap-s` seconds. Prints a table; writes
 benchmarks/results/bench_like.json.
@@ -26,12 +27,16 @@ from _report import median_of, report
 
 from raycluster.livequery.filter import like_matcher
 
-PATTERNS = [
-    "%a%a%a%a%a%a%a%a%b",
-    "%a_a_a%a_a_a%a_a_a%b",
-    "_%" * 40 + "b",
-    "%" + "a" * 200 + "b%",
-    ("%" + "a_" * 6) * 20 + "%b",  # 261 chars: a long pattern of many segments
+# (pattern, value of 1 KB built to fail as late as possible for that pattern)
+A_B = "a" * 1023 + "b"  # passes the anchored ends: every middle segment is searched
+CASES = [
+    ("%a%a%a%a%a%a%a%a%b", "a" * 1024),  # the pattern of the issue
+    ("%a%a%a%a%a%a%a%a%c%b", A_B),
+    ("%a_a_a%a_a_a%a_a_a%c%b", A_B),
+    ("_%" * 40 + "c%b", A_B),
+    ("%" + "a" * 200 + "c%b", A_B),  # a long literal segment
+    ("%" + "a_" * 100 + "c%b", A_B),  # a long segment with `_`: value x pattern steps
+    ("%" + "_" * 252 + "c%b", A_B),  # the longest pattern the default limits allow
 ]
 
 
@@ -90,21 +95,22 @@ def main() -> None:
     ap.add_argument("--cap-s", type=float, default=5.0)
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
-    for pattern in PATTERNS:
+    for pattern, base in CASES:
         for op, ic, value in [
-            ("like", False, "a" * 1024),
-            ("ilike", True, "A" * 1024),
-            ("ilike", True, "é" + "A" * 1023),  # non-ASCII: no lower() fast path
+            ("like", False, base),
+            ("ilike", True, base.upper()),
+            ("ilike", True, "\u00e9" + base.upper()[1:]),  # non-ASCII: no lower() fast path
         ]:
             new = like_matcher(pattern, ignore_case=ic)
             assert new(value) is False
             med, _ = median_of(args.runs, lambda m=new, v=value: per_row_us(m, v))
-            old_ms = capped_ms(regex_like(pattern, ignore_case=ic), value[:40], args.cap_s)
+            small = value[:39] + value[-1]  # 40 characters, the same ending
+            old_ms = capped_ms(regex_like(pattern, ignore_case=ic), small, args.cap_s)
             rows.append(
                 {
                     "pattern": pattern
                     if len(pattern) <= 24
-                    else f"{pattern[:21]}… ({len(pattern)})",
+                    else f"{pattern[:18]}… ({len(pattern)})",
                     "op": op,
                     "value": f"{len(value)} chars" + ("" if value.isascii() else ", non-ASCII"),
                     "new_us_per_row": med,
