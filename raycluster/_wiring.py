@@ -101,5 +101,6 @@ def redis_gateway(
         delta=delta,
         transport=transport,
         entities=settings.entities,
+        limits=settings.limits,
     )
     return Gateway(gateway_id, deps, settings.gateway), c

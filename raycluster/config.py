@@ -19,7 +19,7 @@ from raycluster.cluster.gateway import GatewayOptions
 from raycluster.cluster.shard import ShardOptions
 from raycluster.edge.settings import EdgeSettings
 from raycluster.errors import InvalidQuery
-from raycluster.livequery import EntitySpec
+from raycluster.livequery import EntitySpec, QueryLimits
 from raycluster.redis.settings import RedisSettings
 
 __all__ = ("TierSettings",)
@@ -54,6 +54,9 @@ class TierSettings(BaseSettings):
     shard: ShardOptions = Field(default_factory=ShardOptions)
     gateway: GatewayOptions = Field(default_factory=GatewayOptions)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
+    limits: QueryLimits = Field(
+        default_factory=QueryLimits, description="What one query may cost (see QueryLimits)."
+    )
     entities: list[EntitySpec] = Field(
         default_factory=list, description="Declared entities (empty: any entity, unchecked)."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 __all__ = (
@@ -27,7 +28,18 @@ class _FieldError(RayclusterError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}: {reason} (got {value!r})")
+        super().__init__(f"{field}: {reason} (got {_quote(value)})")
+
+
+# Bad input may be huge or nested thousands deep: quote a bounded, shallow repr.
+_repr = reprlib.Repr()
+_repr.maxlevel = 4
+_repr.maxstring = _repr.maxother = 200
+_repr.maxlist = _repr.maxdict = _repr.maxtuple = _repr.maxset = 20
+
+
+def _quote(value: Any) -> str:
+    return _repr.repr(value)
 
 
 class InvalidQuery(_FieldError):

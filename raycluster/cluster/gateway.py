@@ -15,7 +15,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from raycluster.client.fence import Fence
 from raycluster.client.subscription import Subscription
 from raycluster.errors import ClosedError, InvalidQuery, RegistrationConflict, UnavailableError
-from raycluster.livequery import Cursor, EntitySpec, LiveQuery
+from raycluster.livequery import Cursor, EntitySpec, LiveQuery, QueryLimits, check_cost
 from raycluster.livequery.models import check_against
 
 from .ports import ControlBus, DeltaBus, Membership, SubscriptionRegistry
@@ -79,6 +79,7 @@ class GatewayDeps:
     delta: DeltaBus | None
     transport: Transport
     entities: Iterable[EntitySpec] = ()
+    limits: QueryLimits = field(default_factory=QueryLimits)
 
 
 class _State:
@@ -214,7 +215,8 @@ class Gateway:
     # -- client API --------------------------------------------------------------
 
     def check_query(self, query: LiveQuery) -> None:
-        """Raise `InvalidQuery` if `query` does not fit the declared entities."""
+        """Raise `InvalidQuery` if `query` is over the limits or does not fit its entity."""
+        check_cost(query, self.deps.limits)
         check_against(self.specs, query)
 
     async def subscribe(

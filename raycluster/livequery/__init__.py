@@ -7,6 +7,7 @@ from ._gc import tune_gc
 from .engine import Engine, EngineStats, Subscription
 from .filter import Predicate, compile_predicate, indexable_terms
 from .index import PredicateIndex
+from .limits import QueryLimits, check_cost
 from .memory import MemoryStore
 from .models import (
     Change,
@@ -58,6 +59,7 @@ __all__ = (
     "MemoryStore",
     "Predicate",
     "PredicateIndex",
+    "QueryLimits",
     "Refiller",
     "Row",
     "Scalar",
@@ -68,6 +70,7 @@ __all__ = (
     "Subscription",
     "Window",
     "and_",
+    "check_cost",
     "compare_cursors",
     "compile_predicate",
     "cursor_key",

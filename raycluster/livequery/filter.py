@@ -22,64 +22,130 @@ Predicate = Callable[[dict[str, Any]], bool]
 _CMP = {"eq": "==", "ne": "!=", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
-def like_matcher(pattern: str, *, ignore_case: bool) -> Callable[[str], bool]:
-    """A matcher for a SQL LIKE pattern (`%`, `_`, `\\` escapes; anchored)."""
-    parts: list[str] = []
-    literal = True
-    i = 0
-    while i < len(pattern):
+def like_matcher(pattern: str, *, ignore_case: bool) -> Callable[[Any], bool]:
+    """A matcher for a SQL LIKE pattern: `%` any run, `_` one character, `\\` escapes.
+
+    Anchored at both ends; `_` matches any one code point, newline included; a
+    trailing lone `\\` is a literal backslash. Ignoring case compares code
+    points as Python's `re.IGNORECASE` does (simple one-to-one case folding,
+    so `ß` never equals `ss`). A value that is not a `str` never matches.
+
+    Time is O(len(value) * len(pattern)) at worst, whatever the pattern: it
+    is split on `%` into fixed-length segments; the first must match at the
+    start, the last at the end, and each middle one is found leftmost after
+    the previous one (taking the leftmost occurrence never loses a match).
+    """
+    segs = _segments(pattern)
+    if not ignore_case:
+        return _typed(_fast(segs) or _general(segs, 0))
+    general = _general(segs, re.IGNORECASE)
+    if not pattern.isascii():
+        return _typed(general)
+    # ASCII pattern and ASCII value: `lower()` is exactly the case mapping the
+    # regex uses (other scripts have letters that `lower()` maps to two).
+    lowered = [[c.lower() if c is not _ANY else c for c in seg] for seg in segs]
+    ascii_match = _fast(lowered) or _general(lowered, 0)
+    return lambda s: isinstance(s, str) and (ascii_match(s.lower()) if s.isascii() else general(s))
+
+
+_ANY = None  # in a segment: `_`, any one character
+_Seg = list[str | None]
+
+
+def _segments(pattern: str) -> list[_Seg]:
+    """`pattern` split on unescaped `%`: runs of literal characters and `_` (None)."""
+    segs: list[_Seg] = [[]]
+    i, n = 0, len(pattern)
+    while i < n:
         ch = pattern[i]
-        if ch == "\\" and i + 1 < len(pattern):
-            parts.append(re.escape(pattern[i + 1]))
+        if ch == "\\" and i + 1 < n:
+            segs[-1].append(pattern[i + 1])
             i += 2
             continue
         if ch == "%":
-            parts.append(".*")
-            literal = False
-        elif ch == "_":
-            parts.append(".")
-            literal = False
+            segs.append([])
         else:
-            parts.append(re.escape(ch))
+            segs[-1].append(_ANY if ch == "_" else ch)
         i += 1
-    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
-    match = re.compile("".join(parts), flags).fullmatch
-    # Common shapes ('abc', 'abc%', '%abc', '%abc%') avoid the regex engine.
-    # Ignoring case, only ASCII text takes the fast path: there `lower()` is
-    # exactly the one-to-one case mapping the regex uses (for other scripts,
-    # lower()/casefold() can map one character to two).
-    body = pattern.strip("%")
-    simple = "_" not in pattern and "\\" not in pattern and "%" not in body
-    if not simple or (ignore_case and not pattern.isascii()):
-        return lambda s: isinstance(s, str) and match(s) is not None
-    starts, ends = pattern.startswith("%"), pattern.endswith("%") and len(pattern) > 1
-    # One closure per shape: this runs once per row per filter.
-    if ignore_case:
-        low = body.lower()
-        if literal:
-            return lambda s: (
-                isinstance(s, str) and (s.lower() == low if s.isascii() else match(s) is not None)
-            )
-        if starts and ends:
-            return lambda s: (
-                isinstance(s, str) and (low in s.lower() if s.isascii() else match(s) is not None)
-            )
-        if ends:
-            return lambda s: (
-                isinstance(s, str)
-                and (s.lower().startswith(low) if s.isascii() else match(s) is not None)
-            )
-        return lambda s: (
-            isinstance(s, str)
-            and (s.lower().endswith(low) if s.isascii() else match(s) is not None)
-        )
-    if literal:
-        return lambda s: isinstance(s, str) and s == body
-    if starts and ends:
-        return lambda s: isinstance(s, str) and body in s
-    if ends:
-        return lambda s: isinstance(s, str) and s.startswith(body)
-    return lambda s: isinstance(s, str) and s.endswith(body)
+    return segs
+
+
+def _typed(match: Callable[[str], bool]) -> Callable[[Any], bool]:
+    return lambda s: isinstance(s, str) and match(s)
+
+
+def _fast(segs: list[_Seg]) -> Callable[[str], bool] | None:
+    """Common shapes ('abc', 'abc%', '%abc', '%abc%') as one str method, or None."""
+    if any(_ANY in seg for seg in segs):
+        return None
+    texts = ["".join(seg) for seg in segs]  # type: ignore[arg-type]
+    if len(texts) == 1:
+        whole = texts[0]
+        return lambda s: s == whole
+    if len(texts) == 2 and not texts[1]:
+        head = texts[0]
+        return lambda s: s.startswith(head)
+    if len(texts) == 2 and not texts[0]:
+        tail = texts[1]
+        return lambda s: s.endswith(tail)
+    if len(texts) == 3 and not texts[0] and not texts[2]:
+        body = texts[1]
+        return lambda s: body in s
+    return None
+
+
+class _Finder:
+    """One fixed-length segment: test it at a position, or find its leftmost occurrence."""
+
+    __slots__ = ("find", "size", "test")
+
+    def __init__(self, seg: _Seg, flags: int) -> None:
+        self.size = len(seg)
+        self.test: Callable[[str, int], bool]
+        self.find: Callable[[str, int, int], int]
+        if _ANY not in seg and not flags:
+            text = "".join(seg)  # type: ignore[arg-type]
+            self.test = lambda s, i: s.startswith(text, i)
+            self.find = lambda s, lo, hi: s.find(text, lo, hi)
+            return
+        # No quantifier: the regex only compares code points, never backtracks.
+        source = "".join("." if c is _ANY else re.escape(c) for c in seg)
+        rx = re.compile(source, re.DOTALL | flags)
+        match, search = rx.match, rx.search
+        self.test = lambda s, i: match(s, i) is not None
+
+        def find(s: str, lo: int, hi: int) -> int:
+            m = search(s, lo, hi)
+            return -1 if m is None else m.start()
+
+        self.find = find
+
+
+def _general(segs: list[_Seg], flags: int) -> Callable[[str], bool]:
+    finders = [_Finder(seg, flags) for seg in segs]
+    if len(finders) == 1:
+        size, test = finders[0].size, finders[0].test
+        return lambda s: len(s) == size and test(s, 0)
+    first, *mids, last = finders
+    mids = [f for f in mids if f.size]
+    least = first.size + last.size + sum(f.size for f in mids)
+
+    def match(s: str) -> bool:
+        n = len(s)
+        if n < least:
+            return False
+        end = n - last.size
+        if not first.test(s, 0) or not last.test(s, end):
+            return False
+        pos = first.size
+        for f in mids:
+            i = f.find(s, pos, end)
+            if i < 0:
+                return False
+            pos = i + f.size
+        return True
+
+    return match
 
 
 class _Gen:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import typing
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from raycluster.errors import InvalidQuery, InvalidRow
 
@@ -45,7 +47,9 @@ __all__ = (
     "ne",
     "not_in",
     "or_",
+    "printable",
     "trusted",
+    "unstorable",
 )
 
 Scalar = str | int | float | bool | None
@@ -64,11 +68,45 @@ _GROUP_OPS = frozenset({"or", "and"})
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
+def unstorable(v: Any) -> str | None:
+    """Why `v` could not be stored as JSON and read back unchanged, or None if it can.
+
+    A string must be valid Unicode (no lone surrogate: UTF-8 cannot encode
+    it), a float finite (JSON has no NaN or infinity).
+    """
+    if isinstance(v, str):
+        if not v.isascii():
+            try:
+                v.encode()
+            except UnicodeEncodeError:
+                return "not valid Unicode (lone surrogate)"
+    elif isinstance(v, float) and not math.isfinite(v):
+        return "not a finite number"
+    return None
+
+
+def printable(name: Any) -> str:
+    """`name` as text that can be encoded (a lone surrogate becomes `\\ud800`): for field paths."""
+    return str(name).encode("utf-8", "backslashreplace").decode()
+
+
+def _storable(v: Any) -> Any:
+    why = unstorable(v)
+    if why is not None:
+        raise PydanticCustomError("unstorable", why)
+    return v
+
+
+# Every string and number a query carries: pydantic names the field on failure.
+_Text = Annotated[str, AfterValidator(_storable)]
+_Value = Annotated[Scalar, AfterValidator(_storable)]
+
+
 class SortKey(BaseModel):
     """One sort column; `id` ascending is always appended as the tie-breaker."""
 
     model_config = _FROZEN
-    column: str = Field(min_length=1, description="Column to sort by.")
+    column: _Text = Field(min_length=1, description="Column to sort by.")
     desc: bool = Field(False, description="Descending (nulls first) instead of ascending.")
 
 
@@ -76,7 +114,7 @@ class Cursor(BaseModel):
     """A keyset position: one value per sort key, then the row id."""
 
     model_config = _FROZEN
-    values: list[Scalar] = Field(description="Sort-key values, then the id (a string).")
+    values: list[_Value] = Field(description="Sort-key values, then the id (a string).")
 
 
 class Cond(BaseModel):
@@ -88,9 +126,9 @@ class Cond(BaseModel):
 
     model_config = _FROZEN
     op: CondOp = Field(description="Operator.")
-    column: str | None = Field(None, description="Column (absent on or/and).")
-    value: Scalar = Field(None, description="Operand of a comparison or like.")
-    values: list[Scalar] | None = Field(None, description="Operands of in/not_in.")
+    column: _Text | None = Field(None, description="Column (absent on or/and).")
+    value: _Value = Field(None, description="Operand of a comparison or like.")
+    values: list[_Value] | None = Field(None, description="Operands of in/not_in.")
     args: list[Cond] | None = Field(None, description="Members of an or/and group.")
 
     @model_validator(mode="after")
@@ -121,6 +159,18 @@ def _check_cond(c: Cond, at: str) -> None:
             raise InvalidQuery(f"{at}.value", c.value, f"`{c.op}` with null; use is_null")
         if c.op in ("like", "ilike") and not isinstance(c.value, str):
             raise InvalidQuery(f"{at}.value", c.value, f"`{c.op}` needs a string pattern")
+    # Inside validation the fields' own validators have checked these already;
+    # the constructors (`eq`, …) come here first.
+    for field, v in [("column", c.column), *_operands(c)]:
+        if (why := unstorable(v)) is not None:
+            raise InvalidQuery(f"{at}.{field}", v, why)
+
+
+def _operands(c: Cond) -> list[tuple[str, Any]]:
+    """(field path within `c`, value) of each operand: `value`, or `values.{i}`."""
+    if c.values is None:
+        return [("value", c.value)]
+    return [(f"values.{i}", v) for i, v in enumerate(c.values)]
 
 
 def _cond(op: CondOp, column: str | None = None, **kw: Any) -> Cond:
@@ -211,7 +261,7 @@ class LiveQuery(BaseModel):
     """A live query over one entity of one tenant (the tenant is not part of it)."""
 
     model_config = _FROZEN
-    entity: str = Field(min_length=1, description="Entity name.")
+    entity: _Text = Field(min_length=1, description="Entity name.")
     where: list[Cond] = Field(default_factory=list, description="AND of conditions.")
     sort: list[SortKey] = Field(default_factory=list, description="Sort keys; id ASC appended.")
     limit: int = Field(description="Window size N (> 0).")
@@ -330,7 +380,7 @@ class EntitySpec(BaseModel):
 
     model_config = _FROZEN
     name: str = Field(min_length=1)
-    columns: dict[str, ColumnType] = Field(description="Column name → type.")
+    columns: dict[_Text, ColumnType] = Field(description="Column name → type.")
     filterable: list[str] | None = Field(None, description="Default: every column.")
     sortable: list[str] | None = Field(None, description="Default: every column.")
     max_window: int = Field(1000, gt=0, description="Largest allowed `limit`.")
@@ -344,15 +394,17 @@ class EntitySpec(BaseModel):
         return self
 
     def check_row(self, row: dict[str, Any]) -> None:
-        """Raise `InvalidRow` unless every value has its column's type."""
+        """Raise `InvalidRow` unless every value has its column's type and can be stored."""
         if not isinstance(row, dict):
             raise InvalidRow("row", row, "must be an object")
         for col, v in row.items():
-            kind = self.columns.get(col)
+            kind = self.columns.get(col) if isinstance(col, str) else None
             if kind is None:
-                raise InvalidRow(f"row.{col}", v, f"unknown column of {self.name!r}")
+                raise InvalidRow(f"row.{printable(col)}", v, f"unknown column of {self.name!r}")
             if v is not None and not _fits(kind, v):
                 raise InvalidRow(f"row.{col}", v, f"expected {kind}")
+            if (why := unstorable(v)) is not None:
+                raise InvalidRow(f"row.{col}", v, why)
 
     def check_query(self, q: LiveQuery) -> None:
         """Raise `InvalidQuery` unless `q` only uses what this entity allows."""
@@ -385,9 +437,9 @@ class EntitySpec(BaseModel):
         kind = self.columns[col]
         if c.op in ("like", "ilike") and kind != "str":
             raise InvalidQuery(f"{at}.op", c.op, f"needs a str column, {col!r} is {kind}")
-        for v in [c.value] if c.values is None else c.values:
+        for field, v in _operands(c):
             if v is not None and not _fits(kind, v):
-                raise InvalidQuery(f"{at}.value", v, f"expected {kind} for {col!r}")
+                raise InvalidQuery(f"{at}.{field}", v, f"expected {kind} for {col!r}")
 
 
 def check_against(specs: dict[str, EntitySpec], query: LiveQuery) -> None:

@@ -21,11 +21,10 @@ null. `enc` is the UTF-8 bytes with each NUL written `\\x00\\xff`, closed by
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from raycluster.cluster.keys import Keys
-from raycluster.livequery.models import EntitySpec, Scalar
+from raycluster.livequery.models import EntitySpec, Scalar, unstorable
 
 from ._keys import ExtraKeys
 
@@ -122,13 +121,6 @@ def check_scalar(v: Any) -> str | None:
     """Why a value cannot be stored, or None when it can."""
     if v is not None and not isinstance(v, str | int | float):
         return "must be a string, number, boolean or null"
-    if isinstance(v, float) and not math.isfinite(v):
-        return "not a finite number"
     if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
         return "outside the 64-bit integer range"
-    if isinstance(v, str):
-        try:
-            v.encode()
-        except UnicodeEncodeError:
-            return "not valid Unicode (lone surrogate)"
-    return None
+    return unstorable(v)

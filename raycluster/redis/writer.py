@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from raycluster.cluster.routing import partition_of
 from raycluster.errors import ConflictError, InvalidRow
-from raycluster.livequery.models import EntitySpec
+from raycluster.livequery.models import EntitySpec, printable, unstorable
 
 from ._client import ClientComponent
 from ._index import Layout, check_scalar
@@ -32,6 +32,8 @@ def _check_name(field: str, value: Any) -> None:
     if field != "agg_id" and ":" in value:
         # Key names join tenant and entity with ':' — one inside would collide.
         raise InvalidRow(field, value, "must not contain ':'")
+    if (why := unstorable(value)) is not None:
+        raise InvalidRow(field, value, why)
 
 
 class Writer(ClientComponent):
@@ -43,7 +45,10 @@ class Writer(ClientComponent):
     are written by one Lua script (`scripts.WRITE`), so a reader never sees
     one without the other; versions increase by one per write and survive a
     delete. With no `entities` declared, any entity is accepted: a row is then
-    any JSON object of scalars, stored without indexes (reads scan). A
+    any JSON object of scalars, stored without indexes (reads scan). Either
+    way every name and value must read back unchanged: valid Unicode (no lone
+    surrogate, column names and ids included), finite numbers, and scalars
+    only, so a row is never nested JSON. A
     connection lost mid-write raises `RedisUnavailable` and leaves
     the outcome unknown (redis-py retries a dropped connection first, so a
     write may rarely be applied twice, as two consecutive versions).
@@ -104,6 +109,8 @@ class Writer(ClientComponent):
         trip; a failure part-way leaves a prefix written. An id given twice
         is written twice, in order.
         """
+        _check_name("tenant", tenant)  # the arguments themselves, not `rows.{i}.…`
+        _check_name("entity", entity)
         items = list(rows.items()) if isinstance(rows, Mapping) else list(rows)
         prepared = []
         for i, (agg_id, row) in enumerate(items):
@@ -173,9 +180,14 @@ class Writer(ClientComponent):
             if layout is not None:
                 layout.spec.check_row(vals)
             for col, v in vals.items():
-                why = check_scalar(v) if isinstance(col, str) else "column names are strings"
+                if not isinstance(col, str):
+                    why: str | None = "column names are strings"
+                elif (why := unstorable(col)) is not None:
+                    why = f"column name {why}"
+                else:
+                    why = check_scalar(v)
                 if why is not None:
-                    raise InvalidRow(f"row.{col}", v, why)
+                    raise InvalidRow(f"row.{printable(col)}", v, why)
             row_json = json.dumps(vals, separators=(",", ":"), ensure_ascii=False)
             if layout is not None:
                 entries = layout.entries(tenant, agg_id, vals)

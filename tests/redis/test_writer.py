@@ -275,3 +275,48 @@ async def test_without_declared_entities_any_entity_is_stored_unindexed(
         assert info.value.field == "row.a"
         assert await w.get("acme", "anything", "x1") == (1, {"a": 1, "b": None, "c": "s"})
     assert await admin.keys("lq:vx:*") == [] and await admin.keys("lq:s?:*") == []
+
+
+def _deep(depth: int) -> Any:
+    v: Any = 1
+    for _ in range(depth):
+        v = {"a": v}
+    return v
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])
+@pytest.mark.parametrize(
+    ("tenant", "agg_id", "row", "field"),
+    [
+        ("acme", "a1", {"name": "\ud800"}, "row.name"),
+        ("acme", "a1", {"\udfff": "x"}, "row.\\udfff"),
+        ("acme", "a1", {"temp": float("nan")}, "row.temp"),
+        ("acme", "a1", {"temp": float("-inf")}, "row.temp"),
+        ("acme", "a1", {"name": _deep(20_000)}, "row.name"),
+        ("acme", "\ud800", {"name": "x"}, "agg_id"),
+        ("\ud800", "a1", {"name": "x"}, "tenant"),
+    ],
+)
+async def test_a_row_that_cannot_be_read_back_writes_nothing(
+    redis_url: str,
+    settings: RedisSettings,
+    admin: aioredis.Redis,
+    declared: bool,
+    tenant: str,
+    agg_id: str,
+    row: dict[Any, Any],
+    field: str,
+) -> None:
+    """Lone surrogates (ids and column names too), NaN/inf and nesting: refused, declared or not."""
+    entities = [SPEC] if declared else []
+    async with Writer.from_url(redis_url, entities=entities, settings=settings) as w:
+        await w.upsert("acme", "asset", "a0", {"name": "ok"})
+        before = await _snapshot_keys(admin)
+        with pytest.raises(InvalidRow) as info:
+            await w.upsert(tenant, "asset", agg_id, row)
+        assert info.value.field == field
+        str(info.value).encode()  # the error itself can be printed and sent
+        with pytest.raises(InvalidRow) as info:
+            await w.upsert_many(tenant, "asset", [("a2", {"name": "fine"}), (agg_id, row)])
+        assert info.value.field == (field if field == "tenant" else f"rows.1.{field}")
+        assert await _snapshot_keys(admin) == before

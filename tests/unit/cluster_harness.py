@@ -38,7 +38,15 @@ from raycluster.cluster.memory import (
     partitioned_store,
 )
 from raycluster.cluster.shard import owned_partitions
-from raycluster.livequery import Cursor, DeltaOp, EntitySpec, LiveQuery, MemoryStore, Snapshot
+from raycluster.livequery import (
+    Cursor,
+    DeltaOp,
+    EntitySpec,
+    LiveQuery,
+    MemoryStore,
+    QueryLimits,
+    Snapshot,
+)
 
 __all__ = (
     "FAST_GATEWAY",
@@ -354,6 +362,7 @@ class Cluster:
         *,
         options: GatewayOptions | None = None,
         entities: Iterable[EntitySpec] | None = None,
+        limits: QueryLimits | None = None,
     ) -> tuple[Gateway, MembershipView]:
         """A started gateway (closed by `aclose`) and its membership view."""
         view = MembershipView(self.members, self.gateway_members)
@@ -364,6 +373,7 @@ class Cluster:
             delta=self.delta,
             transport="memory",
             entities=self.entities if entities is None else list(entities),
+            limits=limits or QueryLimits(),
         )
         gw = Gateway(gateway_id, deps, options or self.gateway_options)
         await gw.start()

@@ -48,7 +48,7 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "f": st.one_of(
         st.sampled_from([-1.5, -0.0, 0.0, 0.5, 2.0]),
         st.integers(-2, 2),
-        st.floats(allow_nan=False, width=32),
+        st.floats(allow_nan=False, allow_infinity=False, width=32),
     ),
     "b": st.booleans(),
 }

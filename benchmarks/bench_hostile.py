@@ -1,0 +1,300 @@
+"""One tenant sends the costliest queries the limits allow; another's latency is measured.
+
+    python benchmarks/bench_hostile.py [--rate 100] [--seconds 10] [--runs 3]
+                                       [--hostile-subs N] [--value-len 1024]
+
+The edge (uvicorn + external gateway) and ONE shard (so both tenants share its
+event loop: the worst case) run in a child process with the default
+`QueryLimits` and edge limits; this process runs a private Redis, the clients
+(raw asyncio streams) and the writer. Each run has two phases on the same
+tier, measured back to back:
+
+* `baseline`: the honest tenant's SSE client alone;
+* `attack`: the hostile tenant also holds `--hostile-subs` subscriptions (by
+  default as many as one edge allows a tenant) over WebSockets, each the
+  costliest query the limits allow: `max_terms` LIKE terms whose patterns are
+  `max_pattern_length` long and built to make a matcher work (many `%`
+  segments, `_` runs), all matching the hostile rows (an AND never stops
+  early), each query distinct (no shared views).
+
+In both phases the writer updates, at `--rate` changes/s each, one honest row
+(inside the honest window, carrying its send time) and one hostile row (a
+`--value-len` string that every hostile query matches). Latency = the honest
+client's receive time - write time, per frame. Prints a table of medians over
+`--runs` and writes benchmarks/results/hostile.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import re
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import report
+
+from raycluster import EntitySpec, TierSettings
+from raycluster.livequery import QueryLimits
+from raycluster.redis import LocalRedis, Writer
+
+DOC = EntitySpec(name="doc", columns={"name": "str", "body": "str", "ts": "int"}, max_window=1000)
+HONEST, HOSTILE = "honest", "hostile"
+TOKENS = {"tok-honest": HONEST, "tok-hostile": HOSTILE}
+_TS = re.compile(rb'"ts":(\d+)')
+
+
+def settings(url: str, port: int) -> TierSettings:
+    return TierSettings.load(
+        entities=[DOC.model_dump()],
+        redis={"redis_url": url, "key_prefix": "benchhostile", "heartbeat_ttl_s": 2.0},
+        shard={"heartbeat_interval_s": 0.4, "ownership_interval_s": 0.2},
+        edge={"port": port, "tokens": TOKENS, "keepalive_s": 5},
+    )
+
+
+def _serve(url: str, port: int) -> None:
+    """The edge process: one shard, a gateway, uvicorn (until terminated)."""
+    import logging
+
+    from raycluster._wiring import redis_shard
+    from raycluster.edge.server import serve
+
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    s = settings(url, port)
+
+    async def main() -> None:
+        shard, _ = redis_shard("shard-0", url, s)
+        task = asyncio.create_task(shard.run())
+        try:
+            await serve(s, log_level="warning")
+        finally:
+            task.cancel()
+
+    asyncio.run(main())
+
+
+def costly_query(k: int, limits: QueryLimits, value_len: int) -> dict[str, Any]:
+    """The `k`-th costliest query: distinct, every term a long LIKE matching hostile rows."""
+    n = limits.max_pattern_length
+    terms = []
+    for t in range(limits.max_terms):
+        # `%a_a%a_a%…`: many segments with `_`, each found only after trying many starts
+        # in the all-`a` body; the tail makes every query distinct (and still matching).
+        body = ("%a_a" * n)[: n - 12]
+        tail = f"%{k:05d}{t:05d}"[: n - len(body)]
+        terms.append({"op": "like", "column": "body", "value": body + tail + "%"[:0]})
+    return {"entity": "doc", "where": terms, "sort": [{"column": "name"}], "limit": 10}
+
+
+def hostile_row(value_len: int, subs: int, terms: int) -> str:
+    """A body every costly query matches: all `a`, then every (query, term) tail."""
+    tails = "".join(f"{k:05d}{t:05d}" for k in range(subs) for t in range(terms))
+    return "a" * value_len + tails
+
+
+class Honest:
+    """The honest tenant's SSE stream: records write → client latency of each frame."""
+
+    def __init__(self) -> None:
+        self.ready = asyncio.Event()
+        self.lat: list[float] = []
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def run(self, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        self.writer = writer
+        body = json.dumps({"entity": "doc", "sort": [{"column": "name"}], "limit": 5}).encode()
+        writer.write(
+            b"POST /v1/live HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer tok-honest\r\n"
+            + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(head.decode(errors="replace"))
+        while chunk := await reader.read(65536):
+            now = time.time_ns() // 1000
+            if b"event: reset" in chunk:
+                self.ready.set()
+            self.lat += [
+                (now - int(m.group(1))) / 1000.0 for m in _TS.finditer(chunk) if m[1] != b"0"
+            ]
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def hostile_subscribe(port: int, queries: list[dict[str, Any]], per_conn: int) -> list[Any]:
+    """Open WebSockets holding `queries` (`per_conn` each); returns them (kept open)."""
+    import websockets
+
+    conns = []
+    for i in range(0, len(queries), per_conn):
+        ws = await websockets.connect(
+            f"ws://127.0.0.1:{port}/v1/live/ws?access_token=tok-hostile", max_size=None
+        )
+        conns.append(ws)
+        batch = queries[i : i + per_conn]
+        for j, q in enumerate(batch):
+            await ws.send(json.dumps({"op": "subscribe", "id": f"q{i + j}", "query": q}))
+        got = 0
+        while got < len(batch):
+            m = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            if m["type"] == "subscribed":
+                got += 1
+            elif m["type"] == "error":
+                raise RuntimeError(f"hostile subscribe refused: {m}")
+    return conns
+
+
+async def drain(conns: list[Any]) -> None:
+    """Read the hostile sockets so that the edge never blocks on them."""
+
+    async def one(ws: Any) -> None:
+        try:
+            async for _ in ws:
+                pass
+        except Exception:
+            return
+
+    await asyncio.gather(*(one(ws) for ws in conns))
+
+
+async def phase(url: str, s: TierSettings, honest: Honest, rate: int, seconds: float,
+                hostile_body: str) -> dict[str, float]:  # fmt: skip
+    writer = Writer.from_url(url, entities=s.entities, settings=s.redis)
+    honest.lat.clear()
+    n = int(rate * seconds)
+    t0 = time.monotonic()
+    try:
+        for k in range(n):
+            delay = t0 + k / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await writer.upsert(
+                HONEST, "doc", "r0", {"name": "n0", "body": "x", "ts": time.time_ns() // 1000}
+            )
+            await writer.upsert(
+                HOSTILE, "doc", f"h{k % 8}", {"name": f"h{k % 8}", "body": hostile_body, "ts": k}
+            )
+        achieved = n / (time.monotonic() - t0)
+        await asyncio.sleep(2.0)
+    finally:
+        await writer.aclose()
+    lat = sorted(honest.lat)
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")  # noqa: E731
+    return {"frames": len(lat), "achieved_per_s": achieved, "p50_ms": q(0.5), "p99_ms": q(0.99),
+            "max_ms": lat[-1] if lat else float("nan")}  # fmt: skip
+
+
+async def one_run(url: str, port: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    s = settings(url, port)
+    limits = s.limits
+    subs = args.hostile_subs or s.edge.max_subscriptions_per_tenant
+    per_conn = s.edge.max_subscriptions_per_connection
+    body = hostile_row(args.value_len, subs, limits.max_terms)
+    writer = Writer.from_url(url, entities=s.entities, settings=s.redis)
+    await writer.upsert_many(
+        HONEST, "doc", {f"r{i}": {"name": f"n{i}", "body": "x", "ts": 0} for i in range(8)}
+    )
+    await writer.upsert_many(
+        HOSTILE, "doc", {f"h{i}": {"name": f"h{i}", "body": body, "ts": 0} for i in range(8)}
+    )
+    await writer.aclose()
+    honest = Honest()
+    task = asyncio.create_task(honest.run(port))
+    await asyncio.wait_for(honest.ready.wait(), 30)
+    rows = [{"phase": "baseline", "hostile_subs": 0,
+             **await phase(url, s, honest, args.rate, args.seconds, body)}]  # fmt: skip
+    queries = [costly_query(k, limits, args.value_len) for k in range(subs)]
+    t0 = time.monotonic()
+    conns = await hostile_subscribe(port, queries, per_conn)
+    subscribe_s = time.monotonic() - t0
+    reader = asyncio.create_task(drain(conns))
+    rows.append({"phase": "attack", "hostile_subs": subs, "subscribe_all_s": subscribe_s,
+                 **await phase(url, s, honest, args.rate, args.seconds, body)})  # fmt: skip
+    for ws in conns:
+        await ws.close()
+    reader.cancel()
+    honest.close()
+    task.cancel()
+    await asyncio.gather(task, reader, return_exceptions=True)
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_healthy(port: int, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /healthz HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+            data = await r.read()
+            w.close()
+            if b" 200 " in data.split(b"\r\n", 1)[0]:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("the edge never became healthy")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rate", type=int, default=100, help="changes/s of each tenant")
+    ap.add_argument("--seconds", type=float, default=10.0, help="write phase length")
+    ap.add_argument("--runs", type=int, default=3, help="runs; medians are reported")
+    ap.add_argument("--hostile-subs", type=int, default=0,
+                    help="hostile subscriptions (0: the edge's per-tenant limit)")  # fmt: skip
+    ap.add_argument("--value-len", type=int, default=1024, help="length of hostile row bodies")
+    args = ap.parse_args()
+    ctx = mp.get_context("spawn")
+    runs: list[list[dict[str, Any]]] = []
+    with LocalRedis() as redis_srv:
+        for _ in range(args.runs):
+            port = _free_port()
+            proc = ctx.Process(target=_serve, args=(redis_srv.url, port))
+            proc.start()
+            try:
+                asyncio.run(wait_healthy(port))
+                runs.append(asyncio.run(one_run(redis_srv.url, port, args)))
+                print(runs[-1], flush=True)
+            finally:
+                proc.terminate()
+                proc.join(20)
+    rows = []
+    for i, first in enumerate(runs[0]):
+        row = dict(first)
+        for key in ("frames", "achieved_per_s", "p50_ms", "p99_ms", "max_ms", "subscribe_all_s"):
+            if key in first:
+                row[key] = statistics.median(r[i][key] for r in runs)
+        row["runs"] = len(runs)
+        rows.append(row)
+    report(
+        "hostile",
+        rows,
+        ["phase", "hostile_subs", "achieved_per_s", "frames", "p50_ms", "p99_ms", "max_ms",
+         "subscribe_all_s", "runs"],
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
