@@ -7,7 +7,7 @@ from ._gc import tune_gc
 from .engine import Engine, EngineStats, Subscription
 from .filter import Predicate, compile_predicate, indexable_terms
 from .index import PredicateIndex
-from .limits import QueryLimits, check_cost
+from .limits import QueryLimits, check_cost, query_cost
 from .memory import MemoryStore
 from .models import (
     Change,
@@ -90,6 +90,7 @@ __all__ = (
     "not_in",
     "or_",
     "pos_key",
+    "query_cost",
     "sort_key_of",
     "tune_gc",
 )

@@ -118,7 +118,57 @@ class _Finder:
             m = search(s, lo, hi)
             return -1 if m is None else m.start()
 
-        self.find = find
+        # A search tries each start and compares up to the segment's length there
+        # (value x segment steps); with `_` in it, it cannot skip ahead like
+        # `str.find`, so case-sensitive segments search bit-parallel instead.
+        self.find = find if flags else _BitFinder(seg, find).find
+
+
+class _BitFinder:
+    """Leftmost occurrence of a segment with `_` in a Latin-1 value, bit-parallel.
+
+    For each distinct literal character of the segment, a bit mask of the value
+    (bit i set where the value holds that character at i) is built in C
+    (`bytes.translate`, then `int(..., 2)`); the segment occurs at i where every
+    literal position j has bit i + j set: the AND of the masks shifted by j.
+    That is O(len(value) x literals / 64) word steps. Other values take the
+    regex search (`fallback`).
+    """
+
+    __slots__ = ("fallback", "masks", "size")
+
+    def __init__(self, seg: _Seg, fallback: Callable[[str, int, int], int]) -> None:
+        self.size = len(seg)
+        self.fallback = fallback
+        by_char: dict[str, list[int]] = {}
+        for j, c in enumerate(seg):
+            if c is not _ANY:
+                by_char.setdefault(c, []).append(j)
+        # (translate table, offsets); None: a character no Latin-1 value holds
+        self.masks = [(_ONE_OF[ord(c)] if ord(c) < 256 else None, js) for c, js in by_char.items()]
+
+    def find(self, s: str, lo: int, hi: int) -> int:
+        span = hi - lo - self.size + 1  # start positions that fit
+        if span <= 0:
+            return -1
+        try:
+            raw = s[lo:hi].encode("latin-1")
+        except UnicodeEncodeError:
+            return self.fallback(s, lo, hi)
+        hits = (1 << span) - 1
+        for table, js in self.masks:
+            if table is None:
+                return -1
+            mask = int(raw.translate(table)[::-1], 2)
+            for j in js:
+                hits &= mask >> j
+            if not hits:
+                return -1
+        return lo + (hits & -hits).bit_length() - 1
+
+
+# _ONE_OF[k]: a `bytes.translate` table mapping byte k to "1" and every other to "0".
+_ONE_OF = [bytes(49 if b == k else 48 for b in range(256)) for k in range(256)]
 
 
 def _general(segs: list[_Seg], flags: int) -> Callable[[str], bool]:

@@ -17,7 +17,7 @@ from raycluster.errors import InvalidQuery
 
 from .models import Cond, LiveQuery
 
-__all__ = ("QueryLimits", "check_cost")
+__all__ = ("QueryLimits", "check_cost", "query_cost")
 
 
 class QueryLimits(BaseModel):
@@ -52,6 +52,14 @@ class QueryLimits(BaseModel):
         description="Characters of a `like` / `ilike` pattern (matching costs at most "
         "pattern length x value length per row).",
     )
+    max_cost: int = Field(
+        1024,
+        gt=0,
+        description="Evaluation cost of one query (`query_cost`): one unit per condition or "
+        "group, plus the length of each `like` / `ilike` pattern. It bounds what one change "
+        "costs the shard per subscribed query; the edge also caps a tenant's total "
+        "(`edge.max_cost_per_tenant`).",
+    )
     max_sort_keys: int = Field(8, gt=0, description="Keys in `sort`.")
     max_limit: int = Field(
         1000,
@@ -78,7 +86,7 @@ def check_cost(query: LiveQuery, limits: QueryLimits) -> None:
     if query.cursor is not None:
         for i, v in enumerate(query.cursor.values):
             _check_str(f"cursor.values.{i}", v, limits.max_string_length)
-    terms = 0
+    terms = cost = 0
     stack: list[tuple[Cond, str, int]] = [
         (c, f"where.{i}", 1) for i, c in reversed(list(enumerate(query.where)))
     ]
@@ -98,6 +106,9 @@ def check_cost(query: LiveQuery, limits: QueryLimits) -> None:
         _check_str(f"{at}.column", c.column, limits.max_string_length)
         if c.op in ("like", "ilike"):
             _check_str(f"{at}.value", c.value, limits.max_pattern_length, "pattern")
+            cost += len(str(c.value))
+            if terms + cost > limits.max_cost:
+                _too_costly(limits)
         else:
             _check_str(f"{at}.value", c.value, limits.max_string_length)
         if c.values is not None:
@@ -107,8 +118,39 @@ def check_cost(query: LiveQuery, limits: QueryLimits) -> None:
                 )
             for i, v in enumerate(c.values):
                 _check_str(f"{at}.values.{i}", v, limits.max_string_length)
+    if terms + cost > limits.max_cost:
+        _too_costly(limits)
+
+
+def _too_costly(limits: QueryLimits) -> None:
+    most = limits.max_cost
+    raise InvalidQuery(
+        "where",
+        f"more than {most}",
+        f"a cost of at most {most} (one per condition or group, plus each like/ilike "
+        "pattern's length)",
+    )
 
 
 def _check_str(at: str, v: Any, most: int, what: str = "string") -> None:
     if isinstance(v, str) and len(v) > most:
         raise InvalidQuery(at, len(v), f"a {what} of at most {most} characters")
+
+
+def query_cost(query: LiveQuery) -> int:
+    """What evaluating `query` against one change costs, in units of `QueryLimits.max_cost`.
+
+    One unit per condition or group, plus the length of each like/ilike
+    pattern (a pattern is matched in time proportional to its length times
+    the value's). Iterative: any depth.
+    """
+    cost = 0
+    stack = list(query.where)
+    while stack:
+        c = stack.pop()
+        cost += 1
+        if c.args is not None:
+            stack += c.args
+        elif c.op in ("like", "ilike"):
+            cost += len(str(c.value))
+    return cost

@@ -67,6 +67,19 @@ def test_agrees_on_many_segments(parts: list[str], value: str, ignore_case: bool
         assert like_matcher(p, ignore_case=ignore_case)(value) is want, p
 
 
+@settings(max_examples=1000, deadline=None)
+@given(
+    parts=st.lists(st.text(alphabet="ab_\u00e9\u03a9", min_size=1, max_size=6), max_size=4),
+    value=st.text(alphabet="ab\u00e9\u03a9\U0001f600", max_size=40),
+)
+def test_wildcard_segments_search_bit_parallel_like_the_regex(parts: list[str], value: str) -> None:
+    """Middle segments with `_` over Latin-1 values and others (mapped to small codes)."""
+    pattern = "%" + "%".join(parts) + "%"
+    assert like_matcher(pattern, ignore_case=False)(value) is regex_like(
+        pattern, ignore_case=False
+    )(value), pattern
+
+
 @pytest.mark.parametrize(
     ("pattern", "value", "want"),
     [

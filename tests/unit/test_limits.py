@@ -27,6 +27,7 @@ from raycluster.livequery import (
     in_,
     like,
     or_,
+    query_cost,
 )
 
 LIMITS = QueryLimits()
@@ -123,6 +124,18 @@ def test_pattern_length(op: Any) -> None:
     check_cost(q(where=[op("a", "%" * most)]), LIMITS)
     refused(q(where=[op("a", "%" * (most + 1))]), LIMITS, "where.0.value", f"at most {most}")
     check_cost(q(where=[eq("a", "%" * (most + 1))]), LIMITS)  # only patterns have this cap
+
+
+def test_cost_counts_conditions_groups_and_pattern_lengths() -> None:
+    limits = QueryLimits(max_cost=100)
+    where = [like("a", "x" * 40), or_(ilike("b", "y" * 40), eq("c", 1)), eq("d", 2)]
+    assert query_cost(q(where=where)) == 5 + 80
+    check_cost(q(where=where), limits)
+    over = [*where, like("e", "z" * 15)]  # 6 conditions + 95 pattern characters
+    refused(q(where=over), limits, "where", "a cost of at most 100")
+    # Conditions alone are capped by the cost too, whatever `max_terms` allows.
+    many = [eq("a", i) for i in range(101)]
+    refused(q(where=many), QueryLimits(max_cost=100, max_terms=500), "where", "at most 100")
 
 
 def test_sort_keys() -> None:
