@@ -8,8 +8,10 @@ by name), so no value can inject code.
 
 from __future__ import annotations
 
+import _sre  # the regex engine's own case mapping (one code point to one)
 import re
 from collections.abc import Callable, Sequence
+from re._casefix import _EXTRA_CASES  # the letters IGNORECASE equates beyond lowercase
 from types import CodeType
 from typing import Any
 
@@ -30,22 +32,64 @@ def like_matcher(pattern: str, *, ignore_case: bool) -> Callable[[Any], bool]:
     points as Python's `re.IGNORECASE` does (simple one-to-one case folding,
     so `ß` never equals `ss`). A value that is not a `str` never matches.
 
-    Time is O(len(value) * len(pattern)) at worst, whatever the pattern: it
-    is split on `%` into fixed-length segments; the first must match at the
-    start, the last at the end, and each middle one is found leftmost after
-    the previous one (taking the leftmost occurrence never loses a match).
+    No backtracking: the pattern is split on `%` into fixed-length segments;
+    the first must match at the start, the last at the end, and each middle
+    one is found leftmost after the previous one (taking the leftmost
+    occurrence never loses a match). A segment is found by `str.find`, or,
+    with `_` in it, bit-parallel (`_BitFinder`); small values take a
+    quantifier-free regex. So a row costs O(value) C steps plus
+    O(value x pattern / 64) word steps, never value x pattern Python steps.
     """
     segs = _segments(pattern)
     if not ignore_case:
         return _typed(_fast(segs) or _general(segs, 0))
-    general = _general(segs, re.IGNORECASE)
-    if not pattern.isascii():
-        return _typed(general)
+    small = _general(segs, re.IGNORECASE)
+    # Large values are folded first (each code point to the one the regex
+    # equates it with), then matched exactly against the folded pattern.
+    folded = [[c if c is _ANY else chr(_fold(ord(c))) for c in seg] for seg in segs]
+    exact = _fast(folded) or _general(folded, 0)
+    size = len(pattern)
     # ASCII pattern and ASCII value: `lower()` is exactly the case mapping the
     # regex uses (other scripts have letters that `lower()` maps to two).
     lowered = [[c.lower() if c is not _ANY else c for c in seg] for seg in segs]
-    ascii_match = _fast(lowered) or _general(lowered, 0)
-    return lambda s: isinstance(s, str) and (ascii_match(s.lower()) if s.isascii() else general(s))
+    ascii_match = (_fast(lowered) or _general(lowered, 0)) if pattern.isascii() else None
+
+    def match(s: Any) -> bool:
+        if not isinstance(s, str):
+            return False
+        if ascii_match is not None and s.isascii():
+            return ascii_match(s.lower())
+        if len(s) * size <= _BIG:
+            return small(s)
+        return exact(s.translate(_FOLDS))
+
+    return match
+
+
+# Past this many value x segment characters, a search maps the value first (a
+# `str.translate`, ~0.1 us a character) rather than let a regex try every start.
+_BIG = 4096
+
+
+def _fold(cp: int) -> int:
+    """The code point `re.IGNORECASE` takes `cp` for.
+
+    Its simple lowercase, or the least of the letters the regex also equates
+    with that (`re._casefix`: s and long s, i and dotless i, ...).
+    """
+    lo: int = _sre.unicode_tolower(cp)
+    return min((lo, *_EXTRA_CASES.get(lo, ())))
+
+
+class _Folds(dict[int, int]):
+    """`str.translate` table of `_fold`, filled as characters are met."""
+
+    def __missing__(self, cp: int) -> int:
+        self[cp] = f = _fold(cp)
+        return f
+
+
+_FOLDS = _Folds()
 
 
 _ANY = None  # in a segment: `_`, any one character
@@ -125,17 +169,18 @@ class _Finder:
 
 
 class _BitFinder:
-    """Leftmost occurrence of a segment with `_` in a Latin-1 value, bit-parallel.
+    """Leftmost occurrence of a segment with `_`, bit-parallel.
 
     For each distinct literal character of the segment, a bit mask of the value
     (bit i set where the value holds that character at i) is built in C
     (`bytes.translate`, then `int(..., 2)`); the segment occurs at i where every
     literal position j has bit i + j set: the AND of the masks shifted by j.
-    That is O(len(value) x literals / 64) word steps. Other values take the
+    That is O(len(value) x literals / 64) word steps. A value beyond Latin-1
+    is first mapped to small codes (one `str.translate`); a small one takes the
     regex search (`fallback`).
     """
 
-    __slots__ = ("fallback", "masks", "size")
+    __slots__ = ("coded", "codes", "fallback", "masks", "size")
 
     def __init__(self, seg: _Seg, fallback: Callable[[str, int, int], int]) -> None:
         self.size = len(seg)
@@ -145,18 +190,33 @@ class _BitFinder:
             if c is not _ANY:
                 by_char.setdefault(c, []).append(j)
         # (translate table, offsets); None: a character no Latin-1 value holds
-        self.masks = [(_ONE_OF[ord(c)] if ord(c) < 256 else None, js) for c, js in by_char.items()]
+        self.masks: list[tuple[bytes | None, list[int]]] = [
+            (_ONE_OF[ord(c)] if ord(c) < 256 else None, js) for c, js in by_char.items()
+        ]
+        # Other values are mapped first: literal k of the segment to code k + 1.
+        self.codes = {ord(c): k + 1 for k, c in enumerate(by_char)}
+        self.coded: list[tuple[bytes | None, list[int]]] = [
+            (_ONE_OF[k + 1], js) for k, js in enumerate(by_char.values()) if k < 255
+        ]
 
     def find(self, s: str, lo: int, hi: int) -> int:
         span = hi - lo - self.size + 1  # start positions that fit
         if span <= 0:
             return -1
+        part = s[lo:hi]
         try:
-            raw = s[lo:hi].encode("latin-1")
+            raw = part.encode("latin-1")
+            masks = self.masks
         except UnicodeEncodeError:
-            return self.fallback(s, lo, hi)
+            codes = self.codes
+            if (hi - lo) * self.size <= _BIG or len(codes) > 255:
+                return self.fallback(s, lo, hi)
+            # One small code per literal character of the segment, 0 for any other.
+            small = {cp: codes.get(cp, 0) for cp in map(ord, set(part))}
+            raw = part.translate(small).encode("latin-1")
+            masks = self.coded
         hits = (1 << span) - 1
-        for table, js in self.masks:
+        for table, js in masks:
             if table is None:
                 return -1
             mask = int(raw.translate(table)[::-1], 2)

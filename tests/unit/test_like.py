@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raycluster.livequery import filter as filter_mod
 from raycluster.livequery.filter import like_matcher
 
 
@@ -116,3 +117,33 @@ def test_the_costliest_patterns_still_answer_correctly(pattern: str, ignore_case
     m = like_matcher(pattern, ignore_case=ignore_case)
     assert m("a" * 1000) is False
     assert m("a" * 1000 + "b") is True
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    pattern=st.text(alphabet=PATTERN_CHARS + "\u03a9\u00e9", max_size=8),
+    value=st.text(alphabet=VALUE_CHARS + "\u03a9\u00e9\U0001f600", max_size=12),
+    ignore_case=st.booleans(),
+)
+def test_large_value_paths_agree_with_the_regex(
+    pattern: str, value: str, ignore_case: bool
+) -> None:
+    """Every value takes the large-value paths (folding, coded bit masks)."""
+    want = regex_like(pattern, ignore_case=ignore_case)(value)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(filter_mod, "_BIG", 0)
+        assert like_matcher(pattern, ignore_case=ignore_case)(value) is want
+
+
+def test_folding_agrees_with_ignorecase_for_every_code_point() -> None:
+    """Characters fold together exactly when the regex equates them (BMP and plane 1)."""
+    groups: dict[int, list[str]] = {}
+    for cp in range(0x20000):
+        if not 0xD800 <= cp <= 0xDFFF:
+            groups.setdefault(filter_mod._fold(cp), []).append(chr(cp))
+    for folded, chars in groups.items():
+        for ch in chars:
+            rx = re.compile(re.escape(ch), re.IGNORECASE)
+            assert all(rx.fullmatch(other) for other in chars), (ch, chars)
+            if len(chars) > 1 or ord(ch) != folded:
+                assert rx.fullmatch(chr(folded)), (ch, folded)
