@@ -48,13 +48,20 @@ class EdgeRequestError(RayclusterError):
         super().__init__(f"edge answered {status} {error}: {detail}")
 
 
-def _raise_for(status: int, body: Any) -> None:
-    """Translate an error answer into the package's exceptions."""
+def _raise_for(status: int, body: Any, under: str | None = None) -> None:
+    """Translate an error answer into the package's exceptions.
+
+    `under`: the message field the request's query sits in (WS `subscribe`);
+    a 422's field is then named relative to the query, as over SSE.
+    """
     error = body.get("error", "") if isinstance(body, dict) else ""
     detail = body.get("detail") if isinstance(body, dict) else body
     if status == 422 and isinstance(detail, list) and detail:
         first = detail[0]
-        loc = ".".join(str(p) for p in first.get("loc", []))
+        path = list(first.get("loc", []))
+        if under is not None and path[:1] == [under]:
+            path = path[1:]
+        loc = ".".join(str(p) for p in path)
         raise InvalidQuery(loc or "query", None, str(first.get("msg", "")))
     if status == 404:
         raise ClosedError(f"edge: {detail}")
@@ -382,7 +389,8 @@ class _WS:
         await self.send(msg)
         answer = await asyncio.wait_for(fut, self.client.timeout_s)
         if answer.get("type") == "error":
-            _raise_for(int(answer.get("status", 500)), answer)
+            under = "query" if msg.get("op") == "subscribe" else None
+            _raise_for(int(answer.get("status", 500)), answer, under)
         return answer
 
     async def subscribe(self, query: LiveQuery) -> Subscription:

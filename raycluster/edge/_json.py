@@ -1,0 +1,107 @@
+"""Client JSON, read safely: bounded size, bounded depth, valid Unicode, finite numbers.
+
+Every value that passes can be stored and read back: no lone surrogates
+(`"\\ud800"`), no NaN or infinity, no nesting deeper than
+`edge.max_json_depth` (checked before parsing, so a 20,000-deep document
+costs a linear scan, never a RecursionError). Refusals are `Invalid` (422)
+naming the path in the document, or `TooLarge` (413).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from starlette.requests import Request
+
+from .errors import Invalid, TooLarge
+
+__all__ = ("parse_json", "read_json")
+
+# A JSON string (escapes included), matched without backtracking.
+_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+
+
+def _bad(loc: list[str | int], msg: str) -> Invalid:
+    return Invalid([{"loc": loc, "msg": msg}])
+
+
+def _finite(text: str) -> float:
+    f = float(text)
+    if not math.isfinite(f):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return f
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(text: str) -> int:
+    deepest = depth = 0
+    for ch in _NOT_BRACKET.sub("", _STRING.sub("", text)):
+        depth += 1 if ch in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _check_strings(doc: Any) -> None:
+    """Raise `Invalid` at the first string (or key) that is not valid Unicode."""
+    stack: list[tuple[list[str | int], Any]] = [([], doc)]
+    while stack:
+        loc, v = stack.pop()
+        if isinstance(v, str):
+            items: Any = ()
+            strings = (v,)
+        elif isinstance(v, dict):
+            items = v.items()
+            strings = tuple(v)
+        elif isinstance(v, list):
+            items = enumerate(v)
+            strings = ()
+        else:
+            continue
+        for s in strings:
+            if not s.isascii():
+                try:
+                    s.encode("utf-8")
+                except UnicodeEncodeError:
+                    where = loc if s is v else [*loc, s.encode("utf-8", "replace").decode()]
+                    raise _bad(where, "not valid Unicode (a lone surrogate)") from None
+        for k, child in items:
+            stack.append(([*loc, k], child))
+
+
+def parse_json(text: str | bytes, max_depth: int) -> Any:
+    """The document in `text`; raises `Invalid` for anything that is not storable JSON."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _bad([], "body is not UTF-8") from e
+    if _depth(text) > max_depth:
+        raise _bad([], f"JSON nested deeper than {max_depth}")
+    try:
+        doc = json.loads(text, parse_float=_finite, parse_constant=_constant)
+    except (ValueError, RecursionError) as e:
+        raise _bad([], f"body is not JSON: {str(e)[:120]}") from e
+    _check_strings(doc)
+    return doc
+
+
+async def read_json(request: Request, max_bytes: int, max_depth: int) -> Any:
+    """The request's JSON body, read up to `max_bytes` (never more is buffered)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+        raise TooLarge(f"body of {declared} bytes; the limit is {max_bytes}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(f"body over {max_bytes} bytes")
+        chunks.append(chunk)
+    return parse_json(b"".join(chunks), max_depth)
