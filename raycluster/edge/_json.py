@@ -53,15 +53,15 @@ def _check_strings(doc: Any) -> None:
     stack: list[tuple[list[str | int], Any]] = [([], doc)]
     while stack:
         loc, v = stack.pop()
+        items: Any = ()
+        strings: tuple[str, ...] = ()
         if isinstance(v, str):
-            items: Any = ()
             strings = (v,)
         elif isinstance(v, dict):
             items = v.items()
             strings = tuple(v)
         elif isinstance(v, list):
             items = enumerate(v)
-            strings = ()
         else:
             continue
         for s in strings:

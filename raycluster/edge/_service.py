@@ -1,4 +1,4 @@
-"""`EdgeService`: what the SSE and WebSocket transports share (auth, validation, subscribe, reanchor).
+"""`EdgeService`: what SSE and WebSocket share (auth, validation, subscribe, reanchor).
 
 Guarantees:
 

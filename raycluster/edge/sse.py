@@ -117,7 +117,9 @@ class SSEResponse(Response):
                     chunks.append(": keepalive\n\n")
         except TimeoutError:
             counters["slow_consumer_disconnects"] += 1
-            err = _event("error", None, {"reason": "slow_consumer", "detail": _why("slow_consumer")})
+            err = _event(
+                "error", None, {"reason": "slow_consumer", "detail": _why("slow_consumer")}
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_TEARDOWN_S):
                     await _body(send, err.encode())

@@ -83,7 +83,7 @@ class _SecretStore(ClientComponent):
             value = await self._client.get(key)
         if not value:
             raise RedisUnavailable(f"edge resume secret: {key} vanished after SET NX")
-        return bytes(value)
+        return value if isinstance(value, bytes) else str(value).encode()
 
 
 async def load_secret(settings: TierSettings, redis_url: str | None) -> bytes:

@@ -80,7 +80,9 @@ async def _reader(svc: EdgeService, ws: WebSocket, conn: Conn) -> None:
 async def _op(svc: EdgeService, conn: Conn, msg: dict[str, Any]) -> None:
     op, cid = msg.get("op"), msg.get("id")
     if op not in OPS:
-        raise Invalid([{"loc": ["op"], "msg": f"unknown op {str(op)[:40]!r}; one of {sorted(OPS)}"}])
+        raise Invalid(
+            [{"loc": ["op"], "msg": f"unknown op {str(op)[:40]!r}; one of {sorted(OPS)}"}]
+        )
     if not isinstance(cid, str) or not cid:
         raise Invalid([{"loc": ["id"], "msg": "must be a non-empty string"}])
     if op == "subscribe":

@@ -59,8 +59,10 @@ async def _nothing_left(edge: Edge, tenant: str, sids: list[str], timeout_s: flo
     await wait_for(
         lambda: hub.tenant_conns[tenant] == 0 and hub.tenant_subs[tenant] == 0,
         timeout_s,
-        lambda: f"the edge to free {tenant}: conns {hub.tenant_conns[tenant]}, "
-        f"subs {hub.tenant_subs[tenant]}",
+        lambda: (
+            f"the edge to free {tenant}: conns {hub.tenant_conns[tenant]}, "
+            f"subs {hub.tenant_subs[tenant]}"
+        ),
     )
     keys = edge.settings.redis.keys
     client = edge.registry._client
@@ -150,7 +152,7 @@ async def test_half_a_request_then_close(edge: Edge) -> None:
     await edge.rows(tenant).seed(3)
     body = json.dumps(by_name(3).model_dump(mode="json")).encode()
     for cut in (0, len(body) // 2):
-        r, w = await asyncio.open_connection("127.0.0.1", edge.port)
+        _, w = await asyncio.open_connection("127.0.0.1", edge.port)
         w.write(_request(tenant, body[:cut], declared=len(body)))
         await w.drain()
         await asyncio.sleep(0.1)

@@ -30,12 +30,10 @@ QUERY = by_name(3).model_dump(mode="json")
 def _exists(doc: Any, loc: list[Any]) -> bool:
     """`loc` minus its leaf is a path in `doc` (the leaf may be a missing field)."""
     for part in loc[:-1]:
-        if isinstance(doc, dict) and part in doc:
-            doc = doc[part]
-        elif isinstance(doc, list) and isinstance(part, int) and 0 <= part < len(doc):
-            doc = doc[part]
-        else:
+        in_list = isinstance(doc, list) and isinstance(part, int) and 0 <= part < len(doc)
+        if not (in_list or (isinstance(doc, dict) and part in doc)):
             return False
+        doc = doc[part]
     return True
 
 
