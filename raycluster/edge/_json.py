@@ -2,8 +2,8 @@
 
 Every value that passes can be stored and read back: no lone surrogates
 (`"\\ud800"`), no NaN or infinity, no nesting deeper than
-`edge.max_json_depth` (checked before parsing, so a 20,000-deep document
-costs a linear scan, never a RecursionError). Refusals are `Invalid` (422)
+`edge.max_json_depth` (checked on the text before parsing, so a
+20,000-deep document never reaches the parser's recursion). Refusals are `Invalid` (422)
 naming the path in the document, or `TooLarge` (413).
 """
 
@@ -20,9 +20,11 @@ from .errors import Invalid, TooLarge
 
 __all__ = ("parse_json", "read_json")
 
-# A JSON string (escapes included), matched without backtracking.
-_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.S)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+# The only way a lone surrogate enters: a `\\uD800`-`\\uDFFF` escape (UTF-8 text has none).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_ESCAPE = re.compile(r"\\.", re.S)
+_NOT_STRUCTURE = re.compile(r'[^"\[\]{}]+')
+_STRING_BODY = re.compile(r'"[^"]*"')
 
 
 def _bad(loc: list[str | int], msg: str) -> Invalid:
@@ -40,12 +42,23 @@ def _constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _depth(text: str) -> int:
-    deepest = depth = 0
-    for ch in _NOT_BRACKET.sub("", _STRING.sub("", text)):
-        depth += 1 if ch in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
+def _too_deep(text: str, limit: int) -> bool:
+    """Whether the JSON `text` nests deeper than `limit`, by its brackets outside strings.
+
+    Escapes go first, then everything but quotes and brackets, then what
+    strings held: the brackets left are the document's structure (C-speed
+    passes; the loop runs over the structure only and stops at `limit`).
+    """
+    structure = _STRING_BODY.sub("", _NOT_STRUCTURE.sub("", _ESCAPE.sub("", text)))
+    depth = 0
+    for ch in structure:
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 def _check_strings(doc: Any) -> None:
@@ -82,13 +95,14 @@ def parse_json(text: str | bytes, max_depth: int) -> Any:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             raise _bad([], "body is not UTF-8") from e
-    if _depth(text) > max_depth:
+    if text.count("[") + text.count("{") > max_depth and _too_deep(text, max_depth):
         raise _bad([], f"JSON nested deeper than {max_depth}")
     try:
         doc = json.loads(text, parse_float=_finite, parse_constant=_constant)
-    except (ValueError, RecursionError) as e:
+    except ValueError as e:
         raise _bad([], f"body is not JSON: {str(e)[:120]}") from e
-    _check_strings(doc)
+    if _SURROGATE_ESCAPE.search(text):
+        _check_strings(doc)
     return doc
 
 

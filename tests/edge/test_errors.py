@@ -19,7 +19,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from raycluster import connect as connect_gateway
 from raycluster.config import TierSettings
 from raycluster.edge import create_app
-from raycluster.edge.errors import failure
+from raycluster.edge._json import parse_json
+from raycluster.edge.errors import Invalid, failure
 from raycluster.errors import ClosedError, InvalidQuery, UnavailableError
 from raycluster.redis import LocalRedis
 from raycluster.redis.errors import RedisUnavailable
@@ -53,6 +54,32 @@ def test_the_table() -> None:
         f = failure(exc)
         assert f.status == status, exc
         assert ("retry-after" in f.response().headers) == (status == 503)
+
+
+def test_parse_json_bounds_depth_unicode_and_numbers() -> None:
+    ok = [
+        ('{"a": "[[[[[[[[[[{{{{{{{{"}', {"a": "[[[[[[[[[[{{{{{{{{"}),
+        ('["\\\\", "\\"[[[[", [1]]', ["\\", '"[[[[', [1]]),
+        ('["\\ud83d\\ude00"]', ["\U0001f600"]),  # a valid pair
+        ("[1.5, -2e10]", [1.5, -2e10]),
+    ]
+    for text, want in ok:
+        assert parse_json(text, 2) == want, text
+    bad = [
+        ("[[[1]]]", []),
+        ("[" * 20_000 + "]" * 20_000, []),
+        ('{"a": ' * 5_000 + "1" + "}" * 5_000, []),
+        ('["ok", {"x": "\\udc00"}]', [1, "x"]),
+        ('{"\\ud800": 1}', ["?"]),
+        ("[NaN]", []),
+        ("[-Infinity]", []),
+        ("[1e999]", []),
+        ("[1", []),
+    ]
+    for text, loc in bad:
+        with pytest.raises(Invalid) as e:
+            parse_json(text, 2)
+        assert e.value.status == 422 and e.value.detail[0]["loc"] == loc, text
 
 
 async def test_locs_name_paths_of_the_request(edge: Edge) -> None:
