@@ -9,6 +9,7 @@ naming the path in the document, or `TooLarge` (413).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -16,7 +17,8 @@ from typing import Any
 
 from starlette.requests import Request
 
-from .errors import Invalid, TooLarge
+from .errors import Invalid, RequestTimeout, TooLarge
+from .settings import EdgeSettings
 
 __all__ = ("parse_json", "read_json")
 
@@ -106,16 +108,22 @@ def parse_json(text: str | bytes, max_depth: int) -> Any:
     return doc
 
 
-async def read_json(request: Request, max_bytes: int, max_depth: int) -> Any:
-    """The request's JSON body, read up to `max_bytes` (never more is buffered)."""
+async def read_json(request: Request, settings: EdgeSettings) -> Any:
+    """The request's JSON body: at most `max_body_bytes` are ever buffered (413 beyond),
+    and it must arrive within `request_timeout_s` (408)."""
+    limit = settings.max_body_bytes
     declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
-        raise TooLarge(f"body of {declared} bytes; the limit is {max_bytes}")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"body of {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise TooLarge(f"body over {max_bytes} bytes")
-        chunks.append(chunk)
-    return parse_json(b"".join(chunks), max_depth)
+    try:
+        async with asyncio.timeout(settings.request_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"body over {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as e:
+        raise RequestTimeout(f"body not sent within {settings.request_timeout_s} s") from e
+    return parse_json(b"".join(chunks), settings.max_json_depth)

@@ -169,9 +169,10 @@ class _SSE(_Stream):
                 try:
                     await self._once()
                     delay = c.reconnect_min_s  # a stream ran: start backing off afresh
-                except (httpx.HTTPError, OSError) as e:
-                    if not self.ready.done():
-                        self.ready.set_exception(UnavailableError(f"edge: {e}"))
+                except (httpx.HTTPError, OSError, UnavailableError) as e:
+                    if not self.ready.done():  # 503 or unreachable: retried once it ran
+                        err = e if isinstance(e, UnavailableError) else None
+                        self.ready.set_exception(err or UnavailableError(f"edge: {e}"))
                         return
                 except RayclusterError as e:
                     if not self.ready.done():

@@ -13,6 +13,7 @@ failure answers the same on either transport (PROTOCOL.md, Errors):
 | unknown or another tenant's subscription       | 404    | not_found      |
 | `RedisUnavailable`, `UnavailableError`, timeout| 503    | unavailable (+ `Retry-After`) |
 | the client left mid-request                    | 400    | disconnected   |
+| a body not sent within `edge.request_timeout_s`| 408    | timeout        |
 | anything else (logged)                         | 500    | internal       |
 
 Bad input is never a 500.
@@ -38,6 +39,7 @@ __all__ = (
     "Invalid",
     "LimitExceeded",
     "NotFound",
+    "RequestTimeout",
     "TooLarge",
     "Unavailable",
     "exception_handlers",
@@ -90,6 +92,13 @@ class TooLarge(EdgeError):
 
     status = 413
     error = "too_large"
+
+
+class RequestTimeout(EdgeError):
+    """A request body that did not arrive within `edge.request_timeout_s` (HTTP 408)."""
+
+    status = 408
+    error = "timeout"
 
 
 class LimitExceeded(EdgeError):

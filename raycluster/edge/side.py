@@ -19,10 +19,7 @@ __all__ = ("delete", "reanchor", "resync")
 async def reanchor(svc: EdgeService, request: Request) -> Response:
     """Move the window; 200 once the new window is queued on the stream."""
     esub = svc.side(request)
-    s = svc.settings
-    rows, seq = await svc.reanchor(
-        esub, await read_json(request, s.max_body_bytes, s.max_json_depth)
-    )
+    rows, seq = await svc.reanchor(esub, await read_json(request, svc.settings))
     return JSONResponse({"sub": esub.id, "rows": rows, "seq": seq})
 
 

@@ -31,9 +31,8 @@ _TEARDOWN_S = 1.0  # what a last message to a stalled client may take
 
 async def live(svc: EdgeService, request: Request) -> Response:
     """`POST /v1/live`: validate, subscribe (or resume), then stream."""
-    s = svc.settings
     tenant = svc.tenant(request)
-    query = svc.query(await read_json(request, s.max_body_bytes, s.max_json_depth))
+    query = svc.query(await read_json(request, svc.settings))
     conn = svc.hub.open_conn(tenant, "sse")
     if conn is None:
         raise LimitExceeded("too many connections for this tenant")

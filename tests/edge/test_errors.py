@@ -126,6 +126,26 @@ async def test_hostile_bodies_are_4xx(edge: Edge) -> None:
         assert r.status_code == 413 and r.json()["error"] == "too_large"
 
 
+async def test_a_body_that_never_finishes_is_408(edge: Edge) -> None:
+    fast = edge.settings.model_copy(
+        update={"edge": edge.settings.edge.model_copy(update={"request_timeout_s": 0.5})}
+    )
+    app = create_app(edge.gateway, fast)
+    tenant = unique("slowloris")
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield b'{"entity": "asset", '
+        await asyncio.Event().wait()  # never the rest
+
+    transport = httpx.ASGITransport(app=app)
+    headers = {"authorization": f"Bearer {token(tenant)}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://e", headers=headers) as c:
+        async with asyncio.timeout(10):
+            r = await c.post("/v1/live", content=stalled())
+    assert r.status_code == 408 and r.json()["error"] == "timeout"
+    assert app.state.hub.tenant_conns[tenant] == 0 and not app.state.hub.subs
+
+
 async def test_rejected_reanchor_changes_nothing(edge: Edge) -> None:
     tenant = unique("reanchor")
     w = edge.rows(tenant)
