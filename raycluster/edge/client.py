@@ -70,6 +70,17 @@ def _raise_for(status: int, body: Any, under: str | None = None) -> None:
     raise EdgeRequestError(status, error, detail)
 
 
+async def _cancel(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel `tasks` and wait for them; a cancel of the caller still propagates."""
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.wait(tasks)
+    for t in tasks:
+        if not t.cancelled() and t.exception() is not None:
+            log.debug("edge client task ended with an error", exc_info=t.exception())
+
+
 class _Stream:
     """What both transports share: fencing, delivering, resync on a gap."""
 
@@ -134,11 +145,7 @@ class _Stream:
         raise NotImplementedError
 
     async def stop_tasks(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await _cancel(*self._tasks)
 
 
 class _SSE(_Stream):
@@ -250,9 +257,7 @@ class _SSE(_Stream):
         self.closing = True
         self.client._sse.discard(self)
         if self.runner is not None:
-            self.runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.runner
+            await _cancel(self.runner)
         await self.stop_tasks()
 
 
@@ -415,9 +420,7 @@ class _WS:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ws.close(), 5)
         if self.runner is not None:
-            self.runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.runner
+            await _cancel(self.runner)
         for s in list(self.subs.values()):
             await s.stop_tasks()
 
