@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from edge_helpers import SSE, Edge, by_name, sse, token, unique, wait_for
+from edge_helpers import SSE, Edge, by_name, served, sse, token, unique
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -233,12 +231,6 @@ async def test_delete_of_a_ws_sub_ends_only_that_sub(edge: Edge) -> None:
         assert (await c.delete(f"/v1/live/{subs['a']}")).status_code == 404
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_redis_outage_is_503_with_retry_after(edge: Edge) -> None:
     with LocalRedis() as srv:
         settings = TierSettings.load(
@@ -250,34 +242,26 @@ async def test_redis_outage_is_503_with_retry_after(edge: Edge) -> None:
         gateway = await connect_gateway(srv.url, settings)
         app = create_app(gateway, settings)
         await app.state.service.tokens()  # loaded while Redis is up
-        port = _free_port()
-        server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-        )
-        serving = asyncio.create_task(server.serve())
         try:
-            await wait_for(lambda: server.started, 10, "uvicorn")
-            srv.stop()
-            tenant = unique("out")
-            headers = {"authorization": f"Bearer {token(tenant)}"}
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30
-            ) as c:
-                r = await c.post("/v1/live", json=QUERY)
-                assert r.status_code == 503, r.text
-                assert r.json()["error"] == "unavailable" and r.headers["retry-after"]
-                assert (await c.get("/healthz")).status_code == 503
-            url = f"ws://127.0.0.1:{port}/v1/live/ws"
-            async with connect(url, additional_headers=headers) as ws:
-                await ws.send(json.dumps({"op": "subscribe", "id": "a", "query": QUERY}))
-                err = await _recv(ws, lambda m: m["type"] == "error")
-                assert err["status"] == 503 and err["id"] == "a"
-                await ws.send(json.dumps({"op": "resync", "id": "a"}))  # the socket lives
-                err = await _recv(ws, lambda m: m["type"] == "error")
-                assert err["status"] == 404
+            async with served(app) as port:
+                srv.stop()
+                tenant = unique("out")
+                headers = {"authorization": f"Bearer {token(tenant)}"}
+                async with httpx.AsyncClient(
+                    base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30
+                ) as c:
+                    r = await c.post("/v1/live", json=QUERY)
+                    assert r.status_code == 503, r.text
+                    assert r.json()["error"] == "unavailable" and r.headers["retry-after"]
+                    assert (await c.get("/healthz")).status_code == 503
+                url = f"ws://127.0.0.1:{port}/v1/live/ws"
+                async with connect(url, additional_headers=headers) as ws:
+                    await ws.send(json.dumps({"op": "subscribe", "id": "a", "query": QUERY}))
+                    err = await _recv(ws, lambda m: m["type"] == "error")
+                    assert err["status"] == 503 and err["id"] == "a"
+                    await ws.send(json.dumps({"op": "resync", "id": "a"}))  # the socket lives
+                    err = await _recv(ws, lambda m: m["type"] == "error")
+                    assert err["status"] == 404
         finally:
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(serving, 15)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(gateway.aclose(), 10)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import redis.asyncio as aioredis
-from edge_helpers import SSE, Edge, by_name, sse, token, unique, wait_for
+from edge_helpers import SSE, Edge, by_name, served, sse, token, truth, unique, wait_for
 from websockets.asyncio.client import connect
 
 from raycluster import connect as connect_gateway
@@ -94,3 +95,41 @@ async def test_own_token_resumes_and_the_secret_is_shared_through_redis(edge: Ed
         assert (await other.state.service.tokens()).verify(alice, last) == proof
     finally:
         await gw.aclose()
+
+
+async def test_a_token_used_on_a_second_edge_by_another_tenant(edge: Edge) -> None:
+    """Two edges on one Redis: mallory replays alice's live token on the other edge."""
+    alice, mallory = unique("alice"), unique("mallory")
+    w = edge.rows(alice)
+    await w.seed(6)
+    url = edge.settings.redis.redis_url
+    assert url is not None
+    gw2 = await connect_gateway(url, edge.settings)
+    try:
+        app2 = create_app(gw2, edge.settings)
+        async with (
+            served(app2) as port2,
+            edge.http(alice) as a,
+            sse(a, by_name(3)) as s,
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port2}",
+                headers={"authorization": f"Bearer {token(mallory)}"},
+                timeout=20,
+            ) as m,
+        ):
+            assert isinstance(s, SSE)
+            sid = (await s.next()).data["sub"]
+            last = (await s.window())[-1].id
+            async with sse(m, by_name(3), {"last-event-id": last}) as stolen:
+                assert isinstance(stolen, SSE)
+                first = await stolen.next()
+                assert first.data["resumed"] is False and first.data["sub"] != sid
+                reg = await edge.registry.get(sid)
+                assert reg is not None
+                assert (reg.tenant, reg.gateway_id) == (alice, edge.gateway.id)
+                # alice's stream is still hers and live
+                await w.put("a001", name="n000a", kind="pump", temp=7)
+                await s.until(lambda: truth(w.rows, 3))
+                assert app2.state.hub.counters["resume_refused"] == 1
+    finally:
+        await gw2.aclose()
