@@ -16,8 +16,9 @@ __all__ = ("RemoteGateway", "connect")
 class RemoteGateway:
     """An external gateway: same `subscribe` as `Tier`, frames over `lq:delta:{id}`."""
 
-    def __init__(self, gateway: Gateway, closers: Closers) -> None:
+    def __init__(self, gateway: Gateway, closers: Closers, redis_url: str | None = None) -> None:
         self.gateway = gateway
+        self.redis_url = redis_url  # the tier's Redis (the edge keeps shared state there)
         self._closers = closers
 
     @property
@@ -56,4 +57,4 @@ async def connect(redis_url: str, settings: TierSettings | None = None) -> Remot
     s = settings or TierSettings.load()
     gw, closers = redis_gateway(None, redis_url, s, transport="redis")
     await gw.start()
-    return RemoteGateway(gw, closers)
+    return RemoteGateway(gw, closers, redis_url)

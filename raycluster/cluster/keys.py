@@ -85,6 +85,10 @@ class Keys:
         """Fencing counter of partition `p`: bumped by every claim."""
         return f"{self.prefix}:epoch:{p}"
 
+    def edge_resume_secret(self) -> str:
+        """The edges' shared resume-token secret (set once, never expires)."""
+        return f"{self.prefix}:edge:resume_secret"
+
 
 DEFAULT_KEYS = _DEFAULT = Keys()
 

@@ -12,7 +12,6 @@ client never sees a gap.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -21,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 from raycluster.livequery import DeltaOp, LiveDelta
 
 from .settings import EdgeSettings
+from .tokens import ResumeTokens
 
 if TYPE_CHECKING:
     from raycluster.client import Subscription
     from raycluster.cluster import GatewayDelta
 
-__all__ = ("Conn", "EdgeSub", "Hub", "parse_token", "resume_token")
+__all__ = ("Conn", "EdgeSub", "Hub", "delta_json")
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +34,6 @@ log = logging.getLogger(__name__)
 # An outgoing item: a frame (seq, epoch, delta) or a ready-made WS control message.
 Frame = tuple[int, int, LiveDelta]
 Item = Frame | dict[str, Any]
-
-
-def resume_token(sub_id: str, epoch: int, seq: int) -> str:
-    """`<sub id>.<epoch>.<seq>` (PROTOCOL.md, Resume)."""
-    return f"{sub_id}.{epoch}.{seq}"
-
-
-def parse_token(token: str | None) -> tuple[str, int, int] | None:
-    """(sub id, epoch, seq) of a resume token; None if it does not parse."""
-    if not token:
-        return None
-    parts = token.strip().rsplit(".", 2)
-    if len(parts) != 3 or not parts[0]:
-        return None
-    sid, epoch, seq = parts
-    if not (sid.isalnum() and len(sid) <= 64):
-        return None
-    try:
-        return sid, int(epoch), int(seq)
-    except ValueError:
-        return None
 
 
 def delta_json(d: LiveDelta) -> dict[str, Any]:
@@ -65,12 +44,16 @@ def delta_json(d: LiveDelta) -> dict[str, Any]:
 class EdgeSub:
     """One subscription served on one connection: its pump and bounded outgoing buffer."""
 
-    def __init__(self, hub: Hub, conn: Conn, sub: Subscription, seq: int) -> None:
+    def __init__(
+        self, hub: Hub, conn: Conn, sub: Subscription, seq: int, tokens: ResumeTokens
+    ) -> None:
         self.hub = hub
         self.conn = conn
         self.sub = sub
         self.seq = seq  # next edge seq
         self.epoch = 0
+        self._tokens = tokens
+        self._mac: tuple[int, str] = (-1, "")  # (epoch, mac): one HMAC per epoch, not per frame
         self.out: deque[Item] = deque()
         self.ended = False  # no frame will be added any more
         self.pump: asyncio.Task[None] | None = None
@@ -79,6 +62,12 @@ class EdgeSub:
     def id(self) -> str:
         """The subscription id (the tier's)."""
         return self.sub.id
+
+    def token(self, epoch: int, seq: int) -> str:
+        """The resume token of frame (`epoch`, `seq`) (PROTOCOL.md, Resume)."""
+        if self._mac[0] != epoch:
+            self._mac = (epoch, self._tokens.mac(self.conn.tenant, self.id, epoch))
+        return f"{self.id}.{epoch}.{seq}.{self._mac[1]}"
 
     def start(self) -> None:
         """Queue what already arrived (the first window), then pump the rest."""
@@ -135,15 +124,17 @@ class EdgeSub:
             self.conn.wake.set()
 
     async def close(self) -> None:
-        """Unsubscribe (idempotent) and stop pumping."""
+        """Unsubscribe (idempotent) and stop pumping; a failed unsubscribe is logged."""
         self.ended = True
         self.hub.forget(self)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.sub.close(), 10)
+        try:
+            async with asyncio.timeout(10):
+                await self.sub.close()
+        except Exception:
+            log.warning("edge: unsubscribing %s failed", self.id, exc_info=True)
         if self.pump is not None:
             self.pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.pump
+            await asyncio.wait([self.pump])  # its own cancel; ours still propagates
         self.conn.wake.set()
 
 

@@ -48,19 +48,37 @@ class EdgeRequestError(RayclusterError):
         super().__init__(f"edge answered {status} {error}: {detail}")
 
 
-def _raise_for(status: int, body: Any) -> None:
-    """Translate an error answer into the package's exceptions."""
+def _raise_for(status: int, body: Any, under: str | None = None) -> None:
+    """Translate an error answer into the package's exceptions.
+
+    `under`: the message field the request's query sits in (WS `subscribe`);
+    a 422's field is then named relative to the query, as over SSE.
+    """
     error = body.get("error", "") if isinstance(body, dict) else ""
     detail = body.get("detail") if isinstance(body, dict) else body
     if status == 422 and isinstance(detail, list) and detail:
         first = detail[0]
-        loc = ".".join(str(p) for p in first.get("loc", []))
+        path = list(first.get("loc", []))
+        if under is not None and path[:1] == [under]:
+            path = path[1:]
+        loc = ".".join(str(p) for p in path)
         raise InvalidQuery(loc or "query", None, str(first.get("msg", "")))
     if status == 404:
         raise ClosedError(f"edge: {detail}")
     if status == 503:
         raise UnavailableError(f"edge: {detail}")
     raise EdgeRequestError(status, error, detail)
+
+
+async def _cancel(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel `tasks` and wait for them; a cancel of the caller still propagates."""
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.wait(tasks)
+    for t in tasks:
+        if not t.cancelled() and t.exception() is not None:
+            log.debug("edge client task ended with an error", exc_info=t.exception())
 
 
 class _Stream:
@@ -127,11 +145,7 @@ class _Stream:
         raise NotImplementedError
 
     async def stop_tasks(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await _cancel(*self._tasks)
 
 
 class _SSE(_Stream):
@@ -162,9 +176,10 @@ class _SSE(_Stream):
                 try:
                     await self._once()
                     delay = c.reconnect_min_s  # a stream ran: start backing off afresh
-                except (httpx.HTTPError, OSError) as e:
-                    if not self.ready.done():
-                        self.ready.set_exception(UnavailableError(f"edge: {e}"))
+                except (httpx.HTTPError, OSError, UnavailableError) as e:
+                    if not self.ready.done():  # 503 or unreachable: retried once it ran
+                        err = e if isinstance(e, UnavailableError) else None
+                        self.ready.set_exception(err or UnavailableError(f"edge: {e}"))
                         return
                 except RayclusterError as e:
                     if not self.ready.done():
@@ -242,9 +257,7 @@ class _SSE(_Stream):
         self.closing = True
         self.client._sse.discard(self)
         if self.runner is not None:
-            self.runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.runner
+            await _cancel(self.runner)
         await self.stop_tasks()
 
 
@@ -382,7 +395,8 @@ class _WS:
         await self.send(msg)
         answer = await asyncio.wait_for(fut, self.client.timeout_s)
         if answer.get("type") == "error":
-            _raise_for(int(answer.get("status", 500)), answer)
+            under = "query" if msg.get("op") == "subscribe" else None
+            _raise_for(int(answer.get("status", 500)), answer, under)
         return answer
 
     async def subscribe(self, query: LiveQuery) -> Subscription:
@@ -406,9 +420,7 @@ class _WS:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ws.close(), 5)
         if self.runner is not None:
-            self.runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.runner
+            await _cancel(self.runner)
         for s in list(self.subs.values()):
             await s.stop_tasks()
 

@@ -235,7 +235,7 @@ class WebDemo:
         import uvicorn
 
         from .app import create_app
-        from .server import _Server, ws_protocol
+        from .server import _Server, ws_max_size, ws_protocol
 
         self._redis = LocalRedis()
         url = await asyncio.to_thread(self._redis.start)
@@ -258,6 +258,7 @@ class WebDemo:
             host=self.host,
             port=self.port,
             ws=ws_protocol(),
+            ws_max_size=ws_max_size(settings.edge),
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=2,

@@ -15,8 +15,9 @@ from raycluster.livequery import tune_gc
 
 from ._hub import Hub
 from .app import create_app
+from .settings import EdgeSettings
 
-__all__ = ("run_edge", "serve", "ws_protocol")
+__all__ = ("run_edge", "serve", "ws_max_size", "ws_protocol")
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,16 @@ def ws_protocol() -> type[asyncio.Protocol]:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
     return WebSocketsSansIOProtocol
+
+
+def ws_max_size(edge: EdgeSettings) -> int:
+    """The largest WebSocket message the server reads: a margin over `edge.max_body_bytes`.
+
+    A message over the limit but under this is answered with a 413 error frame
+    (the socket stays open); one over this is refused by the server while it
+    is being read (close 1009), so no more than this is ever buffered.
+    """
+    return 4 * edge.max_body_bytes
 
 
 async def serve(
@@ -57,6 +68,7 @@ async def serve(
             host=host or edge.host,
             port=edge.port if port is None else port,
             ws=ws_protocol(),
+            ws_max_size=ws_max_size(edge),
             log_level=log_level,
             lifespan="off",
             timeout_graceful_shutdown=max(1, round(edge.shutdown_grace_s)),

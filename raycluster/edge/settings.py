@@ -25,6 +25,19 @@ class EdgeSettings(BaseModel):
     hmac_secret: SecretStr | None = Field(
         None, description="Secret of signed tokens `v1.<payload>.<sig>` (unset: none accepted)."
     )
+    resume_secret: SecretStr | None = Field(
+        None,
+        description="Secret of resume tokens (unset: generated once and shared by every edge "
+        "of the tier through its Redis).",
+    )
+    max_body_bytes: int = Field(
+        65536,
+        gt=0,
+        description="Largest request body or WebSocket message (413 / close 1009 beyond).",
+    )
+    max_json_depth: int = Field(
+        64, gt=0, description="Deepest JSON nesting a request may use (422 beyond)."
+    )
     max_subscriptions_per_connection: int = Field(
         16, gt=0, description="Subscriptions one WebSocket connection may hold (429 beyond)."
     )

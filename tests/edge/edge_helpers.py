@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 
 from raycluster import EntitySpec, LiveQuery, SortKey
@@ -208,3 +210,27 @@ def ids_of(window: list[Event]) -> list[str]:
 
 
 partial = functools.partial
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def served(app: Starlette) -> AsyncIterator[int]:
+    """Serve `app` with uvicorn on a free loopback port; yields the port."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.started, 10, "uvicorn")
+        yield port
+    finally:
+        app.state.hub.shutdown()
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(serving, 15)

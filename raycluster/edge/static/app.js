@@ -206,9 +206,9 @@ function render() {
       view.trs.set(it.id, tr);
     }
     const pos = String(view.offset + i + 1);
-    if (tr.dataset.index !== String(i)) {
+    if (tr.dataset.index !== String(i) || tr.cells[0].textContent !== pos) {
       tr.dataset.index = String(i);
-      tr.cells[0].textContent = pos;
+      tr.cells[0].textContent = pos; // the offset may change after the rows did (a slide)
     }
     if (tr.dataset.version !== String(it.version)) {
       tr.dataset.version = String(it.version);

@@ -21,7 +21,7 @@
 // invalid queries are not retried: the subscription fails (`state` "failed").
 
 const OPS = new Set(["reset", "enter", "leave", "move", "update", "match", "unmatch"]);
-const FATAL_HTTP = new Set([400, 401, 403, 404, 422]);
+const FATAL_HTTP = new Set([400, 401, 403, 404, 413, 422]);
 const FATAL_WS = new Set([4401, 4403]);
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 10000;
