@@ -205,11 +205,10 @@ function render() {
       tr.dataset.id = it.id;
       view.trs.set(it.id, tr);
     }
+    // Keyed on the text, not the index: a slide moves view.offset after the
+    // new window may already have rendered, with every row at the same index.
     const pos = String(view.offset + i + 1);
-    if (tr.dataset.index !== String(i)) {
-      tr.dataset.index = String(i);
-      tr.cells[0].textContent = pos;
-    }
+    if (tr.cells[0].textContent !== pos) tr.cells[0].textContent = pos;
     if (tr.dataset.version !== String(it.version)) {
       tr.dataset.version = String(it.version);
       tr.cells[1].textContent = it.id;
