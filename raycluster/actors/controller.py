@@ -210,6 +210,7 @@ class Controller:
             "changes_per_s": round(cps, 1),
             "lag_ms": max((s.get("lag_ms") or 0 for s in per.values()), default=0),
             "gateways": sorted(self.gateways),
+            "controller_node": ray.get_runtime_context().get_node_id(),
         }
 
     async def stop(self) -> None:

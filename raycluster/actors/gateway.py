@@ -329,6 +329,7 @@ class GatewayActor:
             **self.gw.status(),
             "consumers": len(self._consumers),
             "consumer_resets": self.consumer_resets,
+            "node_id": ray.get_runtime_context().get_node_id(),
         }
 
     async def stop(self) -> None:

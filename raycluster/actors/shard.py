@@ -111,6 +111,7 @@ class ShardActor:
         st = self.shard.status()
         st["running"] = not self._task.done()
         st["shared_puts"] = self._ray_bus.shared_puts
+        st["node_id"] = ray.get_runtime_context().get_node_id()
         return st
 
     async def stop(self) -> None:
