@@ -260,6 +260,11 @@ class Tier:
             raise RayclusterError(f"tier {self.name!r} runs no in-cluster gateway")
         return gateway_id or self.gateway_ids[next(self._rr) % len(self.gateway_ids)]
 
+    def gateway_of(self, sub: Subscription) -> str | None:
+        """The id of the gateway holding `sub` now (None while it moves, or once closed)."""
+        c = self._router.where.get(sub.id)
+        return c.gateway_id if c is not None else None
+
     async def _consumer(self, gid: str) -> _Consumer:
         """This driver's stream from gateway `gid` (a new one if the last ended)."""
         consumer = self._consumers.get(gid)
@@ -306,6 +311,8 @@ class Tier:
             # there (fire and forget: the call is submitted, not awaited).
             with contextlib.suppress(Exception):
                 consumer.gateway.unsubscribe.remote(sub.id)
+            if not moved:  # the caller never gets it: a lost stream must not move it
+                sub.mark_closed()
             raise
 
     # -- a lost gateway ------------------------------------------------------------

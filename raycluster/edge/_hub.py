@@ -18,6 +18,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from raycluster._tasks import cancel_and_wait
 from raycluster.livequery import DeltaOp, LiveDelta
 
 from .settings import EdgeSettings
@@ -140,10 +141,7 @@ class EdgeSub:
         self.hub.forget(self)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.sub.close(), 10)
-        if self.pump is not None:
-            self.pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.pump
+        await cancel_and_wait([self.pump])
         self.conn.wake.set()
 
 

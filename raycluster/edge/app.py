@@ -30,6 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from raycluster._connect import RemoteGateway
+from raycluster._tasks import cancel_and_wait
 from raycluster.config import TierSettings
 from raycluster.errors import ClosedError, InvalidQuery, RayclusterError, UnavailableError
 from raycluster.livequery import Cursor, LiveQuery
@@ -265,12 +266,9 @@ class _Edge:
             writer = asyncio.create_task(self._ws_writer(ws, conn), name="edge-ws-writer")
             _, pending = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             conn.end("closed")
-            for t in pending:
-                t.cancel()
-            for t in (reader, writer):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-                if t.done() and not t.cancelled() and t.exception() is not None:
+            await cancel_and_wait(pending)  # (their errors are logged there)
+            for t in {reader, writer} - pending:
+                if not t.cancelled() and t.exception() is not None:
                     log.error("edge websocket task failed", exc_info=t.exception())
         finally:
             await self.hub.close_conn(conn)
@@ -467,11 +465,11 @@ class _SSEResponse(Response):
             pump = asyncio.create_task(self._stream(send), name="edge-sse")
             listen = asyncio.create_task(_until_disconnect(receive), name="edge-sse-listen")
             _, pending = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
-                t.cancel()
-            for t in (pump, listen):
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await t
+            await cancel_and_wait(pending)
+            for t in (pump, listen):  # the one that ended first: an OSError is a gone client
+                if t in pending or t.cancelled() or isinstance(t.exception(), OSError):
+                    continue
+                t.result()
         finally:
             await hub.close_conn(self.conn)
 

@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from raycluster._tasks import cancel_and_wait
 from raycluster.client import Subscription
 from raycluster.client.fence import Fence
 from raycluster.cluster.protocol import GatewayDelta
@@ -127,11 +128,7 @@ class _Stream:
         raise NotImplementedError
 
     async def stop_tasks(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(list(self._tasks))
 
 
 class _SSE(_Stream):
@@ -241,10 +238,7 @@ class _SSE(_Stream):
     async def _stop(self) -> None:
         self.closing = True
         self.client._sse.discard(self)
-        if self.runner is not None:
-            self.runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.runner
+        await cancel_and_wait([self.runner])
         await self.stop_tasks()
 
 
@@ -405,10 +399,7 @@ class _WS:
         if self.ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.ws.close(), 5)
-        if self.runner is not None:
-            self.runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.runner
+        await cancel_and_wait([self.runner])
         for s in list(self.subs.values()):
             await s.stop_tasks()
 
