@@ -28,13 +28,18 @@ async def cancel_and_wait(
     """Cancel `tasks` and wait up to `timeout_s` for them to finish.
 
     Their own cancellation is expected and their errors are logged, never
-    raised; a task still running after the timeout is logged. A cancellation
+    raised; a task still running after the timeout is logged. The calling
+    task may be among them: it is cancelled, not waited for. A cancellation
     of the caller itself propagates (`asyncio.wait` does not swallow it), so
     this is safe in teardown paths that may themselves be cancelled.
     """
     owned = [t for t in tasks if t is not None]
     for t in owned:
         t.cancel()
+    # A task closing what it belongs to is cancelled (at its next await) but
+    # cannot wait for itself.
+    me = asyncio.current_task()
+    owned = [t for t in owned if t is not me]
     if not owned:
         return
     done, pending = await asyncio.wait(owned, timeout=timeout_s)
