@@ -157,15 +157,16 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         namespace = f"bench-{os.getpid()}"
         ray.init(address=cluster.address, namespace=namespace, log_to_driver=False)
+        nodes: dict[str, Any] = {}
+        for args_ in [{"num_cpus": 1}] * 3 + [{"num_cpus": 0, "resources": {"rc_gateway": 1}}] * 2:
+            node = cluster.add_node(**args_)
+            nodes[node.node_id] = node
         with LocalRedis() as redis:
             tier = await asyncio.to_thread(
                 Tier.start, settings(f"nl{os.getpid()}", namespace, redis.url)
             )
             b = Bench(cluster, tier)
-            for _ in range(3):
-                b.add(num_cpus=1)
-            for _ in range(2):
-                b.add(num_cpus=0, resources={"rc_gateway": 1})
+            b.nodes.update(nodes)
             try:
                 await b.settle()
                 writer = tier.writer()
