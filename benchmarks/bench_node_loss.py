@@ -118,7 +118,14 @@ class Bench:
             await asyncio.sleep(0.5)
         for gid in self.tier.gateway_ids:
             h = await asyncio.to_thread(self.tier.gateway, gid)
-            await asyncio.wait_for(h.ready.remote(), TIMEOUT_S)
+            while True:
+                try:
+                    await asyncio.wait_for(h.ready.remote(), 10)
+                    break
+                except (ray.exceptions.ActorUnavailableError, TimeoutError):
+                    if time.monotonic() > deadline:  # restarting after its node was lost
+                        raise
+                    await asyncio.sleep(0.5)
         await asyncio.sleep(2.0)  # let a partition that moved back settle its resets
 
     async def lose(self, node_id: str, hit: list[Subscription]) -> float:
