@@ -22,7 +22,11 @@ from raycluster.errors import InvalidQuery
 from raycluster.livequery import EntitySpec, QueryLimits
 from raycluster.redis.settings import RedisSettings
 
-__all__ = ("TierSettings",)
+__all__ = ("HEAD_NODE", "TierSettings")
+
+# Ray gives the head node one unit of this resource: asking for a sliver of it
+# places an actor on the head (as the Ray docs recommend for driver-side actors).
+HEAD_NODE = {"node:__internal_head__": 0.001}
 
 
 class TierSettings(BaseSettings):
@@ -35,7 +39,12 @@ class TierSettings(BaseSettings):
     name: str = Field("raycluster", min_length=1, description="Actor-name prefix of the tier.")
     namespace: str = Field("raycluster", min_length=1, description="Ray namespace.")
     shards: int = Field(3, ge=0, description="Desired number of shard actors.")
-    gateways: int = Field(1, ge=0, description="In-cluster gateway actors.")
+    gateways: int = Field(
+        2,
+        ge=0,
+        description="In-cluster gateway actors (0 CPUs each). With two or more, a driver "
+        "whose gateway dies moves its subscriptions to another at once.",
+    )
     shard_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per shard actor.")
     shard_resources: dict[str, float] = Field(
         default_factory=dict,
@@ -43,6 +52,24 @@ class TierSettings(BaseSettings):
         "adds nodes for pending shards.",
     )
     gateway_num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per gateway actor.")
+    controller_resources: dict[str, float] = Field(
+        default_factory=lambda: dict(HEAD_NODE),
+        description="Ray resources the controller asks for: where it runs. The default pins "
+        "it to the head node (Ray gives the head `node:__internal_head__`), whose loss ends "
+        "the cluster anyway; {} lets Ray place it anywhere; a custom resource (e.g. "
+        "{control: 0.01}) places it on the nodes started with that resource, and Ray "
+        "restarts it on another of them when its node is lost.",
+    )
+    gateway_resources: dict[str, float] = Field(
+        default_factory=lambda: dict(HEAD_NODE),
+        description="Ray resources each in-cluster gateway asks for (as "
+        "`controller_resources`). Gateways are spread over the nodes that have them.",
+    )
+    spread_shards: bool = Field(
+        True,
+        description="Place shards with Ray's SPREAD strategy (over as many nodes as have "
+        "room), so one node's loss takes as few shards as possible.",
+    )
     gateway_transport: Literal["ray", "redis"] = Field(
         "ray",
         description="How shards reach in-cluster gateway actors: 'ray' (batches by actor "

@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from raycluster._tasks import cancel_and_wait
 from raycluster.config import TierSettings
 from raycluster.redis import RedisMembership
 from raycluster.redis._client import make_client
@@ -106,6 +107,7 @@ class Controller:
             max_restarts=-1,
             num_cpus=s.shard_num_cpus,
             resources=dict(s.shard_resources),
+            scheduling_strategy="SPREAD" if s.spread_shards else "DEFAULT",
         ).remote(sid, self.settings_json, self.url)
 
     def _gateway(self, gid: str) -> Any:
@@ -117,6 +119,8 @@ class Controller:
             get_if_exists=True,
             max_restarts=-1,
             num_cpus=s.gateway_num_cpus,
+            resources=dict(s.gateway_resources),
+            scheduling_strategy="SPREAD",  # one node's loss takes as few gateways as possible
             # Every open stream() and pending subscribe() holds one slot of the
             # actor's concurrency (1,000 by default); past it, shards' deliver()
             # calls would queue behind them and no window would ever arrive.
@@ -166,10 +170,14 @@ class Controller:
         return await self.status()
 
     async def _retire(self, handle: Any) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(handle.stop.remote(), 15)
-        with contextlib.suppress(Exception):
-            ray.kill(handle)
+        except Exception as e:  # dead or stuck: killed below all the same
+            log.warning("controller: graceful stop failed (%s: %s); killing", type(e).__name__, e)
+        try:
+            await asyncio.to_thread(ray.kill, handle)  # a blocking call: off the event loop
+        except Exception as e:
+            log.warning("controller: kill failed: %s: %s", type(e).__name__, e)
 
     async def status(self) -> dict[str, Any]:
         """Live shards, partitions each owns, subscriptions, frames/s, lag."""
@@ -202,11 +210,12 @@ class Controller:
             "changes_per_s": round(cps, 1),
             "lag_ms": max((s.get("lag_ms") or 0 for s in per.values()), default=0),
             "gateways": sorted(self.gateways),
+            "controller_node": ray.get_runtime_context().get_node_id(),
         }
 
     async def stop(self) -> None:
         """Stop every gateway and shard (gracefully, then for good)."""
-        self._task.cancel()
+        await cancel_and_wait([self._task])
         async with self._lock:
             await asyncio.gather(*(self._retire(h) for h in self.gateways.values()))
             await asyncio.gather(*(self._retire(h) for h in self.shards.values()))

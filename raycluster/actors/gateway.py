@@ -19,7 +19,7 @@ import ray
 from raycluster._wiring import redis_gateway
 from raycluster.cluster.protocol import WireFrame
 from raycluster.config import TierSettings
-from raycluster.errors import ClosedError
+from raycluster.errors import ClosedError, UnavailableError
 from raycluster.livequery import Cursor, LiveQuery, tune_gc
 
 from .names import gateway_name
@@ -79,10 +79,11 @@ class RayDeltaBus:
         self, gateway_id: str, batch: list[WireFrame], ref: Any, done: asyncio.Future[None]
     ) -> None:
         try:
-            handle = self._handles.get(gateway_id)
+            handle: Any = self._handles.get(gateway_id)
             if handle is None:
                 name = gateway_name(self.tier, gateway_id)
-                handle = ray.get_actor(name, namespace=self.namespace)
+                # A GCS round trip: off the event loop (heartbeats run on it).
+                handle = await asyncio.to_thread(ray.get_actor, name, namespace=self.namespace)
                 self._handles[gateway_id] = handle
             await handle.deliver.remote(batch, ref)
         except Exception as e:
@@ -92,6 +93,9 @@ class RayDeltaBus:
         else:
             if not done.done():
                 done.set_result(None)
+        finally:
+            if not done.done():  # cancelled: the sender fails (it must not wait for ever)
+                done.set_exception(UnavailableError(f"send to gateway {gateway_id} cancelled"))
 
     def deltas(self, gateway_id: str) -> Any:
         raise NotImplementedError("gateway actors receive batches through deliver()")
@@ -325,6 +329,7 @@ class GatewayActor:
             **self.gw.status(),
             "consumers": len(self._consumers),
             "consumer_resets": self.consumer_resets,
+            "node_id": ray.get_runtime_context().get_node_id(),
         }
 
     async def stop(self) -> None:

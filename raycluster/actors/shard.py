@@ -8,7 +8,6 @@ its partitions back, each re-claimed with a newer fencing epoch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import ray
 from ray.util import metrics
 
+from raycluster._tasks import cancel_and_wait
 from raycluster._wiring import redis_shard
 from raycluster.config import TierSettings
 from raycluster.livequery import tune_gc
@@ -111,13 +111,11 @@ class ShardActor:
         st = self.shard.status()
         st["running"] = not self._task.done()
         st["shared_puts"] = self._ray_bus.shared_puts
+        st["node_id"] = ray.get_runtime_context().get_node_id()
         return st
 
     async def stop(self) -> None:
         """Leave the live set and stop serving (others take over at once)."""
         await self.shard.stop()
-        self._metrics_task.cancel()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(self._task, 10)
+        await cancel_and_wait([self._metrics_task, self._task], timeout_s=10)
         await self._closers.aclose()

@@ -7,14 +7,16 @@ import contextlib
 import itertools
 import logging
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import ray
 
+from raycluster._tasks import cancel_and_wait, reap
 from raycluster.client import Subscription
 from raycluster.config import TierSettings
-from raycluster.errors import RayclusterError
+from raycluster.errors import RayclusterError, UnavailableError
 from raycluster.livequery import Cursor, LiveQuery
 from raycluster.redis import Writer, local_redis_for_process
 
@@ -26,33 +28,60 @@ __all__ = ("Tier",)
 log = logging.getLogger(__name__)
 
 
+# A driver whose gateway is lost moves its subscriptions to a live gateway.
+PROBE_TIMEOUT_S = 5.0  # a gateway that does not answer `ready` this fast is tried later
+MOVE_TIMEOUT_S = 30.0  # one resubscribe (registration + first window) at most
+MOVE_DEADLINE_S = 300.0  # then the subscription is closed (every gateway stayed unreachable)
+MOVE_BACKOFF_S = (0.1, 2.0)  # between rounds of attempts: first, at most
+
+
+_OnLost = Callable[["_Consumer", list[Subscription]], None]
+
+
 class _Consumer:
     """This driver's end of one gateway actor: one frame stream for all its subscriptions.
 
     Subscriptions made through `Tier.subscribe` share it; frames are routed
-    to each `Subscription` here. When the stream ends (the gateway died),
-    every subscription on it is marked closed.
+    to each `Subscription` here. When the stream ends other than by
+    cancellation (the gateway actor or its node died), the open
+    subscriptions are handed to `on_lost`, which moves them to a live
+    gateway; on cancellation they are marked closed.
     """
 
-    def __init__(self, gateway: Any) -> None:
+    def __init__(self, gateway_id: str, gateway: Any, on_lost: _OnLost) -> None:
+        self.gateway_id = gateway_id
         self.gateway = gateway
         self.id = f"drv-{uuid.uuid4().hex[:12]}"
         self.subs: dict[str, Subscription] = {}
+        # sub id -> what to add to its seqs (subscriptions moved here continue their
+        # numbering); None until its first frame here sets it.
+        self.renumber: dict[str, int | None] = {}
         self.task: asyncio.Task[None] | None = None
+        self._on_lost = on_lost
 
     def usable(self) -> bool:
         """False once its stream ended, or if it belongs to another (finished) event loop."""
         t = self.task
         return t is None or (not t.done() and t.get_loop() is asyncio.get_running_loop())
 
-    def attach(self, sub: Subscription) -> None:
-        """Route `sub`'s frames to it (before subscribing: the first window may come at once)."""
+    def attach(self, sub: Subscription, *, moved: bool = False) -> None:
+        """Route `sub`'s frames to it (before subscribing: the first window may come at once).
+
+        With `moved`, its frames are numbered on from the last `seq` it applied.
+        """
         self.subs[sub.id] = sub
+        if moved:
+            self.renumber[sub.id] = None
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._pump(), name=f"consumer-{self.id}")
 
+    def detach(self, sub_id: str) -> None:
+        self.subs.pop(sub_id, None)
+        self.renumber.pop(sub_id, None)
+
     async def _pump(self) -> None:
         stream = self.gateway.consume.options(_generator_backpressure_num_objects=16)
+        lost = True
         try:
             async for ref in stream.remote(self.id):
                 entries = await ref
@@ -62,29 +91,71 @@ class _Consumer:
                 for sid, mine in by_sub.items():
                     sub = self.subs.get(sid)
                     if sub is not None:
-                        sub.deliver_wire(mine)
+                        sub.deliver_wire(self._numbered(sub, mine))
+            log.warning("consumer %s: gateway %s ended its stream", self.id, self.gateway_id)
         except asyncio.CancelledError:
+            lost = False
             raise
-        except Exception:
-            log.exception("consumer %s: the stream from its gateway ended", self.id)
+        except Exception as e:
+            log.warning(
+                "consumer %s: the stream from gateway %s failed: %s: %s",
+                self.id, self.gateway_id, type(e).__name__, e,
+            )  # fmt: skip
         finally:
-            for sub in self.subs.values():
-                sub.mark_closed()
+            subs = [s for s in self.subs.values() if not s.closed]
             self.subs.clear()
+            self.renumber.clear()
+            if lost and subs:
+                self._on_lost(self, subs)
+            else:
+                for sub in subs:
+                    sub.mark_closed()
 
-    # SubscriptionControl
+    def _numbered(self, sub: Subscription, entries: list[Any]) -> list[Any]:
+        if sub.id not in self.renumber:
+            return entries
+        offset = self.renumber[sub.id]
+        if offset is None:  # the first frame here (a reset) follows the last one applied
+            offset = self.renumber[sub.id] = sub.seq + 1 - entries[0][1]
+        return [[e[0], e[1] + offset, *e[2:]] for e in entries]
+
+    async def release(self) -> None:
+        """Ask the gateway to end this consumer (its subscriptions go with it)."""
+        await self.gateway.release.remote(self.id)
+
+
+class _Router:
+    """The `SubscriptionControl` of every subscription a `Tier` makes.
+
+    It acts through whichever consumer holds the subscription now, so a
+    subscription keeps working after it moved to another gateway.
+    """
+
+    def __init__(self) -> None:
+        self.where: dict[str, _Consumer] = {}
+
+    def _holder(self, sub_id: str) -> _Consumer:
+        c = self.where.get(sub_id)
+        if c is None or not c.usable():
+            raise UnavailableError(f"subscription {sub_id} is moving to another gateway")
+        return c
 
     async def reanchor(self, sub_id: str, cursor: Cursor | None, limit: int) -> None:
         cursor_json = cursor.model_dump_json() if cursor is not None else None
-        await self.gateway.reanchor.remote(sub_id, cursor_json, limit)
+        await self._holder(sub_id).gateway.reanchor.remote(sub_id, cursor_json, limit)
 
     async def unsubscribe(self, sub_id: str) -> None:
-        self.subs.pop(sub_id, None)
-        with contextlib.suppress(Exception):
-            await self.gateway.unsubscribe.remote(sub_id)
+        c = self.where.pop(sub_id, None)
+        if c is None:
+            return
+        c.detach(sub_id)
+        try:
+            await c.gateway.unsubscribe.remote(sub_id)
+        except Exception as e:  # the gateway is gone: so is the subscription
+            log.info("unsubscribe %s: %s: %s", sub_id, type(e).__name__, e)
 
     async def resync(self, sub_id: str) -> None:
-        await self.gateway.resync.remote(sub_id)
+        await self._holder(sub_id).gateway.resync.remote(sub_id)
 
 
 class Tier:
@@ -99,6 +170,10 @@ class Tier:
         self.settings = TierSettings.model_validate_json(info["settings"])
         self._rr = itertools.count()
         self._consumers: dict[str, _Consumer] = {}  # gateway id -> this driver's stream
+        self._router = _Router()
+        self._tasks: set[asyncio.Task[None]] = set()  # subscriptions being moved
+        # Subscriptions moved off a lost gateway, and those closed after every attempt failed.
+        self.moves: dict[str, int] = {"moved": 0, "failed": 0}
 
     @classmethod
     def start(
@@ -137,6 +212,7 @@ class Tier:
             get_if_exists=True,
             max_restarts=-1,
             num_cpus=0,
+            resources=dict(settings.controller_resources),
         ).remote(settings.model_dump_json(), url)
         info = ray.get(controller.start.remote())
         return cls(controller, info)
@@ -184,29 +260,140 @@ class Tier:
             raise RayclusterError(f"tier {self.name!r} runs no in-cluster gateway")
         return gateway_id or self.gateway_ids[next(self._rr) % len(self.gateway_ids)]
 
+    def gateway_of(self, sub: Subscription) -> str | None:
+        """The id of the gateway holding `sub` now (None while it moves, or once closed)."""
+        c = self._router.where.get(sub.id)
+        return c.gateway_id if c is not None else None
+
+    async def _consumer(self, gid: str) -> _Consumer:
+        """This driver's stream from gateway `gid` (a new one if the last ended)."""
+        consumer = self._consumers.get(gid)
+        if consumer is None or not consumer.usable():
+            handle = await asyncio.to_thread(self.gateway, gid)  # a GCS lookup: off the loop
+            consumer = self._consumers[gid] = _Consumer(gid, handle, self._lost)
+        return consumer
+
     async def subscribe(
         self, tenant: str, query: LiveQuery, *, gateway_id: str | None = None
     ) -> Subscription:
         """Subscribe through an in-cluster gateway; returns once the first window is here.
 
         All subscriptions this `Tier` makes through one gateway share one
-        stream of object refs (batches of frames for all of them).
+        stream of object refs (batches of frames for all of them). If that
+        gateway's actor or node is lost, the subscription moves to a live
+        gateway on its own: it gets a new id (`sub.id`), then a `reset` and
+        the current window of its current query, numbered on from the last
+        `seq` it applied, then live frames. Its `rows` stay as they were
+        until that window arrives.
         """
-        gid = self._pick(gateway_id)
-        consumer = self._consumers.get(gid)
-        if consumer is None or not consumer.usable():
-            consumer = self._consumers[gid] = _Consumer(self.gateway(gid))
-        sub_id = uuid.uuid4().hex
-        sub = Subscription(sub_id, tenant, query, consumer, buffer=self.settings.gateway.buffer)
+        consumer = await self._consumer(self._pick(gateway_id))
+        sub = Subscription(
+            uuid.uuid4().hex, tenant, query, self._router, buffer=self.settings.gateway.buffer
+        )
+        await self._attach(consumer, sub, moved=False)
+        return sub
+
+    async def _attach(self, consumer: _Consumer, sub: Subscription, *, moved: bool) -> None:
+        """Subscribe `sub` (under its current id and query) through `consumer`."""
         first = sub.next_reset()
-        consumer.attach(sub)
+        consumer.attach(sub, moved=moved)
+        self._router.where[sub.id] = consumer
         try:
             await consumer.gateway.subscribe.remote(
-                tenant, query.model_dump_json(), sub_id, consumer.id
+                sub.tenant, sub.query.model_dump_json(), sub.id, consumer.id
             )
             await first
         except BaseException:
-            consumer.subs.pop(sub_id, None)
+            consumer.detach(sub.id)
+            self._router.where.pop(sub.id, None)
             first.cancel()
+            # The gateway may hold it already (only the window was late): end it
+            # there (fire and forget: the call is submitted, not awaited).
+            with contextlib.suppress(Exception):
+                consumer.gateway.unsubscribe.remote(sub.id)
+            if not moved:  # the caller never gets it: a lost stream must not move it
+                sub.mark_closed()
             raise
-        return sub
+
+    # -- a lost gateway ------------------------------------------------------------
+
+    def _lost(self, dead: _Consumer, subs: list[Subscription]) -> None:
+        """`dead`'s stream ended: move its open subscriptions (in a task this Tier owns)."""
+        for sub in subs:
+            self._router.where.pop(sub.id, None)
+        if self._consumers.get(dead.gateway_id) is dead:
+            del self._consumers[dead.gateway_id]
+        task = asyncio.create_task(self._move_all(dead, subs), name=f"move-{dead.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._reap)
+
+    def _reap(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        reap(task, f"tier {self.name}")
+
+    async def _move_all(self, dead: _Consumer, subs: list[Subscription]) -> None:
+        # If the gateway lives on (only the stream broke), it drops what `dead` held.
+        release = asyncio.create_task(self._release(dead))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MOVE_DEADLINE_S
+        delay = MOVE_BACKOFF_S[0]
+        try:
+            while subs:
+                order = self._failover_order(dead.gateway_id)
+                moved = await asyncio.gather(*(self._move(sub, order) for sub in subs))
+                subs = [s for s, ok in zip(subs, moved, strict=True) if not ok and not s.closed]
+                if subs and loop.time() + delay > deadline:
+                    self.moves["failed"] += len(subs)
+                    log.error(
+                        "tier %s: %d subscription(s) found no live gateway within %ss; closed",
+                        self.name, len(subs), MOVE_DEADLINE_S,
+                    )  # fmt: skip
+                    for sub in subs:
+                        sub.mark_closed()
+                    return
+                if subs:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MOVE_BACKOFF_S[1])
+        finally:
+            await cancel_and_wait([release], timeout_s=0)
+
+    async def _release(self, dead: _Consumer) -> None:
+        try:
+            await asyncio.wait_for(dead.release(), PROBE_TIMEOUT_S)
+        except Exception as e:  # most often: the gateway is dead, as expected
+            log.debug("release of %s: %s: %s", dead.id, type(e).__name__, e)
+
+    def _failover_order(self, dead: str) -> list[str]:
+        """The gateways to try, the lost one last (Ray may be restarting it)."""
+        ids = list(self.gateway_ids)
+        k = next(self._rr) % max(1, len(ids))
+        ids = ids[k:] + ids[:k]  # spread the moved subscriptions over the others
+        return [g for g in ids if g != dead] + [g for g in ids if g == dead]
+
+    async def _move(self, sub: Subscription, order: list[str]) -> bool:
+        """Resubscribe `sub` through the first gateway of `order` that works; False if none did."""
+        for gid in order:
+            if sub.closed:
+                return True
+            try:
+                consumer = await self._consumer(gid)
+                await asyncio.wait_for(consumer.gateway.ready.remote(), PROBE_TIMEOUT_S)
+                old = sub.id
+                sub.rebind(uuid.uuid4().hex)
+                try:
+                    await asyncio.wait_for(self._attach(consumer, sub, moved=True), MOVE_TIMEOUT_S)
+                except BaseException:
+                    sub.rebind(old)
+                    raise
+            except Exception as e:
+                log.warning(
+                    "tier %s: moving %s to gateway %s failed: %s: %s",
+                    self.name, sub.id, gid, type(e).__name__, e,
+                )  # fmt: skip
+                continue
+            if sub.closed:  # closed while moving: end it there too
+                await self._router.unsubscribe(sub.id)
+            self.moves["moved"] += 1
+            log.info("tier %s: subscription %s moved to gateway %s", self.name, sub.id, gid)
+            return True
+        return False

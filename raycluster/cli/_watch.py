@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
+from raycluster._tasks import cancel_and_wait
 from raycluster.client import LiveList
 
 from ._common import CommandError
@@ -108,9 +109,7 @@ async def first_window(gateway: RemoteGateway, tenant: str, query: LiveQuery) ->
     try:
         sub = await gateway.subscribe(tenant, query)
     finally:
-        note.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await note
+        await cancel_and_wait([note])
     return sub
 
 
@@ -189,10 +188,6 @@ async def watch(sub: Subscription, screen: Screen, limits: WatchLimits) -> None:
                 f"{counted} of {limits.frames} frame(s) arrived within {limits.seconds:g}s"
             )
     finally:
-        for task in (batch, stopper):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait([batch, stopper])
         for sig in installed:
             loop.remove_signal_handler(sig)

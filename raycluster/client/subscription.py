@@ -82,6 +82,19 @@ class Subscription:
         """Epoch of the last frame applied."""
         return self._epoch
 
+    @property
+    def seq(self) -> int:
+        """`seq` of the last frame applied."""
+        return self._seq
+
+    def rebind(self, sub_id: str) -> None:
+        """Continue under `sub_id` (the tier moved this subscription to another gateway).
+
+        `rows` stay as they are until the `reset` and window of the new id
+        arrive; whoever delivers them numbers them on from `seq`.
+        """
+        self.id = sub_id
+
     def __aiter__(self) -> Subscription:
         return self
 

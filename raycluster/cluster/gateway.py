@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from raycluster._tasks import cancel_and_wait, reap
 from raycluster.client.fence import Fence
 from raycluster.client.subscription import Subscription
 from raycluster.errors import ClosedError, InvalidQuery, RegistrationConflict, UnavailableError
@@ -113,7 +114,9 @@ class Gateway:
             "gaps": 0,
             "reroutes": 0,
             "restored": 0,
-            "taken_over": 0,
+            "taken_over": 0,  # subscriptions another gateway took over (a resume there)
+            "forgotten": 0,  # registrations of an earlier incarnation removed at start
+            "task_errors": 0,  # background tasks that failed (logged)
         }
 
     async def __aenter__(self) -> Gateway:
@@ -126,7 +129,8 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Announce the gateway and start reading its delta channel."""
+        """Forget what an earlier incarnation left, announce the gateway, read its channel."""
+        await self._forget_earlier()
         await self.deps.members.heartbeat_gateway(self.id)
         self._spawn(self._heartbeats(), "gateway-heartbeat")
         if self.deps.delta is not None:
@@ -142,14 +146,32 @@ class Gateway:
                 await asyncio.wait_for(self.unsubscribe(sid), 5)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.deps.members.leave_gateway(self.id), 5)
-        for t in list(self._tasks):
-            t.cancel()
+        await cancel_and_wait(list(self._tasks))
         if self.deps.delta is not None:  # nothing will read this gateway's channel again
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.deps.delta.drop(self.id), 5)
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(t, 5)
+
+    async def _forget_earlier(self) -> int:
+        """Remove the registrations an earlier gateway of this id left; how many.
+
+        A gateway that starts holds no subscription, so any registration under
+        its id belongs to an earlier incarnation (an actor Ray restarted after
+        a crash or the loss of its node). Shards would serve those for ever:
+        the id heartbeats again, so no sweep ever removes them. Each leaves the
+        registry, then its owner is told to stop serving it.
+        """
+        regs = await self.deps.registry.by_gateway(self.id)
+        if not regs:
+            return 0
+        live = await self.deps.members.live_shards()
+        for reg in regs:
+            await self.deps.registry.delete(reg.sub_id, self.id)
+            target = owner(reg.partition, live)
+            if target:
+                await self.deps.control.send_control(target, self._control(reg, OP_UNSUBSCRIBE))
+        self.counters["forgotten"] += len(regs)
+        log.warning("gateway %s: removed %d subscription(s) of its last run", self.id, len(regs))
+        return len(regs)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -159,10 +181,8 @@ class Gateway:
 
     def _reap(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "gateway %s: task %s failed", self.id, task.get_name(), exc_info=task.exception()
-            )
+        if reap(task, f"gateway {self.id}") is not None:
+            self.counters["task_errors"] += 1
 
     async def _heartbeats(self) -> None:
         loop = asyncio.get_running_loop()

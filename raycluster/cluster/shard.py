@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
+from raycluster._tasks import cancel_and_wait
 from raycluster.livequery import Engine, EntitySpec, Frame, Refiller, Snapshotter, Subscription
 
 from ._rwlock import RWLock
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 CLAIM_CONCURRENCY = 8  # partitions rebuilt at once (bounded: each holds Redis connections)
 MAX_FORWARDS = 1  # a control misrouted on a stale live set is forwarded at most once
 CONTROL_CONCURRENCY = 64  # controls handled at once (each mostly waits on one store read)
+FLUSH_RETRY_S = 0.2  # a failed delta send (or flush step) is retried after this pause
 
 
 class Store(Snapshotter, Refiller, Protocol):
@@ -147,9 +149,14 @@ class Shard:
             "overflow_resyncs": 0,
             "send_errors": 0,
             "gateway_sweeps": 0,
-            "conflicts": 0,
-            "handovers": 0,
+            "conflicts": 0,  # a control or registration disagreed with what is served
+            "handovers": 0,  # a sub moved to the gateway that took it over (a resume)
+            "flush_errors": 0,  # a flusher step failed outside its send (logged; resynced)
+            "flusher_restarts": 0,  # a flusher task ended unexpectedly and was started again
         }
+        self._closing = False
+        # Partitions being claimed: controls for one wait for its claim, not for all.
+        self._claiming: dict[int, asyncio.Event] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -172,13 +179,8 @@ class Shard:
             await asyncio.wait_for(self.deps.members.leave(self.id), 5)
 
     async def _shutdown(self) -> None:
-        for ob in self._outboxes.values():
-            if ob.task is not None:
-                ob.task.cancel()
-        for ob in self._outboxes.values():
-            if ob.task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(ob.task, 5)
+        self._closing = True  # flushers are not restarted from here on
+        await cancel_and_wait([ob.task for ob in self._outboxes.values()])
         await self.engine.aclose()
 
     async def _every(self, interval_s: float, step: Any) -> None:
@@ -198,7 +200,13 @@ class Shard:
     # -- ownership ---------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """Recompute owned partitions: claim gained, release lost, re-claim fenced ones."""
+        """Recompute owned partitions: claim gained, release lost, re-claim fenced ones.
+
+        Only the bookkeeping (which partitions are lost, kept or gained) holds
+        the write lock; each gained partition is then claimed and rebuilt
+        under the read lock, so controls keep flowing during a rebuild and a
+        control for a partition being claimed waits for that claim alone.
+        """
         live = await self.deps.members.live_shards()
         self._live = live
         want = owned_partitions(self.id, live)
@@ -216,27 +224,50 @@ class Shard:
                 await self._release(lost)
             if lost or gained:
                 await self.deps.feed.set_partitions(want)
+            for p in gained:
+                self._claiming[p] = asyncio.Event()
+        try:
             if gained:
                 limit = asyncio.Semaphore(CLAIM_CONCURRENCY)
                 await asyncio.gather(*(self._claim(p, limit) for p in sorted(gained)))
+        finally:
+            for p in gained:  # (a cancelled reconcile must not leave controls waiting)
+                self._claim_over(p)
+
+    async def _claimed(self, p: int) -> None:
+        """Return once partition `p` is not being claimed (at once if it is not)."""
+        claim = self._claiming.get(p)
+        if claim is not None:
+            await claim.wait()
+
+    def _claim_over(self, p: int) -> None:
+        claim = self._claiming.pop(p, None)
+        if claim is not None:
+            claim.set()
 
     async def _claim(self, p: int, limit: asyncio.Semaphore) -> None:
-        async with limit:
-            try:
-                epoch = await self.deps.fencing.claim(p)
-                self.owned.add(p)
-                self.epochs[p] = epoch
-                self.counters["claims"] += 1
-                # Every registration is served; a gateway that is really gone
-                # is removed by the sweep, which needs two observations.
-                for reg in await self.deps.registry.by_partition(p):
-                    await self._serve(reg)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # Not (fully) claimed: give it up; the next reconcile claims it again.
-                log.exception("shard %s: claiming partition %d failed", self.id, p)
-                await self._release({p})
+        try:
+            async with limit, self._lock.read():
+                await self._claim_one(p)
+        finally:
+            self._claim_over(p)
+
+    async def _claim_one(self, p: int) -> None:
+        try:
+            epoch = await self.deps.fencing.claim(p)
+            self.owned.add(p)
+            self.epochs[p] = epoch
+            self.counters["claims"] += 1
+            # Every registration is served; a gateway that is really gone
+            # is removed by the sweep, which needs two observations.
+            for reg in await self.deps.registry.by_partition(p):
+                await self._serve(reg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Not (fully) claimed: give it up; the next reconcile claims it again.
+            log.exception("shard %s: claiming partition %d failed", self.id, p)
+            await self._release({p})
 
     async def _release(self, partitions: set[int]) -> None:
         """Stop serving `partitions` (one pass over the served subscriptions)."""
@@ -307,38 +338,71 @@ class Shard:
         ob = self._outboxes.get(gateway_id)
         if ob is None:
             ob = self._outboxes[gateway_id] = _Outbox(gateway_id, transport)
-            ob.task = asyncio.create_task(self._flush_loop(ob), name=f"flush-{gateway_id}")
+            self._start_flusher(ob)
         return ob
 
+    def _start_flusher(self, ob: _Outbox) -> None:
+        ob.task = asyncio.create_task(self._flush_loop(ob), name=f"flush-{ob.gateway_id}")
+        ob.task.add_done_callback(functools.partial(self._flusher_done, ob))
+
+    def _flusher_done(self, ob: _Outbox, task: asyncio.Task[None]) -> None:
+        # A flusher only ends by cancellation; if it ended otherwise, delivery to
+        # its gateway would stop for good: log, count and start it again.
+        if task.cancelled() or self._closing or self._outboxes.get(ob.gateway_id) is not ob:
+            return
+        self.counters["flusher_restarts"] += 1
+        log.error("shard %s: flusher of %s ended; restarting it", self.id, ob.gateway_id,
+                  exc_info=task.exception())  # fmt: skip
+        self._resync_gateway(ob)
+        self._start_flusher(ob)
+
+    def _resync_gateway(self, ob: _Outbox) -> None:
+        """Frames for `ob`'s gateway may be lost: each of its subscriptions gets its window."""
+        ob.frames.clear()
+        ob.resync.update(s for s, x in self.served.items() if x.reg.gateway_id == ob.gateway_id)
+        ob.ready.set()
+
     async def _flush_loop(self, ob: _Outbox) -> None:
-        bus = self.deps.delta[ob.transport]
         delay_s = self.opts.flush_interval_ms / 1000
         while True:
             await ob.ready.wait()
             ob.ready.clear()
             if delay_s and len(ob.frames) < self.opts.max_batch_frames:
                 await asyncio.sleep(delay_s)  # let more frames join this batch
-            while ob.frames or ob.resync:
-                # Windows that replace a dropped backlog go out whatever their
-                # size (they are the bound), a batch at a time like any frames.
-                resync, ob.resync = ob.resync, set()
-                for sid in sorted(resync):
-                    served = self.served.get(sid)
-                    if served is not None and served.sub is not None:
-                        self._append(served, served.sub.current_frames())
-                n = self.opts.max_batch_frames
-                batch, ob.frames[:n] = ob.frames[:n], []
-                try:
-                    await bus.send(ob.gateway_id, batch)
-                    ob.sent_batches += 1
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    # Frames are lost: every subscription in the batch resyncs.
-                    self.counters["send_errors"] += 1
-                    log.exception("shard %s: delta send to %s failed", self.id, ob.gateway_id)
-                    ob.resync.update(f[0] for f in batch)
-                    await asyncio.sleep(0.2)
+            try:
+                await self._flush(ob)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.counters["flush_errors"] += 1
+                log.exception("shard %s: flushing to %s failed", self.id, ob.gateway_id)
+                self._resync_gateway(ob)
+                await asyncio.sleep(FLUSH_RETRY_S)
+
+    async def _flush(self, ob: _Outbox) -> None:
+        """Send what `ob` holds, a batch at a time, until it is empty."""
+        bus = self.deps.delta[ob.transport]
+        while ob.frames or ob.resync:
+            # Windows that replace a dropped backlog go out whatever their
+            # size (they are the bound), a batch at a time like any frames.
+            resync, ob.resync = ob.resync, set()
+            for sid in sorted(resync):
+                served = self.served.get(sid)
+                if served is not None and served.sub is not None:
+                    self._append(served, served.sub.current_frames())
+            n = self.opts.max_batch_frames
+            batch, ob.frames[:n] = ob.frames[:n], []
+            try:
+                await bus.send(ob.gateway_id, batch)
+                ob.sent_batches += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Frames are lost: every subscription in the batch resyncs.
+                self.counters["send_errors"] += 1
+                log.exception("shard %s: delta send to %s failed", self.id, ob.gateway_id)
+                ob.resync.update(f[0] for f in batch)
+                await asyncio.sleep(FLUSH_RETRY_S)
 
     # -- control -----------------------------------------------------------------
 
@@ -364,8 +428,7 @@ class Shard:
                 running.add(task)
                 task.add_done_callback(functools.partial(done, sub_id=control.sub_id))
         finally:
-            for t in running:
-                t.cancel()
+            await cancel_and_wait(list(running))
 
     async def _one_control(
         self, msg_id: str, control: Control, before: asyncio.Task[None] | None
@@ -373,6 +436,9 @@ class Shard:
         if before is not None:
             await asyncio.wait([before])  # controls of one subscription apply in order
         try:
+            # Outside the lock: a claim needs the read lock, which a waiting
+            # writer (the sweep) would deny it while this control held it.
+            await self._claimed(control.partition)
             async with self._lock.read():
                 await self.handle(control)
         except asyncio.CancelledError:
@@ -462,9 +528,8 @@ class Shard:
                     await self._unserve(sid)
             for g in confirmed:
                 ob = self._outboxes.pop(g, None)
-                if ob is not None and ob.task is not None:
-                    ob.task.cancel()
                 if ob is not None:
+                    await cancel_and_wait([ob.task])
                     with contextlib.suppress(Exception):
                         await self.deps.delta[ob.transport].drop(g)
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raycluster._connect import RemoteGateway, connect
+from raycluster._tasks import cancel_and_wait
 from raycluster._wiring import Closers, redis_shard
 from raycluster.cluster import Shard, owned_by
 from raycluster.config import TierSettings
@@ -319,11 +320,8 @@ class WebDemo:
 
     async def aclose(self) -> None:
         """Stop everything started, in reverse order (idempotent, never hangs)."""
-        if self._writing is not None:
-            self._writing.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._writing
-            self._writing = None
+        await cancel_and_wait([self._writing])
+        self._writing = None
         if self._hub is not None:
             self._hub.shutdown()
         if self._serving is not None:
@@ -333,9 +331,7 @@ class WebDemo:
                 await asyncio.wait_for(asyncio.shield(self._serving), _STOP_TIMEOUT_S)
             except (TimeoutError, Exception):
                 self._server.force_exit = True
-                self._serving.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._serving
+                await cancel_and_wait([self._serving])
             self._serving = None
         if self._gateway is not None:
             with contextlib.suppress(Exception):
@@ -343,9 +339,7 @@ class WebDemo:
             self._gateway = None
         for shard, closers, task in reversed(self._shards):
             await shard.stop()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(task, _STOP_TIMEOUT_S)
+            await cancel_and_wait([task], _STOP_TIMEOUT_S)
             await closers.aclose()
         self._shards.clear()
         if self._writer is not None:

@@ -19,7 +19,6 @@ gapless and the window exact no matter how writes and reads interleave.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -27,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
+from raycluster._tasks import cancel_and_wait
 from raycluster.errors import ClosedError, InvalidQuery
 
 from .filter import compile_predicate, indexable_terms
@@ -366,12 +366,7 @@ class Engine:
         self._closed = True
         for sub in list(self._subs.values()):
             self._close_sub(sub)
-        tasks = [t for t in (self._pump, *self._tasks) if t is not None]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(t, 5)
+        await cancel_and_wait([self._pump, *self._tasks])
         self._tasks.clear()
 
     # -- feed --------------------------------------------------------------------

@@ -22,9 +22,11 @@ import ray
 
 from raycluster import Cond, Cursor, DeltaOp, EntitySpec, LiveQuery, SortKey, Subscription
 from raycluster.actors import Tier, controller_name, shard_name
-from raycluster.cluster import GatewayDelta, owned_by, owner, partition_of
+from raycluster.client.fence import Fence
+from raycluster.client.livelist import LiveList
+from raycluster.cluster import PARTITIONS, GatewayDelta, owned_by, owner, partition_of
 from raycluster.config import TierSettings
-from raycluster.redis import Writer
+from raycluster.redis import RedisRegistry, Writer
 
 ENTITY = "asset"
 ASSET = EntitySpec(
@@ -351,3 +353,66 @@ def check_snapshot(frames: list[GatewayDelta], want: list[str]) -> None:
     assert {f.epoch for f in frames[: 1 + len(want)]} == {first.epoch}
     seqs = [f.seq for f in frames]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+
+
+# -- what a client sees ------------------------------------------------------------
+
+
+class StreamCheck:
+    """A client that only reads a subscription's frames, fenced, into a list of its own.
+
+    `take` drains the frames queued so far: each must be in order (never a
+    stale frame, never a gap in `seq`), and the list they build must equal
+    the subscription's `rows`. Frames of a moved subscription carry its new
+    id but continue its numbering, so a move passes only if it is seamless.
+    """
+
+    def __init__(self) -> None:
+        self.fence = Fence()
+        self.rows = LiveList()
+        self.frames = 0
+        self.resets = 0
+
+    def take(self, sub: Subscription) -> None:
+        for f in sub.drain():
+            is_reset = f.delta.op is DeltaOp.RESET
+            verdict = self.fence.check(f.seq, f.epoch, is_reset)
+            assert verdict == "ok", (sub.id, verdict, f.seq, f.epoch, self.fence.next_seq)
+            self.rows.apply(f.delta)
+            self.frames += 1
+            self.resets += is_reset
+        assert self.rows.ids == sub.rows.ids, (self.rows.ids, sub.rows.ids)
+
+
+async def registered_ids(registry: RedisRegistry, gateway_ids: Iterable[str]) -> set[str] | None:
+    """The sub ids registered by `gateway_ids`; None if other registrations exist in the tier."""
+    ids: set[str] = set()
+    for g in gateway_ids:
+        ids |= await registry.ids_by_gateway(g)
+    total = sum([await registry.by_partition_num(p) for p in range(PARTITIONS)])
+    return ids if total == len(ids) else None
+
+
+async def served_total(tier: Tier) -> int:
+    """How many subscriptions the shards serve, all together."""
+    return int((await status(tier))["subscriptions"])
+
+
+async def wait_nothing_leaked(
+    tier: Tier,
+    registry: RedisRegistry,
+    gateway_ids: Iterable[str],
+    live_ids: set[str],
+    timeout_s: float = 30.0,
+) -> None:
+    """Wait until exactly `live_ids` are registered (by `gateway_ids`, nothing else) and served."""
+    gws = list(gateway_ids)
+    seen: dict[str, Any] = {}
+
+    async def exact() -> bool:
+        seen["registered"] = await registered_ids(registry, gws)
+        seen["served"] = await served_total(tier)
+        return seen["registered"] == live_ids and seen["served"] == len(live_ids)
+
+    await wait_for(exact, timeout_s, interval_s=0.25,
+                   what=lambda: f"registered/served == {len(live_ids)} live: {seen}")  # fmt: skip

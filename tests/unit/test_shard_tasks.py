@@ -1,0 +1,78 @@
+"""A shard's background work never dies silently, and rebuilds do not stall controls.
+
+A flusher that fails outside its send (here: a registration naming a
+transport the shard does not have) is logged, counted in `status()` and
+keeps running, and delivery to every other gateway goes on. While a
+partition is rebuilt, controls for other partitions are answered.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+from cluster_harness import Cluster, in_sync, wait_for
+from test_cluster_runtime import BY_NAME, SHARDS, STEADY_TTL_S, seed, start, tenant_owned_by
+
+from raycluster.cluster import Control, Registration, partition_of
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    c = Cluster(ttl_s=STEADY_TTL_S)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+async def test_failing_flusher_is_counted_and_others_keep_delivering(cluster: Cluster) -> None:
+    await start(cluster)
+    tenant = tenant_owned_by("shard-a", list(SHARDS))
+    seed(cluster, tenant)
+    shard = cluster.shards["shard-a"]
+    # A registration whose transport the shard has no bus for: its flusher fails.
+    reg = Registration(
+        sub_id="odd", tenant=tenant, query=BY_NAME, gateway_id="gw-odd", transport="redis"
+    )
+    await cluster.registry.put(reg)
+    control = Control(
+        op="subscribe", sub_id="odd", gateway_id="gw-odd", tenant=tenant,
+        partition=partition_of(tenant, "asset"),
+    )  # fmt: skip
+    await cluster.control.send_control("shard-a", control)
+    await wait_for(lambda: shard.status()["flush_errors"] >= 2, what="flush errors counted")
+    odd = shard._outboxes["gw-odd"].task
+    assert odd is not None and not odd.done()  # it keeps trying, it did not die
+
+    gw, _ = await cluster.gateway("gw-1")
+    sub = await gw.subscribe(tenant, BY_NAME)
+    cluster.store.upsert(tenant, "asset", "new", {"name": "", "kind": "fan", "n": 0})
+    await wait_for(lambda: in_sync(cluster.store, sub), what="the healthy gateway served")
+
+
+async def test_controls_of_other_partitions_are_answered_during_a_rebuild(
+    cluster: Cluster,
+) -> None:
+    await start(cluster, ("shard-a",))
+    both = ["shard-a", "shard-b"]
+    slow = tenant_owned_by("shard-b", both, prefix="slow")
+    fast = tenant_owned_by("shard-b", both, prefix="fast")
+    p_slow, p_fast = partition_of(slow, "asset"), partition_of(fast, "asset")
+    assert p_slow != p_fast
+    rng = random.Random(1)
+    seed(cluster, slow, rng=rng)
+    seed(cluster, fast, rng=rng)
+    gw, _ = await cluster.gateway("gw-1")
+    # Distinct views on `slow`'s partition: its rebuild reads the store once per view.
+    for k in range(30):
+        await gw.subscribe(slow, BY_NAME.model_copy(update={"limit": 2 + k}))
+    cluster.read_delay_s = 0.3  # every store read of shard-b takes this long
+    b = cluster.start_shard("shard-b")  # gains both partitions, rebuilds `slow`'s for ~9 s
+    await wait_for(lambda: p_slow in b._claiming and p_fast in b.owned, what="rebuilding")
+    sub = await gw.subscribe(fast, BY_NAME)  # one read: answered while the rebuild runs
+    assert p_slow in b._claiming, "the subscribe waited for the other partition's rebuild"
+    assert in_sync(cluster.store, sub)
