@@ -29,8 +29,13 @@ class RemoteGateway:
     async def subscribe(
         self, tenant: str, query: LiveQuery, *, sub_id: str | None = None
     ) -> Subscription:
-        """Register a live query; returns once its first window has arrived."""
-        return await self.gateway.subscribe(tenant, query, sub_id=sub_id)
+        """Register a live query; returns once its first window has arrived.
+
+        The id is minted here; `sub_id` resumes a subscription of `tenant`
+        whose possession the caller has verified (the edge checks a resume
+        token), moving it to this gateway (see `Gateway.subscribe`).
+        """
+        return await self.gateway.subscribe(tenant, query, sub_id=sub_id, resume=sub_id is not None)
 
     async def reanchor(self, sub_id: str, cursor: Cursor | None, limit: int) -> None:
         """Move a window."""

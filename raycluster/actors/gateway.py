@@ -19,7 +19,7 @@ import ray
 from raycluster._wiring import redis_gateway
 from raycluster.cluster.protocol import WireFrame
 from raycluster.config import TierSettings
-from raycluster.errors import ClosedError, UnavailableError
+from raycluster.errors import ClosedError, InvalidQuery, UnavailableError
 from raycluster.livequery import Cursor, LiveQuery, tune_gc
 
 from .names import gateway_name
@@ -29,6 +29,8 @@ __all__ = ("GatewayActor", "RayDeltaBus")
 log = logging.getLogger(__name__)
 
 CONSUMER_KEEPALIVE_S = 2.0  # an idle consumer stream yields an empty batch this often
+MINTED_TTL_S = 300.0  # a sub id minted by `new_sub_id` and not used by then may be dropped
+MINTED_MAX = 100_000  # unused minted ids kept at most
 
 
 class RayDeltaBus:
@@ -170,6 +172,7 @@ class GatewayActor:
         self.consumer_resets = 0
         self._consumers: dict[str, _Consumer] = {}
         self._consumer_of: dict[str, str] = {}  # sub_id -> consumer id
+        self._minted: dict[str, tuple[str, str | None, float]] = {}  # id -> tenant, consumer, t
         self._started = asyncio.get_event_loop().create_task(self.gw.start())
         tune_gc()
 
@@ -210,6 +213,25 @@ class GatewayActor:
             self.consumer_resets += 1
         c.ready.set()
 
+    async def new_sub_id(self, tenant: str, consumer: str | None = None) -> str:
+        """A sub id for one `subscribe` of `tenant` (by `consumer`): ids are minted here.
+
+        A caller that must route frames before `subscribe` returns (a driver's
+        consumer stream) asks for the id first; an id is good for one
+        subscribe, by the tenant and consumer it was minted for, for
+        `MINTED_TTL_S`.
+        """
+        now = asyncio.get_running_loop().time()
+        minted = self._minted
+        if len(minted) >= MINTED_MAX:  # ids asked for and never used: drop the stale ones
+            for sid in [k for k, (_, _, t) in minted.items() if now - t > MINTED_TTL_S]:
+                del minted[sid]
+            if len(minted) >= MINTED_MAX:
+                raise UnavailableError(f"gateway {self.gw.id}: too many unused sub ids")
+        sid = uuid.uuid4().hex
+        minted[sid] = (tenant, consumer, now)
+        return sid
+
     async def subscribe(
         self,
         tenant: str,
@@ -219,11 +241,19 @@ class GatewayActor:
     ) -> str:
         """Register a live query; returns its id once the first window is here.
 
-        With `consumer`, its frames (the first window included) go to that
-        consumer's `consume` stream.
+        `sub_id` is None (an id is minted) or one `new_sub_id` minted for this
+        tenant and consumer (`InvalidQuery` otherwise): a caller never picks
+        another's id. With `consumer`, its frames (the first window included)
+        go to that consumer's `consume` stream.
         """
         await self._started
-        sid = sub_id or uuid.uuid4().hex
+        if sub_id is None:
+            sid = uuid.uuid4().hex
+        else:
+            minted = self._minted.pop(sub_id, None)
+            if minted is None or minted[:2] != (tenant, consumer):
+                raise InvalidQuery("sub_id", sub_id, "not an id new_sub_id minted for this caller")
+            sid = sub_id
         if consumer is not None:
             self._consumer_of[sid] = consumer
             self._consumer(consumer).subs.add(sid)
@@ -255,13 +285,13 @@ class GatewayActor:
             if self._consumers.get(consumer_id) is c:
                 await self._drop_consumer(consumer_id)
 
-    async def stream(self, sub_id: str) -> Any:
-        """Batches of frames (JSON-ready dicts) of one subscription, until it closes.
+    async def stream(self, sub_id: str, tenant: str) -> Any:
+        """Batches of frames (JSON-ready dicts) of one subscription of `tenant`, until it closes.
 
         The subscription gets a consumer of its own, starting with its current
         window; prefer `consume` for many subscriptions.
         """
-        if sub_id not in {s.id for s in self.gw.subscriptions()}:
+        if not self.gw.holds(sub_id, tenant):
             raise ClosedError(f"subscription {sub_id} is not open on gateway {self.gw.id}")
         cid = f"sub:{sub_id}"
         self._detach(sub_id)
@@ -309,19 +339,20 @@ class GatewayActor:
         """End a consumer's stream and every subscription it holds."""
         await self._drop_consumer(consumer_id)
 
-    async def reanchor(self, sub_id: str, cursor_json: str | None, limit: int) -> None:
-        """Move a window (persisted first, re-routed to the current owner)."""
+    async def reanchor(self, sub_id: str, tenant: str, cursor_json: str | None, limit: int) -> None:
+        """Move a window of `tenant`'s (persisted first, re-routed to the current owner)."""
         cursor = Cursor.model_validate_json(cursor_json) if cursor_json else None
-        await self.gw.reanchor(sub_id, cursor, limit)
+        await self.gw.reanchor(sub_id, cursor, limit, tenant=tenant)
 
-    async def resync(self, sub_id: str) -> None:
-        """Ask the owner for a fresh window."""
-        await self.gw.resync(sub_id)
+    async def resync(self, sub_id: str, tenant: str) -> None:
+        """Ask the owner for a fresh window of `tenant`'s subscription."""
+        await self.gw.resync(sub_id, tenant=tenant)
 
-    async def unsubscribe(self, sub_id: str) -> None:
-        """End a subscription."""
-        self._detach(sub_id)
-        await self.gw.unsubscribe(sub_id)
+    async def unsubscribe(self, sub_id: str, tenant: str) -> None:
+        """End a subscription of `tenant`'s (another tenant's is left alone)."""
+        if self.gw.holds(sub_id, tenant):
+            self._detach(sub_id)
+        await self.gw.unsubscribe(sub_id, tenant=tenant)
 
     async def status(self) -> dict[str, Any]:
         """Subscriptions, consumers and frame counters."""

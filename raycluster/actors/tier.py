@@ -134,28 +134,35 @@ class _Router:
     def __init__(self) -> None:
         self.where: dict[str, _Consumer] = {}
 
-    def _holder(self, sub_id: str) -> _Consumer:
+    def _holder(self, sub_id: str) -> tuple[_Consumer, str]:
+        """The consumer holding `sub_id` now, and the subscription's tenant."""
         c = self.where.get(sub_id)
-        if c is None or not c.usable():
+        sub = c.subs.get(sub_id) if c is not None else None
+        if c is None or sub is None or not c.usable():
             raise UnavailableError(f"subscription {sub_id} is moving to another gateway")
-        return c
+        return c, sub.tenant
 
     async def reanchor(self, sub_id: str, cursor: Cursor | None, limit: int) -> None:
         cursor_json = cursor.model_dump_json() if cursor is not None else None
-        await self._holder(sub_id).gateway.reanchor.remote(sub_id, cursor_json, limit)
+        c, tenant = self._holder(sub_id)
+        await c.gateway.reanchor.remote(sub_id, tenant, cursor_json, limit)
 
     async def unsubscribe(self, sub_id: str) -> None:
         c = self.where.pop(sub_id, None)
         if c is None:
             return
+        sub = c.subs.get(sub_id)
         c.detach(sub_id)
+        if sub is None:
+            return
         try:
-            await c.gateway.unsubscribe.remote(sub_id)
+            await c.gateway.unsubscribe.remote(sub_id, sub.tenant)
         except Exception as e:  # the gateway is gone: so is the subscription
             log.info("unsubscribe %s: %s: %s", sub_id, type(e).__name__, e)
 
     async def resync(self, sub_id: str) -> None:
-        await self._holder(sub_id).gateway.resync.remote(sub_id)
+        c, tenant = self._holder(sub_id)
+        await c.gateway.resync.remote(sub_id, tenant)
 
 
 class Tier:
@@ -287,14 +294,14 @@ class Tier:
         until that window arrives.
         """
         consumer = await self._consumer(self._pick(gateway_id))
-        sub = Subscription(
-            uuid.uuid4().hex, tenant, query, self._router, buffer=self.settings.gateway.buffer
-        )
+        sub = Subscription("", tenant, query, self._router, buffer=self.settings.gateway.buffer)
         await self._attach(consumer, sub, moved=False)
         return sub
 
     async def _attach(self, consumer: _Consumer, sub: Subscription, *, moved: bool) -> None:
-        """Subscribe `sub` (under its current id and query) through `consumer`."""
+        """Subscribe `sub` (its query, under an id the gateway mints) through `consumer`."""
+        # The id first: frames are routed by it, and the first window may come at once.
+        sub.rebind(await consumer.gateway.new_sub_id.remote(sub.tenant, consumer.id))
         first = sub.next_reset()
         consumer.attach(sub, moved=moved)
         self._router.where[sub.id] = consumer
@@ -310,7 +317,7 @@ class Tier:
             # The gateway may hold it already (only the window was late): end it
             # there (fire and forget: the call is submitted, not awaited).
             with contextlib.suppress(Exception):
-                consumer.gateway.unsubscribe.remote(sub.id)
+                consumer.gateway.unsubscribe.remote(sub.id, sub.tenant)
             if not moved:  # the caller never gets it: a lost stream must not move it
                 sub.mark_closed()
             raise
@@ -379,7 +386,6 @@ class Tier:
                 consumer = await self._consumer(gid)
                 await asyncio.wait_for(consumer.gateway.ready.remote(), PROBE_TIMEOUT_S)
                 old = sub.id
-                sub.rebind(uuid.uuid4().hex)
                 try:
                     await asyncio.wait_for(self._attach(consumer, sub, moved=True), MOVE_TIMEOUT_S)
                 except BaseException:

@@ -240,15 +240,17 @@ class Gateway:
         check_against(self.specs, query)
 
     async def subscribe(
-        self, tenant: str, query: LiveQuery, *, sub_id: str | None = None
+        self, tenant: str, query: LiveQuery, *, sub_id: str | None = None, resume: bool = False
     ) -> Subscription:
         """Register a live query; returns once its first window has arrived.
 
-        The gateway mints the sub id. `sub_id` is only for a resume whose
-        possession the caller has verified (the edge checks the resume
-        token's MAC): the subscription then moves here from whichever gateway
-        held it, and stays its tenant's — the registry refuses, with
-        `RegistrationConflict`, a sub id registered by another tenant.
+        Sub ids are minted on the server: here, or by the in-cluster gateway
+        actor that passes its freshly minted `sub_id`. With `resume`, `sub_id`
+        is the id of a resume whose possession the caller verified (the edge
+        checks the resume token's MAC): the subscription moves here from
+        whichever gateway held it. Either way it stays its tenant's: the
+        registry refuses, with `RegistrationConflict`, a sub id registered by
+        another tenant (or, without `resume`, by another gateway).
 
         Raises `InvalidQuery` (nothing registered) for bad input and
         `UnavailableError` (registration removed) if no shard answers in time.
@@ -273,7 +275,7 @@ class Gateway:
         )
         self._subs[sid] = _State(reg, sub)
         try:
-            await self.deps.registry.put(reg, takeover=sub_id is not None)
+            await self.deps.registry.put(reg, takeover=resume)
         except BaseException:
             self._subs.pop(sid, None)
             raise
@@ -332,6 +334,11 @@ class Gateway:
         target = await self._owner(st.reg)
         if target:
             await self.deps.control.send_control(target, self._control(st.reg, OP_RESYNC))
+
+    def holds(self, sub_id: str, tenant: str) -> bool:
+        """Whether `sub_id` is open here for `tenant`."""
+        st = self._subs.get(sub_id)
+        return st is not None and st.reg.tenant == tenant
 
     def subscriptions(self) -> list[Subscription]:
         """Every open subscription of this gateway."""

@@ -162,10 +162,9 @@ async def test_in_cluster_gateway_streams_batches_as_object_refs(
 ) -> None:
     tenant = await seeded_tenant(shadow, "refs", seed=4)
     gw = tier.gateway()
-    sub_id = uuid.uuid4().hex
-    await gw.subscribe.remote(tenant, HOT_PUMPS.model_dump_json(), sub_id)
+    sub_id = await gw.subscribe.remote(tenant, HOT_PUMPS.model_dump_json())
     want = shadow.truth(tenant, HOT_PUMPS)
-    stream = gw.stream.remote(sub_id)
+    stream = gw.stream.remote(sub_id, tenant)
     frames: list[GatewayDelta] = []
     refs = 0
     try:
@@ -179,7 +178,7 @@ async def test_in_cluster_gateway_streams_batches_as_object_refs(
         check_snapshot(frames, want)
         assert refs <= len(frames)  # batches, not one call per frame
     finally:
-        await gw.unsubscribe.remote(sub_id)
+        await gw.unsubscribe.remote(sub_id, tenant)
     # Unsubscribing ends the stream.
     with pytest.raises(StopAsyncIteration):
         while True:
@@ -367,3 +366,29 @@ async def test_scale_up_moves_only_hrw_partitions_and_resets_only_their_clients(
         await remote.aclose()
         if (await status(tier))["desired_shards"] != 3:
             await asyncio.to_thread(tier.scale, 3)
+
+
+async def test_gateway_actor_ids_are_minted_and_bound_to_their_tenant(
+    tier: Tier, shadow: Shadow
+) -> None:
+    """A caller of the actor picks no sub id, and acts on no other tenant's subscription."""
+    tenant = await seeded_tenant(shadow, "minted", seed=5)
+    gw = tier.gateway()
+    with pytest.raises(ray.exceptions.RayTaskError, match="sub_id"):
+        await gw.subscribe.remote(tenant, HOT_PUMPS.model_dump_json(), uuid.uuid4().hex)
+    minted = await gw.new_sub_id.remote(tenant, None)
+    with pytest.raises(ray.exceptions.RayTaskError, match="sub_id"):  # minted for another tenant
+        await gw.subscribe.remote("rival", HOT_PUMPS.model_dump_json(), minted)
+    sub_id = await gw.subscribe.remote(tenant, HOT_PUMPS.model_dump_json())
+    try:
+        with pytest.raises(ray.exceptions.RayTaskError, match="not open"):
+            await gw.reanchor.remote(sub_id, "rival", None, 3)
+        with pytest.raises(ray.exceptions.RayTaskError, match="not open"):
+            await anext(gw.stream.remote(sub_id, "rival"))
+        await gw.unsubscribe.remote(sub_id, "rival")
+        await gw.resync.remote(sub_id, "rival")
+        async with RedisRegistry.from_url(tier.redis_url, settings=tier.settings.redis) as reg:
+            held = await reg.get(sub_id)
+        assert held is not None and held.tenant == tenant  # still there, still its tenant's
+    finally:
+        await gw.unsubscribe.remote(sub_id, tenant)
