@@ -1,7 +1,7 @@
 """One tenant sends the costliest queries the limits allow; another's latency is measured.
 
     python benchmarks/bench_hostile.py [--rate 100] [--seconds 10] [--runs 3]
-                                       [--hostile-subs N] [--value-len 1024]
+                                       [--hostile-subs N] [--value-len 1024] [--latin1]
 
 The edge (uvicorn + external gateway) and ONE shard (so both tenants share its
 event loop: the worst case) run in a child process with the default
@@ -10,12 +10,13 @@ event loop: the worst case) run in a child process with the default
 tier, measured back to back:
 
 * `baseline`: the honest tenant's SSE client alone;
-* `attack`: the hostile tenant also holds `--hostile-subs` subscriptions (by
-  default as many as one edge allows a tenant) over WebSockets, each the
-  costliest query the limits allow: `max_terms` LIKE terms whose patterns are
-  `max_pattern_length` long and built to make a matcher work (many `%`
-  segments, `_` runs), all matching the hostile rows (an AND never stops
-  early), each query distinct (no shared views).
+* `attack`: the hostile tenant also holds as many subscriptions as the edge's
+  limits allow it (`edge.max_cost_per_tenant` / the query's cost, capped by
+  `max_subscriptions_per_tenant`; or `--hostile-subs`) over WebSockets, each
+  the costliest query `QueryLimits` allows: LIKE terms as long as `max_cost`
+  lets them be, built so that a matcher tries every start of the value and
+  fails late, all matching the hostile rows (an AND never stops early), each
+  query distinct (no shared views).
 
 In both phases the writer updates, at `--rate` changes/s each, one honest row
 (inside the honest window, carrying its send time) and one hostile row (a
@@ -84,23 +85,33 @@ def _serve(url: str, port: int) -> None:
     asyncio.run(main())
 
 
-def costly_query(k: int, limits: QueryLimits, value_len: int) -> dict[str, Any]:
-    """The `k`-th costliest query: distinct, every term a long LIKE matching hostile rows."""
-    n = limits.max_pattern_length
-    terms = []
-    for t in range(limits.max_terms):
-        # `%a_a%a_a%…`: many segments with `_`, each found only after trying many starts
-        # in the all-`a` body; the tail makes every query distinct (and still matching).
-        body = ("%a_a" * n)[: n - 12]
-        tail = f"%{k:05d}{t:05d}"[: n - len(body)]
-        terms.append({"op": "like", "column": "body", "value": body + tail + "%"[:0]})
-    return {"entity": "doc", "where": terms, "sort": [{"column": "name"}], "limit": 10}
+TERMS = 4  # LIKE terms per costly query
 
 
-def hostile_row(value_len: int, subs: int, terms: int) -> str:
-    """A body every costly query matches: all `a`, then every (query, term) tail."""
-    tails = "".join(f"{k:05d}{t:05d}" for k in range(subs) for t in range(terms))
-    return "a" * value_len + tails
+def pattern_len(limits: QueryLimits) -> int:
+    """The longest pattern that `TERMS` of fit in one query's `max_cost`."""
+    return min(limits.max_pattern_length, (limits.max_cost - TERMS) // TERMS)
+
+
+def costly_query(k: int, limits: QueryLimits) -> dict[str, Any]:
+    """The `k`-th costliest query: `TERMS` LIKE terms as long as the cost allows.
+
+    `%a_a_…a_Z%` matches the hostile body only at its end (`hostile_body`), so
+    every start in the `abab…` run is a candidate that fails late, and every
+    term is evaluated (they all match: an AND never stops early). The limit
+    makes each query distinct (no shared views).
+    """
+    n = pattern_len(limits)
+    pattern = "%" + "a_" * ((n - 3) // 2) + "Z%"
+    where = [{"op": "like", "column": "body", "value": pattern} for _ in range(TERMS)]
+    return {"entity": "doc", "where": where, "sort": [{"column": "name"}], "limit": 1 + k}
+
+
+def hostile_body(value_len: int, unicode: bool) -> str:
+    """`abab…` then the `a`-run and `Z` every costly pattern ends on; with `unicode`, a
+    leading `Ω` puts the value outside Latin-1 (the slower, mapped path)."""
+    head = "\u03a9" if unicode else "a"
+    return head + "ab" * max(0, (value_len - 300) // 2) + "a" * 290 + "Z"
 
 
 class Honest:
@@ -203,9 +214,12 @@ async def phase(url: str, s: TierSettings, honest: Honest, rate: int, seconds: f
 async def one_run(url: str, port: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     s = settings(url, port)
     limits = s.limits
-    subs = args.hostile_subs or s.edge.max_subscriptions_per_tenant
+    cost = TERMS * (1 + pattern_len(limits))
+    subs = args.hostile_subs or min(
+        s.edge.max_subscriptions_per_tenant, s.edge.max_cost_per_tenant // cost
+    )
     per_conn = s.edge.max_subscriptions_per_connection
-    body = hostile_row(args.value_len, subs, limits.max_terms)
+    body = hostile_body(args.value_len, not args.latin1)
     writer = Writer.from_url(url, entities=s.entities, settings=s.redis)
     await writer.upsert_many(
         HONEST, "doc", {f"r{i}": {"name": f"n{i}", "body": "x", "ts": 0} for i in range(8)}
@@ -219,7 +233,7 @@ async def one_run(url: str, port: int, args: argparse.Namespace) -> list[dict[st
     await asyncio.wait_for(honest.ready.wait(), 30)
     rows = [{"phase": "baseline", "hostile_subs": 0,
              **await phase(url, s, honest, args.rate, args.seconds, body)}]  # fmt: skip
-    queries = [costly_query(k, limits, args.value_len) for k in range(subs)]
+    queries = [costly_query(k, limits) for k in range(subs)]
     t0 = time.monotonic()
     conns = await hostile_subscribe(port, queries, per_conn)
     subscribe_s = time.monotonic() - t0
@@ -265,6 +279,7 @@ def main() -> None:
     ap.add_argument("--hostile-subs", type=int, default=0,
                     help="hostile subscriptions (0: the edge's per-tenant limit)")  # fmt: skip
     ap.add_argument("--value-len", type=int, default=1024, help="length of hostile row bodies")
+    ap.add_argument("--latin1", action="store_true", help="hostile bodies within Latin-1")
     args = ap.parse_args()
     ctx = mp.get_context("spawn")
     runs: list[list[dict[str, Any]]] = []

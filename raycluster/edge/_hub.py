@@ -57,6 +57,7 @@ class EdgeSub:
         self.out: deque[Item] = deque()
         self.ended = False  # no frame will be added any more
         self.pump: asyncio.Task[None] | None = None
+        self.cost = 0  # its query_cost, counted against the tenant's budget
 
     @property
     def id(self) -> str:
@@ -176,6 +177,7 @@ class Hub:
         self.subs: dict[str, EdgeSub] = {}
         self.conns: set[Conn] = set()
         self.tenant_subs: Counter[str] = Counter()
+        self.tenant_cost: Counter[str] = Counter()  # `query_cost` of their open subscriptions
         self.tenant_conns: Counter[str] = Counter()
         self.closing = False
         self.counters: Counter[str] = Counter()
@@ -203,18 +205,31 @@ class Hub:
                 if self.tenant_conns[conn.tenant] <= 0:
                     del self.tenant_conns[conn.tenant]
 
-    def reserve(self, tenant: str) -> bool:
-        """Count one more subscription of `tenant`; False at the tenant's limit."""
-        if self.tenant_subs[tenant] >= self.settings.max_subscriptions_per_tenant:
-            return False
-        self.tenant_subs[tenant] += 1
-        return True
+    def reserve(self, tenant: str, cost: int) -> str | None:
+        """Count one more subscription of `tenant` costing `cost` (`query_cost`).
 
-    def release(self, tenant: str) -> None:
+        Returns why not (nothing counted) at the tenant's subscription limit or
+        cost budget, else None.
+        """
+        s = self.settings
+        if self.tenant_subs[tenant] >= s.max_subscriptions_per_tenant:
+            return "too many subscriptions for this tenant"
+        if self.tenant_cost[tenant] + cost > s.max_cost_per_tenant:
+            return (
+                f"this tenant's open queries would cost more than {s.max_cost_per_tenant} "
+                f"(edge.max_cost_per_tenant; this one costs {cost})"
+            )
+        self.tenant_subs[tenant] += 1
+        self.tenant_cost[tenant] += cost
+        return None
+
+    def release(self, tenant: str, cost: int) -> None:
         """Undo `reserve`."""
         self.tenant_subs[tenant] -= 1
+        self.tenant_cost[tenant] -= cost
         if self.tenant_subs[tenant] <= 0:
             del self.tenant_subs[tenant]
+            del self.tenant_cost[tenant]
 
     def adopt(self, esub: EdgeSub) -> None:
         """Record a served subscription (its tenant slot is already reserved)."""
@@ -224,7 +239,7 @@ class Hub:
         """Drop a subscription's record and free its tenant slot (idempotent)."""
         if self.subs.get(esub.id) is esub:
             del self.subs[esub.id]
-            self.release(esub.conn.tenant)
+            self.release(esub.conn.tenant, esub.cost)
 
     def find(self, tenant: str, sub_id: str) -> EdgeSub | None:
         """The tenant's open subscription `sub_id` (None for another tenant's)."""

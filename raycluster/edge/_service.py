@@ -23,7 +23,7 @@ from raycluster._connect import RemoteGateway
 from raycluster.client import Subscription
 from raycluster.config import TierSettings
 from raycluster.errors import InvalidQuery, RegistrationConflict, UnavailableError
-from raycluster.livequery import Cursor, LiveQuery
+from raycluster.livequery import Cursor, LiveQuery, query_cost
 from raycluster.redis.errors import RedisUnavailable
 
 from ._hub import Conn, EdgeSub, Hub
@@ -93,8 +93,10 @@ class EdgeService:
         hub = self.hub
         tenant = conn.tenant
         tokens = await self.tokens()
-        if not hub.reserve(tenant):
-            raise LimitExceeded("too many subscriptions for this tenant")
+        cost = query_cost(query)
+        refused = hub.reserve(tenant, cost)
+        if refused is not None:
+            raise LimitExceeded(refused)
         try:
             proof = tokens.verify(tenant, resume)
             if resume and proof is None:
@@ -115,9 +117,10 @@ class EdgeService:
                 sub_id, seq = None, 0
                 sub = await self._subscribe(tenant, query, None)
         except BaseException:
-            hub.release(tenant)
+            hub.release(tenant, cost)
             raise
         esub = EdgeSub(hub, conn, sub, seq, tokens)
+        esub.cost = cost
         hub.adopt(esub)
         if conn.ending is not None:  # the connection went away meanwhile
             await esub.close()

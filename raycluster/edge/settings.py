@@ -49,6 +49,14 @@ class EdgeSettings(BaseModel):
     max_subscriptions_per_tenant: int = Field(
         1000, gt=0, description="Open subscriptions per tenant across the edge (429 beyond)."
     )
+    max_cost_per_tenant: int = Field(
+        4096,
+        gt=0,
+        description="Total `query_cost` of one tenant's open subscriptions on this edge (429 "
+        "beyond): one unit per condition or group plus each like/ilike pattern's length. It "
+        "caps what one change of a tenant costs the shard that serves it, so a tenant cannot "
+        "stall the others on that shard (see benchmarks/bench_hostile.py).",
+    )
     max_connections_per_tenant: int = Field(
         1000, gt=0, description="Open SSE streams + WebSockets per tenant (429 beyond)."
     )

@@ -265,3 +265,19 @@ async def test_redis_outage_is_503_with_retry_after(edge: Edge) -> None:
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(gateway.aclose(), 10)
+
+
+def test_a_tenants_query_cost_budget() -> None:
+    """The summed query_cost of one tenant's subscriptions is capped; others are unaffected."""
+    from raycluster.edge._hub import Hub
+    from raycluster.edge.settings import EdgeSettings
+
+    hub = Hub(EdgeSettings(max_cost_per_tenant=100))
+    assert hub.reserve("a", 60) is None
+    refused = hub.reserve("a", 41)
+    assert refused is not None and "100" in refused and "41" in refused
+    assert hub.reserve("b", 100) is None  # another tenant has its own budget
+    assert hub.reserve("a", 40) is None
+    hub.release("a", 60)
+    assert hub.reserve("a", 60) is None
+    assert hub.tenant_cost["a"] == 100 and hub.tenant_subs["a"] == 2
