@@ -30,6 +30,10 @@ class _FieldError(RayclusterError, ValueError):
         self.reason = reason
         super().__init__(f"{field}: {reason} (got {_quote(value)})")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its fields: it crosses processes (Ray tasks, actors) intact.
+        return (type(self), (self.field, self.value, self.reason))
+
 
 # Bad input may be huge or nested thousands deep: quote a bounded, shallow repr.
 _repr = reprlib.Repr()
@@ -62,6 +66,9 @@ class ConflictError(RayclusterError):
         self.actual = actual
         super().__init__(f"row {agg_id!r}: expected version {expected}, found {actual}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.agg_id, self.expected, self.actual))
+
 
 class ClosedError(RayclusterError):
     """Raised when an engine, subscription or connection is used after close."""
@@ -91,3 +98,6 @@ class RegistrationConflict(RayclusterError):
         self.sub_id = sub_id
         self.reason = reason
         super().__init__(f"subscription {sub_id}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.sub_id, self.reason))

@@ -366,3 +366,20 @@ async def test_gateway_refuses_a_reanchor_over_its_limits_and_keeps_its_state(
     assert sub.query == query and len(cluster.control.sent) == sent0
     await sub.reanchor(Cursor(values=["n0", "a0"]), SMALL.max_limit)  # within: accepted
     assert sub.rows.ids == ["a1", "a2"]
+
+
+def test_field_errors_cross_processes_intact() -> None:
+    """Ray pickles an actor's exception to its caller: the type and fields survive."""
+    import pickle
+
+    from raycluster.errors import ConflictError, RegistrationConflict
+
+    errors = [
+        InvalidQuery("where.0.value", "x" * 5000, "a pattern of at most 256 characters"),
+        InvalidRow("rows.a.name", "\ud800", "not valid Unicode"),
+        ConflictError("a1", 3, 4),
+        RegistrationConflict("s1", "registered by another tenant"),
+    ]
+    for e in errors:
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is type(e) and str(back) == str(e) and vars(back) == vars(e)
