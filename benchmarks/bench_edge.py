@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _net import free_port, wait_healthy
 from _report import report
 
 from raycluster import EntitySpec, TierSettings
@@ -202,7 +203,139 @@ async def one_rate(
     }
 
 
-def _free_port() -> int:
+def main() -> None:
+        shards = [redis_shard(f"shard-{i}", url, s) for i in range(2)]
+        tasks = [asyncio.create_task(sh.run()) for sh, _ in shards]
+        try:
+            await serve(s, log_level="warning")
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    asyncio.run(main())
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Client:
+    """One SSE stream read with raw asyncio streams: counts frames, records latencies."""
+
+    def __init__(self, tenant: int) -> None:
+        self.tenant = tenant
+        self.frames = 0
+        self.ready = asyncio.Event()
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def run(self, port: int, lat: list[float]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        self.writer = writer
+        body = json.dumps({"entity": "tick", "sort": [{"column": "name"}], "limit": LIMIT}).encode()
+        writer.write(
+            b"POST /v1/live HTTP/1.1\r\nHost: edge\r\n"
+            + f"Authorization: Bearer {TOKEN}-{self.tenant}\r\n".encode()
+            + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            raise RuntimeError(head.decode(errors="replace"))
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return
+            now = time.time_ns() // 1000
+            if not self.ready.is_set() and b"event: reset" in chunk:
+                self.ready.set()
+            for m in _TS.finditer(chunk):
+                ts = int(m.group(1))
+                if ts:
+                    lat.append((now - ts) / 1000.0)
+                    self.frames += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def one_rate(
+    url: str, port: int, pid: int, clients: int, tenants: int, rate: int, seconds: float
+) -> dict[str, Any]:
+    s = settings(url, port, tenants)
+    writer = Writer.from_url(url, entities=s.entities, settings=s.redis)
+    for t in range(tenants):
+        await writer.upsert_many(
+            f"t{t}",
+            "tick",
+            {f"r{i}": {"name": f"n{i}", "ts": 0, "n": 0} for i in range(ROWS_PER_TENANT)},
+        )
+    rss0 = rss_kb(pid)
+    lat: list[float] = []
+    cs = [Client(i % tenants) for i in range(clients)]
+    gate = asyncio.Semaphore(50)
+
+    async def start(c: Client) -> None:
+        async with gate:
+            task = asyncio.create_task(c.run(port, lat))
+            tasks.append(task)
+            await asyncio.wait({task, asyncio.create_task(c.ready.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            if task.done():
+                task.result()
+
+    tasks: list[asyncio.Task[None]] = []
+    t0 = time.monotonic()
+    await asyncio.gather(*(start(c) for c in cs))
+    connect_s = time.monotonic() - t0
+    await asyncio.sleep(1.0)
+    rss1 = rss_kb(pid)
+    lat.clear()
+    for c in cs:
+        c.frames = 0
+    # writes at a fixed rate: each updates row r0 (inside every window) of one tenant
+    n = int(rate * seconds)
+    start_t = time.monotonic()
+    for k in range(n):
+        due = start_t + k / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await writer.upsert(f"t{k % tenants}", "tick", "r0",
+                            {"name": "n0", "ts": time.time_ns() // 1000, "n": k})  # fmt: skip
+    achieved = n / (time.monotonic() - start_t)
+    expected = n * (clients // tenants)
+    deadline = time.monotonic() + 10
+    while sum(c.frames for c in cs) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    frames = sum(c.frames for c in cs)
+    for c in cs:
+        c.close()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await writer.aclose()
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")  # noqa: E731
+    return {
+        "clients": clients,
+        "tenants": tenants,
+        "rate_per_s": rate,
+        "achieved_writes_per_s": round(achieved, 1),
+        "frames_expected": expected,
+        "frames_delivered": frames,
+        "p50_ms": q(0.5),
+        "p99_ms": q(0.99),
+        "connect_all_s": connect_s,
+        "rss_per_conn_kb": (rss1 - rss0) / clients,
+    }
+
+
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -240,7 +373,7 @@ def main() -> None:
             runs = []
             for _ in range(args.runs):
                 # a fresh edge per run: RSS before/after is this run's connections only
-                port = _free_port()
+                port = free_port()
                 proc = ctx.Process(target=_serve, args=(redis_srv.url, port, args.tenants))
                 proc.start()
                 try:
