@@ -6,6 +6,7 @@ from typing import Any
 
 __all__ = (
     "ClosedError",
+    "ConfigError",
     "ConflictError",
     "DesyncError",
     "InvalidQuery",
@@ -34,6 +35,15 @@ class InvalidQuery(_FieldError):
 
     Raised before anything is registered: a failed subscribe leaves no trace.
     """
+
+
+class ConfigError(RayclusterError, ValueError):
+    """Raised when a config file cannot be used (not YAML, not a mapping); names the file."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"config {path}: {reason}")
 
 
 class InvalidRow(_FieldError):

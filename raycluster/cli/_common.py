@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from raycluster.errors import RayclusterError
+from raycluster.errors import ConfigError, RayclusterError
 
 if TYPE_CHECKING:
     from raycluster.config import TierSettings
@@ -67,7 +67,9 @@ def load_settings(given: str | None, **overrides: object) -> TierSettings:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or "config"
         raise CommandError(f"config {path}: {where}: {first['msg']}", EXIT_USAGE) from e
-    except (RayclusterError, ValueError) as e:  # yaml errors are ValueErrors too
+    except ConfigError as e:  # already names the file
+        raise CommandError(_one_line(e), EXIT_USAGE) from e
+    except (RayclusterError, ValueError) as e:
         raise CommandError(f"config {path}: {_one_line(e)}", EXIT_USAGE) from e
 
 
