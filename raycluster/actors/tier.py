@@ -225,10 +225,11 @@ class Tier:
             max_restarts=-1,
             num_cpus=0,
         ).remote(settings.model_dump_json(), url)
+        report = on_progress if on_progress is not None else _LogProgress()
         try:
-            info = ray.get(controller.start.remote(shards), timeout=settings.start_timeout_s)
+            info = _started(controller.start.remote(shards), settings, deadline, report)
             tier = cls(controller, info)
-            tier._wait_ready(deadline, on_progress)
+            tier._wait_ready(deadline, report)
         except BaseException:
             _teardown(controller)
             raise
@@ -348,6 +349,23 @@ class Tier:
             first.cancel()
             raise
         return sub
+
+
+def _started(
+    ref: Any, settings: TierSettings, deadline: float, report: Callable[[StartProgress], None]
+) -> dict[str, Any]:
+    """The controller's `start()` reply (its process may take a while to come up)."""
+    t0 = deadline - settings.start_timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        done, _ = ray.wait([ref], timeout=min(0.5, max(remaining, 0.0)))
+        if done:
+            return cast(dict[str, Any], ray.get(ref))
+        free, total = _resources(set())
+        snap = StartProgress(time.monotonic() - t0, 0, [], {"controller": {}}, {}, free, total)
+        if remaining <= 0:
+            raise snap.error(settings.name, settings.start_timeout_s)
+        report(snap)
 
 
 def _teardown(controller: Any) -> None:
