@@ -205,10 +205,15 @@ def serve(args: argparse.Namespace) -> int:
     import ray
 
     from raycluster.actors import StartProgress, Tier
+    from raycluster.cli._common import init_ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = TierSettings.load(args.config)
-    if not ray.is_initialized():  # first: ray.init installs a SIGTERM handler of its own
+    # First: ray.init installs a SIGTERM handler of its own. RAY_ADDRESS, else the
+    # local cluster, else a new local instance; an unreachable address fails in seconds.
+    if os.environ.get("RAY_ADDRESS"):
+        init_ray(None, settings.namespace, quiet=False)
+    elif not ray.is_initialized():
         ray.init(namespace=settings.namespace)
     stopping = threading.Event()
 

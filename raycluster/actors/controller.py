@@ -267,7 +267,7 @@ class Controller:
         if handle is None:
             handle = await self._lookup(shard_name(self.settings.name, sid))
         if handle is not None:
-            await self._retire(handle)
+            await self._retire(handle, graceful=self._is_ready(sid))
         self._forget_ready(sid)
         # Killed without a graceful stop, it would look live until its TTL ran out.
         await self._members.leave(sid)
@@ -278,22 +278,28 @@ class Controller:
         if handle is None:
             handle = await self._lookup(gateway_name(self.settings.name, gid))
         if handle is not None:
-            await self._retire(handle)
+            await self._retire(handle, graceful=self._is_ready(gid))
         self._forget_ready(gid)
         await self._members.leave_gateway(gid)
+
+    def _is_ready(self, aid: str) -> bool:
+        """False for an actor known not to run yet (pending placement): no stop() to wait for."""
+        t = self._ready.get(aid)
+        return t is None or t.done()
 
     def _forget_ready(self, aid: str) -> None:
         t = self._ready.pop(aid, None)
         if t is not None:
             t.cancel()
 
-    async def _retire(self, handle: Any) -> None:
-        """Stop one actor gracefully (bounded), then kill it for good."""
+    async def _retire(self, handle: Any, *, graceful: bool = True) -> None:
+        """Stop one actor gracefully (bounded; skipped when `graceful` is False), then kill it."""
         try:
-            await asyncio.wait_for(handle.stop.remote(), RETIRE_TIMEOUT_S)
+            if graceful:
+                await asyncio.wait_for(handle.stop.remote(), RETIRE_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # dead, pending or stuck: the kill below ends it
+        except Exception as e:  # dead or stuck: the kill below ends it
             log.info("controller: graceful stop failed (%s); killing", _describe(e))
         try:
             await asyncio.to_thread(ray.kill, handle, no_restart=True)

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from raycluster.errors import ConfigError, RayclusterError
 
@@ -113,7 +113,14 @@ def _bootstrap(address: str) -> tuple[str, int] | None:
     return (host, int(port)) if port.isdigit() else None
 
 
-def init_ray(address: str | None, namespace: str) -> None:
+AUTH_HINT = (
+    "if the cluster uses token auth (`ray start --head` after a local ray.init wrote "
+    "~/.ray/auth_token), set RAY_AUTH_MODE=token and the token (~/.ray/auth_token or "
+    "RAY_AUTH_TOKEN)"
+)
+
+
+def init_ray(address: str | None, namespace: str, *, quiet: bool = True) -> None:
     """Connect this process to the Ray cluster at `address` (else `RAY_ADDRESS`, else the
     local one), failing within seconds with a `CommandError` when nothing answers there.
 
@@ -134,10 +141,13 @@ def init_ray(address: str | None, namespace: str) -> None:
         except OSError as e:
             reason = e.strerror or _one_line(e)
             raise CommandError(f"no Ray cluster at {address}: {reason}") from e
+    quiet_kw: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     try:
-        ray.init(address=address, namespace=namespace, logging_level=logging.ERROR,
-                 log_to_driver=False)  # fmt: skip
-    except (ConnectionError, RuntimeError, ValueError) as e:
+        ray.init(address=address, namespace=namespace, **(quiet_kw if quiet else {}))
+    except ConnectionError as e:
+        hint = f" ({AUTH_HINT})" if target is not None else ""
+        raise CommandError(f"no Ray cluster at {address}: {_one_line(e)}{hint}") from e
+    except (RuntimeError, ValueError) as e:
         raise CommandError(f"no Ray cluster at {address}: {_one_line(e)}") from e
 
 
