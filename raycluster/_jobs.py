@@ -251,9 +251,14 @@ def serve(args: argparse.Namespace) -> int:
                 break
     except _Stop as e:
         print(f"{e} received", flush=True)
+    except ray.exceptions.RayActorError:
+        print("the tier's controller is gone (`raycluster stop`?)", flush=True)
     finally:
         stopping.set()
         print("stopping the tier", flush=True)
-        tier.stop()
+        try:
+            tier.stop()
+        except ray.exceptions.RayActorError:
+            pass  # stopped already
         print("stopped", flush=True)
     return 0

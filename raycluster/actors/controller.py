@@ -313,7 +313,7 @@ class Controller:
         async def one(sid: str, h: Any) -> tuple[str, dict[str, Any]]:
             ready = self._ready.get(sid)
             if ready is None or not ready.done():
-                err = f"not started: waiting to be placed (needs {self._demand(sid)})"
+                err = f"not ready yet: being placed or starting (needs {self._demand(sid)})"
                 return sid, {"shard": sid, "error": err}
             try:
                 return sid, await asyncio.wait_for(h.status.remote(), STATUS_TIMEOUT_S)
