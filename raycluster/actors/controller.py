@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -75,12 +76,14 @@ class Controller:
         self._task = asyncio.get_event_loop().create_task(self._keep_alive())
 
     async def _keep_alive(self) -> None:
-        # A restarted controller (the count is in Redis) reconciles at once; a new
-        # one waits for start(), which may bring a count of its own.
-        if await self._redis.get(self._desired_key) is None:
-            await self._started.wait()
         while True:
             try:
+                if not self._started.is_set():
+                    # A restarted controller (the count is in Redis) reconciles at
+                    # once; a new one waits for start(), which may bring its own count.
+                    if await self._redis.get(self._desired_key) is None:
+                        await self._started.wait()
+                    self._started.set()
                 async with self._lock:
                     await self._load()
                     await self._forget_dead()
@@ -157,6 +160,10 @@ class Controller:
             else:
                 live.append(aid)
         return {"desired": self.desired, "live": live, "pending": pending, "failed": failed}
+
+    async def pid(self) -> int:
+        """The controller's process id (which incarnation answers; operators signal it)."""
+        return os.getpid()
 
     async def info(self) -> dict[str, Any]:
         """How to reach the tier: Redis URL, gateway ids, names."""

@@ -32,6 +32,7 @@ STOP_TIMEOUT_S = 90.0  # the controller stops every actor (15 s each at most, co
 CALL_TIMEOUT_S = 60.0  # any other call to the controller
 PROGRESS_EVERY_S = 5.0  # the default reporter logs this often while actors are pending
 WARN_AFTER_S = 10.0  # ... and warns once when a start takes this long
+RETRY_S = 0.2  # between calls to a restarting controller
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ class Tier:
         while True:
             remaining = deadline - time.monotonic()
             wait_s = min(0.5, max(remaining, 0.0))
-            p = ray.get(self.controller.progress.remote(wait_s), timeout=CALL_TIMEOUT_S)
+            p = self._call("progress", wait_s)
             if not p["pending"] and not p["failed"]:
                 return
             names = {r for d in p["pending"].values() for r in d}
@@ -277,7 +278,7 @@ class Tier:
 
     def status(self) -> dict[str, Any]:
         """Live shards, partitions each owns, subscriptions, frames/s, lag."""
-        status: dict[str, Any] = ray.get(self.controller.status.remote(), timeout=CALL_TIMEOUT_S)
+        status: dict[str, Any] = self._call("status")
         return status
 
     def scale(
@@ -290,8 +291,8 @@ class Tier:
         names the missing resources).
         """
         deadline = time.monotonic() + self.settings.start_timeout_s
-        before = ray.get(self.controller.progress.remote(), timeout=CALL_TIMEOUT_S)["desired"]
-        ray.get(self.controller.scale.remote(n), timeout=CALL_TIMEOUT_S)
+        before = self._call("progress")["desired"]
+        self._call("scale", n)
         try:
             self._wait_ready(deadline, on_progress)
         except BaseException:
@@ -300,10 +301,32 @@ class Tier:
             raise
         return self.status()
 
+    def _call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
+        """`controller.method(*args)`, bounded by `timeout_s`.
+
+        Every controller method is idempotent, so a call lost to a controller
+        restart (`ActorUnavailableError`) is sent again until the deadline; a
+        controller that does not answer in time is a `RayclusterError`.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ref = getattr(self.controller, method).remote(*args)
+            try:
+                return ray.get(ref, timeout=max(deadline - time.monotonic(), 0.0))
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(RETRY_S)
+            except ray.exceptions.GetTimeoutError as e:
+                raise RayclusterError(
+                    f"the controller of tier {self.name!r} did not answer {method}() within "
+                    f"{timeout_s:g} s"
+                ) from e
+
     def stop(self) -> None:
         """Stop every actor of the tier, the controller last; nothing runs or heartbeats after."""
         try:
-            ray.get(self.controller.stop.remote(), timeout=STOP_TIMEOUT_S)
+            self._call("stop", timeout_s=STOP_TIMEOUT_S)
         finally:
             ray.kill(self.controller)
 

@@ -90,13 +90,16 @@ async def test_restarted_controller_keeps_the_scale_and_stops_shards_above_it(
 
         # A crash: Ray restarts the controller, which reads the count from Redis
         # before its first reconcile (it used to re-create shard-2 from its settings).
+        first_pid = await tier.controller.pid.remote()
         await asyncio.to_thread(ray.kill, tier.controller, no_restart=False)
 
         async def adopted() -> bool:
             try:
+                if await tier.controller.pid.remote() == first_pid:
+                    return False  # the kill has not landed yet
                 p = await tier.controller.progress.remote()
-            except ray.exceptions.RayActorError:
-                return False
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                return False  # restarting
             return bool(
                 p["desired"] == 2 and sorted(p["live"]) == ["ray-gw-0", "shard-0", "shard-1"]
             )
@@ -154,6 +157,32 @@ async def test_too_small_cluster_fails_within_its_bound_naming_the_missing_resou
     # Progress was reported while it waited: the gateway live, the shards pending.
     assert seen and seen[-1].live == ["ray-gw-0"] and set(seen[-1].pending) == set(e.pending)
     assert await _leftovers(settings, redis_server.url) == []
+
+
+async def test_scale_that_cannot_place_its_shards_scales_back(
+    ray_namespace: str, redis_server: Any
+) -> None:
+    # Two shards of 1.5 CPUs fit the session's 4; a third does not.
+    settings = tier_settings(
+        unique("scaleback"), ray_namespace, shards=2, shard_num_cpus=1.5, start_timeout_s=15
+    )
+    keys = Keys(settings.redis.key_prefix)
+    async with running_tier(settings, redis_server.url) as tier:
+        with pytest.raises(NotReadyError) as info:
+            await asyncio.to_thread(tier.scale, 3)
+        assert info.value.pending == {"shard-2": {"CPU": 1.5}}
+        assert info.value.missing == {"CPU": 0.5}
+        assert not await asyncio.to_thread(
+            _exists, shard_name(settings.name, "shard-2"), ray_namespace
+        )
+        r = aioredis.from_url(redis_server.url)
+        try:
+            assert await r.get(keys.tier_shard_count(settings.name)) == b"2"
+            assert await r.smembers(keys.tier_shard_ids(settings.name)) == {b"shard-0", b"shard-1"}
+        finally:
+            await r.aclose()
+        st = await wait_converged(tier, 2)
+        assert st["desired_shards"] == 2
 
 
 async def test_stop_command_stops_a_tier_by_name(
