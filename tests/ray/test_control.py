@@ -168,8 +168,17 @@ async def test_scale_that_cannot_place_its_shards_scales_back(
     )
     keys = Keys(settings.redis.key_prefix)
     async with running_tier(settings, redis_server.url) as tier:
+        scaling = asyncio.ensure_future(asyncio.to_thread(tier.scale, 3))
+        # Meanwhile `status` says why shard-2 has no status (it used to say `TimeoutError:`).
+        waiting = "not ready yet: being placed or starting (needs {'CPU': 1.5})"
+
+        async def explained() -> bool:
+            st = await asyncio.to_thread(tier.status)
+            return bool(st["shards"].get("shard-2", {}).get("error") == waiting)
+
+        await wait_for(explained, 30, what="status to explain the pending shard")
         with pytest.raises(NotReadyError) as info:
-            await asyncio.to_thread(tier.scale, 3)
+            await scaling
         assert info.value.pending == {"shard-2": {"CPU": 1.5}}
         assert info.value.missing == {"CPU": 0.5}
         assert not await asyncio.to_thread(
