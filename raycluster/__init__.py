@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ClosedError,
+    ConfigError,
     ConflictError,
     DesyncError,
     InvalidQuery,
     InvalidRow,
+    NotReadyError,
     RayclusterError,
     UnavailableError,
 )
@@ -60,6 +62,7 @@ _LAZY = {
 __all__ = (
     "ClosedError",
     "Cond",
+    "ConfigError",
     "ConflictError",
     "Cursor",
     "DeltaOp",
@@ -72,6 +75,7 @@ __all__ = (
     "LiveList",
     "LiveQuery",
     "MemoryStore",
+    "NotReadyError",
     "RayclusterError",
     "RedisFeed",
     "RedisStore",
