@@ -128,7 +128,7 @@ class Controller:
     def _watch(self, aid: str, handle: Any) -> None:
         """Track `handle.ready()` (again, if the last call failed: the actor may have restarted)."""
         t = self._ready.get(aid)
-        if t is not None and (not t.done() or (not t.cancelled() and t.exception() is None)):
+        if t is not None and (not t.done() or _succeeded(t)):
             return
 
         async def ready() -> Any:
@@ -145,7 +145,7 @@ class Controller:
         """
         waiting = [t for aid, t in self._ready.items() if not t.done()]
         if waiting and wait_s > 0:
-            await asyncio.wait(waiting, timeout=wait_s)
+            await asyncio.wait(waiting, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
         live: list[str] = []
         pending: dict[str, dict[str, float]] = {}
         failed: dict[str, str] = {}
@@ -153,7 +153,7 @@ class Controller:
             t = self._ready.get(aid)
             if t is None or not t.done():
                 pending[aid] = self._demand(aid)
-            elif t.cancelled() or t.exception() is not None or t.result() is False:
+            elif not _succeeded(t):
                 err = None if t.cancelled() else t.exception()
                 failed[aid] = _describe(err) if err is not None else "its runtime stopped"
                 self._watch(aid, handle)
@@ -377,3 +377,8 @@ def _describe(e: BaseException) -> str:
     """`Type: first line of the message` (just the type when the message is empty)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _succeeded(t: asyncio.Task[Any]) -> bool:
+    """A finished readiness call that said ready (a shard says False once its runtime stopped)."""
+    return not t.cancelled() and t.exception() is None and t.result() is not False
