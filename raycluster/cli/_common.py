@@ -114,9 +114,8 @@ def _bootstrap(address: str) -> tuple[str, int] | None:
 
 
 AUTH_HINT = (
-    "if the cluster uses token auth (`ray start --head` after a local ray.init wrote "
-    "~/.ray/auth_token), set RAY_AUTH_MODE=token and the token (~/.ray/auth_token or "
-    "RAY_AUTH_TOKEN)"
+    "if the cluster uses token auth, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
+    "(or ~/.ray/auth_token): README, 'Run it on a Ray cluster'"
 )
 
 
@@ -145,7 +144,7 @@ def init_ray(address: str | None, namespace: str, *, quiet: bool = True) -> None
     try:
         ray.init(address=address, namespace=namespace, **(quiet_kw if quiet else {}))
     except ConnectionError as e:
-        hint = f" ({AUTH_HINT})" if target is not None else ""
+        hint = f"; {AUTH_HINT}" if target is not None else ""
         raise CommandError(f"no Ray cluster at {address}: {_one_line(e)}{hint}") from e
     except (RuntimeError, ValueError) as e:
         raise CommandError(f"no Ray cluster at {address}: {_one_line(e)}") from e
