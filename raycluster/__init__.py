@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ClosedError,
+    ConfigError,
     ConflictError,
     DesyncError,
     InvalidQuery,
     InvalidRow,
+    NotReadyError,
     RayclusterError,
     RegistrationConflict,
     UnavailableError,
@@ -61,6 +63,7 @@ _LAZY = {
 __all__ = (
     "ClosedError",
     "Cond",
+    "ConfigError",
     "ConflictError",
     "Cursor",
     "DeltaOp",
@@ -73,6 +76,7 @@ __all__ = (
     "LiveList",
     "LiveQuery",
     "MemoryStore",
+    "NotReadyError",
     "RayclusterError",
     "RedisFeed",
     "RedisStore",

@@ -40,6 +40,8 @@ SERVE_STATUS_KEYS = (
     "live_shards", "subscriptions", "partitions_owned", "frames_per_s", "changes_per_s", "lag_ms",
 )  # fmt: skip
 
+PROGRESS_EVERY_S = 5.0  # serve prints a pending start's progress this often
+
 log = logging.getLogger("raycluster.serve")
 
 
@@ -188,32 +190,75 @@ def add_serve_args(ap: argparse.ArgumentParser) -> None:
     )
 
 
+class _Stop(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT: unwinds a start or the serve loop."""
+
+
 def serve(args: argparse.Namespace) -> int:
     """Start (or re-adopt) the tier and block, printing status lines, until SIGTERM/SIGINT.
 
-    Every actor of the tier is stopped before this returns, however it ends.
+    While actors are pending, prints what is ready, what waits on which
+    resources and what the cluster has free; past `start_timeout_s` the start
+    fails (`NotReadyError`, exit 1). Every actor of the tier is stopped before
+    this returns, however it ends (a signal during the start included).
     """
-    from raycluster.actors import Tier
+    import ray
+
+    from raycluster.actors import StartProgress, Tier
+    from raycluster.cli._common import init_ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = TierSettings.load(args.config)
-    tier = Tier.start(settings, shards=args.shards)
-    print(f"serving tier {tier.name!r}: redis {tier.redis_url}, gateways {tier.gateway_ids}",
-          flush=True)  # fmt: skip
+    # First: ray.init installs a SIGTERM handler of its own. RAY_ADDRESS, else the
+    # local cluster, else a new local instance; an unreachable address fails in seconds.
+    if os.environ.get("RAY_ADDRESS"):
+        init_ray(None, settings.namespace, quiet=False)
+    elif not ray.is_initialized():
+        ray.init(namespace=settings.namespace)
+    stopping = threading.Event()
 
-    stop = threading.Event()
+    def on_signal(signum: int, frame: Any) -> None:
+        if not stopping.is_set():  # a second signal while stopping is ignored
+            stopping.set()
+            raise _Stop(signal.Signals(signum).name)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
+    last = [0.0]
+
+    def progress(p: StartProgress) -> None:
+        if p.elapsed_s - last[0] >= PROGRESS_EVERY_S:
+            last[0] = p.elapsed_s
+            print(f"starting tier {settings.name!r}: {p.describe()}", flush=True)
+
+    print(f"starting tier {settings.name!r} (gives up after {settings.start_timeout_s:g} s)",
+          flush=True)  # fmt: skip
+    try:
+        tier = Tier.start(settings, shards=args.shards, on_progress=progress)
+    except _Stop as e:
+        print(f"{e}: the start was cancelled; every actor of the tier stopped", flush=True)
+        return 0
     deadline = time.monotonic() + args.for_seconds if args.for_seconds else None
     try:
-        while not stop.wait(args.status_every):
+        print(f"serving tier {tier.name!r}: redis {tier.redis_url}, gateways {tier.gateway_ids}",
+              flush=True)  # fmt: skip
+        while True:
+            time.sleep(args.status_every)
             st = tier.status()
             line = {k: st[k] for k in SERVE_STATUS_KEYS}
             print("status " + json.dumps(line), flush=True)
             if deadline is not None and time.monotonic() >= deadline:
                 break
+    except _Stop as e:
+        print(f"{e} received", flush=True)
+    except ray.exceptions.RayActorError:
+        print("the tier's controller is gone (`raycluster stop`?)", flush=True)
     finally:
+        stopping.set()
         print("stopping the tier", flush=True)
-        tier.stop()
+        try:
+            tier.stop()
+        except ray.exceptions.RayActorError:
+            pass  # stopped already
         print("stopped", flush=True)
     return 0

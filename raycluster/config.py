@@ -1,26 +1,42 @@
-"""Tier settings: one pydantic-settings root, loadable from YAML, env overrides on top.
+"""Tier settings: one pydantic-settings root over init kwargs, the environment and YAML.
 
-`TierSettings.load("configs/tier.yaml")` reads the file, then lets the
-environment (`RAYCLUSTER_*`; nested fields with `__`, e.g.
-`RAYCLUSTER_SHARD__OWNERSHIP_INTERVAL_S`) override it. The Redis section is
-`RedisSettings` (`RAYCLUSTER_REDIS_URL`, `RAYCLUSTER_HEARTBEAT_TTL_S`, …).
+`TierSettings.load("configs/tier.yaml", shards=5)` takes each field, nested
+fields one by one, from the first source that sets it:
+
+1. keyword arguments (`load(**overrides)`, `TierSettings(...)`);
+2. the environment, `RAYCLUSTER_<FIELD>`, nested with `__`
+   (`RAYCLUSTER_SHARD__OWNERSHIP_INTERVAL_S=2`, `RAYCLUSTER_REDIS__REDIS_URL`);
+3. the flat names of the Redis section, `RAYCLUSTER_<REDIS FIELD>`
+   (`RAYCLUSTER_REDIS_URL`, `RAYCLUSTER_HEARTBEAT_TTL_S`, …; the documented
+   names, below the nested ones when both are set);
+4. the YAML file;
+5. the defaults.
+
+So `shard: {cushion: 16}` in the file and `RAYCLUSTER_SHARD__OWNERSHIP_INTERVAL_S=2`
+in the environment give cushion 16 and ownership_interval_s 2.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from raycluster.cluster.gateway import GatewayOptions
 from raycluster.cluster.shard import ShardOptions
 from raycluster.edge.settings import EdgeSettings
-from raycluster.errors import InvalidQuery
+from raycluster.errors import ConfigError, InvalidQuery
 from raycluster.livequery import EntitySpec, QueryLimits
-from raycluster.redis.settings import RedisSettings
+from raycluster.redis.settings import ENV_PREFIX, RedisSettings, redis_env
 
 __all__ = ("HEAD_NODE", "TierSettings")
 
@@ -29,11 +45,56 @@ __all__ = ("HEAD_NODE", "TierSettings")
 HEAD_NODE = {"node:__internal_head__": 0.001}
 
 
+_YAML_PATH: ContextVar[Path | None] = ContextVar("raycluster_yaml_path", default=None)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in the YAML file `path`; `ConfigError` naming the file (and line) if it is not.
+
+    `OSError` when the file cannot be read.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(str(path), f"not valid YAML: {problem}{where}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), f"must be a YAML mapping, not a {type(data).__name__}")
+    return data
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The YAML file `TierSettings.load` was given (none: contributes nothing)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ returns the whole mapping at once
+
+    def __call__(self) -> dict[str, Any]:
+        path = _YAML_PATH.get()
+        return read_yaml(path) if path is not None else {}
+
+
+class _RedisFlatEnv(PydanticBaseSettingsSource):
+    """The Redis section's flat environment names (`RAYCLUSTER_REDIS_URL`, …)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = redis_env()
+        return {"redis": found} if found else {}
+
+
 class TierSettings(BaseSettings):
     """Everything a tier needs: Ray placement, Redis, loop cadences, entities."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RAYCLUSTER_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
     name: str = Field("raycluster", min_length=1, description="Actor-name prefix of the tier.")
@@ -88,6 +149,13 @@ class TierSettings(BaseSettings):
         default_factory=list, description="Declared entities (empty: any entity, unchecked)."
     )
     metrics_interval_s: float = Field(2.0, gt=0, description="Metrics export period.")
+    start_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long `Tier.start`, `tier.scale` and `raycluster serve` wait for every "
+        "shard and gateway to be placed and ready; past it they stop what they started and "
+        "raise an error naming the resources missing.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TierSettings:
@@ -100,19 +168,33 @@ class TierSettings(BaseSettings):
         return self
 
     @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """init > env (`__` nesting) > flat Redis env names > YAML > defaults, per field."""
+        return (
+            init_settings,
+            env_settings,
+            _RedisFlatEnv(settings_cls),
+            _YamlSource(settings_cls),
+        )
+
+    @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> TierSettings:
-        """Settings from a YAML file (optional), the environment on top, then `overrides`."""
-        data: dict[str, Any] = {}
-        if path is not None:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise InvalidQuery("config", str(path), "must be a YAML mapping")
-            data = loaded
-        env = cls()
-        env_set = env.model_dump(include=env.model_fields_set)
-        redis_env = RedisSettings()
-        redis_set = redis_env.model_dump(include=redis_env.model_fields_set)
-        merged = {**data, **env_set, **overrides}
-        redis = {**(data.get("redis") or {}), **redis_set, **(overrides.get("redis") or {})}
-        merged["redis"] = redis
-        return cls.model_validate(merged)
+        """Settings from `overrides`, the environment and the YAML file `path` (optional).
+
+        Precedence is per field, nested fields included (module docstring).
+        Raises `OSError` if the file cannot be read, `ConfigError` (naming the
+        file) if it is not a YAML mapping, pydantic's `ValidationError` for a
+        bad value.
+        """
+        token = _YAML_PATH.set(Path(path) if path is not None else None)
+        try:
+            return cls(**overrides)
+        finally:
+            _YAML_PATH.reset(token)

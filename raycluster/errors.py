@@ -7,10 +7,12 @@ from typing import Any
 
 __all__ = (
     "ClosedError",
+    "ConfigError",
     "ConflictError",
     "DesyncError",
     "InvalidQuery",
     "InvalidRow",
+    "NotReadyError",
     "RayclusterError",
     "RegistrationConflict",
     "UnavailableError",
@@ -51,6 +53,15 @@ class InvalidQuery(_FieldError):
 
     Raised before anything is registered: a failed subscribe leaves no trace.
     """
+
+
+class ConfigError(RayclusterError, ValueError):
+    """Raised when a config file cannot be used (not YAML, not a mapping); names the file."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"config {path}: {reason}")
 
 
 class InvalidRow(_FieldError):
@@ -101,3 +112,51 @@ class RegistrationConflict(RayclusterError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.sub_id, self.reason))
+
+
+class NotReadyError(RayclusterError):
+    """Raised by `Tier.start` / `tier.scale` when actors are not ready within `start_timeout_s`.
+
+    By then what the call started is stopped again. `pending` maps each actor
+    that was not ready to its resource demand, `failed` to the error its last
+    readiness check raised, and `missing` names the resources the cluster
+    lacked for the pending ones (summed demand minus what was free; empty when
+    the cluster had room and the actors failed or were still starting).
+    """
+
+    def __init__(
+        self,
+        tier: str,
+        timeout_s: float,
+        pending: dict[str, dict[str, float]],
+        failed: dict[str, str],
+        missing: dict[str, float],
+        available: dict[str, float],
+        total: dict[str, float],
+    ) -> None:
+        self.tier = tier
+        self.timeout_s = timeout_s
+        self.pending = pending
+        self.failed = failed
+        self.missing = missing
+        self.available = available
+        self.total = total
+        not_ready = sorted({*pending, *failed})
+        parts = [f"tier {tier!r}: {', '.join(not_ready)} not ready after {timeout_s:g} s"]
+        if missing:
+            need = ", ".join(f"{r} {v:g}" for r, v in sorted(missing.items()))
+            demands = "; ".join(f"{a} needs {d}" for a, d in sorted(pending.items()))
+            parts.append(f"missing resources: {need} ({demands}; free {available} of {total})")
+        for aid, err in sorted(failed.items()):
+            parts.append(f"{aid}: {err}")
+        if not missing and not failed:
+            parts.append(f"the cluster has the resources free ({available}): still starting?")
+        parts.append("what the call started was stopped")
+        super().__init__("; ".join(parts))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.tier, self.timeout_s, self.pending, self.failed, self.missing,
+             self.available, self.total),
+        )  # fmt: skip

@@ -4,13 +4,14 @@ from .controller import Controller
 from .gateway import GatewayActor, RayDeltaBus
 from .names import controller_name, gateway_name, shard_name
 from .shard import ShardActor
-from .tier import Tier
+from .tier import StartProgress, Tier
 
 __all__ = (
     "Controller",
     "GatewayActor",
     "RayDeltaBus",
     "ShardActor",
+    "StartProgress",
     "Tier",
     "controller_name",
     "gateway_name",

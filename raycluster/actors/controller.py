@@ -1,9 +1,14 @@
 """The controller: owns the desired shard count, starts, re-adopts, scales and stops actors.
 
-It is a detached named actor. Shards and gateways are detached named actors
-too, created with `get_if_exists`, so a restarted controller re-adopts them
-by name; the desired shard count lives in Redis, so a scale survives a
-controller restart.
+It is a detached named actor and keeps no state of its own: the desired
+shard count (`Keys.tier_shard_count`) and every shard id the tier may run
+(`Keys.tier_shard_ids`, added before the shard is created) live in Redis.
+A restarted controller reads both before its first reconcile, re-adopts the
+named actors (`get_if_exists`) and stops shards above the count; `stop()`
+stops every recorded shard, whether or not this incarnation created it.
+
+Blocking Ray calls (`ray.get_actor`, actor creation by name, `ray.kill`)
+run in threads, never on the actor's event loop.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from typing import Any
 
 import ray
 
 from raycluster._tasks import cancel_and_wait
+from raycluster.cluster.keys import Keys
 from raycluster.config import TierSettings
 from raycluster.redis import RedisMembership
 from raycluster.redis._client import make_client
@@ -30,8 +37,9 @@ __all__ = ("Controller",)
 log = logging.getLogger(__name__)
 
 STATUS_TIMEOUT_S = 5.0  # a shard that does not answer status in time is reported as such
-ENSURE_INTERVAL_S = 5.0
-GATEWAY_MAX_CONCURRENCY = 100_000  # how often missing actors are re-created
+ENSURE_INTERVAL_S = 5.0  # how often missing actors are re-created
+GATEWAY_MAX_CONCURRENCY = 100_000
+RETIRE_TIMEOUT_S = 15.0  # a graceful stop of one actor; then it is killed
 
 
 def shard_ids(n: int) -> list[str]:
@@ -56,36 +64,108 @@ class Controller:
         self.shards: dict[str, Any] = {}
         self.gateways: dict[str, Any] = {}
         # One client (with the configured timeouts and retries) for the live set
-        # and the desired shard count.
+        # and the tier's state.
         self._redis = make_client(redis_url, self.settings.redis, name="raycluster-controller")
         self._members = RedisMembership(self._redis, settings=self.settings.redis)
-        self._desired_key = f"{self.settings.redis.key_prefix}:tier:{self.settings.name}:shards"
+        keys = Keys(self.settings.redis.key_prefix)
+        self._desired_key = keys.tier_shard_count(self.settings.name)
+        self._ids_key = keys.tier_shard_ids(self.settings.name)
         self._last: tuple[float, int, int] | None = None
         self._lock = asyncio.Lock()
+        self._started = asyncio.Event()
+        self._ready: dict[str, asyncio.Task[Any]] = {}  # actor id -> its readiness call
         self._task = asyncio.get_event_loop().create_task(self._keep_alive())
 
     async def _keep_alive(self) -> None:
         while True:
-            await asyncio.sleep(ENSURE_INTERVAL_S)
             try:
+                if not self._started.is_set():
+                    # A restarted controller (the count is in Redis) reconciles at
+                    # once; a new one waits for start(), which may bring its own count.
+                    if await self._redis.get(self._desired_key) is None:
+                        await self._started.wait()
+                    self._started.set()
                 async with self._lock:
+                    await self._load()
                     await self._forget_dead()
-                    await self._ensure()
+                    await self._reconcile()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("controller: ensure failed")
+                log.exception("controller: reconcile failed")
+            await asyncio.sleep(ENSURE_INTERVAL_S)
 
-    async def start(self) -> dict[str, Any]:
-        """Bring the tier to its desired size (re-adopting actors that exist); wait until ready."""
+    async def _load(self) -> None:
         stored = await self._redis.get(self._desired_key)
         if stored is not None:
             self.desired = int(stored)
+
+    async def start(self, shards: int | None = None) -> dict[str, Any]:
+        """Bring the tier to its desired size, re-adopting actors that exist; returns at once.
+
+        The count is `shards` if given (persisted), else the one in Redis (a
+        tier scaled and re-adopted keeps its scale), else the settings'. Poll
+        `progress()` to see the actors become ready.
+        """
+        if shards is not None and shards < 0:
+            raise ValueError(f"shards: must be 0 or more (got {shards})")
         async with self._lock:
-            await self._ensure()
-        await asyncio.gather(*(h.ready.remote() for h in self.gateways.values()))
-        await asyncio.gather(*(h.ready.remote() for h in self.shards.values()))
+            await self._load()
+            if shards is not None:
+                self.desired = shards
+            await self._redis.set(self._desired_key, self.desired)
+            await self._reconcile()
+        self._started.set()
         return await self.info()
+
+    def _demand(self, aid: str) -> dict[str, float]:
+        """The resources one actor asks Ray for (what a pending one waits on)."""
+        s = self.settings
+        if aid in self.gateways:
+            cpu = {"CPU": s.gateway_num_cpus} if s.gateway_num_cpus else {}
+            return {**cpu, **s.gateway_resources}
+        cpu = {"CPU": s.shard_num_cpus} if s.shard_num_cpus else {}
+        return {**cpu, **s.shard_resources}
+
+    def _watch(self, aid: str, handle: Any) -> None:
+        """Track `handle.ready()` (again, if the last call failed: the actor may have restarted)."""
+        t = self._ready.get(aid)
+        if t is not None and (not t.done() or _succeeded(t)):
+            return
+
+        async def ready() -> Any:
+            return await handle.ready.remote()
+
+        self._ready[aid] = asyncio.get_running_loop().create_task(ready(), name=f"ready-{aid}")
+
+    async def progress(self, wait_s: float = 0.0) -> dict[str, Any]:
+        """Which actors are ready (`live`), which not (`pending`: id -> resource demand),
+        which failed their readiness call (`failed`: id -> error); `desired` shards.
+
+        Waits up to `wait_s` for a pending actor to become ready first (a long
+        poll: a driver calls it in a loop without sleeping).
+        """
+        waiting = [t for aid, t in self._ready.items() if not t.done()]
+        if waiting and wait_s > 0:
+            await asyncio.wait(waiting, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        live: list[str] = []
+        pending: dict[str, dict[str, float]] = {}
+        failed: dict[str, str] = {}
+        for aid, handle in [*self.gateways.items(), *self.shards.items()]:
+            t = self._ready.get(aid)
+            if t is None or not t.done():
+                pending[aid] = self._demand(aid)
+            elif not _succeeded(t):
+                err = None if t.cancelled() else t.exception()
+                failed[aid] = _describe(err) if err is not None else "its runtime stopped"
+                self._watch(aid, handle)
+            else:
+                live.append(aid)
+        return {"desired": self.desired, "live": live, "pending": pending, "failed": failed}
+
+    async def pid(self) -> int:
+        """The controller's process id (which incarnation answers; operators signal it)."""
+        return os.getpid()
 
     async def info(self) -> dict[str, Any]:
         """How to reach the tier: Redis URL, gateway ids, names."""
@@ -141,53 +221,119 @@ class Controller:
             return False
 
         for group in (self.shards, self.gateways):
-            actors = list(group.items())
+            # Not yet ready (pending placement): its readiness call is still queued.
+            actors = [
+                (a, h) for a, h in group.items() if a not in self._ready or self._ready[a].done()
+            ]
             gone = await asyncio.gather(*(dead(aid, h) for aid, h in actors))
             for (aid, _), is_dead in zip(actors, gone, strict=True):
                 if is_dead:
                     del group[aid]
 
-    async def _ensure(self) -> None:
+    async def _reconcile(self) -> None:
+        """Make the actors match `desired` (the caller holds the lock).
+
+        A new shard id goes into the Redis set before its actor is created, so
+        whoever reads the set later finds every shard that may run.
+        """
+        want = shard_ids(self.desired)
+        recorded = await self._recorded()
+        new = [sid for sid in want if sid not in recorded]
+        if new:
+            await self._redis.sadd(self._ids_key, *new)
         for gid in gateway_ids(self.settings.gateways):
             if gid not in self.gateways:
-                self.gateways[gid] = self._gateway(gid)
-        for sid in shard_ids(self.desired):
+                self.gateways[gid] = await asyncio.to_thread(self._gateway, gid)
+            self._watch(gid, self.gateways[gid])
+        for sid in want:
             if sid not in self.shards:
-                self.shards[sid] = self._shard(sid)
+                self.shards[sid] = await asyncio.to_thread(self._shard, sid)
+            self._watch(sid, self.shards[sid])
+        extra = sorted((recorded | set(self.shards)) - set(want))
+        await asyncio.gather(*(self._retire_shard(sid) for sid in extra))
+
+    async def _recorded(self) -> set[str]:
+        raw = await self._redis.smembers(self._ids_key)
+        return {m.decode() if isinstance(m, bytes) else m for m in raw}
 
     async def scale(self, n: int) -> dict[str, Any]:
-        """Run exactly `n` shards: new ones start, the highest-numbered extra ones stop."""
+        """Run exactly `n` shards: persist `n`, start new ones, stop the highest-numbered
+        extra ones; returns `progress()` at once (new shards may still be starting)."""
         if n < 0:
             raise ValueError(f"shards: must be 0 or more (got {n})")
         async with self._lock:
             self.desired = n
             await self._redis.set(self._desired_key, n)
-            await self._ensure()
-            keep = set(shard_ids(n))
-            for sid in sorted(set(self.shards) - keep):
-                await self._retire(self.shards.pop(sid))
-        await asyncio.gather(*(h.ready.remote() for h in self.shards.values()))
-        return await self.status()
+            await self._reconcile()
+        self._started.set()
+        return await self.progress()
 
-    async def _retire(self, handle: Any) -> None:
+    async def _lookup(self, name: str) -> Any:
         try:
-            await asyncio.wait_for(handle.stop.remote(), 15)
-        except Exception as e:  # dead or stuck: killed below all the same
-            log.warning("controller: graceful stop failed (%s: %s); killing", type(e).__name__, e)
+            return await asyncio.to_thread(ray.get_actor, name, namespace=self.settings.namespace)
+        except ValueError:  # no such actor
+            return None
+
+    async def _retire_shard(self, sid: str) -> None:
+        handle = self.shards.pop(sid, None)
+        if handle is None:
+            handle = await self._lookup(shard_name(self.settings.name, sid))
+        if handle is not None:
+            await self._retire(handle, graceful=self._is_ready(sid))
+        self._forget_ready(sid)
+        # Killed without a graceful stop, it would look live until its TTL ran out.
+        await self._members.leave(sid)
+        await self._redis.srem(self._ids_key, sid)
+
+    async def _retire_gateway(self, gid: str) -> None:
+        handle = self.gateways.pop(gid, None)
+        if handle is None:
+            handle = await self._lookup(gateway_name(self.settings.name, gid))
+        if handle is not None:
+            await self._retire(handle, graceful=self._is_ready(gid))
+        self._forget_ready(gid)
+        await self._members.leave_gateway(gid)
+
+    def _is_ready(self, aid: str) -> bool:
+        """False for an actor known not to run yet (pending placement): no stop() to wait for."""
+        t = self._ready.get(aid)
+        return t is None or t.done()
+
+    def _forget_ready(self, aid: str) -> None:
+        t = self._ready.pop(aid, None)
+        if t is not None:
+            t.cancel()
+
+    async def _retire(self, handle: Any, *, graceful: bool = True) -> None:
+        """Stop one actor gracefully (bounded; skipped when `graceful` is False), then kill it."""
         try:
-            await asyncio.to_thread(ray.kill, handle)  # a blocking call: off the event loop
-        except Exception as e:
-            log.warning("controller: kill failed: %s: %s", type(e).__name__, e)
+            if graceful:
+                await asyncio.wait_for(handle.stop.remote(), RETIRE_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # dead or stuck: the kill below ends it
+            log.info("controller: graceful stop failed (%s); killing", _describe(e))
+        try:
+            await asyncio.to_thread(ray.kill, handle, no_restart=True)
+        except ValueError:  # not an actor handle Ray knows (already gone)
+            pass
 
     async def status(self) -> dict[str, Any]:
         """Live shards, partitions each owns, subscriptions, frames/s, lag."""
         live = await self._members.live_shards()
 
         async def one(sid: str, h: Any) -> tuple[str, dict[str, Any]]:
+            ready = self._ready.get(sid)
+            if ready is None or not ready.done():
+                err = f"not ready yet: being placed or starting (needs {self._demand(sid)})"
+                return sid, {"shard": sid, "error": err}
             try:
                 return sid, await asyncio.wait_for(h.status.remote(), STATUS_TIMEOUT_S)
+            except TimeoutError:
+                err = f"no status reply within {STATUS_TIMEOUT_S:g} s (busy or restarting)"
+                return sid, {"shard": sid, "error": err}
             except Exception as e:
-                return sid, {"shard": sid, "error": f"{type(e).__name__}: {e}"}
+                return sid, {"shard": sid, "error": _describe(e)}
 
         per = dict(await asyncio.gather(*(one(sid, h) for sid, h in self.shards.items())))
         frames = sum(s.get("frames", 0) for s in per.values())
@@ -214,13 +360,29 @@ class Controller:
         }
 
     async def stop(self) -> None:
-        """Stop every gateway and shard (gracefully, then for good)."""
+        """Stop every gateway and every recorded shard (gracefully, then for good).
+
+        Afterwards no actor of the tier runs or heartbeats, and its state in
+        Redis is gone (a later `start` begins from the settings).
+        """
         await cancel_and_wait([self._task])
         async with self._lock:
-            await asyncio.gather(*(self._retire(h) for h in self.gateways.values()))
-            await asyncio.gather(*(self._retire(h) for h in self.shards.values()))
-            self.gateways.clear()
-            self.shards.clear()
-            await self._redis.delete(self._desired_key)
+            recorded = await self._recorded()
+            gids = set(self.gateways) | set(gateway_ids(self.settings.gateways))
+            await asyncio.gather(*(self._retire_gateway(gid) for gid in sorted(gids)))
+            sids = recorded | set(self.shards)
+            await asyncio.gather(*(self._retire_shard(sid) for sid in sorted(sids)))
+            await self._redis.delete(self._desired_key, self._ids_key)
         with contextlib.suppress(Exception):
             await self._redis.aclose()
+
+
+def _describe(e: BaseException) -> str:
+    """`Type: first line of the message` (just the type when the message is empty)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _succeeded(t: asyncio.Task[Any]) -> bool:
+    """A finished readiness call that said ready (a shard says False once its runtime stopped)."""
+    return not t.cancelled() and t.exception() is None and t.result() is not False

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,16 +18,95 @@ import ray
 from raycluster._tasks import cancel_and_wait, reap
 from raycluster.client import Subscription
 from raycluster.config import TierSettings
-from raycluster.errors import RayclusterError, UnavailableError
+from raycluster.errors import NotReadyError, RayclusterError, UnavailableError
 from raycluster.livequery import Cursor, LiveQuery
 from raycluster.redis import Writer, local_redis_for_process
 
 from .controller import Controller
 from .names import controller_name, gateway_name
 
-__all__ = ("Tier",)
+__all__ = ("StartProgress", "Tier")
 
 log = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 90.0  # the controller stops every actor (15 s each at most, concurrently)
+CALL_TIMEOUT_S = 60.0  # any other call to the controller
+PROGRESS_EVERY_S = 5.0  # the default reporter logs this often while actors are pending
+WARN_AFTER_S = 10.0  # ... and warns once when a start takes this long
+RETRY_S = 0.2  # between calls to a restarting controller
+
+
+@dataclass(frozen=True)
+class StartProgress:
+    """One look at a `Tier.start` / `tier.scale` under way.
+
+    `live`: actors ready; `pending`: actor id -> resources it waits for;
+    `failed`: actor id -> its last readiness error; `available` / `total`:
+    what the cluster has free / in all, of the resources the actors ask for.
+    """
+
+    elapsed_s: float
+    desired: int
+    live: list[str]
+    pending: dict[str, dict[str, float]]
+    failed: dict[str, str]
+    available: dict[str, float]
+    total: dict[str, float]
+
+    def missing(self) -> dict[str, float]:
+        """Resources the pending actors need together beyond what is free."""
+        need: dict[str, float] = {}
+        for demand in self.pending.values():
+            for r, v in demand.items():
+                need[r] = need.get(r, 0.0) + v
+        gap = {r: v - self.available.get(r, 0.0) for r, v in need.items()}
+        return {r: round(v, 3) for r, v in gap.items() if v > 1e-9}
+
+    def describe(self) -> str:
+        """One line: live, pending and on what, failed, free of total."""
+        pending = ", ".join(f"{a} {d}" for a, d in sorted(self.pending.items())) or "none"
+        line = (
+            f"{len(self.live)} ready ({', '.join(self.live) or 'none'}); pending: {pending}; "
+            f"free {self.available} of {self.total}"
+        )
+        if self.failed:
+            line += "; failing: " + "; ".join(f"{a}: {e}" for a, e in sorted(self.failed.items()))
+        return f"{line} ({self.elapsed_s:.0f} s)"
+
+    def error(self, tier: str, timeout_s: float) -> NotReadyError:
+        """The error a start that timed out in this state raises."""
+        return NotReadyError(
+            tier, timeout_s, self.pending, self.failed, self.missing(), self.available, self.total
+        )
+
+
+def _resources(names: set[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Free and total amounts of `names` (and CPU) in the cluster, right now."""
+    names = names | {"CPU"}
+    free, total = ray.available_resources(), ray.cluster_resources()
+    return (
+        {r: round(free.get(r, 0.0), 3) for r in sorted(names)},
+        {r: round(total.get(r, 0.0), 3) for r in sorted(names)},
+    )
+
+
+class _LogProgress:
+    """The default reporter: INFO every few seconds while actors are pending, one WARNING
+    once it takes long (visible without any logging configured)."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+        self._warned = False
+
+    def __call__(self, p: StartProgress) -> None:
+        if not self._warned and p.elapsed_s >= WARN_AFTER_S:
+            self._warned = True
+            log.warning("tier not ready yet: %s", p.describe())
+        elif p.elapsed_s - self._last >= PROGRESS_EVERY_S:
+            log.info("waiting for the tier: %s", p.describe())
+        else:
+            return
+        self._last = p.elapsed_s
 
 
 # A driver whose gateway is lost moves its subscriptions to a live gateway.
@@ -189,8 +270,17 @@ class Tier:
         *,
         redis_url: str | None = None,
         shards: int | None = None,
+        on_progress: Callable[[StartProgress], None] | None = None,
     ) -> Tier:
-        """Start (or re-adopt) the tier described by `config`; returns once shards are up.
+        """Start (or re-adopt) the tier described by `config`; returns once every actor is ready.
+
+        The shard count is `shards` if given, else the one a running (or
+        re-adopted) tier persisted in Redis (`tier.scale`), else the config's.
+        While actors are pending, `on_progress` gets a `StartProgress` about
+        twice a second (default: logged). After `start_timeout_s` without every
+        actor ready, or on Ctrl-C / any error meanwhile, everything of the
+        tier is stopped (controller included) and the error raised:
+        `NotReadyError` names the missing resources.
 
         With no Redis URL configured, a private `redis-server` is started that
         lives as long as this driver process (fine on one machine; on a
@@ -200,18 +290,15 @@ class Tier:
             settings = config
         else:
             settings = TierSettings.load(config)
-        updates: dict[str, Any] = {}
-        if shards is not None:
-            updates["shards"] = shards
         if redis_url is not None:
-            updates["redis"] = settings.redis.model_copy(update={"redis_url": redis_url})
-        if updates:
-            settings = TierSettings.model_validate({**settings.model_dump(), **updates})
+            redis = settings.redis.model_copy(update={"redis_url": redis_url})
+            settings = TierSettings.model_validate({**settings.model_dump(), "redis": redis})
         url = settings.redis.redis_url or local_redis_for_process(
             binary=settings.redis.redis_server
         )
         if not ray.is_initialized():
             ray.init(namespace=settings.namespace)
+        deadline = time.monotonic() + settings.start_timeout_s
         controller = Controller.options(  # type: ignore[attr-defined]
             name=controller_name(settings.name),
             namespace=settings.namespace,
@@ -221,8 +308,38 @@ class Tier:
             num_cpus=0,
             resources=dict(settings.controller_resources),
         ).remote(settings.model_dump_json(), url)
-        info = ray.get(controller.start.remote())
-        return cls(controller, info)
+        report = on_progress if on_progress is not None else _LogProgress()
+        try:
+            info = _started(controller.start.remote(shards), settings, deadline, report)
+            tier = cls(controller, info)
+            tier._wait_ready(deadline, report)
+        except BaseException:
+            _teardown(controller)
+            raise
+        return tier
+
+    def _wait_ready(
+        self, deadline: float, on_progress: Callable[[StartProgress], None] | None
+    ) -> None:
+        """Poll the controller until every actor is ready; `NotReadyError` at `deadline`."""
+        report = on_progress if on_progress is not None else _LogProgress()
+        timeout_s = self.settings.start_timeout_s
+        t0 = deadline - timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            wait_s = min(0.5, max(remaining, 0.0))
+            p = self._call("progress", wait_s)
+            if not p["pending"] and not p["failed"]:
+                return
+            names = {r for d in p["pending"].values() for r in d}
+            free, total = _resources(names)
+            snap = StartProgress(
+                time.monotonic() - t0, p["desired"], p["live"], p["pending"], p["failed"],
+                free, total,
+            )  # fmt: skip
+            if remaining <= 0:
+                raise snap.error(self.name, timeout_s)
+            report(snap)
 
     @classmethod
     def connect(cls, name: str = "raycluster", namespace: str = "raycluster") -> Tier:
@@ -233,23 +350,67 @@ class Tier:
             controller = ray.get_actor(controller_name(name), namespace=namespace)
         except ValueError as e:
             raise RayclusterError(f"no tier {name!r} runs in namespace {namespace!r}") from e
-        info = cast(dict[str, Any], ray.get(controller.info.remote()))
+        try:
+            info = cast(dict[str, Any], ray.get(controller.info.remote(), timeout=CALL_TIMEOUT_S))
+        except ray.exceptions.GetTimeoutError as e:
+            raise RayclusterError(
+                f"the controller of tier {name!r} did not answer within {CALL_TIMEOUT_S:g} s"
+            ) from e
         return cls(controller, info)
 
     def status(self) -> dict[str, Any]:
         """Live shards, partitions each owns, subscriptions, frames/s, lag."""
-        status: dict[str, Any] = ray.get(self.controller.status.remote())
+        status: dict[str, Any] = self._call("status")
         return status
 
-    def scale(self, n: int) -> dict[str, Any]:
-        """Run exactly `n` shards."""
-        status: dict[str, Any] = ray.get(self.controller.scale.remote(n))
-        return status
+    def scale(
+        self, n: int, *, on_progress: Callable[[StartProgress], None] | None = None
+    ) -> dict[str, Any]:
+        """Run exactly `n` shards (persisted: a restarted controller keeps it); the status.
+
+        Waits for new shards as `start` does; after `start_timeout_s` (or on
+        Ctrl-C) it scales back to the previous count and raises (`NotReadyError`
+        names the missing resources).
+        """
+        deadline = time.monotonic() + self.settings.start_timeout_s
+        before = self._call("progress")["desired"]
+        self._call("scale", n)
+        try:
+            self._wait_ready(deadline, on_progress)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                ray.get(self.controller.scale.remote(before), timeout=STOP_TIMEOUT_S)
+            raise
+        return self.status()
+
+    def _call(self, method: str, *args: Any, timeout_s: float = CALL_TIMEOUT_S) -> Any:
+        """`controller.method(*args)`, bounded by `timeout_s`.
+
+        Every controller method is idempotent, so a call lost to a controller
+        restart (`ActorUnavailableError`) is sent again until the deadline; a
+        controller that does not answer in time is a `RayclusterError`.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ref = getattr(self.controller, method).remote(*args)
+            try:
+                return ray.get(ref, timeout=max(deadline - time.monotonic(), 0.0))
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(RETRY_S)
+            except ray.exceptions.GetTimeoutError as e:
+                raise RayclusterError(
+                    f"the controller of tier {self.name!r} did not answer {method}() within "
+                    f"{timeout_s:g} s"
+                ) from e
 
     def stop(self) -> None:
-        """Stop every actor of the tier, the controller last."""
-        ray.get(self.controller.stop.remote())
-        ray.kill(self.controller)
+        """Stop every actor of the tier, the controller last; nothing runs or heartbeats after."""
+        try:
+            self._call("stop", timeout_s=STOP_TIMEOUT_S)
+        finally:
+            ray.kill(self.controller)
 
     def writer(self) -> Writer:
         """A `Writer` for this tier's Redis (close it with `await writer.aclose()`)."""
@@ -403,3 +564,30 @@ class Tier:
             log.info("tier %s: subscription %s moved to gateway %s", self.name, sub.id, gid)
             return True
         return False
+
+
+def _started(
+    ref: Any, settings: TierSettings, deadline: float, report: Callable[[StartProgress], None]
+) -> dict[str, Any]:
+    """The controller's `start()` reply (its process may take a while to come up)."""
+    t0 = deadline - settings.start_timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        done, _ = ray.wait([ref], timeout=min(0.5, max(remaining, 0.0)))
+        if done:
+            return cast(dict[str, Any], ray.get(ref))
+        free, total = _resources(set())
+        snap = StartProgress(time.monotonic() - t0, 0, [], {"controller": {}}, {}, free, total)
+        if remaining <= 0:
+            raise snap.error(settings.name, settings.start_timeout_s)
+        report(snap)
+
+
+def _teardown(controller: Any) -> None:
+    """Stop what a failed start left (bounded), then the controller itself."""
+    try:
+        ray.get(controller.stop.remote(), timeout=STOP_TIMEOUT_S)
+    except Exception as e:
+        log.warning("stopping the tier after a failed start: %s", e)
+    with contextlib.suppress(Exception):
+        ray.kill(controller)

@@ -1,4 +1,4 @@
-"""`raycluster`: the command line (demo, serve, edge, status, write, watch).
+"""`raycluster`: the command line (demo, serve, edge, status, stop, write, watch).
 
 Every expected failure prints one line, `raycluster: error: …`, on stderr and
 exits 2 when the command line is wrong (bad arguments, a query the tier
@@ -26,6 +26,7 @@ from ._common import (
     EXIT_USAGE,
     CommandError,
     Progress,
+    init_ray,
     load_settings,
     redis_url_of,
     setup_logging,
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", default="raycluster", help="the tier's name")
     p.add_argument("--namespace", default="raycluster", help="its Ray namespace")
-    p.add_argument("--address", default=None, help="Ray address (default: auto)")
+    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, auto)")
     p.add_argument(
         "--interval",
         type=float,
@@ -138,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between the two samples frames/s is measured over (0: one sample)",
     )
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
+
+    p = sub.add_parser(
+        "stop",
+        parents=[common],
+        help="stop a running tier (every shard and gateway, then its controller)",
+        description="Attach to a running tier (Tier.connect) and stop it: afterwards none of its "
+        "actors runs or heartbeats.",
+    )
+    p.add_argument("--name", default="raycluster", help="the tier's name")
+    p.add_argument("--namespace", default="raycluster", help="its Ray namespace")
+    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, auto)")
 
     p = sub.add_parser(
         "write",
@@ -222,10 +234,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _edge(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {}
-    if args.redis_url:
-        overrides["redis"] = {"redis_url": args.redis_url}
-    settings = load_settings(args.config, **overrides)
+    settings = load_settings(args.config)
+    url = redis_url_of(args.redis_url, settings)  # none anywhere: a usage error (exit 2)
+    settings = settings.model_copy(
+        update={"redis": settings.redis.model_copy(update={"redis_url": url})}
+    )
     try:
         from raycluster.edge import run_edge
     except ImportError as e:
@@ -237,25 +250,12 @@ def _edge(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     import json
-    import logging
 
     try:
-        import ray
-
         from raycluster.actors import Tier
     except ImportError as e:
         raise _need("ray", e) from e
-    if not ray.is_initialized():
-        address = args.address or "auto"
-        try:
-            ray.init(
-                address=address,
-                namespace=args.namespace,
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise CommandError(f"no Ray cluster at {address}: {_first_line(e)}") from e
+    init_ray(args.address, args.namespace)
     tier = Tier.connect(args.name, args.namespace)
     first = tier.status()
     if args.interval <= 0:
@@ -269,6 +269,18 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2, sort_keys=True, default=str))
     else:
         print(format_status(st, previous, dt))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    try:
+        from raycluster.actors import Tier
+    except ImportError as e:
+        raise _need("ray", e) from e
+    init_ray(args.address, args.namespace)
+    tier = Tier.connect(args.name, args.namespace)
+    tier.stop()
+    print(f"stopped tier {args.name!r}")
     return 0
 
 
@@ -368,6 +380,7 @@ _COMMANDS = {
     "serve": _serve,
     "edge": _edge,
     "status": _status,
+    "stop": _stop,
     "write": _write,
     "watch": _watch,
 }

@@ -1,8 +1,10 @@
 """`raycluster watch`: a live window in the terminal, redrawn as frames arrive.
 
-The command keeps its own `LiveList`, applying the subscription's frames one
-by one, so `--frames N` stops after exactly N frames following the first
-window (extended to the end of a reset's window if one is being rebuilt).
+The command keeps its own `LiveList`, applying the subscription's frames a
+batch at a time, so `--frames N` stops at the first change boundary after N
+frames following the first window: never between the leave and the enter of
+one change (which would show a window one row short), and extended to the
+end of a reset's window if one is being rebuilt.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ FIRST_WINDOW_NOTE_S = 1.0  # say what we are waiting for after this long
 
 @dataclass
 class WatchLimits:
-    """When `watch` stops by itself: after `frames` frames and/or `seconds` seconds."""
+    """When `watch` stops by itself: after `frames` frames (at the end of the change that
+    reaches it) and/or `seconds` seconds."""
 
     frames: int | None = None
     seconds: float | None = None
@@ -156,9 +159,10 @@ async def watch(sub: Subscription, screen: Screen, limits: WatchLimits) -> None:
                 batch = None
                 if not frames and sub.closed:
                     raise CommandError("the gateway ended the subscription")
+                # A whole batch: a shard sends the frames one change makes for a
+                # subscription (a leave and the enter that refills the window) in
+                # one batch, so stopping between batches stops between changes.
                 for f in frames:
-                    if reached and view.complete:
-                        break
                     view.apply(f.delta)
                     owed = True
                     if started:

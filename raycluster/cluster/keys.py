@@ -81,6 +81,14 @@ class Keys:
         """Set of subscription ids held by one gateway."""
         return f"{self.prefix}:regs:gw:{gateway}"
 
+    def tier_shard_count(self, tier: str) -> str:
+        """String: the desired shard count of tier `tier` (its controller's only state)."""
+        return f"{self.prefix}:tier:{tier}:shards"
+
+    def tier_shard_ids(self, tier: str) -> str:
+        """Set: every shard id tier `tier` may run (added before a shard is created)."""
+        return f"{self.prefix}:tier:{tier}:shard-ids"
+
     def epoch(self, p: int) -> str:
         """Fencing counter of partition `p`: bumped by every claim."""
         return f"{self.prefix}:epoch:{p}"

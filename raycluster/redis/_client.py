@@ -219,7 +219,7 @@ class ClientComponent:
         settings: RedisSettings | None = None,
         owns_client: bool = False,
     ) -> None:
-        self.settings = settings if settings is not None else RedisSettings()
+        self.settings = settings if settings is not None else RedisSettings.from_env()
         self.keys = self.settings.keys
         self._client = client
         self._owns_client = owns_client
@@ -230,7 +230,7 @@ class ClientComponent:
     ) -> Self:
         """The component with its own connection pool (closed by `aclose`); `kw` go to
         the constructor."""
-        s = settings if settings is not None else RedisSettings()
+        s = settings if settings is not None else RedisSettings.from_env()
         return cls(make_client(resolve_url(url, s), s, name=cls.client_name), settings=s,
                    owns_client=True, **kw)  # fmt: skip
 

@@ -89,7 +89,7 @@ class _Bus:
     client_name = "raycluster-bus"
 
     def __init__(self, url: str, *, settings: RedisSettings | None = None) -> None:
-        self.settings = s = settings if settings is not None else RedisSettings()
+        self.settings = s = settings if settings is not None else RedisSettings.from_env()
         self.keys = s.keys
         self.stats = BusStats()
         self._url = url
@@ -99,7 +99,7 @@ class _Bus:
     @classmethod
     def from_url(cls, url: str | None = None, *, settings: RedisSettings | None = None) -> Self:
         """A bus with its own connections (closed by `aclose`)."""
-        s = settings if settings is not None else RedisSettings()
+        s = settings if settings is not None else RedisSettings.from_env()
         return cls(resolve_url(url, s), settings=s)
 
     async def __aenter__(self) -> Self:

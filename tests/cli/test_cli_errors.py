@@ -49,9 +49,9 @@ async def test_usage_errors_exit_2_with_one_line(tier1: Tier1, args: list[str], 
 
 
 async def test_missing_redis_url_is_one_line(tmp_path: Path) -> None:
-    for cmd in (["write", "t", ENTITY], ["watch", "t", ENTITY]):
+    for cmd in (["write", "t", ENTITY], ["watch", "t", ENTITY], ["edge"]):
         res = await run_cli(*cmd, cwd=tmp_path, stdin="")  # no config, no env, no flag
-        assert res.code == 2
+        assert res.code == 2, (cmd, res.err)
         line = _one_error_line(res.err)
         assert line == (
             "raycluster: error: no Redis URL: pass --redis-url, set RAYCLUSTER_REDIS_URL, "

@@ -85,6 +85,25 @@ async def test_watch_frames_json_prints_the_window_after_exactly_n_frames(tier1:
     assert last["rows"][0]["id"] == "hot"
 
 
+async def test_watch_frames_counts_whole_changes(tier1: Tier1) -> None:
+    await _seed(tier1)
+    w = await _start(
+        tier1, "--where", "kind=pump", "--where", "temp>10", "--sort=-temp,name",
+        "--limit", "4", "--frames", "1", "--json",
+    )  # fmt: skip
+    await wait_for(lambda: len(w.lines) >= 1, 30, what="the first window")
+    # One change, two frames: the top row drops out (leave), the next one backfills
+    # (enter). --frames 1 must not stop between them and print three rows.
+    top = json.loads(w.lines[0])["rows"][0]["id"]
+    await tier1.upsert(top, {**tier1.rows[top], "temp": 0})
+    code, err = await w.finish()
+    assert code == 0, err
+    last = json.loads(w.lines[-1])
+    assert last["frames"] == 2
+    assert [r["id"] for r in last["rows"]] == _pumps_by_temp_desc(tier1.rows, 4)
+    assert top not in [r["id"] for r in last["rows"]]
+
+
 async def test_watch_frames_zero_is_a_one_shot_table(tier1: Tier1) -> None:
     await _seed(tier1)
     res = await run_cli(
