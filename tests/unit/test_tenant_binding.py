@@ -48,7 +48,7 @@ async def test_another_tenant_cannot_take_a_sub_id_even_across_a_failover(
     sub = await gw_a.subscribe("acme", PUMPS_BY_TEMP)
 
     with pytest.raises(RegistrationConflict, match="another tenant"):
-        await gw_b.subscribe("rival", PUMPS_BY_TEMP, sub_id=sub.id)
+        await gw_b.subscribe("rival", PUMPS_BY_TEMP, sub_id=sub.id, resume=True)
     reg = await c.registry.get(sub.id)
     assert reg is not None and (reg.tenant, reg.gateway_id) == ("acme", "gw-a")
     assert gw_b.subscriptions() == []
@@ -104,7 +104,7 @@ async def test_a_resume_through_another_gateway_takes_the_subscription_over(
     gw_b, _ = await c.gateway("gw-b")
     seed(c, "acme")
     old = await gw_a.subscribe("acme", PUMPS_BY_TEMP)
-    new = await gw_b.subscribe("acme", PUMPS_BY_TEMP, sub_id=old.id)
+    new = await gw_b.subscribe("acme", PUMPS_BY_TEMP, sub_id=old.id, resume=True)
     assert new.id == old.id
     holder = served_by(c, old.id)[0]
     assert c.shards[holder].counters["handovers"] == 1
