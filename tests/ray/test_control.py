@@ -76,7 +76,7 @@ def _free_port() -> int:
 async def test_restarted_controller_keeps_the_scale_and_stops_shards_above_it(
     ray_namespace: str, redis_server: Any
 ) -> None:
-    settings = tier_settings(unique("ctl"), ray_namespace, shards=3)
+    settings = tier_settings(unique("ctl"), ray_namespace, shards=3, gateways=1)
     url = redis_server.url
     keys = Keys(settings.redis.key_prefix)
     tier = await asyncio.to_thread(Tier.start, settings, redis_url=url)
@@ -136,7 +136,7 @@ async def test_too_small_cluster_fails_within_its_bound_naming_the_missing_resou
 ) -> None:
     settings = tier_settings(
         unique("small"), ray_namespace, shards=2, shard_num_cpus=64,
-        shard_resources={"shard_slot": 1}, start_timeout_s=15,
+        shard_resources={"shard_slot": 1}, start_timeout_s=15, gateways=1,
     )  # fmt: skip
     seen: list[StartProgress] = []
     with pytest.raises(NotReadyError) as info:
