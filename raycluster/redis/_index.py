@@ -20,8 +20,8 @@ null. `enc` is the UTF-8 bytes with each NUL written `\\x00\\xff`, closed by
 
 from __future__ import annotations
 
-import json
 import math
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from raycluster.cluster.keys import Keys
@@ -57,7 +57,7 @@ def canon(v: Scalar) -> str:
         return str(v)
     if isinstance(v, float):
         return str(int(v)) if v.is_integer() else repr(v)
-    return json.dumps(v)
+    return encode_basestring_ascii(v)  # what json.dumps(v) returns, without its overhead
 
 
 def lex_encode(s: str) -> bytes:
@@ -80,10 +80,15 @@ def count_field(column: str) -> str:
     return f"v:{column}"
 
 
+# Entry kinds of the WRITE script (see its docstring).
+_VALUE, _NUM, _LEX = b"v", b"n", b"l"
+_MAX_PLANS = 4096  # tenants whose entry plan a Layout keeps (then it starts afresh)
+
+
 class Layout:
     """Which indexes an entity's rows carry, and the entries of one row."""
 
-    __slots__ = ("extra", "filterable", "keys", "sortable", "spec")
+    __slots__ = ("_plans", "extra", "filterable", "keys", "sortable", "spec")
 
     def __init__(self, spec: EntitySpec, keys: Keys, extra: ExtraKeys) -> None:
         self.spec = spec
@@ -93,29 +98,52 @@ class Layout:
         self.filterable = list(spec.filterable if spec.filterable is not None else cols)
         sortable = spec.sortable if spec.sortable is not None else cols
         self.sortable = [(c, spec.columns[c] == "str") for c in sortable]
+        self._plans: dict[str, list[tuple[bytes, str, bytes, bytes]]] = {}
 
     def entries(self, tenant: str, agg_id: str, row: dict[str, Any]) -> bytes:
         """The WRITE script's index entries for `row` (one length-prefixed string)."""
-        entity = self.spec.name
+        plan = self._plans.get(tenant)
+        if plan is None:
+            plan = self._plan(tenant)
+        idb = agg_id.encode()
         out: list[bytes] = []
-        vx = self.keys.value_index
-        for c in self.filterable:
-            out.append(_entry(b"v", vx(tenant, entity, c, canon(row.get(c))), count_field(c)))
-        for c, lexical in self.sortable:
-            v = row.get(c)
-            if lexical:
-                key = self.extra.sort_lex(tenant, entity, c)
-                out.append(_entry(b"l", key, lex_member(v, agg_id)))
+        for kind, col, head, tail in plan:
+            v = row.get(col)
+            if kind == _VALUE:
+                key = head + canon(v).encode()
+                out.append(b"v%d:%s%s" % (len(key), key, tail))
+            elif kind == _LEX:
+                x = (LEX_NULL if v is None else lex_encode(v)) + idb
+                out.append(b"%s%d:%s" % (head, len(x), x))
             else:
-                key = self.extra.sort_num(tenant, entity, c)
-                out.append(_entry(b"n", key, score_text(v)))
+                x = b"inf" if v is None else repr(float(v)).encode()
+                out.append(b"%s%d:%s" % (head, len(x), x))
         return b"".join(out)
 
+    def _plan(self, tenant: str) -> list[tuple[bytes, str, bytes, bytes]]:
+        """Per index column of `tenant`'s rows: (kind, column, head, tail), the
+        constant parts of its entry (value sets: the key without the value, and
+        the count field; sort indexes: kind and key)."""
+        entity = self.spec.name
+        plan = []
+        for c in self.filterable:
+            prefix = self.keys.value_index(tenant, entity, c, "")
+            if self.keys.value_index(tenant, entity, c, "x") != prefix + "x":
+                raise RuntimeError("Keys.value_index no longer ends with the value")
+            cf = count_field(c).encode()
+            plan.append((_VALUE, c, prefix.encode(), b"%d:%s" % (len(cf), cf)))
+        for c, lexical in self.sortable:
+            key = (self.extra.sort_lex if lexical else self.extra.sort_num)(tenant, entity, c)
+            kind = _LEX if lexical else _NUM
+            plan.append((kind, c, _length_prefixed(kind, key.encode()), b""))
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        self._plans[tenant] = plan
+        return plan
 
-def _entry(kind: bytes, key: str, x: str | bytes) -> bytes:
-    kb = key.encode()
-    xb = x.encode() if isinstance(x, str) else x
-    return b"%s%d:%s%d:%s" % (kind, len(kb), kb, len(xb), xb)
+
+def _length_prefixed(kind: bytes, key: bytes) -> bytes:
+    return b"%s%d:%s" % (kind, len(key), key)
 
 
 def check_scalar(v: Any) -> str | None:

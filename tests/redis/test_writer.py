@@ -257,12 +257,25 @@ async def test_upsert_many_across_script_calls(writer: Writer, admin: aioredis.R
 
 
 async def test_write_many_script_contract(admin: aioredis.Redis) -> None:
+    """Call WRITE_MANY exactly as its docstring says: five ARGV per write."""
     p = partition_of("acme", "asset")
     keys = ["lq:ids:acme:asset", f"lq:events:{p}", "lq:ixc:acme:asset", f"lq:evseq:{p}"]
     rows = ["lq:row:acme:asset:r1", "lq:row:acme:asset:r2", "lq:row:acme:asset:r1"]
-    args = ["acme", "asset", 1000, "r1", '{"n":1}', "", "r2", '{"n":2}', "", "r1", '{"n":3}', ""]
-    assert await admin.eval(WRITE_MANY, 7, *keys, *rows, *args) == [1, 1, 2]
+    vx = 'lq:vx:acme:asset:kind:"pump"'
+    entries = f"v{len(vx)}:{vx}6:v:kind"
+    args = ["acme", "asset", 1000]
+    args += ["upsert", "", "r1", '{"n":1}', entries, "upsert", "0", "r2", '{"n":2}', ""]
+    args += ["upsert", "", "r1", '{"n":3}', ""]
+    assert await admin.eval(WRITE_MANY, 7, *keys, *rows, *args) == [b"ooo", 1, 1, 2]
     assert await admin.hget("lq:row:acme:asset:r1", "row") == b'{"n":3}'
+    # r1's second write dropped its entry: the set and its count are gone again.
+    assert await admin.exists(vx) == 0 and await admin.hgetall("lq:ixc:acme:asset") == {}
+    args = ["acme", "asset", 1000]
+    args += ["delete", "1", "r1", "", "", "delete", "", "r3", "", "", "delete", "1", "r2", "", ""]
+    rows = ["lq:row:acme:asset:r1", "lq:row:acme:asset:r3", "lq:row:acme:asset:r2"]
+    assert await admin.eval(WRITE_MANY, 7, *keys, *rows, *args) == [b"cno", 2, 0, 2]
+    assert await admin.zrange("lq:ids:acme:asset", 0, -1) == [b"r1"]
+    assert [e["n"] for _, e in await stream_entries(admin, f"lq:events:{p}")] == ["1", "2", "3", "4"]
 
 
 async def test_without_declared_entities_any_entity_is_stored_unindexed(
