@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import Any, NamedTuple
 
 from raycluster.cluster.keys import Keys
 from raycluster.livequery.models import EntitySpec, Scalar
@@ -83,12 +83,23 @@ def count_field(column: str) -> str:
 # Entry kinds of the WRITE script (see its docstring).
 _VALUE, _NUM, _LEX = b"v", b"n", b"l"
 _MAX_PLANS = 4096  # tenants whose entry plan a Layout keeps (then it starts afresh)
+_MAX_MEMO = 4096  # value-set entries one plan column keeps (then it starts afresh)
+
+
+class _Column(NamedTuple):
+    """One index column's entry for one tenant: its constant parts, encoded."""
+
+    kind: bytes
+    column: str
+    head: bytes  # value sets: the key without the value; sort indexes: kind and key
+    tail: bytes  # value sets: the count field; else empty
+    memo: dict[Any, bytes]  # value sets: value -> entry
 
 
 class Layout:
     """Which indexes an entity's rows carry, and the entries of one row."""
 
-    __slots__ = ("_plans", "extra", "filterable", "keys", "sortable", "spec")
+    __slots__ = ("_plans", "extra", "filterable", "header", "keys", "sortable", "spec")
 
     def __init__(self, spec: EntitySpec, keys: Keys, extra: ExtraKeys) -> None:
         self.spec = spec
@@ -98,52 +109,72 @@ class Layout:
         self.filterable = list(spec.filterable if spec.filterable is not None else cols)
         sortable = spec.sortable if spec.sortable is not None else cols
         self.sortable = [(c, spec.columns[c] == "str") for c in sortable]
-        self._plans: dict[str, list[tuple[bytes, str, bytes, bytes]]] = {}
+        self.header = _mp_array(3 * (len(self.filterable) + len(self.sortable)))
+        self._plans: dict[str, list[_Column]] = {}
 
     def entries(self, tenant: str, agg_id: str, row: dict[str, Any]) -> bytes:
-        """The WRITE script's index entries for `row` (one length-prefixed string)."""
+        """The WRITE script's index entries for `row`: a MessagePack array of
+        strings, (kind, key, x) per index column (`b""` when it has none)."""
         plan = self._plans.get(tenant)
         if plan is None:
             plan = self._plan(tenant)
+        if not plan:
+            return b""
         idb = agg_id.encode()
-        out: list[bytes] = []
-        for kind, col, head, tail in plan:
+        out = [self.header]
+        for kind, col, head, tail, memo in plan:
             v = row.get(col)
             if kind == _VALUE:
-                key = head + canon(v).encode()
-                out.append(b"v%d:%s%s" % (len(key), key, tail))
-            elif kind == _LEX:
+                # Values that compare equal (1, 1.0, True) have one canonical text.
+                entry = memo.get(v)
+                if entry is None:
+                    if len(memo) >= _MAX_MEMO:
+                        memo.clear()
+                    entry = memo[v] = _mp_str(_VALUE) + _mp_str(head + canon(v).encode()) + tail
+                out.append(entry)
+                continue
+            if kind == _LEX:
                 x = (LEX_NULL if v is None else lex_encode(v)) + idb
-                out.append(b"%s%d:%s" % (head, len(x), x))
             else:
                 x = b"inf" if v is None else repr(float(v)).encode()
-                out.append(b"%s%d:%s" % (head, len(x), x))
+            out.append(head + _mp_str(x))
         return b"".join(out)
 
-    def _plan(self, tenant: str) -> list[tuple[bytes, str, bytes, bytes]]:
-        """Per index column of `tenant`'s rows: (kind, column, head, tail), the
-        constant parts of its entry (value sets: the key without the value, and
-        the count field; sort indexes: kind and key)."""
+    def _plan(self, tenant: str) -> list[_Column]:
         entity = self.spec.name
         plan = []
         for c in self.filterable:
             prefix = self.keys.value_index(tenant, entity, c, "")
             if self.keys.value_index(tenant, entity, c, "x") != prefix + "x":
                 raise RuntimeError("Keys.value_index no longer ends with the value")
-            cf = count_field(c).encode()
-            plan.append((_VALUE, c, prefix.encode(), b"%d:%s" % (len(cf), cf)))
+            plan.append(_Column(_VALUE, c, prefix.encode(), _mp_str(count_field(c).encode()), {}))
         for c, lexical in self.sortable:
             key = (self.extra.sort_lex if lexical else self.extra.sort_num)(tenant, entity, c)
             kind = _LEX if lexical else _NUM
-            plan.append((kind, c, _length_prefixed(kind, key.encode()), b""))
+            plan.append(_Column(kind, c, _mp_str(kind) + _mp_str(key.encode()), b"", {}))
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         self._plans[tenant] = plan
         return plan
 
 
-def _length_prefixed(kind: bytes, key: bytes) -> bytes:
-    return b"%s%d:%s" % (kind, len(key), key)
+# MessagePack, only the types the entries use (in the form every decoder reads,
+# Redis's cmsgpack included: no str8/bin types).
+def _mp_str(b: bytes) -> bytes:
+    n = len(b)
+    if n < 32:
+        return bytes((0xA0 | n,)) + b
+    if n < 0x10000:
+        return b"\xda" + n.to_bytes(2, "big") + b
+    return b"\xdb" + n.to_bytes(4, "big") + b
+
+
+def _mp_array(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def check_scalar(v: Any) -> str | None:

@@ -12,8 +12,7 @@ from __future__ import annotations
 __all__ = ("HEARTBEAT", "LIVE_MEMBERS", "READ", "WRITE", "WRITE_MANY")
 
 _WRITE_FN = r"""
-local V, N = 118, 110 -- string.byte('v'), string.byte('n')
-local call, find, sub, byte = redis.call, string.find, string.sub, string.byte
+local call = redis.call
 -- Set by the caller below: the call's fixed keys and arguments.
 local ids_key, stream_key, counts_key, seq_key, tenant, entity, maxlen
 -- Index changes of the whole call, applied once by `finish`: per value set,
@@ -22,7 +21,7 @@ local ids_key, stream_key, counts_key, seq_key, tenant, entity, maxlen
 -- wins, which leaves exactly the state the row-by-row changes leave.
 local sets, zsets, counts = {}, {}, {}
 local function mark(kind, key, x, id, on)
-  if kind == V then
+  if kind == 'v' then
     local s = sets[key]
     if not s then s = {}; sets[key] = s end
     s[id] = on
@@ -30,25 +29,29 @@ local function mark(kind, key, x, id, on)
   else
     local z = zsets[key]
     if not z then z = {}; zsets[key] = z end
-    if kind == N then z[id] = on and x else z[x] = on and '0' end
+    if kind == 'n' then z[id] = on and x else z[x] = on and '0' end
   end
 end
--- Entries of a row: {kind byte, key, x, the entry's own text}.
-local function parse(blob)
-  local out, pos, len = {}, 1, #blob
-  while pos <= len do
-    local c = find(blob, ':', pos + 1, true)
-    local key_end = c + tonumber(sub(blob, pos + 1, c - 1))
-    local c2 = find(blob, ':', key_end + 1, true)
-    local stop = c2 + tonumber(sub(blob, key_end + 1, c2 - 1))
-    out[#out + 1] = {byte(blob, pos), sub(blob, c + 1, key_end), sub(blob, c2 + 1, stop),
-      sub(blob, pos, stop)}
-    pos = stop + 1
-  end
-  return out
+-- A row's entries: {kind, key, x, kind, key, x, ...}.
+local function entries(blob)
+  if blob == '' then return {} end
+  return cmsgpack.unpack(blob)
 end
-local function mark_all(entries, id, on)
-  for _, en in ipairs(entries) do mark(en[1], en[2], en[3], id, on) end
+local function mark_all(e, id, on)
+  for i = 1, #e, 3 do mark(e[i], e[i + 1], e[i + 2], id, on) end
+end
+-- Mark the entries of `e` that `other` lacks.
+local function mark_missing(e, other, id, on)
+  local has = {}
+  for i = 1, #other, 3 do
+    local xs = has[other[i + 1]]
+    if not xs then xs = {}; has[other[i + 1]] = xs end
+    xs[other[i + 2]] = true
+  end
+  for i = 1, #e, 3 do
+    local xs = has[e[i + 1]]
+    if not (xs and xs[e[i + 2]]) then mark(e[i], e[i + 1], e[i + 2], id, on) end
+  end
 end
 local t = call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -68,20 +71,14 @@ local function write(row_key, op, expected, agg_id, row, new_blob)
   local old_blob = cur[2]
   if old_blob ~= new_blob then
     -- Only entries that changed are touched: an update of unindexed columns costs nothing.
-    if not old_blob or old_blob == '' then
-      mark_all(parse(new_blob), agg_id, true)
-    elseif new_blob == '' then
-      mark_all(parse(old_blob), agg_id, false)
+    local old, new = entries(old_blob or ''), entries(new_blob)
+    if #old == 0 then
+      mark_all(new, agg_id, true)
+    elseif #new == 0 then
+      mark_all(old, agg_id, false)
     else
-      local old, new, in_new, in_old = parse(old_blob), parse(new_blob), {}, {}
-      for _, en in ipairs(new) do in_new[en[4]] = true end
-      for _, en in ipairs(old) do
-        in_old[en[4]] = true
-        if not in_new[en[4]] then mark(en[1], en[2], en[3], agg_id, false) end
-      end
-      for _, en in ipairs(new) do
-        if not in_old[en[4]] then mark(en[1], en[2], en[3], agg_id, true) end
-      end
+      mark_missing(old, new, agg_id, false)
+      mark_missing(new, old, agg_id, true)
     end
   end
   version = version + 1
@@ -157,9 +154,8 @@ KEYS: 1 row hash `Keys.row(t, e, id)`; 2 live-id sorted set `Keys.table(t, e)`;
 
 ARGV: 1 op `upsert`|`delete`; 2 expected version or `""` (none); 3 tenant;
 4 entity; 5 id; 6 row JSON (`""` on delete); 7 stream MAXLEN (approximate);
-8 the row's index entries (upsert only), one string: for each entry a kind
-byte, then its key and its `x`, each written as `<byte length>:<bytes>`
-(e.g. `v5:lq:vx…3:v:a`). Kinds:
+8 the row's index entries (upsert only): a MessagePack array of strings, for
+each entry its kind, key and `x` (`""`: no entries). Kinds:
 
 * `v` value set: SADD key id, and HINCRBY the count hash field `x` (`v:{column}`);
 * `n` numeric sort index: ZADD key `x` (the score) id;
