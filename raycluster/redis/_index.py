@@ -160,10 +160,13 @@ class Layout:
 
 # MessagePack, only the types the entries use (in the form every decoder reads,
 # Redis's cmsgpack included: no str8/bin types).
+_FIXSTR = [bytes((0xA0 | n,)) for n in range(32)]
+
+
 def _mp_str(b: bytes) -> bytes:
     n = len(b)
     if n < 32:
-        return bytes((0xA0 | n,)) + b
+        return _FIXSTR[n] + b
     if n < 0x10000:
         return b"\xda" + n.to_bytes(2, "big") + b
     return b"\xdb" + n.to_bytes(4, "big") + b

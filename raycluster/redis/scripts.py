@@ -1,10 +1,16 @@
 """The server-side Lua scripts: the one atomic step of each write and read.
 
 They are plain Lua (Redis 6.2 has no functions), run with EVALSHA and
-re-loaded on NOSCRIPT. Their KEYS/ARGV are the contract another language
-uses to be a writer or a reader; each constant's docstring states it.
-Scripts touch keys they derive from the row hash (its index entries) or
-from a prefix argument, so they target a standalone Redis, not Redis Cluster.
+re-loaded on NOSCRIPT (or, pipelined, with EVAL). Their KEYS/ARGV are the
+contract another language uses to be a writer or a reader; each constant's
+docstring states it.
+
+Redis Cluster: the write scripts get every key the client can compute in KEYS
+(row hashes, live ids, stream, index counts, event counter); the index keys
+come inside the entries (the new ones from the client, the old ones from the
+row's stored `ix`), and READ builds row keys from a prefix. All of them belong
+to one (tenant, entity), so once its key names share a hash tag (DESIGN §7b)
+each call touches one slot; until then the scripts target a standalone Redis.
 """
 
 from __future__ import annotations

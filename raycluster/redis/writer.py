@@ -58,13 +58,15 @@ class Writer(ClientComponent):
     Guarantees: a row is validated against its `EntitySpec` before anything
     is sent (`InvalidRow` names the field; nothing written); the row, its
     index entries and its event on `lq:events:{partition_of(tenant, entity)}`
-    are written by one Lua script (`scripts.WRITE`), so a reader never sees
-    one without the other; versions increase by one per write and survive a
-    delete. With no `entities` declared, any entity is accepted: a row is then
-    any JSON object of scalars, stored without indexes (reads scan). A
-    connection lost mid-write raises `RedisUnavailable` and leaves
-    the outcome unknown (redis-py retries a dropped connection first, so a
-    write may rarely be applied twice, as two consecutive versions).
+    are written by one Lua script (`scripts.WRITE`; `WRITE_MANY` for a
+    batch, atomic per call), so a reader never sees one without the other;
+    versions increase by one per write and survive a delete. With no
+    `entities` declared, any entity is accepted: a row is then any JSON
+    object of scalars, stored without indexes (reads scan). A connection
+    lost mid-write raises `RedisUnavailable` and leaves the outcome unknown
+    (`upsert`/`delete`: redis-py retries a dropped connection first, so a
+    write may rarely be applied twice, as two consecutive versions; batches
+    are not retried).
     """
 
     client_name = "raycluster-writer"
