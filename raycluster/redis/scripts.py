@@ -38,9 +38,26 @@ local function mark(kind, key, x, id, on)
     if kind == 'n' then z[id] = on and x else z[x] = on and '0' end
   end
 end
+-- Entries in the earlier form, `<kind><length>:<key><length>:<x>` each.
+local function legacy_entries(blob)
+  local out, pos, find, sub = {}, 1, string.find, string.sub
+  while pos <= #blob do
+    local c = find(blob, ':', pos + 1, true)
+    local key_end = c + tonumber(sub(blob, pos + 1, c - 1))
+    local c2 = find(blob, ':', key_end + 1, true)
+    local stop = c2 + tonumber(sub(blob, key_end + 1, c2 - 1))
+    out[#out + 1] = sub(blob, pos, pos)
+    out[#out + 1] = sub(blob, c + 1, key_end)
+    out[#out + 1] = sub(blob, c2 + 1, stop)
+    pos = stop + 1
+  end
+  return out
+end
 -- A row's entries: {kind, key, x, kind, key, x, ...}.
 local function entries(blob)
   if blob == '' then return {} end
+  -- A kind letter (< 0x80) starts the earlier form; a MessagePack array never does.
+  if string.byte(blob, 1) < 128 then return legacy_entries(blob) end
   return cmsgpack.unpack(blob)
 end
 local function mark_all(e, id, on)
@@ -161,7 +178,9 @@ KEYS: 1 row hash `Keys.row(t, e, id)`; 2 live-id sorted set `Keys.table(t, e)`;
 ARGV: 1 op `upsert`|`delete`; 2 expected version or `""` (none); 3 tenant;
 4 entity; 5 id; 6 row JSON (`""` on delete); 7 stream MAXLEN (approximate);
 8 the row's index entries (upsert only): a MessagePack array of strings, for
-each entry its kind, key and `x` (`""`: no entries). Kinds:
+each entry its kind, key and `x` (`""`: no entries). The earlier form (per
+entry the kind letter, then key and `x` each as `<byte length>:<bytes>`) is
+still read, so rows stored by earlier versions update correctly. Kinds:
 
 * `v` value set: SADD key id, and HINCRBY the count hash field `x` (`v:{column}`);
 * `n` numeric sort index: ZADD key `x` (the score) id;

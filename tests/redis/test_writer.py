@@ -231,6 +231,24 @@ async def test_script_contract_from_another_language(admin: aioredis.Redis) -> N
     assert res[:2] == [b"noop", 2]
 
 
+async def test_entries_in_the_earlier_form_are_still_read(
+    writer: Writer, admin: aioredis.Redis
+) -> None:
+    """A row stored with length-prefixed entries (before MessagePack) updates exactly."""
+    p = partition_of("acme", "asset")
+    keys = ["lq:row:acme:asset:r1", "lq:ids:acme:asset", f"lq:events:{p}", "lq:ixc:acme:asset"]
+    vx, sn = 'lq:vx:acme:asset:kind:"pump"', "lq:sn:acme:asset:n"
+    entries = f"v{len(vx)}:{vx}6:v:kindn{len(sn)}:{sn}3:7.0"
+    row = '{"kind":"pump","n":7}'
+    args = ["upsert", "", "acme", "asset", "r1", row, 1000, entries]
+    await admin.eval(WRITE, 5, *keys, f"lq:evseq:{p}", *args)
+    assert await writer.upsert("acme", "asset", "r1", {"kind": "fan", "n": 7}) == 2
+    assert await admin.exists(vx) == 0
+    assert await admin.smembers('lq:vx:acme:asset:kind:"fan"') == {b"r1"}
+    assert await admin.zrange(sn, 0, -1, withscores=True) == [(b"r1", 7.0)]
+    assert await admin.hget("lq:ixc:acme:asset", "v:kind") == b"1"
+
+
 async def test_unreachable_redis_is_translated(settings: RedisSettings, tmp_path: Path) -> None:
     s = settings.model_copy(update={"command_retries": 0, "connect_timeout_s": 0.5})
     url = f"unix://{tmp_path / 'nobody.sock'}"  # nothing listens: touches no one's server
