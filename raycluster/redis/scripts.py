@@ -78,7 +78,7 @@ local function mark_missing(e, other, id, on)
 end
 local t = call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n, n0 -- the partition's event counter (read on first use), its value at the start
+local n -- the partition's event counter (read at the call's first event)
 -- One write: returns status (`ok` | `conflict` | `noop`), version, stream id.
 local function write(row_key, op, expected, agg_id, row, new_blob)
   local cur = call('HMGET', row_key, 'v', 'ix')
@@ -105,7 +105,7 @@ local function write(row_key, op, expected, agg_id, row, new_blob)
     end
   end
   version = version + 1
-  if not n then n = tonumber(call('GET', seq_key) or '0'); n0 = n end
+  if not n then n = tonumber(call('GET', seq_key) or '0') end
   n = n + 1
   local live, sid = zsets[ids_key], nil
   if not live then live = {}; zsets[ids_key] = live end
@@ -152,7 +152,7 @@ local function finish()
       call('HDEL', counts_key, field)
     end
   end
-  if n and n ~= n0 then
+  if n then
     call('SET', seq_key, n)
     call('XTRIM', stream_key, 'MAXLEN', '~', maxlen)
   end

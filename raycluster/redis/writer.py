@@ -136,11 +136,11 @@ class Writer(ClientComponent):
         conflict is an `Outcome("conflict", current version)` instead of an
         exception (and a delete of a missing row `Outcome("noop", version)`).
         Every write is validated before any is sent (`InvalidRow` naming
-        `writes.{i}.…`; nothing written). Writes go `_ROWS_PER_CALL` to a
-        script call (`scripts.WRITE_MANY`, atomic per call) and the calls
-        are pipelined on one connection, at most `write_batch` rows awaiting
-        their reply; a failure part-way raises with the calls acknowledged
-        before it written and the later ones' outcome unknown.
+        `writes.{i}.…`; nothing written). Writes go 100 to a script call
+        (`scripts.WRITE_MANY`, atomic per call), and the calls are pipelined
+        in order on one connection, `write_batch` rows' worth (at least one
+        call) awaiting their reply; a failure part-way raises, the calls
+        acknowledged before it written and the outcome of later ones unknown.
         """
         return await self._write_many(tenant, entity, list(writes), "writes", deletes=True)
 
@@ -250,7 +250,9 @@ class Writer(ClientComponent):
 
         def calls() -> Iterator[list[Any]]:
             # Rows are encoded call by call, so Redis runs one call while the next is built.
-            head = ["EVAL", WRITE_MANY, 0, *fixed, tenant, entity, self.settings.events_maxlen]
+            # EVAL, not EVALSHA: a NOSCRIPT part-way through a pipeline could only be
+            # retried out of order (Redis hashes the script text, a fraction of the call).
+            head = [tenant, entity, self.settings.events_maxlen]
             for start in range(0, len(checked), _ROWS_PER_CALL):
                 part = checked[start : start + _ROWS_PER_CALL]
                 row_keys: list[str] = []
@@ -260,8 +262,8 @@ class Writer(ClientComponent):
                     row_keys.append(prefix + agg_id)
                     op = "upsert" if vals is not None else "delete"
                     args += (op, "" if expected is None else expected, agg_id, row_json, entries)
-                head[2] = len(fixed) + len(part)
-                yield [*head[:7], *row_keys, *head[7:], *args]
+                n_keys = len(fixed) + len(row_keys)
+                yield ["EVAL", WRITE_MANY, n_keys, *fixed, *row_keys, *head, *args]
 
         in_flight = max(1, self.settings.write_batch // _ROWS_PER_CALL)
         with translate_errors(f"write_many {tenant}/{entity}"):
