@@ -1,9 +1,13 @@
 """Redis layer benchmarks, each beside redis-benchmark's XADD rate on the same server.
 
-    python benchmarks/bench_redis.py [--runs 5] [--quick]
+    python benchmarks/bench_redis.py [--runs 5] [--quick] [--writes]
 
 Runs against its own private `local_redis()` (never another server). Prints a
-table of medians and writes benchmarks/results/bench_redis.json.
+table of medians and writes benchmarks/results/bench_redis.json. The write
+rates use the demo entity (`raycluster.edge.demo.ASSET`: five columns, each
+filterable and sortable, so ten index entries per row); each run of them is
+paired with a redis-benchmark XADD run just before it, so the "vs XADD" ratio
+compares rates measured under the same machine load. `--writes`: only those.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import redis.asyncio as aioredis
 from _report import report
 
 from raycluster.cluster.routing import partition_of
+from raycluster.edge.demo import ASSET, demo_rows
 from raycluster.livequery import EntitySpec, LiveQuery, SortKey, eq
 from raycluster.redis import (
     RedisFeed,
@@ -73,30 +78,36 @@ def redis_benchmark(port: int, n: int, pipeline: int) -> float:
 
 
 async def bench_single(url: str, s: RedisSettings, n: int, inflight: int) -> float:
-    """Rows/s of `Writer.upsert`, `inflight` concurrent callers."""
-    async with Writer.from_url(url, entities=[SPEC], settings=s) as w:
-        await w.upsert("bench1", "asset", "warm", row(0))
+    """Rows/s of `Writer.upsert` of new demo rows, `inflight` concurrent callers."""
+    rows = list(demo_rows(n).items())
+    tenant = f"single{time.monotonic_ns()}"
+    async with Writer.from_url(url, entities=[ASSET], settings=s) as w:
+        await w.upsert(tenant, "asset", "warm", rows[0][1])
         per = n // inflight
 
         async def worker(k: int) -> None:
-            for i in range(per):
-                j = k * per + i
-                await w.upsert("bench1", "asset", f"s{j}", row(j))
+            for agg_id, r in rows[k * per : (k + 1) * per]:
+                await w.upsert(tenant, "asset", agg_id, r)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(inflight)))
         return per * inflight / (time.perf_counter() - t0)
 
 
-async def bench_batched(url: str, s: RedisSettings, n: int, batch: int) -> float:
-    """Rows/s of `Writer.upsert_many` in batches of `batch`."""
-    async with Writer.from_url(url, entities=[SPEC], settings=s) as w:
-        t0 = time.perf_counter()
-        for start in range(0, n, batch):
-            await w.upsert_many(
-                "bench2", "asset", [(f"b{i}", row(i)) for i in range(start, start + batch)]
-            )
-        return n / (time.perf_counter() - t0)
+async def bench_batched(url: str, s: RedisSettings, n: int, batch: int) -> tuple[float, float]:
+    """Rows/s of `Writer.upsert_many` in batches of `batch`: (new rows, then every
+    row again with other values, so each index entry moves)."""
+    fresh = list(demo_rows(n).items())
+    again = list(demo_rows(n, seed=8).items())  # the same ids
+    tenant = f"batched{time.monotonic_ns()}"
+    rates = []
+    async with Writer.from_url(url, entities=[ASSET], settings=s) as w:
+        for rows in (fresh, again):
+            t0 = time.perf_counter()
+            for start in range(0, n, batch):
+                await w.upsert_many(tenant, "asset", rows[start : start + batch])
+            rates.append(n / (time.perf_counter() - t0))
+    return rates[0], rates[1]
 
 
 async def bench_feed(url: str, s: RedisSettings, n: int) -> tuple[float, float]:
@@ -146,7 +157,7 @@ async def snapshot_ms(store: RedisStore, tenant: str, q: LiveQuery, runs: int) -
     return statistics.median(times)
 
 
-async def main_async(runs: int, quick: bool) -> list[dict[str, Any]]:
+async def main_async(runs: int, quick: bool, writes_only: bool) -> list[dict[str, Any]]:
     s = RedisSettings(redis_url=None)
     rows: list[dict[str, Any]] = []
     n_bench = 20_000 if quick else 100_000
@@ -159,32 +170,40 @@ async def main_async(runs: int, quick: bool) -> list[dict[str, Any]]:
         print(f"redis-server {version} on port {port}; load average {os.getloadavg()[0]:.2f}")
         rows.append({"benchmark": f"redis-server version {version}", "median": None,
                      "unit": "", "vs XADD": None, "runs": None})  # fmt: skip
-        xadd_1 = statistics.median(
-            [await asyncio.to_thread(redis_benchmark, port, n_bench, 1) for _ in range(runs)]
-        )
-        xadd_p = statistics.median(
-            [await asyncio.to_thread(redis_benchmark, port, n_bench, 100) for _ in range(runs)]
-        )
-        rows.append({"benchmark": "redis-benchmark XADD (50 clients)", "median": xadd_1,
-                     "unit": "ops/s", "vs XADD": 1.0, "runs": runs})  # fmt: skip
-        rows.append({"benchmark": "redis-benchmark XADD (50 clients, -P 100)", "median": xadd_p,
-                     "unit": "ops/s", "vs XADD": xadd_p / xadd_1, "runs": runs})  # fmt: skip
 
-        def add(name: str, vals: list[float], unit: str, ref: float | None = xadd_1) -> None:
+        def add(name: str, vals: list[float], unit: str, ref: float | None) -> None:
             med = statistics.median(vals)
             rows.append({"benchmark": name, "median": med, "unit": unit,
                          "vs XADD": (med / ref) if ref else None, "runs": len(vals)})  # fmt: skip
             print(f"  {name}: {med:,.1f} {unit}", flush=True)
 
+        # Write rates, each run right after its redis-benchmark runs.
         n_single = 3_000 if quick else 10_000
-        add("Writer.upsert, 1 in flight",
-            [await bench_single(url, s, n_single, 1) for _ in range(runs)], "rows/s")  # fmt: skip
-        add("Writer.upsert, 50 in flight",
-            [await bench_single(url, s, n_single, 50) for _ in range(runs)], "rows/s")  # fmt: skip
         n_batch = 20_000 if quick else 100_000
-        add("Writer.upsert_many (batches of 500)",
-            [await bench_batched(url, s, n_batch, 500) for _ in range(runs)], "rows/s",
-            xadd_p)  # fmt: skip
+        xadd_1s, xadd_ps, ones, fifties, fresh, again = [], [], [], [], [], []
+        for _ in range(runs):
+            xadd_1s.append(await asyncio.to_thread(redis_benchmark, port, n_bench, 1))
+            xadd_ps.append(await asyncio.to_thread(redis_benchmark, port, n_bench, 100))
+            ones.append(await bench_single(url, s, n_single, 1))
+            fifties.append(await bench_single(url, s, n_single, 50))
+            f, a = await bench_batched(url, s, n_batch, 500)
+            fresh.append(f)
+            again.append(a)
+            print(f"  run: XADD {xadd_1s[-1]:,.0f}/s, -P 100 {xadd_ps[-1]:,.0f}/s; upsert_many"
+                  f" {f:,.0f} rows/s (new), {a:,.0f} rows/s (rewrites)", flush=True)  # fmt: skip
+        xadd_1, xadd_p = statistics.median(xadd_1s), statistics.median(xadd_ps)
+        add("redis-benchmark XADD (50 clients)", xadd_1s, "ops/s", xadd_1)
+        add("redis-benchmark XADD (50 clients, -P 100)", xadd_ps, "ops/s", xadd_1)
+        add("Writer.upsert, 1 in flight (demo entity)", ones, "rows/s", xadd_1)
+        add("Writer.upsert, 50 in flight (demo entity)", fifties, "rows/s", xadd_1)
+        add("Writer.upsert_many, new rows (batches of 500)", fresh, "rows/s", xadd_p)
+        add("Writer.upsert_many, rewrites (batches of 500)", again, "rows/s", xadd_p)
+        if writes_only:
+            rows.append({"benchmark": "load average (1 min) at the end",
+                         "median": os.getloadavg()[0], "unit": "", "vs XADD": None,
+                         "runs": None})  # fmt: skip
+            return rows
+
         feed = [await bench_feed(url, s, n_batch) for _ in range(runs)]
         add("RedisFeed read + decode", [f[0] for f in feed], "changes/s", xadd_p)
         add("RedisFeed decode only", [f[1] for f in feed], "changes/s", None)
@@ -220,8 +239,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=5, help="runs per measurement (median)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    ap.add_argument("--writes", action="store_true", help="only the write rates")
     args = ap.parse_args()
-    rows = asyncio.run(main_async(args.runs, args.quick))
+    rows = asyncio.run(main_async(args.runs, args.quick, args.writes))
     report("bench_redis", rows, ["benchmark", "median", "unit", "vs XADD", "runs"])
 
 

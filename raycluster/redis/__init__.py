@@ -30,7 +30,7 @@ from .membership import RedisMembership
 from .registry import RedisRegistry, Registration
 from .settings import RedisSettings
 from .store import RedisStore
-from .writer import Writer
+from .writer import Outcome, Writer
 
 __all__ = (
     "BusStats",
@@ -41,6 +41,7 @@ __all__ = (
     "FeedStats",
     "LocalRedis",
     "LocalRedisError",
+    "Outcome",
     "RedisCommandError",
     "RedisControlBus",
     "RedisDeltaBus",

@@ -20,8 +20,8 @@ null. `enc` is the UTF-8 bytes with each NUL written `\\x00\\xff`, closed by
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from json.encoder import encode_basestring_ascii
+from typing import Any, NamedTuple
 
 from raycluster.cluster.keys import Keys
 from raycluster.livequery.models import EntitySpec, Scalar, unstorable
@@ -56,7 +56,7 @@ def canon(v: Scalar) -> str:
         return str(v)
     if isinstance(v, float):
         return str(int(v)) if v.is_integer() else repr(v)
-    return json.dumps(v)
+    return encode_basestring_ascii(v)  # what json.dumps(v) returns, without its overhead
 
 
 def lex_encode(s: str) -> bytes:
@@ -79,10 +79,26 @@ def count_field(column: str) -> str:
     return f"v:{column}"
 
 
+# Entry kinds of the WRITE script (see its docstring).
+_VALUE, _NUM, _LEX = b"v", b"n", b"l"
+_MAX_PLANS = 4096  # tenants whose entry plan a Layout keeps (then it starts afresh)
+_MAX_MEMO = 4096  # value-set entries one plan column keeps (then it starts afresh)
+
+
+class _Column(NamedTuple):
+    """One index column's entry for one tenant: its constant parts, encoded."""
+
+    kind: bytes
+    column: str
+    head: bytes  # value sets: the key without the value; sort indexes: kind and key
+    tail: bytes  # value sets: the count field; else empty
+    memo: dict[Any, bytes]  # value sets: value -> entry
+
+
 class Layout:
     """Which indexes an entity's rows carry, and the entries of one row."""
 
-    __slots__ = ("extra", "filterable", "keys", "sortable", "spec")
+    __slots__ = ("_plans", "extra", "filterable", "header", "keys", "sortable", "spec")
 
     def __init__(self, spec: EntitySpec, keys: Keys, extra: ExtraKeys) -> None:
         self.spec = spec
@@ -92,29 +108,75 @@ class Layout:
         self.filterable = list(spec.filterable if spec.filterable is not None else cols)
         sortable = spec.sortable if spec.sortable is not None else cols
         self.sortable = [(c, spec.columns[c] == "str") for c in sortable]
+        self.header = _mp_array(3 * (len(self.filterable) + len(self.sortable)))
+        self._plans: dict[str, list[_Column]] = {}
 
     def entries(self, tenant: str, agg_id: str, row: dict[str, Any]) -> bytes:
-        """The WRITE script's index entries for `row` (one length-prefixed string)."""
-        entity = self.spec.name
-        out: list[bytes] = []
-        vx = self.keys.value_index
-        for c in self.filterable:
-            out.append(_entry(b"v", vx(tenant, entity, c, canon(row.get(c))), count_field(c)))
-        for c, lexical in self.sortable:
-            v = row.get(c)
-            if lexical:
-                key = self.extra.sort_lex(tenant, entity, c)
-                out.append(_entry(b"l", key, lex_member(v, agg_id)))
+        """The WRITE script's index entries for `row`: a MessagePack array of
+        strings, (kind, key, x) per index column (`b""` when it has none)."""
+        plan = self._plans.get(tenant)
+        if plan is None:
+            plan = self._plan(tenant)
+        if not plan:
+            return b""
+        idb = agg_id.encode()
+        out = [self.header]
+        for kind, col, head, tail, memo in plan:
+            v = row.get(col)
+            if kind == _VALUE:
+                # Values that compare equal (1, 1.0, True) have one canonical text.
+                entry = memo.get(v)
+                if entry is None:
+                    if len(memo) >= _MAX_MEMO:
+                        memo.clear()
+                    entry = memo[v] = _mp_str(_VALUE) + _mp_str(head + canon(v).encode()) + tail
+                out.append(entry)
+                continue
+            if kind == _LEX:
+                x = (LEX_NULL if v is None else lex_encode(v)) + idb
             else:
-                key = self.extra.sort_num(tenant, entity, c)
-                out.append(_entry(b"n", key, score_text(v)))
+                x = b"inf" if v is None else repr(float(v)).encode()
+            out.append(head + _mp_str(x))
         return b"".join(out)
 
+    def _plan(self, tenant: str) -> list[_Column]:
+        entity = self.spec.name
+        plan = []
+        for c in self.filterable:
+            prefix = self.keys.value_index(tenant, entity, c, "")
+            if self.keys.value_index(tenant, entity, c, "x") != prefix + "x":
+                raise RuntimeError("Keys.value_index no longer ends with the value")
+            plan.append(_Column(_VALUE, c, prefix.encode(), _mp_str(count_field(c).encode()), {}))
+        for c, lexical in self.sortable:
+            key = (self.extra.sort_lex if lexical else self.extra.sort_num)(tenant, entity, c)
+            kind = _LEX if lexical else _NUM
+            plan.append(_Column(kind, c, _mp_str(kind) + _mp_str(key.encode()), b"", {}))
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        self._plans[tenant] = plan
+        return plan
 
-def _entry(kind: bytes, key: str, x: str | bytes) -> bytes:
-    kb = key.encode()
-    xb = x.encode() if isinstance(x, str) else x
-    return b"%s%d:%s%d:%s" % (kind, len(kb), kb, len(xb), xb)
+
+# MessagePack, only the types the entries use (in the form every decoder reads,
+# Redis's cmsgpack included: no str8/bin types).
+_FIXSTR = [bytes((0xA0 | n,)) for n in range(32)]
+
+
+def _mp_str(b: bytes) -> bytes:
+    n = len(b)
+    if n < 32:
+        return _FIXSTR[n] + b
+    if n < 0x10000:
+        return b"\xda" + n.to_bytes(2, "big") + b
+    return b"\xdb" + n.to_bytes(4, "big") + b
+
+
+def _mp_array(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
 
 
 def check_scalar(v: Any) -> str | None:

@@ -1,10 +1,16 @@
 """The server-side Lua scripts: the one atomic step of each write and read.
 
 They are plain Lua (Redis 6.2 has no functions), run with EVALSHA and
-re-loaded on NOSCRIPT. Their KEYS/ARGV are the contract another language
-uses to be a writer or a reader; each constant's docstring states it.
-Scripts touch keys they derive from the row hash (its index entries) or
-from a prefix argument, so they target a standalone Redis, not Redis Cluster.
+re-loaded on NOSCRIPT (or, pipelined, with EVAL). Their KEYS/ARGV are the
+contract another language uses to be a writer or a reader; each constant's
+docstring states it.
+
+Redis Cluster: the write scripts get every key the client can compute in KEYS
+(row hashes, live ids, stream, index counts, event counter); the index keys
+come inside the entries (the new ones from the client, the old ones from the
+row's stored `ix`), and READ builds row keys from a prefix. All of them belong
+to one (tenant, entity), so once its key names share a hash tag (DESIGN §7b)
+each call touches one slot; until then the scripts target a standalone Redis.
 """
 
 from __future__ import annotations
@@ -12,105 +18,155 @@ from __future__ import annotations
 __all__ = ("HEARTBEAT", "LIVE_MEMBERS", "READ", "WRITE", "WRITE_MANY")
 
 _WRITE_FN = r"""
-local V, N = 118, 110 -- string.byte('v'), string.byte('n')
-local function parse(blob)
-  local out, pos, len = {}, 1, #blob
-  while pos <= len do
-    local _, e, klen = string.find(blob, '^(%d+):', pos + 1)
-    local key_end = e + tonumber(klen)
-    local _, e2, xlen = string.find(blob, '^(%d+):', key_end + 1)
-    local stop = e2 + tonumber(xlen)
-    out[#out + 1] = {string.byte(blob, pos), string.sub(blob, e + 1, key_end),
-      string.sub(blob, e2 + 1, stop), pos, stop}
+local call = redis.call
+-- Set by the caller below: the call's fixed keys and arguments.
+local ids_key, stream_key, counts_key, seq_key, tenant, entity, maxlen
+-- Index changes of the whole call, applied once by `finish`: per value set,
+-- id -> true (add) | false (remove); per sorted set, member -> score | false;
+-- per count field, the sum of its +1/-1. The last change of a (key, member)
+-- wins, which leaves exactly the state the row-by-row changes leave.
+local sets, zsets, counts = {}, {}, {}
+local function mark(kind, key, x, id, on)
+  if kind == 'v' then
+    local s = sets[key]
+    if not s then s = {}; sets[key] = s end
+    s[id] = on
+    counts[x] = (counts[x] or 0) + (on and 1 or -1)
+  else
+    local z = zsets[key]
+    if not z then z = {}; zsets[key] = z end
+    if kind == 'n' then z[id] = on and x else z[x] = on and '0' end
+  end
+end
+-- Entries in the earlier form, `<kind><length>:<key><length>:<x>` each.
+local function legacy_entries(blob)
+  local out, pos, find, sub = {}, 1, string.find, string.sub
+  while pos <= #blob do
+    local c = find(blob, ':', pos + 1, true)
+    local key_end = c + tonumber(sub(blob, pos + 1, c - 1))
+    local c2 = find(blob, ':', key_end + 1, true)
+    local stop = c2 + tonumber(sub(blob, key_end + 1, c2 - 1))
+    out[#out + 1] = sub(blob, pos, pos)
+    out[#out + 1] = sub(blob, c + 1, key_end)
+    out[#out + 1] = sub(blob, c2 + 1, stop)
     pos = stop + 1
   end
   return out
 end
-local function add(en, agg_id, counts_key)
-  if en[1] == V then
-    redis.call('SADD', en[2], agg_id)
-    redis.call('HINCRBY', counts_key, en[3], 1)
-  elseif en[1] == N then
-    redis.call('ZADD', en[2], en[3], agg_id)
-  else
-    redis.call('ZADD', en[2], 0, en[3])
+-- A row's entries: {kind, key, x, kind, key, x, ...}.
+local function entries(blob)
+  if blob == '' then return {} end
+  -- A kind letter (< 0x80) starts the earlier form; a MessagePack array never does.
+  if string.byte(blob, 1) < 128 then return legacy_entries(blob) end
+  return cmsgpack.unpack(blob)
+end
+local function mark_all(e, id, on)
+  for i = 1, #e, 3 do mark(e[i], e[i + 1], e[i + 2], id, on) end
+end
+-- Mark the entries of `e` that `other` lacks.
+local function mark_missing(e, other, id, on)
+  local has = {}
+  for i = 1, #other, 3 do
+    local xs = has[other[i + 1]]
+    if not xs then xs = {}; has[other[i + 1]] = xs end
+    xs[other[i + 2]] = true
+  end
+  for i = 1, #e, 3 do
+    local xs = has[e[i + 1]]
+    if not (xs and xs[e[i + 2]]) then mark(e[i], e[i + 1], e[i + 2], id, on) end
   end
 end
-local function remove(en, agg_id, counts_key)
-  if en[1] == V then
-    redis.call('SREM', en[2], agg_id)
-    if redis.call('HINCRBY', counts_key, en[3], -1) <= 0 then
-      redis.call('HDEL', counts_key, en[3])
-    end
-  elseif en[1] == N then
-    redis.call('ZREM', en[2], agg_id)
-  else
-    redis.call('ZREM', en[2], en[3])
-  end
-end
--- One row: the common body of WRITE and WRITE_MANY. `a` = {op, expected,
--- tenant, entity, id, row JSON, maxlen, entries}; `at` = write time (ms).
-local function write(row_key, ids_key, stream_key, counts_key, seq_key, a, at)
-  local op, expected, agg_id = a[1], a[2], a[5]
-  local cur = redis.call('HMGET', row_key, 'v', 'ix')
+local t = call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n -- the partition's event counter (read at the call's first event)
+-- One write: returns status (`ok` | `conflict` | `noop`), version, stream id.
+local function write(row_key, op, expected, agg_id, row, new_blob)
+  local cur = call('HMGET', row_key, 'v', 'ix')
   local version = tonumber(cur[1] or '0')
   if expected ~= '' and tonumber(expected) ~= version then
-    return {'conflict', version, ''}
+    return 'conflict', version, ''
   end
   -- A live row always has `ix` (possibly empty); a deleted one keeps only `v`.
   if op == 'delete' and not cur[2] then
-    return {'noop', version, ''}
+    return 'noop', version, ''
   end
-  local old_blob, new_blob = cur[2], a[8] or ''
+  if op == 'delete' then new_blob = '' end
+  local old_blob = cur[2]
   if old_blob ~= new_blob then
     -- Only entries that changed are touched: an update of unindexed columns costs nothing.
-    local new = parse(new_blob)
-    if not old_blob or old_blob == '' then
-      for _, en in ipairs(new) do add(en, agg_id, counts_key) end
+    local old, new = entries(old_blob or ''), entries(new_blob)
+    if #old == 0 then
+      mark_all(new, agg_id, true)
     elseif #new == 0 then
-      for _, en in ipairs(parse(old_blob)) do remove(en, agg_id, counts_key) end
+      mark_all(old, agg_id, false)
     else
-      local old, new_set, old_set = parse(old_blob), {}, {}
-      for _, en in ipairs(new) do new_set[string.sub(new_blob, en[4], en[5])] = true end
-      for _, en in ipairs(old) do
-        local ident = string.sub(old_blob, en[4], en[5])
-        old_set[ident] = true
-        if not new_set[ident] then remove(en, agg_id, counts_key) end
-      end
-      for _, en in ipairs(new) do
-        if not old_set[string.sub(new_blob, en[4], en[5])] then add(en, agg_id, counts_key) end
-      end
+      mark_missing(old, new, agg_id, false)
+      mark_missing(new, old, agg_id, true)
     end
   end
   version = version + 1
+  if not n then n = tonumber(call('GET', seq_key) or '0') end
+  n = n + 1
+  local live, sid = zsets[ids_key], nil
+  if not live then live = {}; zsets[ids_key] = live end
   if op == 'delete' then
-    redis.call('HSET', row_key, 'v', version)
-    redis.call('HDEL', row_key, 'row', 'ix')
-    redis.call('ZREM', ids_key, agg_id)
+    call('HSET', row_key, 'v', version)
+    call('HDEL', row_key, 'row', 'ix')
+    live[agg_id] = false
+    sid = call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
+      'v', version, 'op', 'delete', 'at', now_ms, 'n', n)
   else
-    redis.call('HSET', row_key, 'v', version, 'row', a[6], 'ix', a[8] or '')
-    redis.call('ZADD', ids_key, 0, agg_id)
+    call('HSET', row_key, 'v', version, 'row', row, 'ix', new_blob)
+    live[agg_id] = '0'
+    sid = call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
+      'v', version, 'op', 'upsert', 'row', row, 'at', now_ms, 'n', n)
   end
-  local n = redis.call('INCR', seq_key)
-  local sid
-  if op == 'delete' then
-    sid = redis.call('XADD', stream_key, 'MAXLEN', '~', a[7], '*',
-      't', a[3], 'e', a[4], 'id', agg_id, 'v', version, 'op', 'delete', 'at', at, 'n', n)
-  else
-    sid = redis.call('XADD', stream_key, 'MAXLEN', '~', a[7], '*',
-      't', a[3], 'e', a[4], 'id', agg_id, 'v', version, 'op', 'upsert',
-      'row', a[6], 'at', at, 'n', n)
-  end
-  return {'ok', version, sid}
+  return 'ok', version, sid
 end
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- `cmd key args…`, a few thousand arguments per call (Lua's stack bound).
+local function bulk(cmd, key, args)
+  for i = 1, #args, 4000 do
+    call(cmd, key, unpack(args, i, math.min(i + 3999, #args)))
+  end
+end
+-- Apply the call's index changes, store the event counter, trim the stream.
+local function finish()
+  for key, s in pairs(sets) do
+    local adds, rems = {}, {}
+    for m, on in pairs(s) do
+      if on then adds[#adds + 1] = m else rems[#rems + 1] = m end
+    end
+    if #rems > 0 then bulk('SREM', key, rems) end
+    if #adds > 0 then bulk('SADD', key, adds) end
+  end
+  for key, z in pairs(zsets) do
+    local adds, rems = {}, {}
+    for m, score in pairs(z) do
+      if score then adds[#adds + 1] = score; adds[#adds + 1] = m else rems[#rems + 1] = m end
+    end
+    if #rems > 0 then bulk('ZREM', key, rems) end
+    if #adds > 0 then bulk('ZADD', key, adds) end
+  end
+  for field, d in pairs(counts) do
+    if d ~= 0 and call('HINCRBY', counts_key, field, d) <= 0 then
+      call('HDEL', counts_key, field)
+    end
+  end
+  if n then
+    call('SET', seq_key, n)
+    call('XTRIM', stream_key, 'MAXLEN', '~', maxlen)
+  end
+end
 """
 
 WRITE = (
     _WRITE_FN
     + r"""
-return write(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV, now_ms)
+ids_key, stream_key, counts_key, seq_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+tenant, entity, maxlen = ARGV[3], ARGV[4], ARGV[7]
+local status, version, sid = write(KEYS[1], ARGV[1], ARGV[2], ARGV[5], ARGV[6], ARGV[8] or '')
+finish()
+return {status, version, sid}
 """
 )
 """Write one row (upsert or delete) and append its event, atomically.
@@ -121,9 +177,10 @@ KEYS: 1 row hash `Keys.row(t, e, id)`; 2 live-id sorted set `Keys.table(t, e)`;
 
 ARGV: 1 op `upsert`|`delete`; 2 expected version or `""` (none); 3 tenant;
 4 entity; 5 id; 6 row JSON (`""` on delete); 7 stream MAXLEN (approximate);
-8 the row's index entries (upsert only), one string: for each entry a kind
-byte, then its key and its `x`, each written as `<byte length>:<bytes>`
-(e.g. `v5:lq:vx…3:v:a`). Kinds:
+8 the row's index entries (upsert only): a MessagePack array of strings, for
+each entry its kind, key and `x` (`""`: no entries). The earlier form (per
+entry the kind letter, then key and `x` each as `<byte length>:<bytes>`) is
+still read, so rows stored by earlier versions update correctly. Kinds:
 
 * `v` value set: SADD key id, and HINCRBY the count hash field `x` (`v:{column}`);
 * `n` numeric sort index: ZADD key `x` (the score) id;
@@ -132,36 +189,53 @@ byte, then its key and its `x`, each written as `<byte length>:<bytes>`
 (`_index.Layout` derives them from the entity's spec.) The row hash keeps
 `v` (version, kept after a delete so a re-insert continues from it), `row`
 (JSON) and `ix` (the entries string), so the next write removes exactly the
-entries that changed; a live row always has `ix`.
+entries that changed; a live row always has `ix`. The index keys are the only
+keys not passed in KEYS (the old ones are known only from `ix`); every key of
+one (tenant, entity) is meant to share its partition's hash tag on Redis Cluster.
 
 Returns `{status, version, stream id}`: `ok` (written at `version`),
 `conflict` (expected version differs; `version` is the current one, nothing
 written) or `noop` (delete of a missing row; nothing written). The event's
 fields are DESIGN §4's (`t e id v op row at`) plus `n`, the partition's
-event counter, by which a reader detects a trimmed gap.
+event counter, by which a reader detects a trimmed gap. The stream is trimmed
+(`XTRIM MAXLEN ~`) once per call, after its events.
 """
 
 WRITE_MANY = (
     _WRITE_FN
     + r"""
-local base = {'upsert', '', ARGV[1], ARGV[2], '', '', ARGV[3], ''}
-local versions = {}
+ids_key, stream_key, counts_key, seq_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+tenant, entity, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local statuses, out = {}, {''}
 for i = 5, #KEYS do
-  local j = 4 + (i - 5) * 3
-  base[5], base[6], base[8] = ARGV[j], ARGV[j + 1], ARGV[j + 2]
-  versions[#versions + 1] = write(KEYS[i], KEYS[1], KEYS[2], KEYS[3], KEYS[4], base, now_ms)[2]
+  local j = 4 + (i - 5) * 5
+  local status, version = write(KEYS[i], ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3],
+    ARGV[j + 4])
+  statuses[#statuses + 1] = string.sub(status, 1, 1)
+  out[#out + 1] = version
 end
-return versions
+finish()
+out[1] = table.concat(statuses)
+return out
 """
 )
-"""Upsert many rows of one (tenant, entity) and append their events, atomically.
+"""Write many rows of one (tenant, entity) and append their events, atomically.
 
-The same per-row step as `WRITE` (same keys, entries and event), for a batch
-in one call. KEYS: 1 live-id sorted set; 2 partition stream; 3 index-count
-hash; 4 partition event counter; 5… one row hash per row. ARGV: 1 tenant;
-2 entity; 3 stream MAXLEN; then per row (in KEYS order) its id, row JSON and
-index entries. Returns the rows' new versions, in order (an id given twice
-is written twice).
+The same per-row step as `WRITE` (same keys, entries, checks and events), for
+a batch in one call, in order (an id given twice is written twice). KEYS:
+1 live-id sorted set; 2 partition stream; 3 index-count hash; 4 partition
+event counter; 5… one row hash per write. ARGV: 1 tenant; 2 entity; 3 stream
+MAXLEN; then five per write (in KEYS order): op `upsert`|`delete`, expected
+version or `""`, id, row JSON (`""` on delete), index entries (`""` on delete).
+
+Returns `{statuses, version…}`: `statuses` has one letter per write, `o` ok,
+`c` conflict, `n` noop (as `WRITE`'s statuses), then each write's version
+(the written one, or the current one when nothing was written).
+
+Cost: per row one HMGET, one HSET (and an HDEL on delete) and one XADD; the
+index changes of the whole call are applied once per key at the end (one
+SADD/SREM/ZADD/ZREM per index key, one HINCRBY per count field), then one SET
+of the event counter and one XTRIM.
 """
 
 READ = r"""

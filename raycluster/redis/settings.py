@@ -85,7 +85,10 @@ class RedisSettings(BaseModel):
     )
     bus_count: int = Field(100, gt=0, description="Most entries one control/delta read returns.")
     write_batch: int = Field(
-        500, gt=0, description="Rows per pipelined round trip in `Writer.upsert_many`."
+        500,
+        gt=0,
+        description="Most rows `Writer.upsert_many`/`write_many` keeps in flight"
+        " (sent, reply not yet read) on its one pipelined connection.",
     )
     connect_timeout_s: float = Field(5.0, gt=0, description="TCP connect timeout.")
     max_connections: int = Field(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Literal, NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -14,26 +14,44 @@ from raycluster.livequery.models import EntitySpec, printable, unstorable
 
 from ._client import ClientComponent
 from ._index import Layout, check_scalar
-from ._keys import ExtraKeys
+from ._keys import ExtraKeys, row_prefix
 from .errors import translate_errors
 from .scripts import WRITE, WRITE_MANY
 
-__all__ = ("Writer",)
+__all__ = ("Outcome", "Write", "Writer")
 
 _Rows = Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Mapping[str, Any]]]
+Write = tuple[str, Mapping[str, Any] | None, int | None]
+"""One write of `Writer.write_many`: (agg_id, row or None to delete, expected version or None)."""
 # Rows per WRITE_MANY call: each call is atomic, so this bounds how long one
 # batch holds Redis (a few ms) before other clients' commands run.
 _ROWS_PER_CALL = 100
+# One encoder for every row (json.dumps with options builds a new one per call).
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_STATUS: dict[int, Literal["ok", "conflict", "noop"]] = {
+    ord("o"): "ok",
+    ord("c"): "conflict",
+    ord("n"): "noop",
+}
+
+
+class Outcome(NamedTuple):
+    """What one write of `Writer.write_many` did."""
+
+    status: Literal["ok", "conflict", "noop"]
+    """`ok`: written; `conflict`: expected version differs; `noop`: delete of a missing row."""
+    version: int
+    """The version written (`ok`), else the row's current one (nothing written)."""
 
 
 def _check_name(field: str, value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise InvalidRow(field, value, "must be a non-empty string")
+    if (why := unstorable(value)) is not None:
+        raise InvalidRow(field, value, why)
     if field != "agg_id" and ":" in value:
         # Key names join tenant and entity with ':' — one inside would collide.
         raise InvalidRow(field, value, "must not contain ':'")
-    if (why := unstorable(value)) is not None:
-        raise InvalidRow(field, value, why)
 
 
 class Writer(ClientComponent):
@@ -42,16 +60,18 @@ class Writer(ClientComponent):
     Guarantees: a row is validated against its `EntitySpec` before anything
     is sent (`InvalidRow` names the field; nothing written); the row, its
     index entries and its event on `lq:events:{partition_of(tenant, entity)}`
-    are written by one Lua script (`scripts.WRITE`), so a reader never sees
-    one without the other; versions increase by one per write and survive a
-    delete. With no `entities` declared, any entity is accepted: a row is then
-    any JSON object of scalars, stored without indexes (reads scan). Either
-    way every name and value must read back unchanged: valid Unicode (no lone
-    surrogate, column names and ids included), finite numbers, and scalars
-    only, so a row is never nested JSON. A
-    connection lost mid-write raises `RedisUnavailable` and leaves
-    the outcome unknown (redis-py retries a dropped connection first, so a
-    write may rarely be applied twice, as two consecutive versions).
+    are written by one Lua script (`scripts.WRITE`; `WRITE_MANY` for a
+    batch, atomic per call), so a reader never sees one without the other;
+    versions increase by one per write and survive a delete. With no
+    `entities` declared, any entity is accepted: a row is then any JSON
+    object of scalars, stored without indexes (reads scan). Either way every
+    name and value must read back unchanged: valid Unicode (no lone surrogate,
+    column names and ids included), finite numbers, and scalars only, so a
+    row is never nested JSON. A connection lost mid-write raises
+    `RedisUnavailable` and leaves the outcome unknown
+    (`upsert`/`delete`: redis-py retries a dropped connection first, so a
+    write may rarely be applied twice, as two consecutive versions; batches
+    are not retried).
     """
 
     client_name = "raycluster-writer"
@@ -63,7 +83,6 @@ class Writer(ClientComponent):
         self.extra: ExtraKeys = self.settings.extra_keys
         self.layouts = {e.name: Layout(e, self.keys, self.extra) for e in entities}
         self._script = client.register_script(WRITE)
-        self._many = client.register_script(WRITE_MANY)
 
     # -- writes ------------------------------------------------------------------
 
@@ -104,38 +123,31 @@ class Writer(ClientComponent):
         """Upsert many rows of one (tenant, entity), pipelined; their new versions, in order.
 
         Every row is validated before any is sent (`InvalidRow` naming
-        `rows.{i}.…`; nothing written). Rows go 100 to a script call
-        (`scripts.WRITE_MANY`, atomic per call), `write_batch` rows per round
-        trip; a failure part-way leaves a prefix written. An id given twice
-        is written twice, in order.
+        `rows.{i}.…`; nothing written). An id given twice is written twice,
+        in order. Otherwise as `write_many`.
         """
-        _check_name("tenant", tenant)  # the arguments themselves, not `rows.{i}.…`
-        _check_name("entity", entity)
         items = list(rows.items()) if isinstance(rows, Mapping) else list(rows)
-        prepared = []
-        for i, (agg_id, row) in enumerate(items):
-            try:
-                prepared.append(self._prepare(tenant, entity, agg_id, row, None))
-            except InvalidRow as e:
-                raise InvalidRow(f"rows.{i}.{e.field}", e.value, e.reason) from e
-        if not prepared:
-            return []
-        common = prepared[0][0][1:]  # live ids, stream, index counts, event counter
-        head: list[Any] = [tenant, entity, self.settings.events_maxlen]
-        versions: list[int] = []
-        step = self.settings.write_batch
-        with translate_errors(f"upsert_many {tenant}/{entity}"):
-            for start in range(0, len(prepared), step):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    chunk = prepared[start : start + step]
-                    for i in range(0, len(chunk), _ROWS_PER_CALL):
-                        part = chunk[i : i + _ROWS_PER_CALL]
-                        flat = [x for _, a in part for x in (a[4], a[5], a[7])]
-                        keys = [*common, *(k[0] for k, _ in part)]
-                        await self._many(keys=keys, args=[*head, *flat], client=pipe)
-                    results = await pipe.execute()
-                versions.extend(int(v) for r in results for v in r)
-        return versions
+        done = await self._write_many(
+            tenant, entity, [(agg_id, row, None) for agg_id, row in items], "rows", deletes=False
+        )
+        return [o.version for o in done]
+
+    async def write_many(self, tenant: str, entity: str, writes: Iterable[Write]) -> list[Outcome]:
+        """Apply many writes of one (tenant, entity) in order; what each did.
+
+        A write is `(agg_id, row, expected_version)`: row None deletes,
+        expected_version None skips the check. Each write does exactly what
+        `upsert`/`delete` would do at its place in the sequence, but a
+        conflict is an `Outcome("conflict", current version)` instead of an
+        exception (and a delete of a missing row `Outcome("noop", version)`).
+        Every write is validated before any is sent (`InvalidRow` naming
+        `writes.{i}.…`; nothing written). Writes go 100 to a script call
+        (`scripts.WRITE_MANY`, atomic per call), and the calls are pipelined
+        in order on one connection, `write_batch` rows' worth (at least one
+        call) awaiting their reply; a failure part-way raises, the calls
+        acknowledged before it written and the outcome of later ones unknown.
+        """
+        return await self._write_many(tenant, entity, list(writes), "writes", deletes=True)
 
     async def get(self, tenant: str, entity: str, agg_id: str) -> tuple[int, dict[str, Any]] | None:
         """The (version, row) of a live row, or None."""
@@ -153,6 +165,61 @@ class Writer(ClientComponent):
 
     # -- internals ---------------------------------------------------------------
 
+    def _target(self, tenant: str, entity: str) -> tuple[Layout | None, list[str], str]:
+        """The checked (tenant, entity)'s layout, its fixed keys (live ids, stream,
+        index counts, event counter) and the prefix of its row keys."""
+        _check_name("tenant", tenant)
+        _check_name("entity", entity)
+        layout = self.layouts.get(entity)
+        if layout is None and self.layouts:
+            raise InvalidRow("entity", entity, "unknown entity")
+        p = partition_of(tenant, entity)
+        fixed = [
+            self.keys.table(tenant, entity),
+            self.keys.event_stream(p),
+            self.extra.index_counts(tenant, entity),
+            self.extra.event_seq(p),
+        ]
+        return layout, fixed, row_prefix(self.keys, tenant, entity)
+
+    @staticmethod
+    def _check(
+        layout: Layout | None, agg_id: str, row: Any, expected: int | None, *, delete: bool
+    ) -> dict[str, Any] | None:
+        """The row as a dict once every check passed (None for a delete)."""
+        _check_name("agg_id", agg_id)
+        if expected is not None and (
+            isinstance(expected, bool) or not isinstance(expected, int) or expected < 0
+        ):
+            raise InvalidRow("expected_version", expected, "must be an int >= 0")
+        if delete:
+            return None
+        if not isinstance(row, Mapping):
+            raise InvalidRow("row", row, "must be an object")
+        vals = dict(row)
+        if layout is not None:
+            layout.spec.check_row(vals)
+        for col, v in vals.items():
+            if not isinstance(col, str):
+                why: str | None = "column names are strings"
+            elif (why := unstorable(col)) is not None:
+                why = f"column name {why}"
+            else:
+                why = check_scalar(v)
+            if why is not None:
+                raise InvalidRow(f"row.{printable(col)}", v, why)
+        return vals
+
+    @staticmethod
+    def _encode(
+        layout: Layout | None, tenant: str, agg_id: str, vals: dict[str, Any] | None
+    ) -> tuple[str, bytes]:
+        """A checked row's JSON and index entries (both empty for a delete)."""
+        if vals is None:
+            return "", b""
+        entries = layout.entries(tenant, agg_id, vals) if layout is not None else b""
+        return _JSON.encode(vals), entries
+
     def _prepare(
         self,
         tenant: str,
@@ -161,44 +228,10 @@ class Writer(ClientComponent):
         row: Mapping[str, Any] | None,
         expected: int | None,
     ) -> tuple[list[str], list[str | bytes | int]]:
-        _check_name("tenant", tenant)
-        _check_name("entity", entity)
-        _check_name("agg_id", agg_id)
-        layout = self.layouts.get(entity)
-        if layout is None and self.layouts:
-            raise InvalidRow("entity", entity, "unknown entity")
-        if expected is not None and (
-            isinstance(expected, bool) or not isinstance(expected, int) or expected < 0
-        ):
-            raise InvalidRow("expected_version", expected, "must be an int >= 0")
-        entries = b""
-        row_json = ""
-        if row is not None:
-            if not isinstance(row, Mapping):
-                raise InvalidRow("row", row, "must be an object")
-            vals = dict(row)
-            if layout is not None:
-                layout.spec.check_row(vals)
-            for col, v in vals.items():
-                if not isinstance(col, str):
-                    why: str | None = "column names are strings"
-                elif (why := unstorable(col)) is not None:
-                    why = f"column name {why}"
-                else:
-                    why = check_scalar(v)
-                if why is not None:
-                    raise InvalidRow(f"row.{printable(col)}", v, why)
-            row_json = json.dumps(vals, separators=(",", ":"), ensure_ascii=False)
-            if layout is not None:
-                entries = layout.entries(tenant, agg_id, vals)
-        p = partition_of(tenant, entity)
-        keys = [
-            self.keys.row(tenant, entity, agg_id),
-            self.keys.table(tenant, entity),
-            self.keys.event_stream(p),
-            self.extra.index_counts(tenant, entity),
-            self.extra.event_seq(p),
-        ]
+        """The WRITE script's KEYS and ARGV of one checked write (row None: delete)."""
+        layout, fixed, prefix = self._target(tenant, entity)
+        vals = self._check(layout, agg_id, row, expected, delete=row is None)
+        row_json, entries = self._encode(layout, tenant, agg_id, vals)
         args: list[str | bytes | int] = [
             "delete" if row is None else "upsert",
             "" if expected is None else str(expected),
@@ -209,7 +242,69 @@ class Writer(ClientComponent):
             self.settings.events_maxlen,
             entries,
         ]
-        return keys, args
+        return [prefix + agg_id, *fixed], args
+
+    async def _write_many(
+        self, tenant: str, entity: str, writes: list[Write], what: str, *, deletes: bool
+    ) -> list[Outcome]:
+        layout, fixed, prefix = self._target(tenant, entity)
+        checked: list[tuple[str, dict[str, Any] | None, int | None]] = []
+        for i, (agg_id, row, expected) in enumerate(writes):
+            try:
+                vals = self._check(layout, agg_id, row, expected, delete=deletes and row is None)
+            except InvalidRow as e:
+                raise InvalidRow(f"{what}.{i}.{e.field}", e.value, e.reason) from e
+            checked.append((agg_id, vals, expected))
+        if not checked:
+            return []
+
+        def calls() -> Iterator[list[Any]]:
+            # Rows are encoded call by call, so Redis runs one call while the next is built.
+            # EVAL, not EVALSHA: a NOSCRIPT part-way through a pipeline could only be
+            # retried out of order (Redis hashes the script text, a fraction of the call).
+            head = [tenant, entity, self.settings.events_maxlen]
+            for start in range(0, len(checked), _ROWS_PER_CALL):
+                part = checked[start : start + _ROWS_PER_CALL]
+                row_keys: list[str] = []
+                args: list[Any] = []
+                for agg_id, vals, expected in part:
+                    row_json, entries = self._encode(layout, tenant, agg_id, vals)
+                    row_keys.append(prefix + agg_id)
+                    op = "upsert" if vals is not None else "delete"
+                    args += (op, "" if expected is None else expected, agg_id, row_json, entries)
+                n_keys = len(fixed) + len(row_keys)
+                yield ["EVAL", WRITE_MANY, n_keys, *fixed, *row_keys, *head, *args]
+
+        in_flight = max(1, self.settings.write_batch // _ROWS_PER_CALL)
+        with translate_errors(f"write_many {tenant}/{entity}"):
+            replies = await self._pipelined(calls(), in_flight)
+        out: list[Outcome] = []
+        for statuses, *versions in replies:
+            out.extend(map(Outcome, map(_STATUS.__getitem__, statuses), versions))
+        return out
+
+    async def _pipelined(self, commands: Iterator[list[Any]], in_flight: int) -> list[Any]:
+        """Send `commands` in order on one connection, reading a reply whenever more
+        than `in_flight` await theirs; the replies, in order (an error reply raises)."""
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()
+        replies: list[Any] = []
+        try:
+            sent = 0
+            for cmd in commands:
+                await conn.send_packed_command(conn.pack_command(*cmd), check_health=False)
+                sent += 1
+                if sent - len(replies) > in_flight:
+                    replies.append(await conn.read_response())
+            while len(replies) < sent:
+                replies.append(await conn.read_response())
+        except BaseException:
+            # Replies may still be due: the connection is unusable for anyone else.
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
+        return replies
 
     @staticmethod
     def _outcome(agg_id: str, expected: int | None, res: Any) -> int:

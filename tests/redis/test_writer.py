@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ from raycluster.cluster.keys import Keys
 from raycluster.cluster.routing import partition_of
 from raycluster.errors import ConflictError, InvalidRow
 from raycluster.livequery import EntitySpec
-from raycluster.redis import RedisSettings, RedisUnavailable, Writer
+from raycluster.redis import Outcome, RedisSettings, RedisUnavailable, Writer
+from raycluster.redis._index import canon, lex_member
 from raycluster.redis.scripts import WRITE, WRITE_MANY
+from raycluster.redis.writer import Write
 
 pytestmark = pytest.mark.redis
 
@@ -196,6 +199,12 @@ async def test_script_reloaded_after_script_flush(writer: Writer, admin: aioredi
     assert await writer.upsert_many("acme", "asset", {"a1": {"name": "z"}}) == [3]
 
 
+def _msgpack_strings(items: list[str]) -> bytes:
+    """A MessagePack array of short strings (fixarray of fixstr), encoded by hand."""
+    assert len(items) < 16 and all(len(x.encode()) < 32 for x in items)
+    return bytes([0x90 | len(items)]) + b"".join(bytes([0xA0 | len(x)]) + x.encode() for x in items)
+
+
 async def test_script_contract_from_another_language(admin: aioredis.Redis) -> None:
     """Call the script exactly as its docstring says (plain EVAL, no Python helpers)."""
     p = partition_of("acme", "asset")
@@ -208,7 +217,7 @@ async def test_script_contract_from_another_language(admin: aioredis.Redis) -> N
     ]
     row = '{"kind":"pump"}'
     vx = 'lq:vx:acme:asset:kind:"pump"'
-    entries = f"v{len(vx)}:{vx}6:v:kind"  # kind, then key and x as <length>:<bytes>
+    entries = _msgpack_strings(["v", vx, "v:kind"])
     res = await admin.eval(WRITE, 5, *keys, "upsert", "", "acme", "asset", "r1", row, 1000, entries)
     assert res[0] == b"ok" and res[1] == 1
     assert await admin.smembers('lq:vx:acme:asset:kind:"pump"') == {b"r1"}
@@ -220,6 +229,24 @@ async def test_script_contract_from_another_language(admin: aioredis.Redis) -> N
     assert await admin.hgetall("lq:ixc:acme:asset") == {}
     res = await admin.eval(WRITE, 5, *keys, "delete", "", "acme", "asset", "r1", "", 1000)
     assert res[:2] == [b"noop", 2]
+
+
+async def test_entries_in_the_earlier_form_are_still_read(
+    writer: Writer, admin: aioredis.Redis
+) -> None:
+    """A row stored with length-prefixed entries (before MessagePack) updates exactly."""
+    p = partition_of("acme", "asset")
+    keys = ["lq:row:acme:asset:r1", "lq:ids:acme:asset", f"lq:events:{p}", "lq:ixc:acme:asset"]
+    vx, sn = 'lq:vx:acme:asset:kind:"pump"', "lq:sn:acme:asset:n"
+    entries = f"v{len(vx)}:{vx}6:v:kindn{len(sn)}:{sn}3:7.0"
+    row = '{"kind":"pump","n":7}'
+    args = ["upsert", "", "acme", "asset", "r1", row, 1000, entries]
+    await admin.eval(WRITE, 5, *keys, f"lq:evseq:{p}", *args)
+    assert await writer.upsert("acme", "asset", "r1", {"kind": "fan", "n": 7}) == 2
+    assert await admin.exists(vx) == 0
+    assert await admin.smembers('lq:vx:acme:asset:kind:"fan"') == {b"r1"}
+    assert await admin.zrange(sn, 0, -1, withscores=True) == [(b"r1", 7.0)]
+    assert await admin.hget("lq:ixc:acme:asset", "v:kind") == b"1"
 
 
 async def test_unreachable_redis_is_translated(settings: RedisSettings, tmp_path: Path) -> None:
@@ -257,12 +284,26 @@ async def test_upsert_many_across_script_calls(writer: Writer, admin: aioredis.R
 
 
 async def test_write_many_script_contract(admin: aioredis.Redis) -> None:
+    """Call WRITE_MANY exactly as its docstring says: five ARGV per write."""
     p = partition_of("acme", "asset")
     keys = ["lq:ids:acme:asset", f"lq:events:{p}", "lq:ixc:acme:asset", f"lq:evseq:{p}"]
     rows = ["lq:row:acme:asset:r1", "lq:row:acme:asset:r2", "lq:row:acme:asset:r1"]
-    args = ["acme", "asset", 1000, "r1", '{"n":1}', "", "r2", '{"n":2}', "", "r1", '{"n":3}', ""]
-    assert await admin.eval(WRITE_MANY, 7, *keys, *rows, *args) == [1, 1, 2]
+    vx = 'lq:vx:acme:asset:kind:"pump"'
+    entries = _msgpack_strings(["v", vx, "v:kind"])
+    args: list[Any] = ["acme", "asset", 1000]
+    args += ["upsert", "", "r1", '{"n":1}', entries, "upsert", "0", "r2", '{"n":2}', ""]
+    args += ["upsert", "", "r1", '{"n":3}', ""]
+    assert await admin.eval(WRITE_MANY, 7, *keys, *rows, *args) == [b"ooo", 1, 1, 2]
     assert await admin.hget("lq:row:acme:asset:r1", "row") == b'{"n":3}'
+    # r1's second write dropped its entry: the set and its count are gone again.
+    assert await admin.exists(vx) == 0 and await admin.hgetall("lq:ixc:acme:asset") == {}
+    args = ["acme", "asset", 1000]
+    args += ["delete", "1", "r1", "", "", "delete", "", "r3", "", "", "delete", "1", "r2", "", ""]
+    rows = ["lq:row:acme:asset:r1", "lq:row:acme:asset:r3", "lq:row:acme:asset:r2"]
+    assert await admin.eval(WRITE_MANY, 7, *keys, *rows, *args) == [b"cno", 2, 0, 2]
+    assert await admin.zrange("lq:ids:acme:asset", 0, -1) == [b"r1"]
+    events = await stream_entries(admin, f"lq:events:{p}")
+    assert [e["n"] for _, e in events] == ["1", "2", "3", "4"]
 
 
 async def test_without_declared_entities_any_entity_is_stored_unindexed(
@@ -320,3 +361,123 @@ async def test_a_row_that_cannot_be_read_back_writes_nothing(
             await w.upsert_many(tenant, "asset", [("a2", {"name": "fine"}), (agg_id, row)])
         assert info.value.field == (field if field == "tenant" else f"rows.1.{field}")
         assert await _snapshot_keys(admin) == before
+
+
+async def _state(admin: aioredis.Redis, prefix: str) -> dict[bytes, Any]:
+    """Every key under `prefix:`, named and valued without the prefix; streams
+    without their entry ids and write times."""
+    out = {}
+    for key, value in (await _snapshot_keys(admin)).items():
+        if not key.startswith(f"{prefix}:".encode()):
+            continue
+        if isinstance(value, list) and value and isinstance(value[0][1], dict):  # a stream
+            value = [{k: v for k, v in f.items() if k != b"at"} for _, f in value]
+        elif isinstance(value, dict):  # a row hash: its `ix` names keys under the prefix
+            value = {k: v.replace(f"{prefix}:".encode(), b"") for k, v in value.items()}
+        out[key[len(prefix) + 1 :]] = value
+    return out
+
+
+def _random_writes(rnd: random.Random, n: int) -> list[Write]:
+    """Upserts, deletes and expected versions (often stale) over a few ids, so ids
+    repeat within one script call and across calls."""
+    writes: list[Write] = []
+    for _ in range(n):
+        agg_id = f"a{rnd.randrange(40)}"
+        expected = rnd.choice([None, None, None, 0, 1, 2, 3])
+        if rnd.random() < 0.25:
+            writes.append((agg_id, None, expected))
+            continue
+        row = {
+            "name": rnd.choice([None, "x", "y", "z\x00q", f"n{rnd.randrange(5)}"]),
+            "kind": rnd.choice(["pump", "fan", None]),
+            "temp": rnd.choice([None, -1.5, 0.0, 2.25, 7.0]),
+            "n": rnd.choice([None, 1, 2, 3]),
+            "on": rnd.choice([True, False, None]),
+        }
+        writes.append((agg_id, {k: v for k, v in row.items() if rnd.random() < 0.8}, expected))
+    return writes
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_write_many_equals_the_writes_one_by_one(
+    redis_url: str, settings: RedisSettings, admin: aioredis.Redis, seed: int
+) -> None:
+    """A batch of mixed upserts, deletes and conflicts, across script calls and
+    pipeline windows, leaves every key as the same writes one at a time do."""
+    writes = _random_writes(random.Random(seed), 450)
+    batched = settings.model_copy(update={"key_prefix": "b", "write_batch": 150})
+    single = settings.model_copy(update={"key_prefix": "s"})
+    async with (
+        Writer.from_url(redis_url, entities=[SPEC], settings=batched) as wb,
+        Writer.from_url(redis_url, entities=[SPEC], settings=single) as ws,
+    ):
+        outcomes = await wb.write_many("acme", "asset", writes)
+        want: list[Outcome] = []
+        for agg_id, row, expected in writes:
+            try:
+                if row is None:
+                    existed = await ws.get("acme", "asset", agg_id) is not None
+                    v = await ws.delete("acme", "asset", agg_id, expected_version=expected)
+                    want.append(Outcome("ok" if existed else "noop", v))
+                else:
+                    v = await ws.upsert("acme", "asset", agg_id, row, expected_version=expected)
+                    want.append(Outcome("ok", v))
+            except ConflictError as e:
+                want.append(Outcome("conflict", e.actual))
+        live = {}
+        for agg_id in {w[0] for w in writes}:
+            got = await wb.get("acme", "asset", agg_id)
+            if got is not None:
+                live[agg_id] = got[1]
+    assert outcomes == want
+    assert {o.status for o in outcomes} == {"ok", "conflict", "noop"}
+    assert await _state(admin, "b") == await _state(admin, "s")
+    # Both run the same Lua: check the indexes against the final rows too.
+    assert await _index_state(admin, "b") == _expected_indexes(live)
+
+
+async def _index_state(admin: aioredis.Redis, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in await admin.keys(f"{prefix}:*"):
+        name = key.decode()
+        kind = name.split(":")[1]
+        if kind == "vx":
+            out[name[len(prefix) + 1 :]] = await admin.smembers(key)
+        elif kind in ("sn", "sl", "ids"):
+            out[name[len(prefix) + 1 :]] = set(await admin.zrange(key, 0, -1, withscores=True))
+        elif kind == "ixc":
+            out[name[len(prefix) + 1 :]] = await admin.hgetall(key)
+    return out
+
+
+def _expected_indexes(live: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The index keys of `live` rows (every SPEC column filterable and sortable)."""
+    out: dict[str, Any] = {}
+    if not live:
+        return out
+    out["ids:acme:asset"] = {(i.encode(), 0.0) for i in live}
+    out["ixc:acme:asset"] = {f"v:{c}".encode(): str(len(live)).encode() for c in SPEC.columns}
+    for agg_id, row in live.items():
+        for c, kind in SPEC.columns.items():
+            v = row.get(c)
+            out.setdefault(f"vx:acme:asset:{c}:{canon(v)}", set()).add(agg_id.encode())
+            if kind == "str":
+                member = lex_member(v, agg_id)
+                out.setdefault(f"sl:acme:asset:{c}", set()).add((member, 0.0))
+            else:
+                score = float("inf") if v is None else float(v)
+                out.setdefault(f"sn:acme:asset:{c}", set()).add((agg_id.encode(), score))
+    return out
+
+
+async def test_write_many_validates_everything_first(writer: Writer, admin: aioredis.Redis) -> None:
+    writes = [("a1", {"name": "x"}, None), ("a2", None, -1), ("a3", {"name": "z"}, None)]
+    with pytest.raises(InvalidRow) as info:
+        await writer.write_many("acme", "asset", writes)
+    assert info.value.field == "writes.1.expected_version"
+    with pytest.raises(InvalidRow) as info:
+        await writer.upsert_many("acme", "asset", [("a1", {"name": "x"}), ("a2", None)])  # type: ignore[list-item]
+    assert info.value.field == "rows.1.row"
+    assert await admin.dbsize() == 0
+    assert await writer.write_many("acme", "asset", []) == []
