@@ -10,35 +10,26 @@ descendants. The file is named `zz` so it runs last in the tier.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ray_procs import free_port, stop_processes_under
 
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[2]
 EXCLUDES = [".git", ".mypy_cache", ".hypothesis", ".pytest_cache", ".ruff_cache", ".benchmarks",
             "tests", "benchmarks"]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _port_range(n: int) -> tuple[int, int]:
@@ -65,78 +56,24 @@ def _run(args: list[str], env: dict[str, str], timeout_s: float) -> Any:
     )
 
 
-def _pids_of(temp_dir: str) -> set[int]:
-    """Processes of the head: a file open under `temp_dir` or it on the command line,
-    then every descendant of those."""
-    parents: dict[int, int] = {}
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid == os.getpid():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-            if temp_dir in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                found.add(pid)
-                continue
-            for fd in (entry / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd).startswith(temp_dir):
-                        found.add(pid)
-                        break
-        except (OSError, ValueError, IndexError):
-            continue
-    grew = True
-    while grew:
-        kids = {p for p, pp in parents.items() if pp in found and p not in found}
-        found |= kids
-        grew = bool(kids)
-    return found
-
-
-def _stop_head(temp_dir: str) -> None:
-    """SIGTERM the head's processes, then SIGKILL what is left after a grace period."""
-    for sig, grace_s in ((signal.SIGTERM, 6.0), (signal.SIGKILL, 5.0)):
-        pids = _pids_of(temp_dir)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace_s
-        while pids and time.monotonic() < deadline:
-            pids = {p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)}
-            time.sleep(0.2)
-        if not pids:
-            return
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
 @pytest.fixture(scope="module")
 def head() -> Iterator[tuple[str, dict[str, str]]]:
     """A private Ray head: (dashboard address, environment for the `ray` CLI)."""
     temp_dir = tempfile.mkdtemp(prefix="rcj", dir="/tmp")  # short: Ray's socket paths
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    dashboard = _free_port()
+    dashboard = free_port()
     low, high = _port_range(40)
     ports = {
-        "--port": _free_port(),
+        "--port": free_port(),
         "--dashboard-port": dashboard,
-        "--ray-client-server-port": _free_port(),
-        "--node-manager-port": _free_port(),
-        "--object-manager-port": _free_port(),
-        "--dashboard-agent-listen-port": _free_port(),
-        "--dashboard-agent-grpc-port": _free_port(),
-        "--runtime-env-agent-port": _free_port(),
-        "--metrics-export-port": _free_port(),
+        "--ray-client-server-port": free_port(),
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--metrics-export-port": free_port(),
         "--min-worker-port": low,
         "--max-worker-port": high,
     }
@@ -148,10 +85,9 @@ def head() -> Iterator[tuple[str, dict[str, str]]]:
         assert started.returncode == 0, started.stdout + started.stderr
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        _stop_head(temp_dir)
-        left = _pids_of(temp_dir)
+        left = stop_processes_under(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
-        assert not {p for p in left if not _zombie(p)}, f"head processes left: {left}"
+        assert not left, f"head processes left: {left}"
 
 
 @pytest.mark.timeout(420)
