@@ -132,12 +132,20 @@ async def test_demo_page_shows_a_live_window_and_scrolls_by_reanchoring(tmp_path
             await page.hover("#scroller")
             await page.mouse.wheel(0, 20_000)
             await expect_ids(page, by_name[: 2 * PAGE], "the window grown to two pages")
-            assert await page.get_attribute("#window", "data-limit") == str(2 * PAGE)
+            # The rows arrive on the stream before the reanchor request returns; the
+            # window's state follows when it does.
+            await page.wait_for_selector(
+                f'#window[data-limit="{2 * PAGE}"]', state="attached", timeout=WAIT_MS
+            )
             assert await page.get_attribute("#window", "data-cursor") == "null"
 
             # At max=100 the next scroll slides it: it starts after the first page's last row.
             await page.mouse.wheel(0, 20_000)
             await expect_ids(page, by_name[PAGE : 3 * PAGE], "the window slid by a page")
+            await page.wait_for_function(
+                "() => document.querySelector('#window').dataset.cursor !== 'null'",
+                timeout=WAIT_MS,
+            )
             last = rows[by_name[PAGE - 1]]
             cursor = json.loads(await page.get_attribute("#window", "data-cursor") or "null")
             assert cursor == {"values": [last["name"], by_name[PAGE - 1]]}
