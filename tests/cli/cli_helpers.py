@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 import time
@@ -85,13 +84,24 @@ async def start_tier1(url: str, tmp_path: Path) -> AsyncIterator[Tier1]:
         await wait_for(lambda: _has_shard(members), 20, what="the shard's heartbeat")
         yield Tier1(url=url, config=config, settings=settings, writer=writer, cwd=cwd)
     finally:
-        await shard.stop()
+        # Each step is bounded without waiting for a cancellation to finish
+        # (`wait_for` would): one stuck teardown once held the session for 300 s.
+        await _bounded(shard.stop(), 10)
         task.cancel()  # `run` serves until cancelled
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(task, 10)
-        await closers.aclose()
-        await writer.aclose()
-        await members.aclose()
+        await _bounded(task, 10)
+        for closing in (closers.aclose(), writer.aclose(), members.aclose()):
+            await _bounded(closing, 10)
+
+
+async def _bounded(aw: Awaitable[Any], timeout_s: float) -> None:
+    """Await `aw` for at most `timeout_s`; say so (not raise) if it is still running then."""
+    t = asyncio.ensure_future(aw)
+    done, _ = await asyncio.wait({t}, timeout=timeout_s)
+    if not done:
+        t.cancel()
+        print(f"teardown: {t!r} still running after {timeout_s} s", file=sys.stderr)
+    elif not t.cancelled():
+        t.exception()  # retrieved: a failed close of the test's own client is not its result
 
 
 async def _has_shard(members: RedisMembership) -> bool:
