@@ -68,22 +68,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-class _YamlSource(PydanticBaseSettingsSource):
-    """The YAML file `TierSettings.load` was given (none: contributes nothing)."""
+class _MappingSource(PydanticBaseSettingsSource):
+    """A source whose `__call__` returns its whole mapping at once (no per-field lookup)."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # __call__ returns the whole mapping at once
+        return None, field_name, False
+
+
+class _YamlSource(_MappingSource):
+    """The YAML file `TierSettings.load` was given (none: contributes nothing)."""
 
     def __call__(self) -> dict[str, Any]:
         path = _YAML_PATH.get()
         return read_yaml(path) if path is not None else {}
 
 
-class _RedisFlatEnv(PydanticBaseSettingsSource):
+class _RedisFlatEnv(_MappingSource):
     """The Redis section's flat environment names (`RAYCLUSTER_REDIS_URL`, …)."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
         found = redis_env()

@@ -93,7 +93,7 @@ class DesyncError(RayclusterError):
 
 
 class UnavailableError(RayclusterError):
-    """Raised when no shard answered a request within its deadline."""
+    """Raised when a dependency (a shard, Redis) did not answer in time; a retry may succeed."""
 
 
 class RegistrationConflict(RayclusterError):

@@ -308,7 +308,7 @@ class Tier:
             num_cpus=0,
             resources=dict(settings.controller_resources),
         ).remote(settings.model_dump_json(), url)
-        report = on_progress if on_progress is not None else _LogProgress()
+        report = on_progress or _LogProgress()
         try:
             info = _started(controller.start.remote(shards), settings, deadline, report)
             tier = cls(controller, info)
@@ -318,11 +318,8 @@ class Tier:
             raise
         return tier
 
-    def _wait_ready(
-        self, deadline: float, on_progress: Callable[[StartProgress], None] | None
-    ) -> None:
+    def _wait_ready(self, deadline: float, report: Callable[[StartProgress], None]) -> None:
         """Poll the controller until every actor is ready; `NotReadyError` at `deadline`."""
-        report = on_progress if on_progress is not None else _LogProgress()
         timeout_s = self.settings.start_timeout_s
         t0 = deadline - timeout_s
         while True:
@@ -376,7 +373,7 @@ class Tier:
         before = self._call("progress")["desired"]
         self._call("scale", n)
         try:
-            self._wait_ready(deadline, on_progress)
+            self._wait_ready(deadline, on_progress or _LogProgress())
         except BaseException:
             with contextlib.suppress(Exception):
                 ray.get(self.controller.scale.remote(before), timeout=STOP_TIMEOUT_S)

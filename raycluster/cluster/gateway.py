@@ -316,8 +316,8 @@ class Gateway:
 
         Idempotent; a sub id not open here (for `tenant`, when given) is left alone.
         """
-        st = self._subs.get(sub_id)
-        if st is None or (tenant is not None and st.reg.tenant != tenant):
+        st = self._held(sub_id, tenant)
+        if st is None:
             return
         del self._subs[sub_id]
         st.sub.mark_closed()
@@ -328,8 +328,8 @@ class Gateway:
 
     async def resync(self, sub_id: str, *, tenant: str | None = None) -> None:
         """Ask the owner for a reset and the current window (after a gap)."""
-        st = self._subs.get(sub_id)
-        if st is None or (tenant is not None and st.reg.tenant != tenant):
+        st = self._held(sub_id, tenant)
+        if st is None:
             return
         target = await self._owner(st.reg)
         if target:
@@ -337,8 +337,7 @@ class Gateway:
 
     def holds(self, sub_id: str, tenant: str) -> bool:
         """Whether `sub_id` is open here for `tenant`."""
-        st = self._subs.get(sub_id)
-        return st is not None and st.reg.tenant == tenant
+        return self._held(sub_id, tenant) is not None
 
     def subscriptions(self) -> list[Subscription]:
         """Every open subscription of this gateway."""
@@ -350,9 +349,16 @@ class Gateway:
 
     # -- routing -----------------------------------------------------------------
 
-    def _state(self, sub_id: str, tenant: str | None = None) -> _State:
+    def _held(self, sub_id: str, tenant: str | None) -> _State | None:
+        """`sub_id`'s state if it is open here (and `tenant`'s, when given)."""
         st = self._subs.get(sub_id)
         if st is None or (tenant is not None and st.reg.tenant != tenant):
+            return None
+        return st
+
+    def _state(self, sub_id: str, tenant: str | None = None) -> _State:
+        st = self._held(sub_id, tenant)
+        if st is None:
             raise ClosedError(f"subscription {sub_id} is not open on gateway {self.id}")
         return st
 

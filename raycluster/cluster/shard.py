@@ -314,12 +314,10 @@ class Shard:
 
     def _emit(self, served: _Served, frames: list[Frame]) -> None:
         ob = self._append(served, frames)
-        out = ob.frames
-        if len(out) > self.opts.max_pending_frames:
+        if len(ob.frames) > self.opts.max_pending_frames:
             # The gateway cannot keep up: drop its backlog; each of its
             # subscriptions gets a reset and its current window instead.
-            out.clear()
-            ob.resync.update(s for s, x in self.served.items() if x.reg.gateway_id == ob.gateway_id)
+            self._resync_gateway(ob)
             self.counters["overflow_resyncs"] += 1
         ob.ready.set()
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from starlette.requests import Request
 
+from raycluster.livequery.models import unstorable
+
 from .errors import Invalid, RequestTimeout, TooLarge
 from .settings import EdgeSettings
 
@@ -80,12 +82,9 @@ def _check_strings(doc: Any) -> None:
         else:
             continue
         for s in strings:
-            if not s.isascii():
-                try:
-                    s.encode("utf-8")
-                except UnicodeEncodeError:
-                    where = loc if s is v else [*loc, s.encode("utf-8", "replace").decode()]
-                    raise _bad(where, "not valid Unicode (a lone surrogate)") from None
+            if unstorable(s) is not None:
+                where = loc if s is v else [*loc, s.encode("utf-8", "replace").decode()]
+                raise _bad(where, "not valid Unicode (a lone surrogate)")
         for k, child in items:
             stack.append(([*loc, k], child))
 

@@ -22,19 +22,16 @@ from starlette.requests import HTTPConnection
 from raycluster._connect import RemoteGateway
 from raycluster.client import Subscription
 from raycluster.config import TierSettings
-from raycluster.errors import InvalidQuery, RegistrationConflict, UnavailableError
+from raycluster.errors import InvalidQuery, RegistrationConflict
 from raycluster.livequery import Cursor, LiveQuery, query_cost
-from raycluster.redis.errors import RedisUnavailable
 
 from ._hub import Conn, EdgeSub, Hub
 from .auth import AuthError, authenticate
-from .errors import LimitExceeded, NotFound
+from .errors import UNAVAILABLE, LimitExceeded, NotFound
 from .settings import EdgeSettings
 from .tokens import ResumeTokens, load_secret
 
 __all__ = ("EdgeService",)
-
-_RETRYABLE = (RedisUnavailable, UnavailableError, TimeoutError)
 
 
 class _Reanchor(BaseModel):
@@ -77,11 +74,14 @@ class EdgeService:
         """A validated query that fits the entity and the edge's `max_window`."""
         q = LiveQuery.model_validate(raw)
         self.gateway.gateway.check_query(q)
-        if q.limit > self.settings.max_window:
-            raise InvalidQuery(
-                "limit", q.limit, f"above the edge's max_window {self.settings.max_window}"
-            )
+        self._check_window(q.limit)
         return q
+
+    def _check_window(self, limit: int) -> None:
+        if limit > self.settings.max_window:
+            raise InvalidQuery(
+                "limit", limit, f"above the edge's max_window {self.settings.max_window}"
+            )
 
     async def subscribe(
         self, conn: Conn, query: LiveQuery, resume: str | None
@@ -107,7 +107,7 @@ class EdgeService:
                 sub_id, seq = proof.sub_id, proof.seq + 1
             try:
                 sub = await self._subscribe(tenant, query, sub_id)
-            except _RETRYABLE:
+            except UNAVAILABLE:
                 raise
             except (RegistrationConflict, InvalidQuery):
                 if sub_id is None:
@@ -134,10 +134,7 @@ class EdgeService:
     def check_reanchor(self, esub: EdgeSub, raw: Any) -> _Reanchor:
         """The reanchor `raw` asks for, validated in full against `esub`'s query."""
         body = _Reanchor.model_validate(raw)
-        if body.limit > self.settings.max_window:
-            raise InvalidQuery(
-                "limit", body.limit, f"above the edge's max_window {self.settings.max_window}"
-            )
+        self._check_window(body.limit)
         self.gateway.gateway.check_query(esub.sub.query.moved(body.cursor, body.limit))
         return body
 

@@ -11,7 +11,7 @@ failure answers the same on either transport (PROTOCOL.md, Errors):
 | body / message over `edge.max_body_bytes`      | 413    | too_large      |
 | an edge limit                                  | 429    | limit          |
 | unknown or another tenant's subscription       | 404    | not_found      |
-| `RedisUnavailable`, `UnavailableError`, timeout| 503    | unavailable (+ `Retry-After`) |
+| `UnavailableError` (`RedisUnavailable` too), timeout | 503 | unavailable (+ `Retry-After`) |
 | the client left mid-request                    | 400    | disconnected   |
 | a body not sent within `edge.request_timeout_s`| 408    | timeout        |
 | anything else (logged)                         | 500    | internal       |
@@ -30,11 +30,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from raycluster.errors import ClosedError, InvalidQuery, RayclusterError, UnavailableError
-from raycluster.redis.errors import RedisUnavailable
 
 from .auth import AuthError
 
 __all__ = (
+    "UNAVAILABLE",
     "EdgeError",
     "Invalid",
     "LimitExceeded",
@@ -50,6 +50,8 @@ __all__ = (
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
+# A dependency (Redis, the shards) did not answer: 503, and worth a retry.
+UNAVAILABLE: tuple[type[BaseException], ...] = (UnavailableError, TimeoutError)
 
 
 class EdgeError(RayclusterError):
@@ -164,13 +166,13 @@ def _disconnected(e: Exception) -> EdgeError:
 
 
 # The table: first matching class wins (order matters: TimeoutError and
-# RedisUnavailable are OSErrors, RedisUnavailable a ConnectionError).
+# RedisUnavailable are OSErrors).
 TABLE: Sequence[tuple[tuple[type[BaseException], ...], Callable[[Any], EdgeError]]] = (
     ((EdgeError,), lambda e: e),
     ((AuthError,), _auth),
     ((InvalidQuery, ValidationError), invalid),
     ((ClosedError,), lambda e: NotFound("no such subscription")),
-    ((RedisUnavailable, UnavailableError, TimeoutError), _unavailable),
+    (UNAVAILABLE, _unavailable),
     ((ClientDisconnect,), _disconnected),
 )
 

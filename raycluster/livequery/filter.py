@@ -44,21 +44,18 @@ def like_matcher(pattern: str, *, ignore_case: bool) -> Callable[[Any], bool]:
     if not ignore_case:
         return _typed(_fast(segs) or _general(segs, 0))
     small = _general(segs, re.IGNORECASE)
-    # Large values are folded first (each code point to the one the regex
-    # equates it with), then matched exactly against the folded pattern.
+    # A value is folded (each code point to the one the regex equates it with),
+    # then matched exactly against the folded pattern. An ASCII value's fold is
+    # its `lower()` (C speed); a small other one takes the regex instead.
     folded = [[c if c is _ANY else chr(_fold(ord(c))) for c in seg] for seg in segs]
     exact = _fast(folded) or _general(folded, 0)
     size = len(pattern)
-    # ASCII pattern and ASCII value: `lower()` is exactly the case mapping the
-    # regex uses (other scripts have letters that `lower()` maps to two).
-    lowered = [[c.lower() if c is not _ANY else c for c in seg] for seg in segs]
-    ascii_match = (_fast(lowered) or _general(lowered, 0)) if pattern.isascii() else None
 
     def match(s: Any) -> bool:
         if not isinstance(s, str):
             return False
-        if ascii_match is not None and s.isascii():
-            return ascii_match(s.lower())
+        if s.isascii():
+            return exact(s.lower())
         if len(s) * size <= _BIG:
             return small(s)
         return exact(s.translate(_FOLDS))

@@ -106,7 +106,7 @@ def check_cost(query: LiveQuery, limits: QueryLimits) -> None:
         _check_str(f"{at}.column", c.column, limits.max_string_length)
         if c.op in ("like", "ilike"):
             _check_str(f"{at}.value", c.value, limits.max_pattern_length, "pattern")
-            cost += len(str(c.value))
+            cost += _pattern_cost(c)
             if terms + cost > limits.max_cost:
                 _too_costly(limits)
         else:
@@ -151,6 +151,11 @@ def query_cost(query: LiveQuery) -> int:
         cost += 1
         if c.args is not None:
             stack += c.args
-        elif c.op in ("like", "ilike"):
-            cost += len(str(c.value))
+        else:
+            cost += _pattern_cost(c)
     return cost
+
+
+def _pattern_cost(c: Cond) -> int:
+    """What a condition adds to its unit: its like/ilike pattern's length."""
+    return len(str(c.value)) if c.op in ("like", "ilike") else 0

@@ -11,12 +11,12 @@ from contextlib import contextmanager
 
 import redis.exceptions as rx
 
-from raycluster.errors import RayclusterError
+from raycluster.errors import RayclusterError, UnavailableError
 
 __all__ = ("RedisCommandError", "RedisUnavailable", "translate_errors")
 
 
-class RedisUnavailable(RayclusterError, ConnectionError):
+class RedisUnavailable(UnavailableError, ConnectionError):
     """Raised when Redis cannot be reached, or a reply did not arrive in time.
 
     For a write the outcome is unknown: it may or may not have been applied.
