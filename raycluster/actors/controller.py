@@ -23,7 +23,6 @@ from typing import Any
 import ray
 
 from raycluster._tasks import cancel_and_wait
-from raycluster.cluster.keys import Keys
 from raycluster.config import TierSettings
 from raycluster.redis import RedisMembership
 from raycluster.redis._client import make_client
@@ -67,7 +66,7 @@ class Controller:
         # and the tier's state.
         self._redis = make_client(redis_url, self.settings.redis, name="raycluster-controller")
         self._members = RedisMembership(self._redis, settings=self.settings.redis)
-        keys = Keys(self.settings.redis.key_prefix)
+        keys = self.settings.redis.keys
         self._desired_key = keys.tier_shard_count(self.settings.name)
         self._ids_key = keys.tier_shard_ids(self.settings.name)
         self._last: tuple[float, int, int] | None = None

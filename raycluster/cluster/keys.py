@@ -1,14 +1,38 @@
-"""Every Redis key and stream name the tier uses, in one place (DESIGN §3).
+"""Every Redis key and stream name the tier uses, in one place (DESIGN §3, §7b).
 
 The four seed names are contracts other languages compute too:
 `lq:events:{p}`, `lq:ctrl:{shard}`, `lq:delta:{gateway}`, `lq:shard:{shard}`.
 Everything else lives under the same prefix, so two tiers can share one Redis
 by choosing different prefixes.
+
+Two forms, one code path (`Keys(prefix, cluster=…)`):
+
+* **standalone** (the default; DESIGN's names): `lq:events:17`,
+  `lq:row:acme:asset:a1`, `lq:shard:shard-0`, …
+* **cluster** (Redis Cluster): every key of one (tenant, entity) — row
+  hashes, live ids, value and sort indexes, index counts — and its
+  partition's stream, event counter and epoch carry the partition as a hash
+  tag, `{17}`, so one write script touches one slot and a partition's data
+  lives on one node (`lq:events:{17}`, `lq:row:{17}:acme:asset:a1`). The
+  control-plane keys that change together (heartbeats with the live sets;
+  registrations with their index sets; a tier's controller state) share the
+  prefix as their tag (`{lq}:shard:shard-0`, `{lq}:members`, `{lq}:reg:…`),
+  so their scripts and transactions are legal too. The control and delta
+  streams and the resume secret are single keys and keep their names.
+
+The tag is always the first `{` of a key, so tenants, entities and ids may
+contain braces; the prefix may not (`Keys` refuses one that does).
+
+What Redis Cluster costs: the registry and the live sets live in one slot
+(one master serves them), and a feed cannot read many partitions in one
+XREAD (`RedisFeed` reads each partition's stream on its own).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .routing import partition_of
 
 __all__ = (
     "DEFAULT_KEYS",
@@ -18,6 +42,7 @@ __all__ = (
     "delta_channel",
     "event_stream",
     "heartbeat_key",
+    "row_prefix",
 )
 
 DEFAULT_PREFIX = "lq"
@@ -25,13 +50,78 @@ DEFAULT_PREFIX = "lq"
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Key names under one prefix (default `lq`)."""
+    """Key names under one prefix (default `lq`), standalone or cluster form."""
 
     prefix: str = DEFAULT_PREFIX
+    cluster: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.prefix or "{" in self.prefix or "}" in self.prefix:
+            raise ValueError(f"key prefix {self.prefix!r} must be non-empty, without '{{' or '}}'")
+
+    # -- how the two forms differ -------------------------------------------------------
+
+    def _part(self, p: int) -> str:
+        """Partition `p`'s key part: `17`, or the hash tag `{17}`."""
+        return f"{{{p}}}" if self.cluster else str(p)
+
+    def _data(self, kind: str, tenant: str, entity: str) -> str:
+        """The start of a (tenant, entity) key: `lq:kind:t:e`, or `lq:kind:{p}:t:e`."""
+        if self.cluster:
+            return f"{self.prefix}:{kind}:{{{partition_of(tenant, entity)}}}:{tenant}:{entity}"
+        return f"{self.prefix}:{kind}:{tenant}:{entity}"
+
+    @property
+    def _ctl(self) -> str:
+        """The start of a control-plane key: `lq`, or the tag `{lq}`."""
+        return f"{{{self.prefix}}}" if self.cluster else self.prefix
+
+    # -- partitions ----------------------------------------------------------------------
 
     def event_stream(self, p: int) -> str:
         """Stream of partition `p`'s change events (the owning shard tails it)."""
-        return f"{self.prefix}:events:{p}"
+        return f"{self.prefix}:events:{self._part(p)}"
+
+    def event_seq(self, p: int) -> str:
+        """Counter of events appended to partition `p`'s stream (the `n` event field)."""
+        return f"{self.prefix}:evseq:{self._part(p)}"
+
+    def epoch(self, p: int) -> str:
+        """Fencing counter of partition `p`: bumped by every claim."""
+        return f"{self.prefix}:epoch:{self._part(p)}"
+
+    # -- rows and their indexes (one (tenant, entity): one slot) ------------------------
+
+    def row(self, tenant: str, entity: str, agg_id: str) -> str:
+        """Hash of one row: `v` version, `row` JSON (absent once deleted)."""
+        return f"{self._data('row', tenant, entity)}:{agg_id}"
+
+    def table(self, tenant: str, entity: str) -> str:
+        """Sorted set of the live row ids of one (tenant, entity)."""
+        return self._data("ids", tenant, entity)
+
+    def value_index(self, tenant: str, entity: str, column: str, value_json: str) -> str:
+        """Set of row ids whose `column` holds the JSON-encoded value."""
+        return f"{self._data('vx', tenant, entity)}:{column}:{value_json}"
+
+    def index_counts(self, tenant: str, entity: str) -> str:
+        """Hash `v:{column}` → how many rows the column's value index holds.
+
+        A column's value index is complete (usable by a read) exactly when
+        this count equals the number of live rows: every live row is in one
+        value set per indexed column (null included).
+        """
+        return self._data("ixc", tenant, entity)
+
+    def sort_num(self, tenant: str, entity: str, column: str) -> str:
+        """Sorted set id → numeric value (null: +inf) of a sortable int/float/bool column."""
+        return f"{self._data('sn', tenant, entity)}:{column}"
+
+    def sort_lex(self, tenant: str, entity: str, column: str) -> str:
+        """Sorted set (scores 0) of `enc(value) + id` of a sortable str column."""
+        return f"{self._data('sl', tenant, entity)}:{column}"
+
+    # -- shards, gateways, buses ---------------------------------------------------------
 
     def ctrl_stream(self, shard: str) -> str:
         """Control requests to one shard (consumer group, acked after handling)."""
@@ -43,59 +133,59 @@ class Keys:
 
     def heartbeat_key(self, shard: str) -> str:
         """A shard's liveness key (expires after the heartbeat TTL)."""
-        return f"{self.prefix}:shard:{shard}"
+        return f"{self._ctl}:shard:{shard}"
 
     def members(self) -> str:
         """Sorted set of shard id → heartbeat expiry (ms): the live set without a scan."""
-        return f"{self.prefix}:members"
+        return f"{self._ctl}:members"
 
     def gateway_heartbeat(self, gateway: str) -> str:
         """A gateway's liveness key."""
-        return f"{self.prefix}:gw:{gateway}"
+        return f"{self._ctl}:gw:{gateway}"
 
     def gateways(self) -> str:
         """Sorted set of gateway id → heartbeat expiry (ms)."""
-        return f"{self.prefix}:gateways"
+        return f"{self._ctl}:gateways"
 
-    def row(self, tenant: str, entity: str, agg_id: str) -> str:
-        """Hash of one row: `v` version, `row` JSON (absent once deleted)."""
-        return f"{self.prefix}:row:{tenant}:{entity}:{agg_id}"
-
-    def table(self, tenant: str, entity: str) -> str:
-        """Set of the live row ids of one (tenant, entity)."""
-        return f"{self.prefix}:ids:{tenant}:{entity}"
-
-    def value_index(self, tenant: str, entity: str, column: str, value_json: str) -> str:
-        """Set of row ids whose `column` holds the JSON-encoded value."""
-        return f"{self.prefix}:vx:{tenant}:{entity}:{column}:{value_json}"
+    # -- the registry ----------------------------------------------------------------------
 
     def registration(self, sub_id: str) -> str:
         """Hash: one subscription's durable `Registration`."""
-        return f"{self.prefix}:reg:{sub_id}"
+        return f"{self._ctl}:reg:{sub_id}"
 
     def partition_regs(self, p: int) -> str:
         """Set of subscription ids registered on partition `p`."""
-        return f"{self.prefix}:regs:p:{p}"
+        return f"{self._ctl}:regs:p:{p}"
 
     def gateway_regs(self, gateway: str) -> str:
         """Set of subscription ids held by one gateway."""
-        return f"{self.prefix}:regs:gw:{gateway}"
+        return f"{self._ctl}:regs:gw:{gateway}"
+
+    # -- tiers and edges -------------------------------------------------------------------
 
     def tier_shard_count(self, tier: str) -> str:
         """String: the desired shard count of tier `tier` (its controller's only state)."""
-        return f"{self.prefix}:tier:{tier}:shards"
+        return f"{self._ctl}:tier:{tier}:shards"
 
     def tier_shard_ids(self, tier: str) -> str:
         """Set: every shard id tier `tier` may run (added before a shard is created)."""
-        return f"{self.prefix}:tier:{tier}:shard-ids"
-
-    def epoch(self, p: int) -> str:
-        """Fencing counter of partition `p`: bumped by every claim."""
-        return f"{self.prefix}:epoch:{p}"
+        return f"{self._ctl}:tier:{tier}:shard-ids"
 
     def edge_resume_secret(self) -> str:
         """The edges' shared resume-token secret (set once, never expires)."""
         return f"{self.prefix}:edge:resume_secret"
+
+
+def row_prefix(keys: Keys, tenant: str, entity: str) -> str:
+    """The text every row key of one (tenant, entity) starts with.
+
+    The read script builds `Keys.row(tenant, entity, id)` as this prefix plus
+    the id; the check keeps the two from drifting apart.
+    """
+    prefix = keys.row(tenant, entity, "")
+    if keys.row(tenant, entity, "id") != prefix + "id":
+        raise RuntimeError("Keys.row no longer ends with the row id; update the read script")
+    return prefix
 
 
 DEFAULT_KEYS = _DEFAULT = Keys()

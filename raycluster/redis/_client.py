@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Self
 
 import redis.asyncio as aioredis
 import redis.exceptions as rx
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+
+from raycluster.cluster.routing import PARTITIONS
 
 from .settings import RedisSettings
 
 __all__ = (
     "RETRYABLE",
     "Backoff",
+    "Client",
     "ClientComponent",
     "ReadGate",
     "interruptible",
@@ -86,16 +90,79 @@ def _connection_class(url: str) -> dict[str, Any]:
     return {"connection_class": cls} if cls is not None else {}
 
 
+Client = aioredis.Redis | RedisCluster
+"""A client of a standalone Redis or of a Redis Cluster (`RedisSettings.redis_cluster`)."""
+
+
+def _command_retry(settings: RedisSettings) -> Retry:
+    """A command client's retry of a dropped connection (with backoff)."""
+    backoff = ExponentialWithJitterBackoff(
+        base=settings.reconnect_min_s, cap=settings.reconnect_max_s
+    )
+    return Retry(backoff, settings.command_retries)
+
+
+class _BoundedCluster(RedisCluster):
+    """A cluster client with at most `limit` commands in flight; more wait for a slot.
+
+    redis-py's cluster nodes fail a command at once ("Too many connections")
+    when their pool is full; a standalone client waits for a connection
+    instead (`BlockingConnectionPool`), and so does this one.
+    """
+
+    def __init__(self, *args: Any, limit: int, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._slots = asyncio.Semaphore(limit)
+
+    async def execute_command(self, *args: Any, **kw: Any) -> Any:
+        async with self._slots:
+            return await super().execute_command(*args, **kw)
+
+
+def _cluster_client(
+    url: str, settings: RedisSettings, blocking_ms: int | None, name: str | None
+) -> RedisCluster:
+    """A Redis Cluster client from a seed node's URL (it learns the rest from the node).
+
+    A blocking one holds a connection per concurrent read (`RedisFeed` reads
+    each partition on its own), so its nodes allow one per partition.
+    """
+    common: dict[str, Any] = {
+        "decode_responses": False,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "client_name": name,
+    }
+    if blocking_ms is not None:
+        return RedisCluster.from_url(
+            url,
+            socket_timeout=blocking_ms / 1000 + settings.socket_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=PARTITIONS + settings.max_connections,
+            **common,
+        )
+    return _BoundedCluster.from_url(
+        url,
+        limit=settings.max_connections,
+        socket_timeout=settings.socket_timeout_s,
+        retry=_command_retry(settings),
+        max_connections=2 * settings.max_connections,  # pipelines bypass the limit
+        **common,
+    )
+
+
 def make_client(
     url: str, settings: RedisSettings, *, blocking_ms: int | None = None, name: str | None = None
-) -> aioredis.Redis:
-    """An asyncio client (bytes replies, hiredis parser when installed).
+) -> Client:
+    """An asyncio client (bytes replies, hiredis parser when installed); a cluster
+    client when `settings.redis_cluster`.
 
     `blocking_ms` makes a single-connection client for one blocking reader: its
     reply timeout covers the block, and redis-py's own retry is off because the
     reader must see a lost connection (to re-read what it had in flight).
     Command clients retry a dropped connection `command_retries` times.
     """
+    if settings.redis_cluster:
+        return _cluster_client(url, settings, blocking_ms, name)
     if blocking_ms is not None:
         return aioredis.Redis.from_url(
             url,
@@ -122,12 +189,7 @@ def make_client(
         decode_responses=False,
         socket_connect_timeout=settings.connect_timeout_s,
         socket_timeout=settings.socket_timeout_s,
-        retry=Retry(
-            ExponentialWithJitterBackoff(
-                base=settings.reconnect_min_s, cap=settings.reconnect_max_s
-            ),
-            settings.command_retries,
-        ),
+        retry=_command_retry(settings),
         client_name=name,
         **_connection_class(url),
     )
@@ -174,33 +236,62 @@ async def interruptible(coro: Awaitable[Any], wake: asyncio.Event) -> tuple[bool
     return True, task.result()
 
 
-class ReadGate:
-    """Marks the one blocking read in flight, so `aclose` can let it end first.
+_CANCEL_GRACE_S = 1.0  # how long a woken read may take to end before its connection is cut
 
-    (Closing a redis-py client under a command that is still running breaks
-    the pool's bookkeeping; a reader is woken, then its client closed.)
+
+class ReadGate:
+    """The one blocking read of a client in flight, and the closing of that client.
+
+    Closing a redis-py client under a command that still runs corrupts its
+    pool (the command's own release then fails), and a cancelled blocking
+    read does not always end at once (a cancel that lands while the
+    connection is being set up can be lost, and the read blocks its full
+    time). So `close` waits for the read to end, cuts the connection if it
+    does not, and closes the client only once no read runs; a read that
+    outlives all that closes the client itself when it ends.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, client: Any) -> None:
+        self.client = client
         self._idle = asyncio.Event()
         self._idle.set()
+        self._closing = False
+        self._closed = False
 
-    @contextmanager
-    def busy(self) -> Iterator[None]:
+    @asynccontextmanager
+    async def busy(self) -> AsyncIterator[None]:
         """Wrap one read (or one step of reads)."""
         self._idle.clear()
         try:
             yield
         finally:
             self._idle.set()
+            if self._closing:
+                await self._close_client()
 
-    async def wait_idle(self, timeout_s: float) -> None:
-        """Return once no read is in flight (or after `timeout_s`)."""
+    async def close(self, timeout_s: float) -> None:
+        """Close the client once its read (already woken by the caller) has ended."""
+        self._closing = True
+        if not await self._wait_idle(min(timeout_s, _CANCEL_GRACE_S)):
+            conn = getattr(self.client, "connection", None)  # a single-connection client's
+            if conn is not None:
+                await conn.disconnect()  # the read fails at once with a connection error
+            if not await self._wait_idle(timeout_s):
+                return  # the read closes the client when it ends
+        await self._close_client()
+
+    async def _wait_idle(self, timeout_s: float) -> bool:
         try:
             async with asyncio.timeout(timeout_s):
                 await self._idle.wait()
         except TimeoutError:
-            pass
+            return False
+        return True
+
+    async def _close_client(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self.client.aclose()
 
 
 class ClientComponent:
@@ -214,7 +305,7 @@ class ClientComponent:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         *,
         settings: RedisSettings | None = None,
         owns_client: bool = False,

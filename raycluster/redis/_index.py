@@ -26,8 +26,6 @@ from typing import Any, NamedTuple
 from raycluster.cluster.keys import Keys
 from raycluster.livequery.models import EntitySpec, Scalar, unstorable
 
-from ._keys import ExtraKeys
-
 __all__ = (
     "LEX_NULL",
     "Layout",
@@ -98,12 +96,11 @@ class _Column(NamedTuple):
 class Layout:
     """Which indexes an entity's rows carry, and the entries of one row."""
 
-    __slots__ = ("_plans", "extra", "filterable", "header", "keys", "sortable", "spec")
+    __slots__ = ("_plans", "filterable", "header", "keys", "sortable", "spec")
 
-    def __init__(self, spec: EntitySpec, keys: Keys, extra: ExtraKeys) -> None:
+    def __init__(self, spec: EntitySpec, keys: Keys) -> None:
         self.spec = spec
         self.keys = keys
-        self.extra = extra
         cols = list(spec.columns)
         self.filterable = list(spec.filterable if spec.filterable is not None else cols)
         sortable = spec.sortable if spec.sortable is not None else cols
@@ -148,7 +145,7 @@ class Layout:
                 raise RuntimeError("Keys.value_index no longer ends with the value")
             plan.append(_Column(_VALUE, c, prefix.encode(), _mp_str(count_field(c).encode()), {}))
         for c, lexical in self.sortable:
-            key = (self.extra.sort_lex if lexical else self.extra.sort_num)(tenant, entity, c)
+            key = (self.keys.sort_lex if lexical else self.keys.sort_num)(tenant, entity, c)
             kind = _LEX if lexical else _NUM
             plan.append(_Column(kind, c, _mp_str(kind) + _mp_str(key.encode()), b"", {}))
         if len(self._plans) >= _MAX_PLANS:

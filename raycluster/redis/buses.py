@@ -130,7 +130,7 @@ class _Reader:
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._wake = asyncio.Event()
         self._closed = False
-        self._gate = ReadGate()
+        self._gate = ReadGate(self._client)
         self._on_close: list[Callable[[Any], None]] = []
 
     @property
@@ -155,8 +155,7 @@ class _Reader:
         self._wake.set()
         for fn in self._on_close:
             fn(self)
-        await self._gate.wait_idle(self.settings.socket_timeout_s)
-        await self._client.aclose()
+        await self._gate.close(self.settings.socket_timeout_s)
 
     async def _lost(self, e: BaseException) -> None:
         self.stats.reconnects += 1
@@ -187,7 +186,7 @@ class ControlStream(_Reader):
         while not self._buf:
             if self._closed:
                 raise StopAsyncIteration
-            with self._gate.busy():
+            async with self._gate.busy():
                 await self._fill()
         return self._buf.popleft()
 
@@ -401,7 +400,7 @@ class DeltaStream(_Reader):
         while not self._buf:
             if self._closed:
                 raise StopAsyncIteration
-            with self._gate.busy():
+            async with self._gate.busy():
                 await self._fill()
         mid, frames = self._buf.popleft()
         self._last = mid

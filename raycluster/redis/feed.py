@@ -70,7 +70,6 @@ class RedisFeed:
     ) -> None:
         self.settings = s = settings if settings is not None else RedisSettings.from_env()
         self.keys = s.keys
-        self.extra = s.extra_keys
         self.stats = FeedStats()
         self.on_gap = on_gap
         self._client = make_client(url, s, name="raycluster-feed")
@@ -84,7 +83,7 @@ class RedisFeed:
         self._lock = asyncio.Lock()
         self._reading = False
         self._closed = False
-        self._gate = ReadGate()
+        self._gate = ReadGate(self._blocking)
 
     @classmethod
     def from_url(
@@ -109,8 +108,7 @@ class RedisFeed:
         """Stop: a reader's iteration ends; connections are closed."""
         self._closed = True
         self._changed.set()
-        await self._gate.wait_idle(self.settings.socket_timeout_s)
-        await self._blocking.aclose()
+        await self._gate.close(self.settings.socket_timeout_s)
         await self._client.aclose()
 
     @property
@@ -183,7 +181,7 @@ class RedisFeed:
         async with self._client.pipeline(transaction=True) as pipe:
             for p in parts:
                 pipe.xrevrange(self.keys.event_stream(p), "+", "-", count=1)
-                pipe.get(self.extra.event_seq(p))
+                pipe.get(self.keys.event_seq(p))
             res = await pipe.execute()
         out = {}
         for i, p in enumerate(parts):
@@ -214,7 +212,7 @@ class RedisFeed:
                     wait_s = self.settings.feed_block_ms / 1000
                     await interruptible(asyncio.sleep(wait_s), self._changed)
                     return FeedBatch([], {})
-                with self._gate.busy():
+                async with self._gate.busy():
                     done, resp = await interruptible(
                         self._blocking.xread(
                             streams,  # type: ignore[arg-type]

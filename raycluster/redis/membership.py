@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from ._client import ClientComponent
+from ._client import Client, ClientComponent
 from .errors import translate_errors
 from .scripts import HEARTBEAT, LIVE_MEMBERS
 
@@ -30,7 +28,7 @@ class RedisMembership(ClientComponent):
 
     client_name = "raycluster-membership"
 
-    def __init__(self, client: aioredis.Redis, **kw: Any) -> None:
+    def __init__(self, client: Client, **kw: Any) -> None:
         super().__init__(client, **kw)
         self._heartbeat = client.register_script(HEARTBEAT)
         self._live = client.register_script(LIVE_MEMBERS)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from redis.asyncio.client import Pipeline
-
 from raycluster.cluster.protocol import Registration, check_replace
 
 from ._client import ClientComponent
@@ -39,6 +37,12 @@ class RedisRegistry(ClientComponent):
 
     client_name = "raycluster-registry"
 
+    @property
+    def _watching(self) -> Any:
+        # redis-py types RedisCluster.transaction's callable as a coroutine; both
+        # clients call it with the (cluster) pipeline, as `tx` expects.
+        return self._client
+
     # -- writes ------------------------------------------------------------------------
 
     async def put(self, reg: Registration, *, takeover: bool = False) -> None:
@@ -53,7 +57,7 @@ class RedisRegistry(ClientComponent):
         body = reg.model_dump_json()
         p, gw = reg.partition, reg.gateway_id
 
-        async def tx(pipe: Pipeline) -> None:
+        async def tx(pipe: Any) -> None:
             old_p, old_gw, old_t = await pipe.hmget(key, ["p", "gw", "t"])
             if old_p is not None and old_t is None:  # written before `t` was kept
                 raw = await pipe.hget(key, "json")
@@ -69,7 +73,7 @@ class RedisRegistry(ClientComponent):
             pipe.sadd(self.keys.gateway_regs(gw), reg.sub_id)
 
         with translate_errors(f"put registration {reg.sub_id}"):
-            await self._client.transaction(tx, key)
+            await self._watching.transaction(tx, key)
 
     async def delete(self, sub_id: str, gateway_id: str | None = None) -> None:
         """Remove a registration and its index entries (no error if absent).
@@ -83,7 +87,7 @@ class RedisRegistry(ClientComponent):
         """`delete`, returning whether a registration was removed."""
         key = self.keys.registration(sub_id)
 
-        async def tx(pipe: Pipeline) -> bool:
+        async def tx(pipe: Any) -> bool:
             old_p, old_gw = await pipe.hmget(key, ["p", "gw"])
             pipe.multi()
             if old_p is None or (gateway_id is not None and _opt(old_gw) != gateway_id):
@@ -95,7 +99,7 @@ class RedisRegistry(ClientComponent):
             return True
 
         with translate_errors(f"delete registration {sub_id}"):
-            existed: bool = await self._client.transaction(tx, key, value_from_callable=True)
+            existed: bool = await self._watching.transaction(tx, key, value_from_callable=True)
         return existed
 
     async def delete_gateway(self, gateway_id: str) -> int:

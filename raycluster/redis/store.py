@@ -32,17 +32,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from raycluster.cluster.keys import row_prefix
 from raycluster.cluster.routing import partition_of
 from raycluster.errors import InvalidQuery
 from raycluster.livequery.filter import compile_predicate, indexable_terms
 from raycluster.livequery.models import Cursor, EntitySpec, LiveQuery, Row, Snapshot, trusted
 from raycluster.livequery.order import cursor_key, cursor_of, key_fn
 
-from ._client import ClientComponent
+from ._client import Client, ClientComponent
 from ._index import LEX_NULL, canon, count_field, lex_encode, score_text
-from ._keys import row_prefix
 from .errors import translate_errors
 from .scripts import READ
 
@@ -77,7 +75,7 @@ class RedisStore(ClientComponent):
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Client,
         *,
         entities: Iterable[EntitySpec] = (),
         sort_index: bool = True,
@@ -85,7 +83,6 @@ class RedisStore(ClientComponent):
         **kw: Any,
     ) -> None:
         super().__init__(client, **kw)
-        self.extra = self.settings.extra_keys
         self.specs = {e.name: e for e in entities}
         self.sort_index = sort_index
         self.value_index = value_index
@@ -137,7 +134,7 @@ class RedisStore(ClientComponent):
         keys = [
             self.keys.table(tenant, entity),
             self.keys.event_stream(partition_of(tenant, entity)),
-            self.extra.index_counts(tenant, entity),
+            self.keys.index_counts(tenant, entity),
             zkey or self.keys.table(tenant, entity),
         ]
         res = await self._script(
@@ -219,14 +216,14 @@ class RedisStore(ClientComponent):
         vx = self.keys.value_index
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.zcard(self.keys.table(tenant, entity))
-            counts = self.extra.index_counts(tenant, entity)
+            counts = self.keys.index_counts(tenant, entity)
             for col, values in terms:
                 pipe.hget(counts, count_field(col))
                 for v in values:
                     pipe.scard(vx(tenant, entity, col, canon(v)))
             if sort and self.sort_index:
-                pipe.zcard(self.extra.sort_num(tenant, entity, sort[0].column))
-                pipe.zcard(self.extra.sort_lex(tenant, entity, sort[0].column))
+                pipe.zcard(self.keys.sort_num(tenant, entity, sort[0].column))
+                pipe.zcard(self.keys.sort_lex(tenant, entity, sort[0].column))
             res = await pipe.execute()
         total = int(res[0])
         if total == 0:
@@ -247,9 +244,9 @@ class RedisStore(ClientComponent):
         elif self.sort_index:
             col = sort[0].column
             if int(res[i]) == total:
-                walk = ("n", self.extra.sort_num(tenant, entity, col))
+                walk = ("n", self.keys.sort_num(tenant, entity, col))
             elif int(res[i + 1]) == total:
-                walk = ("l", self.extra.sort_lex(tenant, entity, col))
+                walk = ("l", self.keys.sort_lex(tenant, entity, col))
             if walk is not None and after is not None and not _start_ok(walk[0], after):
                 walk = None
         if best is not None:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal, NamedTuple
 
-import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
+from raycluster.cluster.keys import row_prefix
 from raycluster.cluster.routing import partition_of
 from raycluster.errors import ConflictError, InvalidRow
 from raycluster.livequery.models import EntitySpec, printable, unstorable
 
-from ._client import ClientComponent
+from ._client import Client, ClientComponent
 from ._index import Layout, check_scalar
-from ._keys import ExtraKeys, row_prefix
 from .errors import translate_errors
 from .scripts import WRITE, WRITE_MANY
 
@@ -76,12 +77,9 @@ class Writer(ClientComponent):
 
     client_name = "raycluster-writer"
 
-    def __init__(
-        self, client: aioredis.Redis, *, entities: Iterable[EntitySpec] = (), **kw: Any
-    ) -> None:
+    def __init__(self, client: Client, *, entities: Iterable[EntitySpec] = (), **kw: Any) -> None:
         super().__init__(client, **kw)
-        self.extra: ExtraKeys = self.settings.extra_keys
-        self.layouts = {e.name: Layout(e, self.keys, self.extra) for e in entities}
+        self.layouts = {e.name: Layout(e, self.keys) for e in entities}
         self._script = client.register_script(WRITE)
 
     # -- writes ------------------------------------------------------------------
@@ -177,8 +175,8 @@ class Writer(ClientComponent):
         fixed = [
             self.keys.table(tenant, entity),
             self.keys.event_stream(p),
-            self.extra.index_counts(tenant, entity),
-            self.extra.event_seq(p),
+            self.keys.index_counts(tenant, entity),
+            self.keys.event_seq(p),
         ]
         return layout, fixed, row_prefix(self.keys, tenant, entity)
 
@@ -285,7 +283,13 @@ class Writer(ClientComponent):
 
     async def _pipelined(self, commands: Iterator[list[Any]], in_flight: int) -> list[Any]:
         """Send `commands` in order on one connection, reading a reply whenever more
-        than `in_flight` await theirs; the replies, in order (an error reply raises)."""
+        than `in_flight` await theirs; the replies, in order (an error reply raises).
+
+        On Redis Cluster, `in_flight + 1` commands at a time go through the
+        cluster client's pipeline, which follows the slot map (MOVED, failover).
+        """
+        if isinstance(self._client, RedisCluster):
+            return await self._cluster_pipelined(self._client, commands, in_flight + 1)
         pool = self._client.connection_pool
         conn = await pool.get_connection()
         replies: list[Any] = []
@@ -304,6 +308,18 @@ class Writer(ClientComponent):
             raise
         finally:
             await pool.release(conn)
+        return replies
+
+    @staticmethod
+    async def _cluster_pipelined(
+        client: RedisCluster, commands: Iterator[list[Any]], size: int
+    ) -> list[Any]:
+        replies: list[Any] = []
+        for part in iter(lambda: list(itertools.islice(commands, size)), []):
+            async with client.pipeline() as pipe:
+                for cmd in part:
+                    pipe.execute_command(*cmd)
+                replies += await pipe.execute()
         return replies
 
     @staticmethod

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from raycluster.cluster.keys import Keys
+from raycluster.cluster.keys import Keys, row_prefix
+from raycluster.cluster.routing import partition_of
 from raycluster.redis._index import LEX_NULL, canon, lex_encode, lex_member, score_text
-from raycluster.redis._keys import ExtraKeys, row_prefix
 
 pytestmark = pytest.mark.redis
 
@@ -56,12 +56,42 @@ def test_scores() -> None:
 
 
 def test_key_helpers() -> None:
-    k, x = Keys("p"), ExtraKeys("p")
-    assert row_prefix(k, "t", "e") + "id" == k.row("t", "e", "id")
-    names = {
-        x.index_counts("t", "e"),
-        x.sort_num("t", "e", "c"),
-        x.sort_lex("t", "e", "c"),
-        x.event_seq(3),
-    }
-    assert all(n.startswith("p:") for n in names) and len(names) == 4
+    for k in (Keys("p"), Keys("p", cluster=True)):
+        assert row_prefix(k, "t", "e") + "id" == k.row("t", "e", "id")
+        names = {
+            k.index_counts("t", "e"),
+            k.sort_num("t", "e", "c"),
+            k.sort_lex("t", "e", "c"),
+            k.event_seq(3),
+        }
+        assert all(n.startswith("p:") for n in names) and len(names) == 4
+
+
+def _tag(key: str) -> str:
+    """The part of `key` Redis Cluster hashes (its hash tag, else the whole key)."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if start >= 0 and end > start + 1 else key
+
+
+def test_cluster_form_tags_a_partitions_keys_alike_and_keeps_standalone_names() -> None:
+    std, cl = Keys(), Keys(cluster=True)
+    assert std.event_stream(17) == "lq:events:17" and cl.event_stream(17) == "lq:events:{17}"
+    assert std.heartbeat_key("s") == "lq:shard:s" and cl.heartbeat_key("s") == "{lq}:shard:s"
+    assert cl.ctrl_stream("s") == std.ctrl_stream("s") == "lq:ctrl:s"
+    t, e = "a{c}me", "as}set"  # braces in names never move the tag
+    p = partition_of(t, e)
+    data = [
+        cl.row(t, e, "{x}"), cl.table(t, e), cl.value_index(t, e, "c", '"v"'),
+        cl.index_counts(t, e), cl.sort_num(t, e, "c"), cl.sort_lex(t, e, "c"),
+        cl.event_stream(p), cl.event_seq(p), cl.epoch(p),
+    ]  # fmt: skip
+    assert {_tag(k) for k in data} == {str(p)}
+    control = [
+        cl.heartbeat_key("s"), cl.members(), cl.gateway_heartbeat("g"), cl.gateways(),
+        cl.registration("{sub}"), cl.partition_regs(3), cl.gateway_regs("g"),
+        cl.tier_shard_count("t"), cl.tier_shard_ids("t"),
+    ]  # fmt: skip
+    assert {_tag(k) for k in control} == {"lq"}
+    with pytest.raises(ValueError, match="prefix"):
+        Keys("a{b}")

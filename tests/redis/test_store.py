@@ -208,7 +208,7 @@ async def test_index_changed_after_rows_falls_back_to_a_scan(
         vx = Keys().value_index("acme", "asset", "kind", '"pump"')
         res = await store._call("acme", "asset", ["sets", "v:kind", vx])
         assert res[1] == "stale"
-        zkey = settings.extra_keys.sort_num("acme", "asset", "n")
+        zkey = settings.keys.sort_num("acme", "asset", "n")
         res = await store._call("acme", "asset", ["walk", "n", "asc", "-inf", 10], zkey)
         assert res[1] == "stale"
 
