@@ -68,9 +68,10 @@ def redis_shard(
     s = settings.redis
     c = Closers()
     store = c.add(RedisStore.from_url(url, settings=s, entities=settings.entities))
+    feed = c.add(RedisFeed.from_url(url, settings=s))
     deps = ShardDeps(
         store=store,
-        feed=c.add(RedisFeed.from_url(url, settings=s)),
+        feed=feed,
         registry=c.add(RedisRegistry.from_url(url, settings=s)),
         members=c.add(RedisMembership.from_url(url, settings=s)),
         control=c.add(RedisControlBus.from_url(url, settings=s)),
@@ -78,7 +79,9 @@ def redis_shard(
         delta={"redis": c.add(RedisDeltaBus.from_url(url, settings=s)), **extra_delta},
         entities=settings.entities,
     )
-    return Shard(shard_id, deps, settings.shard), c
+    shard = Shard(shard_id, deps, settings.shard)
+    feed.on_gap = shard.feed_gap
+    return shard, c
 
 
 def redis_gateway(

@@ -138,6 +138,7 @@ class Shard:
         self._lock = RWLock()
         self._missing_gateways: set[str] = set()
         self._live: list[str] = []  # the live set of the last reconcile
+        self._gap = asyncio.Event()  # set by `feed_gap`
         self._started = time.monotonic()
         self.counters: dict[str, int] = {
             "claims": 0,
@@ -152,6 +153,8 @@ class Shard:
             "conflicts": 0,  # a control or registration disagreed with what is served
             "handovers": 0,  # a sub moved to the gateway that took it over (a resume)
             "flush_errors": 0,  # a flusher step failed outside its send (logged; resynced)
+            "feed_gaps": 0,  # events lost between writes and this shard (trim, Redis failover)
+            "gap_repairs": 0,  # re-reads of every view after feed gaps
             "flusher_restarts": 0,  # a flusher task ended unexpectedly and was started again
         }
         self._closing = False
@@ -170,6 +173,7 @@ class Shard:
                 tg.create_task(self._every(self.opts.ownership_interval_s, self.reconcile))
                 tg.create_task(self._every(self.opts.gateway_check_interval_s, self._sweep))
                 tg.create_task(self._serve_controls())
+                tg.create_task(self._repair_gaps())
         finally:
             await self._shutdown()
 
@@ -193,6 +197,28 @@ class Shard:
             except Exception:
                 log.exception("shard %s: %s failed", self.id, getattr(step, "__name__", step))
             await asyncio.sleep(interval_s)
+
+    def feed_gap(self, stream: str, position: str) -> None:
+        """The feed found events missing from `stream` (trimmed unread, or lost by a
+        Redis failover): every view is re-read from the store soon (`_repair_gaps`)."""
+        self.counters["feed_gaps"] += 1
+        self._gap.set()
+
+    async def _repair_gaps(self) -> None:
+        while True:
+            await self._gap.wait()
+            self._gap.clear()
+            try:
+                resets = await self.engine.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("shard %s: re-reading the views after a feed gap failed", self.id)
+                self._gap.set()  # try again
+                await asyncio.sleep(self.opts.ownership_interval_s)
+                continue
+            self.counters["gap_repairs"] += 1
+            log.warning("shard %s: views re-read after a feed gap; %d reset", self.id, resets)
 
     async def _heartbeat(self) -> None:
         await self.deps.members.heartbeat(self.id)

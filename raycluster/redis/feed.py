@@ -1,7 +1,9 @@
 """`RedisFeed`: the engine's `Feed` over the partition event streams.
 
-One blocking XREAD tails every partition stream this feed is given; each
-entry is decoded once into a `Change`. Positions are kept per stream and
+One blocking XREAD tails every partition stream this feed is given (on Redis
+Cluster, where one XREAD cannot span slots, one blocking XREAD per stream,
+their results gathered into the same batches); each entry is decoded once
+into a `Change`. Positions are kept per stream and
 reported after every read (an empty one too), so the engine learns that a
 quiet stream has nothing more. A lost connection is retried with backoff and
 the read resumes from the last ids: XREAD is not destructive, so nothing is
@@ -19,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from raycluster._tasks import cancel_and_wait
 from raycluster.cluster.routing import PARTITIONS
 from raycluster.errors import ClosedError
 from raycluster.livequery.models import Change, trusted
@@ -26,6 +29,7 @@ from raycluster.livequery.ports import FeedBatch, pos_key
 
 from ._client import RETRYABLE, Backoff, ReadGate, interruptible, make_client, resolve_url
 from .errors import translate_errors
+from .scripts import STREAM_HEAD
 from .settings import RedisSettings
 
 __all__ = ("FeedStats", "RedisFeed")
@@ -84,6 +88,10 @@ class RedisFeed:
         self._reading = False
         self._closed = False
         self._gate = ReadGate(self._blocking)
+        # Redis Cluster: one reader per stream hands its entries over here.
+        self._tails: dict[str, asyncio.Task[None]] = {}
+        self._arrived: list[tuple[str, list[Any], asyncio.Event]] = []
+        self._arrival = asyncio.Event()
 
     @classmethod
     def from_url(
@@ -108,6 +116,7 @@ class RedisFeed:
         """Stop: a reader's iteration ends; connections are closed."""
         self._closed = True
         self._changed.set()
+        await cancel_and_wait(self._tails.values(), self.settings.socket_timeout_s)
         await self._gate.close(self.settings.socket_timeout_s)
         await self._client.aclose()
 
@@ -176,18 +185,17 @@ class RedisFeed:
                 self._seq[key] = n
 
     async def _start_positions(self, partitions: Iterable[int]) -> dict[str, tuple[str, int]]:
-        """Each stream's last id and event number, read together (one MULTI)."""
+        """Each stream's last id and event number, each pair read atomically (one
+        script per partition, pipelined: partitions may live on different nodes)."""
         parts = sorted(partitions)
-        async with self._client.pipeline(transaction=True) as pipe:
+        async with self._client.pipeline(transaction=False) as pipe:
             for p in parts:
-                pipe.xrevrange(self.keys.event_stream(p), "+", "-", count=1)
-                pipe.get(self.keys.event_seq(p))
+                pipe.eval(STREAM_HEAD, 2, self.keys.event_stream(p), self.keys.event_seq(p))
             res = await pipe.execute()
-        out = {}
-        for i, p in enumerate(parts):
-            last, n = res[2 * i], res[2 * i + 1]
-            out[self.keys.event_stream(p)] = (last[0][0].decode() if last else "0-0", int(n or 0))
-        return out
+        return {
+            self.keys.event_stream(p): (last.decode(), int(n))
+            for p, (last, n) in zip(parts, res, strict=True)
+        }
 
     async def _retrying(self, step: Callable[[], Awaitable[_T]]) -> _T:
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
@@ -203,6 +211,8 @@ class RedisFeed:
 
     async def _next_batch(self) -> FeedBatch | None:
         """One read (retried until it succeeds); None once closed."""
+        if self.settings.redis_cluster:
+            return await self._next_gathered()
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         while not self._closed:
             self._changed.clear()
@@ -232,6 +242,55 @@ class RedisFeed:
             self.stats.reads += 1
             return self._decode(resp or [])
         return None
+
+    async def _next_gathered(self) -> FeedBatch | None:
+        """Redis Cluster: what the per-stream readers read since the last batch (an
+        empty batch after a block time with none, or at once when the set changed)."""
+        self._changed.clear()
+        for key in self._tails.keys() - self._pos.keys():
+            self._tails.pop(key).cancel()  # its handed-over entries are dropped by _decode
+        for key in self._pos.keys() - self._tails.keys():
+            self._tails[key] = asyncio.create_task(self._tail(key, self._pos[key]))
+        if not self._arrived:
+            self._arrival.clear()
+            try:
+                async with asyncio.timeout(self.settings.feed_block_ms / 1000):
+                    await interruptible(self._arrival.wait(), self._changed)
+            except TimeoutError:
+                pass
+        if self._closed:
+            return None
+        arrived, self._arrived = self._arrived, []
+        if arrived:
+            self.stats.reads += 1
+        batch = self._decode([(key.encode(), entries) for key, entries, _ in arrived])
+        for _, _, taken in arrived:
+            taken.set()
+        return batch
+
+    async def _tail(self, key: str, start: str) -> None:
+        """Redis Cluster: tail one stream, handing each read over to the batches and
+        waiting until it was taken (so a slow consumer bounds what is read ahead)."""
+        pos, taken = start, asyncio.Event()
+        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        while not self._closed:
+            try:
+                resp: Any = await self._blocking.xread(
+                    {key: pos}, count=self.settings.feed_count, block=self.settings.feed_block_ms
+                )
+            except RETRYABLE as e:
+                self.stats.reconnects += 1
+                log.warning("feed: read of %s failed (%s); reconnecting", key, e)
+                await backoff.sleep()
+                continue
+            backoff.reset()
+            if resp and resp[0][1]:
+                entries = resp[0][1]
+                pos = entries[-1][0].decode()
+                taken.clear()
+                self._arrived.append((key, entries, taken))
+                self._arrival.set()
+                await taken.wait()
 
     def _decode(self, resp: Any) -> FeedBatch:
         changes: list[Change] = []

@@ -32,5 +32,9 @@ class RedisFencing(ClientComponent):
         if not parts:
             return {}
         with translate_errors("read partition epochs"):
-            raw: Any = await self._client.mget([self.keys.epoch(p) for p in parts])
+            # One GET each, pipelined: on Redis Cluster the epochs live on many nodes.
+            async with self._client.pipeline(transaction=False) as pipe:
+                for p in parts:
+                    pipe.get(self.keys.epoch(p))
+                raw: Any = await pipe.execute()
         return {p: int(v or 0) for p, v in zip(parts, raw, strict=True)}

@@ -15,7 +15,7 @@ each call touches one slot; until then the scripts target a standalone Redis.
 
 from __future__ import annotations
 
-__all__ = ("HEARTBEAT", "LIVE_MEMBERS", "READ", "WRITE", "WRITE_MANY")
+__all__ = ("HEARTBEAT", "LIVE_MEMBERS", "READ", "STREAM_HEAD", "WRITE", "WRITE_MANY")
 
 _WRITE_FN = r"""
 local call = redis.call
@@ -338,4 +338,16 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
 """The members whose expiry is after now (server clock); prunes the expired.
 
 KEYS: 1 member sorted set. Returns the live ids (unsorted).
+"""
+
+STREAM_HEAD = r"""
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local id = '0-0'
+if last[1] then id = last[1][1] end
+return {id, tonumber(redis.call('GET', KEYS[2]) or '0')}
+"""
+"""A partition stream's last entry id and its event counter, read together.
+
+KEYS: 1 partition stream; 2 its event counter `event_seq(p)`. Returns
+`{last id (0-0 if none), counter (0 if none)}`.
 """

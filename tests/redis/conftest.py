@@ -1,8 +1,11 @@
-"""Redis tier: a private redis-server for the session, flushed before every test.
+"""Redis tier: private Redis deployments for the session, flushed before every test.
 
-The server is started by this process (`LocalRedis`) on a free port; nothing
-here ever connects to a server it did not start (the machine's own Redis on
-6379 included), and FLUSHALL only ever goes to our own server.
+Every test that takes `redis_url` runs twice: on a standalone server
+(`LocalRedis`) and on a Redis Cluster of three masters (`LocalRedisCluster`),
+with `settings` in the matching form. Both are started by this process on
+free ports; nothing here ever connects to a server it did not start (the
+machine's own Redis on 6379 included), and FLUSHALL only ever goes to our own
+servers.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from raycluster.redis import LocalRedis, RedisSettings
+from raycluster.redis import LocalRedis, LocalRedisCluster, RedisSettings
+from raycluster.redis._client import Client
 
 _SYSTEM_PORT = 6379
 
@@ -27,6 +32,20 @@ def redis_server() -> Iterator[LocalRedis]:
         yield srv
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_server() -> Iterator[LocalRedisCluster]:
+    """One private Redis Cluster (three masters) for the whole tier."""
+    with LocalRedisCluster(masters=3) as cluster:
+        assert all(n.port != _SYSTEM_PORT for n in cluster.nodes)
+        yield cluster
+
+
+@pytest.fixture(scope="session", params=["standalone", "cluster"])
+def redis_backend(request: pytest.FixtureRequest) -> str:
+    """Which deployment the test runs on."""
+    return str(request.param)
+
+
 def _flush(url: str) -> None:
     client = redis.Redis.from_url(url)
     try:
@@ -36,25 +55,38 @@ def _flush(url: str) -> None:
 
 
 @pytest.fixture
-def redis_url(redis_server: LocalRedis) -> str:
-    """The session server's URL, emptied for this test."""
-    _flush(redis_server.url)
-    return redis_server.url
+def redis_url(redis_backend: str, request: pytest.FixtureRequest) -> str:
+    """The session deployment's URL (a seed node's, for the cluster), emptied for this test."""
+    if redis_backend == "cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster_server")
+        for node in cluster.nodes:
+            if node.role == "master":
+                _flush(node.url)
+        return cluster.url
+    server: LocalRedis = request.getfixturevalue("redis_server")
+    _flush(server.url)
+    return server.url
 
 
 @pytest.fixture
-def restartable(tmp_path: Path) -> Iterator[LocalRedis]:
-    """A server of this test alone, with AOF persistence: `restart()` keeps the data."""
+def restartable(tmp_path: Path, redis_backend: str) -> Iterator[LocalRedis]:
+    """A server of this test alone, with AOF persistence: `restart()` keeps the data.
+
+    Standalone only (the cluster's failover has its own tests)."""
+    if redis_backend == "cluster":
+        pytest.skip("restarts one standalone server")
     with LocalRedis(data_dir=tmp_path / "redis", appendonly=True, appendfsync="always") as srv:
         assert srv.port != _SYSTEM_PORT
         yield srv
 
 
 @pytest.fixture
-def settings() -> RedisSettings:
-    """Short blocking reads and backoffs, so reconnect tests finish quickly."""
+def settings(redis_backend: str) -> RedisSettings:
+    """Short blocking reads and backoffs, so reconnect tests finish quickly; keys and
+    clients in the form of the test's deployment."""
     return RedisSettings(
         redis_url=None,
+        redis_cluster=redis_backend == "cluster",
         feed_block_ms=200,
         bus_block_ms=200,
         reconnect_min_s=0.02,
@@ -64,9 +96,13 @@ def settings() -> RedisSettings:
 
 
 @pytest.fixture
-async def admin(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A raw client of the test's server (for inspecting and breaking things)."""
-    client = aioredis.Redis.from_url(redis_url)
+async def admin(redis_url: str, redis_backend: str) -> AsyncIterator[Client]:
+    """A raw client of the test's deployment (for inspecting and breaking things)."""
+    client: Client = (
+        RedisCluster.from_url(redis_url)
+        if redis_backend == "cluster"
+        else aioredis.Redis.from_url(redis_url)
+    )
     try:
         yield client
     finally:
