@@ -174,6 +174,13 @@ class LocalRedisCluster:
         return [_url(m.server.port) for m in self._started()]
 
     @property
+    def data_dir(self) -> Path:
+        """The temporary directory holding each node's directory (removed by `close()`)."""
+        if self._dir is None:
+            raise LocalRedisError("the cluster is not started")
+        return self._dir
+
+    @property
     def nodes(self) -> list[ClusterNode]:
         """Every node with its current role and slots, as a running node sees them."""
         with self._lock:
@@ -377,8 +384,10 @@ class LocalRedisCluster:
                 v = view.get(node_id)
                 if v is None:
                     return f"{name} does not know running node {node_id}"
-                if v.flags & _BAD_FLAGS or not v.connected and "myself" not in v.flags:
+                if v.flags & _BAD_FLAGS:
                     return f"{name} sees {_HOST}:{v.port} as {','.join(sorted(v.flags))}"
+                if not v.connected and "myself" not in v.flags:
+                    return f"{name} has no link to {_HOST}:{v.port}"
             roles = {k: (v.role, v.master_id) for k, v in view.items() if k in running_ids}
             slot_map = _slot_map(slots)
             for lo, hi, master_id, _ in slot_map:
