@@ -29,6 +29,8 @@ from typing import Literal
 
 import redis
 import redis.exceptions as rx
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from raycluster.errors import RayclusterError
 
@@ -247,7 +249,7 @@ class LocalRedis:
     @staticmethod
     def _answers_as(pid: int, port: int) -> bool:
         # Only a server reporting *our* child's pid counts: never talk on to a stranger.
-        client = redis.Redis(host=_HOST, port=port, socket_connect_timeout=0.2, socket_timeout=1)
+        client = _admin_client(port, connect_timeout_s=0.2, timeout_s=1)
         try:
             info = client.info("server")
             return int(info.get("process_id", -1)) == pid
@@ -289,6 +291,24 @@ class LocalRedis:
             if self._own_dir and self._dir is not None:
                 shutil.rmtree(self._dir, ignore_errors=True)
                 self._dir = None
+
+
+def _admin_client(
+    port: int, *, connect_timeout_s: float, timeout_s: float, decode: bool = False
+) -> redis.Redis:
+    """A client of one of our local servers that never retries: the callers poll.
+
+    redis-py's default retries (10, with backoff) would let one probe of a
+    server that is not listening yet, or died while starting, take seconds.
+    """
+    return redis.Redis(
+        host=_HOST,
+        port=port,
+        socket_connect_timeout=connect_timeout_s,
+        socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=decode,
+    )
 
 
 def _die_with_parent() -> None:

@@ -25,11 +25,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-import redis
 import redis.exceptions as rx
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from .local import _HOST, LocalRedis, LocalRedisError
+from .local import _HOST, LocalRedis, LocalRedisError, _admin_client
 
 __all__ = ("ClusterNode", "LocalRedisCluster", "local_redis_cluster")
 
@@ -462,12 +461,11 @@ class LocalRedisCluster:
         # Only a node we started and that still runs is ever asked anything.
         if m.server.pid is None:
             raise LocalRedisError(f"node on port {m.server.port} is not running")
-        client = redis.Redis(
-            host=_HOST,
-            port=m.server.port,
-            decode_responses=True,
-            socket_connect_timeout=_SOCKET_TIMEOUT_S,
-            socket_timeout=_SOCKET_TIMEOUT_S,
+        client = _admin_client(
+            m.server.port,
+            connect_timeout_s=_SOCKET_TIMEOUT_S,
+            timeout_s=_SOCKET_TIMEOUT_S,
+            decode=True,
         )
         try:
             pipe = client.pipeline(transaction=False)
