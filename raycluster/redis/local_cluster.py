@@ -128,6 +128,8 @@ class LocalRedisCluster:
             raise LocalRedisError(f"masters must be at least 1, got {masters!r}")
         if replicas < 0:
             raise LocalRedisError(f"replicas must be at least 0, got {replicas!r}")
+        if node_timeout_ms <= 0:
+            raise LocalRedisError(f"node_timeout_ms must be positive, got {node_timeout_ms!r}")
         count = masters * (1 + replicas)
         if ports is not None and len(ports) != count:
             raise LocalRedisError(
@@ -329,9 +331,9 @@ class LocalRedisCluster:
         for i, m in enumerate(self._members[: self.masters]):
             lo = i * REDIS_CLUSTER_HASH_SLOTS // self.masters
             hi = (i + 1) * REDIS_CLUSTER_HASH_SLOTS // self.masters - 1
-            try:
+            if self._major_version(m) >= 7:
                 self._command(m, "CLUSTER", "ADDSLOTSRANGE", lo, hi)
-            except rx.ResponseError:  # before Redis 7.0: slot by slot, in one command
+            else:  # no ADDSLOTSRANGE before 7.0: slot by slot, in one command
                 self._command(m, "CLUSTER", "ADDSLOTS", *range(lo, hi + 1))
             # Distinct epochs up front, so no epoch collision has to be resolved by gossip.
             self._command(m, "CLUSTER", "SET-CONFIG-EPOCH", i + 1)
@@ -343,6 +345,10 @@ class LocalRedisCluster:
         for j, m in enumerate(self._members[self.masters :]):
             master = self._members[j % self.masters]
             self._command(m, "CLUSTER", "REPLICATE", master.node_id)
+
+    def _major_version(self, m: _Member) -> int:
+        info = self._command(m, "INFO", "server")
+        return int(str(info.get("redis_version", "0")).split(".")[0])
 
     def _not_met(self) -> str | None:
         ids = {m.node_id for m in self._members}
@@ -414,8 +420,8 @@ class LocalRedisCluster:
         while True:
             try:
                 found = not_ready()
-            except (rx.RedisError, OSError) as e:
-                found = f"{type(e).__name__}: {e}"
+            except LocalRedisError as e:
+                found = str(e)
             if found is None:
                 return
             reason = found
@@ -441,13 +447,13 @@ class LocalRedisCluster:
 
     def _view_of_any(self) -> dict[str, _ViewNode]:
         errors = []
-        for i, m in enumerate(self._started()):
+        for m in self._started():
             if m.server.pid is None:
                 continue
             try:
                 return self._view_of(m)
-            except (rx.RedisError, OSError) as e:
-                errors.append(f"{m.name(i)}: {e}")
+            except LocalRedisError as e:
+                errors.append(str(e))
         raise LocalRedisError(f"no running node answers: {'; '.join(errors) or 'none runs'}")
 
     def _view_of(self, m: _Member) -> dict[str, _ViewNode]:
@@ -458,6 +464,7 @@ class LocalRedisCluster:
         return reply
 
     def _pipeline(self, m: _Member, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send `commands` to our node `m` in one round trip; errors as LocalRedisError."""
         # Only a node we started and that still runs is ever asked anything.
         if m.server.pid is None:
             raise LocalRedisError(f"node on port {m.server.port} is not running")
@@ -472,6 +479,9 @@ class LocalRedisCluster:
             for cmd in commands:
                 pipe.execute_command(*cmd)
             return list(pipe.execute())
+        except (rx.RedisError, OSError) as e:
+            names = ", ".join(" ".join(str(a) for a in cmd[:2]) for cmd in commands)
+            raise LocalRedisError(f"node on port {m.server.port}: {names}: {e}") from e
         finally:
             client.close()
 
