@@ -379,6 +379,10 @@ class LocalRedisCluster:
             )
             if int(info.get("process_id", -1)) != pid:
                 return f"{name}: answers with pid {info.get('process_id')}, not ours"
+            slot_map = _slot_map(slots)
+            for lo, hi, master_id, _ in sorted(slot_map):
+                if master_id not in running_ids:
+                    return f"{name}: slots {lo}-{hi} are served by {self._name_of(master_id)}"
             state = _fields(cluster_info)
             if state.get("cluster_state") != "ok":
                 return f"{name}: cluster_state:{state.get('cluster_state')}"
@@ -394,10 +398,6 @@ class LocalRedisCluster:
                 if not v.connected and "myself" not in v.flags:
                     return f"{name} has no link to {_HOST}:{v.port}"
             roles = {k: (v.role, v.master_id) for k, v in view.items() if k in running_ids}
-            slot_map = _slot_map(slots)
-            for lo, hi, master_id, _ in slot_map:
-                if master_id not in running_ids:
-                    return f"{name}: slots {lo}-{hi} are still served by a stopped node"
             if first is None:
                 first = (name, roles, slot_map)
             elif roles != first[1]:
@@ -441,6 +441,12 @@ class LocalRedisCluster:
         if not 0 <= node.index < len(members) or members[node.index].node_id != node.node_id:
             raise LocalRedisError(f"{node} is not a node of this cluster")
         return node.index
+
+    def _name_of(self, node_id: str) -> str:
+        for i, m in enumerate(self._members):
+            if m.node_id == node_id:
+                return m.name(i)
+        return f"unknown node {node_id}"
 
     def _member(self, node: ClusterNode) -> _Member:
         return self._members[self._index(node)]

@@ -195,6 +195,17 @@ async def test_failover_keeps_acknowledged_writes_and_serves_writes_after() -> N
         assert back.port == second.port and back.role == "replica"
         assert back.master_id == third.node_id
         pids |= {n.pid for n in cluster.nodes}
+
+        # Waits that cannot succeed end in an error naming what is not ready.
+        with pytest.raises(LocalRedisError, match="is not a master"):
+            cluster.failover(back)
+        cluster.stop_node(back)
+        with pytest.raises(LocalRedisError, match="no running replica"):
+            cluster.failover(third)
+        cluster.kill(third)
+        stopped = rf"slots \d+-\d+ are served by node {third.index} "
+        with pytest.raises(LocalRedisError, match=stopped):
+            cluster.wait_ready(timeout_s=0.3)
     assert not data_dir.exists()
     assert not any(p is not None and _alive(p) for p in pids)
 
