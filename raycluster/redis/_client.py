@@ -17,6 +17,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from raycluster.cluster.routing import PARTITIONS
 
+from .errors import UNREACHABLE
 from .settings import RedisSettings
 
 __all__ = (
@@ -32,7 +33,7 @@ __all__ = (
 
 # What a blocking reader treats as "connection lost: back off and resume".
 # BusyLoadingError (a ConnectionError) covers a restarted server still loading its AOF.
-RETRYABLE: tuple[type[BaseException], ...] = (rx.ConnectionError, rx.TimeoutError, OSError)
+RETRYABLE = UNREACHABLE
 
 
 def resolve_url(url: str | None, settings: RedisSettings) -> str:
@@ -102,21 +103,48 @@ def _command_retry(settings: RedisSettings) -> Retry:
     return Retry(backoff, settings.command_retries)
 
 
-class _BoundedCluster(RedisCluster):
-    """A cluster client with at most `limit` commands in flight; more wait for a slot.
+class _Cluster(RedisCluster):
+    """A Redis Cluster client that survives the death of the node it first asked.
 
-    redis-py's cluster nodes fail a command at once ("Too many connections")
-    when their pool is full; a standalone client waits for a connection
-    instead (`BlockingConnectionPool`), and so does this one.
+    * redis-py asks its default node (`COMMAND GETKEYS`) which keys an XREAD
+      or XREADGROUP names, and once that node has died it keeps asking it: no
+      stream read works again. Every stream read here names streams of one
+      slot, so it is routed by its first stream's key instead.
+    * With `limit`, at most that many commands are in flight; more wait for a
+      slot. (redis-py's cluster nodes fail a command at once, "Too many
+      connections", when their pool is full; a standalone client waits for a
+      connection, `BlockingConnectionPool`, and so does this one.)
     """
 
-    def __init__(self, *args: Any, limit: int, **kw: Any) -> None:
+    def __init__(self, *args: Any, limit: int | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self._slots = asyncio.Semaphore(limit)
+        self._slots = asyncio.Semaphore(limit) if limit is not None else None
 
     async def execute_command(self, *args: Any, **kw: Any) -> Any:
+        if "target_nodes" not in kw and _word(args[0]) in _STREAM_READS:
+            await self.initialize()  # (a no-op once the slot map is known)
+            at = next(i for i, a in enumerate(args) if _word(a) == "STREAMS")
+            kw["target_nodes"] = self.get_node_from_key(args[at + 1])
+            try:
+                return await self._limited(*args, **kw)
+            except rx.ResponseError as e:
+                if str(e).startswith("UNBLOCKED"):  # its master became a replica
+                    raise rx.ConnectionError(str(e)) from e
+                raise
+        return await self._limited(*args, **kw)
+
+    async def _limited(self, *args: Any, **kw: Any) -> Any:
+        if self._slots is None:
+            return await super().execute_command(*args, **kw)
         async with self._slots:
             return await super().execute_command(*args, **kw)
+
+
+_STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
+
+
+def _word(arg: Any) -> str:
+    return (arg.decode("latin-1") if isinstance(arg, bytes) else str(arg)).upper()
 
 
 def _cluster_client(
@@ -133,14 +161,14 @@ def _cluster_client(
         "client_name": name,
     }
     if blocking_ms is not None:
-        return RedisCluster.from_url(
+        return _Cluster.from_url(
             url,
             socket_timeout=blocking_ms / 1000 + settings.socket_timeout_s,
             retry=Retry(NoBackoff(), 0),
             max_connections=PARTITIONS + settings.max_connections,
             **common,
         )
-    return _BoundedCluster.from_url(
+    return _Cluster.from_url(
         url,
         limit=settings.max_connections,
         socket_timeout=settings.socket_timeout_s,

@@ -217,15 +217,15 @@ class ControlStream(_Reader):
             if done and resp:
                 await self._take(resp[0][1])
             self._backoff.reset()
+        except RETRYABLE as e:  # (first: a cluster between masters answers ResponseErrors)
+            # Entries delivered on the lost connection are pending now: re-read them.
+            self._pending_from = "0"
+            await self._lost(e)
         except rx.ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
             # The stream or group vanished (e.g. a restarted Redis without persistence).
             self._group_ready = False
-        except RETRYABLE as e:
-            # Entries delivered on the lost connection are pending now: re-read them.
-            self._pending_from = "0"
-            await self._lost(e)
 
     async def _ensure_group(self) -> None:
         try:

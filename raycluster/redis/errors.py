@@ -13,7 +13,20 @@ import redis.exceptions as rx
 
 from raycluster.errors import RayclusterError, UnavailableError
 
-__all__ = ("RedisCommandError", "RedisUnavailable", "translate_errors")
+__all__ = ("UNREACHABLE", "RedisCommandError", "RedisUnavailable", "translate_errors")
+
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    rx.ConnectionError,
+    rx.TimeoutError,
+    OSError,
+    # Redis Cluster between masters (a failover): the slot has no master yet, or
+    # it moved (the client has learnt where: the next attempt goes there).
+    rx.ClusterDownError,
+    rx.TryAgainError,
+    rx.SlotNotCoveredError,
+    rx.AskError,
+)
+"""redis-py errors that mean "Redis cannot serve this now; try again later"."""
 
 
 class RedisUnavailable(UnavailableError, ConnectionError):
@@ -32,7 +45,7 @@ def translate_errors(what: str) -> Iterator[None]:
     """Re-raise redis-py errors met while doing `what` as raycluster errors (chained)."""
     try:
         yield
-    except (rx.ConnectionError, rx.TimeoutError, OSError) as e:
+    except UNREACHABLE as e:
         raise RedisUnavailable(f"{what}: Redis unavailable ({e})") from e
     except rx.RedisError as e:
         raise RedisCommandError(f"{what}: {e}") from e

@@ -249,8 +249,13 @@ class RedisFeed:
         self._changed.clear()
         for key in self._tails.keys() - self._pos.keys():
             self._tails.pop(key).cancel()  # its handed-over entries are dropped by _decode
+        for key, task in list(self._tails.items()):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                del self._tails[key]
+                raise task.exception()  # type: ignore[misc]  # what a read raises, as one XREAD
         for key in self._pos.keys() - self._tails.keys():
-            self._tails[key] = asyncio.create_task(self._tail(key, self._pos[key]))
+            self._tails[key] = task = asyncio.create_task(self._tail(key, self._pos[key]))
+            task.add_done_callback(lambda _: self._arrival.set())
         if not self._arrived:
             self._arrival.clear()
             try:

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from raycluster._wiring import redis_gateway, redis_shard
 from raycluster.cluster import Gateway, Shard, partition_of
@@ -105,12 +106,18 @@ async def tier_on(cluster: LocalRedisCluster) -> AsyncIterator[Tier]:
 async def wait_exact(t: Tier, sub: Any, timeout_s: float = 30) -> list[str]:
     """Wait until the subscription's window equals the store's; return it."""
     want: list[str] = []
-    async with asyncio.timeout(timeout_s):
-        while True:
-            want = await t.truth()
-            if sub.rows.complete and sub.rows.ids == want:
-                return want
-            await asyncio.sleep(0.1)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                want = await t.truth()
+                if sub.rows.complete and sub.rows.ids == want:
+                    return want
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(
+            f"window {sub.rows.ids} (complete: {sub.rows.complete}) != store {want};"
+            f" shard {t.shard.status()}; feed {t.shard.deps.feed.stats}"  # type: ignore[attr-defined]
+        ) from None
 
 
 def partition_master(cluster: LocalRedisCluster, t: Tier) -> Any:
@@ -158,8 +165,15 @@ async def test_a_dead_masters_lost_writes_are_dropped_from_every_window(
         master = partition_master(cluster, t)
         (replica,) = cluster.replicas_of(master)
         assert replica.pid is not None
-        os.kill(replica.pid, signal.SIGSTOP)  # the replica stops taking the master's stream
+        # The replica stops taking the master's stream: frozen, and its link cut (else
+        # its kernel would still take in what the master sends).
+        os.kill(replica.pid, signal.SIGSTOP)
         try:
+            admin = redis.Redis.from_url(master.url)
+            try:
+                admin.client_kill_filter(_type="replica")
+            finally:
+                admin.close()
             for i in range(5):  # acknowledged by the master alone; they enter the window
                 await t.upsert(f"lost{i}", {"name": f"a{i}", "temp": i})
             await wait_exact(t, sub)
