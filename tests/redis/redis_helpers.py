@@ -33,12 +33,25 @@ async def wait_for(
 
 
 async def kill_clients(url: str) -> int:
-    """CLIENT KILL every normal connection but this one (the test's own server)."""
+    """CLIENT KILL every normal connection but this one, on the test's own server or on
+    every node of the test's own cluster."""
     client = aioredis.Redis.from_url(url)
     try:
-        return int(await client.client_kill_filter(_type="normal", skipme=True))
+        if (await client.info("cluster")).get("cluster_enabled") != 1:
+            return int(await client.client_kill_filter(_type="normal", skipme=True))
+        nodes = await client.cluster_nodes()  # {"host:port": {"flags": ..., ...}}
     finally:
         await client.aclose()
+    killed = 0
+    for host_port, info in nodes.items():
+        if "fail" in str(info.get("flags", "")):
+            continue
+        node = aioredis.Redis.from_url(f"redis://{host_port}")
+        try:
+            killed += int(await node.client_kill_filter(_type="normal", skipme=True))
+        finally:
+            await node.aclose()
+    return killed
 
 
 # -- an oracle written from DESIGN §8, sharing no code with the core -----------------
