@@ -21,11 +21,11 @@ class ExtraKeys:
     prefix: str
 
     def index_counts(self, tenant: str, entity: str) -> str:
-        """Hash `v:{column}` → how many rows the column's value index holds.
+        """Hash `v:{column}` → how many rows the column's (earlier) value sets hold.
 
-        A column's value index is complete (usable by a read) exactly when
-        this count equals the number of live rows: every live row is in one
-        value set per indexed column (null included).
+        Only rows written by earlier versions are in value sets (new rows go
+        to `filter_index` or a sort index): the sets are complete (usable by
+        a read) exactly when this count equals the number of live rows.
         """
         return f"{self.prefix}:ixc:{tenant}:{entity}"
 
@@ -36,6 +36,10 @@ class ExtraKeys:
     def sort_lex(self, tenant: str, entity: str, column: str) -> str:
         """Sorted set (scores 0) of `enc(value) + id` of a sortable str column."""
         return f"{self.prefix}:sl:{tenant}:{entity}:{column}"
+
+    def filter_index(self, tenant: str, entity: str, column: str) -> str:
+        """Sorted set (scores 0) of `enc(canon(value)) + id` of a filterable, unsortable column."""
+        return f"{self.prefix}:fx:{tenant}:{entity}:{column}"
 
     def event_seq(self, p: int) -> str:
         """Counter of events appended to partition `p`'s stream (the `n` event field)."""

@@ -198,6 +198,8 @@ class Writer(ClientComponent):
             raise InvalidRow("row", row, "must be an object")
         vals = dict(row)
         if layout is not None:
+            if layout.valid(vals):
+                return vals  # plain values of declared columns: the checks below pass
             layout.spec.check_row(vals)
         for col, v in vals.items():
             if not isinstance(col, str):
@@ -263,17 +265,20 @@ class Writer(ClientComponent):
             # EVAL, not EVALSHA: a NOSCRIPT part-way through a pipeline could only be
             # retried out of order (Redis hashes the script text, a fraction of the call).
             head = [tenant, entity, self.settings.events_maxlen]
+            encode = _JSON.encode
             for start in range(0, len(checked), _ROWS_PER_CALL):
                 part = checked[start : start + _ROWS_PER_CALL]
-                row_keys: list[str] = []
+                blobs, groups = self._entries(layout, tenant, part)
                 args: list[Any] = []
-                for agg_id, vals, expected in part:
-                    row_json, entries = self._encode(layout, tenant, agg_id, vals)
-                    row_keys.append(prefix + agg_id)
-                    op = "upsert" if vals is not None else "delete"
-                    args += (op, "" if expected is None else expected, agg_id, row_json, entries)
+                for (agg_id, vals, expected), blob in zip(part, blobs, strict=True):
+                    exp = "" if expected is None else expected
+                    if vals is None:
+                        args += ("delete", exp, agg_id, "", b"")
+                    else:
+                        args += ("upsert", exp, agg_id, encode(vals), blob)
+                row_keys = [prefix + w[0] for w in part]
                 n_keys = len(fixed) + len(row_keys)
-                yield ["EVAL", WRITE_MANY, n_keys, *fixed, *row_keys, *head, *args]
+                yield ["EVAL", WRITE_MANY, n_keys, *fixed, *row_keys, *head, *args, *groups]
 
         in_flight = max(1, self.settings.write_batch // _ROWS_PER_CALL)
         with translate_errors(f"write_many {tenant}/{entity}"):
@@ -282,6 +287,27 @@ class Writer(ClientComponent):
         for statuses, *versions in replies:
             out.extend(map(Outcome, map(_STATUS.__getitem__, statuses), versions))
         return out
+
+    @staticmethod
+    def _entries(
+        layout: Layout | None,
+        tenant: str,
+        part: list[tuple[str, dict[str, Any] | None, int | None]],
+    ) -> tuple[list[bytes], list[bytes | int]]:
+        """One script call's index entries per write, and the grouped entries
+        (`scripts.WRITE_MANY`) when its writes are upserts of distinct ids."""
+        if layout is None:
+            return [b""] * len(part), []
+        ups = [w for w in part if w[1] is not None]
+        blobs, groups = layout.entries_many(
+            tenant, [w[0] for w in ups], [w[1] for w in ups]  # type: ignore[misc]
+        )
+        if len(ups) == len(part):
+            if len({w[0] for w in part}) < len(part):
+                groups = []
+            return blobs, groups
+        it = iter(blobs)
+        return [b"" if w[1] is None else next(it) for w in part], []
 
     async def _pipelined(self, commands: Iterator[list[Any]], in_flight: int) -> list[Any]:
         """Send `commands` in order on one connection, reading a reply whenever more
