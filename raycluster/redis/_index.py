@@ -212,8 +212,11 @@ class Layout:
                 pairs[1::2] = idbs
             else:
                 if how == _BY_LEX:
+                    # lex_member, inlined (this loop runs for every row written).
                     xs = [
-                        (LEX_NULL if v is None else lex_encode(v)) + i
+                        LEX_NULL + i
+                        if v is None
+                        else v.encode().replace(b"\0", b"\0\xff") + b"\0\0" + i
                         for v, i in zip(vals, idbs, strict=True)
                     ]
                 else:
@@ -225,7 +228,10 @@ class Layout:
                         for v, i in zip(vals, idbs, strict=True)
                     ]
                 pairs[1::2] = xs
-            per_col.append([head + _mp_str(x) for x in xs])
+            if max(map(len, xs)) < 32:
+                per_col.append([head + _FIXSTR[len(x)] + x for x in xs])
+            else:
+                per_col.append([head + _mp_str(x) for x in xs])
             groups += (key, n, *pairs)
         header = self.header
         return [header + b"".join(parts) for parts in zip(*per_col, strict=True)], groups
