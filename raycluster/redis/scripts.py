@@ -84,7 +84,8 @@ local function mark_missing(e, other, id, on)
   end
 end
 local t = call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Numbers are passed to commands as strings made once (Lua formats a number each time).
+local now_ms = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local n -- the partition's event counter (read at the call's first event)
 -- Mark the index changes of a row going from `old_blob` (false: none) to `new_blob`
 -- entries; `adds` false: only the removals (the caller adds the new entries itself).
@@ -117,21 +118,22 @@ local function write(row_key, cur, op, expected, agg_id, row, new_blob, adds)
   if op == 'delete' then new_blob = '' end
   reindex(cur[2], new_blob, agg_id, adds)
   version = version + 1
+  local v = tostring(version)
   if not n then n = tonumber(call('GET', seq_key) or '0') end
   n = n + 1
   local live, sid = zsets[ids_key], nil
   if not live then live = {}; zsets[ids_key] = live end
   if op == 'delete' then
-    call('HSET', row_key, 'v', version)
+    call('HSET', row_key, 'v', v)
     call('HDEL', row_key, 'row', 'ix')
     live[agg_id] = false
     sid = call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
-      'v', version, 'op', 'delete', 'at', now_ms, 'n', n)
+      'v', v, 'op', 'delete', 'at', now_ms, 'n', n)
   else
-    call('HSET', row_key, 'v', version, 'row', row, 'ix', new_blob)
+    call('HSET', row_key, 'v', v, 'row', row, 'ix', new_blob)
     live[agg_id] = '0'
     sid = call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
-      'v', version, 'op', 'upsert', 'row', row, 'at', now_ms, 'n', n)
+      'v', v, 'op', 'upsert', 'row', row, 'at', now_ms, 'n', n)
   end
   return 'ok', version, sid
 end
