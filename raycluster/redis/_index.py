@@ -27,8 +27,8 @@ null. `enc` is the UTF-8 bytes with each NUL written `\\x00\\xff`, closed by
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring_ascii
 from collections.abc import Iterable
+from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple
 
 from raycluster.cluster.keys import Keys

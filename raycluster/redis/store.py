@@ -240,11 +240,11 @@ class RedisStore(ClientComponent):
         total = int(res[0])
         if total == 0:
             return _Plan("all")
-        candidates = [
-            c
-            for k, (col, values) in enumerate(terms)
-            if (c := self._term_plan(tenant, entity, col, values, res[1 + 4 * k : 5 + 4 * k], total))
-        ]
+        candidates = []
+        for k, (col, values) in enumerate(terms):
+            c = self._term_plan(tenant, entity, col, values, res[1 + 4 * k : 5 + 4 * k], total)
+            if c is not None:
+                candidates.append(c)
         i = 1 + 4 * len(terms)
         best: tuple[int, _Plan] | None = None
         if candidates:
@@ -289,7 +289,13 @@ class RedisStore(ClientComponent):
         return _Plan("walk", kind=walk[0], zkey=walk[1], first_k=min(first_k, total + 1))
 
     def _term_plan(
-        self, tenant: str, entity: str, col: str, values: frozenset[Any], cards: list[Any], total: int
+        self,
+        tenant: str,
+        entity: str,
+        col: str,
+        values: frozenset[Any],
+        cards: list[Any],
+        total: int,
     ) -> _Plan | None:
         """How to read the rows of one `eq`/`in` term, from the sizes of the column's
         sort indexes, filter index and value-set count (`cards`); None: no index covers."""

@@ -312,11 +312,9 @@ class Writer(ClientComponent):
         (`scripts.WRITE_MANY`) when its writes are upserts of distinct ids."""
         if layout is None:
             return [b""] * len(part), []
-        ups = [w for w in part if w[1] is not None]
-        blobs, groups = layout.entries_many(
-            tenant, [w[0] for w in ups], [w[1] for w in ups]  # type: ignore[misc]
-        )
-        if len(ups) == len(part):
+        ids = [w[0] for w in part if w[1] is not None]
+        blobs, groups = layout.entries_many(tenant, ids, [w[1] for w in part if w[1] is not None])
+        if len(ids) == len(part):
             if len({w[0] for w in part}) < len(part):
                 groups = []
             return blobs, groups
