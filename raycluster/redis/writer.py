@@ -130,10 +130,13 @@ class Writer(ClientComponent):
         in order. Otherwise as `write_many`.
         """
         items = list(rows.items()) if isinstance(rows, Mapping) else list(rows)
-        done = await self._write_many(
+        replies = await self._write_many(
             tenant, entity, [(agg_id, row, None) for agg_id, row in items], "rows", deletes=False
         )
-        return [o.version for o in done]
+        versions: list[int] = []
+        for reply in replies:  # no expected versions: every status is `o`
+            versions += reply[1:]
+        return versions
 
     async def write_many(self, tenant: str, entity: str, writes: Iterable[Write]) -> list[Outcome]:
         """Apply many writes of one (tenant, entity) in order; what each did.
@@ -152,7 +155,11 @@ class Writer(ClientComponent):
         call) awaiting their reply; a failure part-way raises, the calls
         acknowledged before it written and the outcome of later ones unknown.
         """
-        return await self._write_many(tenant, entity, list(writes), "writes", deletes=True)
+        replies = await self._write_many(tenant, entity, list(writes), "writes", deletes=True)
+        out: list[Outcome] = []
+        for statuses, *versions in replies:
+            out.extend(map(Outcome, map(_STATUS.__getitem__, statuses), versions))
+        return out
 
     async def get(self, tenant: str, entity: str, agg_id: str) -> tuple[int, dict[str, Any]] | None:
         """The (version, row) of a live row, or None."""
@@ -253,7 +260,8 @@ class Writer(ClientComponent):
 
     async def _write_many(
         self, tenant: str, entity: str, writes: list[Write], what: str, *, deletes: bool
-    ) -> list[Outcome]:
+    ) -> list[Any]:
+        """Check every write, then run them; the WRITE_MANY replies, in order."""
         layout, fixed, prefix = self._target(tenant, entity)
         checked: list[tuple[str, dict[str, Any] | None, int | None]] = []
         valid = layout.valid if layout is not None else None
@@ -302,11 +310,7 @@ class Writer(ClientComponent):
 
         in_flight = max(1, self.settings.write_batch // _ROWS_PER_CALL) + 1
         with translate_errors(f"write_many {tenant}/{entity}"):
-            replies = await self._pipelined(calls(), in_flight)
-        out: list[Outcome] = []
-        for statuses, *versions in replies:
-            out.extend(map(Outcome, map(_STATUS.__getitem__, statuses), versions))
-        return out
+            return await self._pipelined(calls(), in_flight)
 
     @staticmethod
     def _entries(
