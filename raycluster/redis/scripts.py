@@ -314,8 +314,11 @@ Returns `{statuses, version…}`: `statuses` has one letter per write, `o` ok,
 Cost: per row one HMGET, one HSET (and an HDEL on delete) and one XADD; the
 index changes of the whole call are applied once per key at the end (one
 SADD/SREM/ZADD/ZREM per index key, one HINCRBY per count field; with the
-grouped entries, one ZADD per key straight from ARGV), then one SET of the
-event counter and one XTRIM.
+grouped entries, one ZADD per key straight from ARGV, and no per-row Lua
+work on entries but for live rows whose entries change), then one SET of the
+event counter and one XTRIM. On the demo entity (five indexed columns) the
+ZADDs (six members per new row: five indexes and the live ids) take about
+half the server's time; see `benchmarks/bench_redis.py`.
 """
 
 READ = r"""
