@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, NamedTuple
 
 import redis.asyncio as aioredis
@@ -31,6 +31,25 @@ _ROWS_PER_CALL = 100
 _FIRST_CALL_ROWS = 16
 # One encoder for every row (json.dumps with options builds a new one per call).
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _unencodable(o: Any) -> Any:
+    raise TypeError(f"not JSON: {o!r}")
+
+
+# The C encoder `_JSON.encode` builds on every call, built once (a row is checked flat
+# scalars: no cycle check, no NaN): half the cost per row. Same output.
+_c_make_encoder: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
+_row_json: Callable[[dict[str, Any]], str] = _JSON.encode  # without the C accelerator
+if _c_make_encoder is not None:
+    _c_encode = _c_make_encoder(
+        None, _unencodable, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+
+    def _c_row_json(vals: dict[str, Any]) -> str:
+        return "".join(_c_encode(vals, 0))
+
+    _row_json = _c_row_json
 _STATUS: dict[int, Literal["ok", "conflict", "noop"]] = {
     ord("o"): "ok",
     ord("c"): "conflict",
@@ -241,7 +260,7 @@ class Writer(ClientComponent):
         if vals is None:
             return "", b""
         entries = layout.entries(tenant, agg_id, vals) if layout is not None else b""
-        return _JSON.encode(vals), entries
+        return _row_json(vals), entries
 
     def _prepare(
         self,
@@ -301,7 +320,7 @@ class Writer(ClientComponent):
             # EVAL, not EVALSHA: a NOSCRIPT part-way through a pipeline could only be
             # retried out of order (Redis hashes the script text, a fraction of the call).
             head = [tenant, entity, self.settings.events_maxlen]
-            encode = _JSON.encode
+            encode = _row_json
             for start, stop in _call_bounds(len(checked)):
                 part = checked[start:stop]
                 blobs, groups = self._entries(layout, tenant, part)
