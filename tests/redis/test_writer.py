@@ -95,6 +95,18 @@ async def test_event_format_and_stream(writer: Writer, admin: aioredis.Redis) ->
     assert dl["op"] == "delete" and dl["v"] == "2" and "row" not in dl and dl["n"] == "2"
 
 
+async def test_row_json_is_compact_utf8(writer: Writer, admin: aioredis.Redis) -> None:
+    """Rows are stored (and sent in events) as compact JSON, non-ASCII unescaped."""
+    row = {"name": 'é "q"\n\x00', "kind": "\U0001f600", "temp": -1e-7, "n": -(2**63), "on": False}
+    for agg_id, batched in [("a1", False), ("a2", True)]:
+        if batched:
+            await writer.upsert_many("acme", "asset", {agg_id: row})
+        else:
+            await writer.upsert("acme", "asset", agg_id, row)
+        stored = await admin.hget(KEYS.row("acme", "asset", agg_id), "row")
+        assert stored == json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 @pytest.mark.parametrize(
     ("row", "field"),
     [
