@@ -92,7 +92,8 @@ class RedisStore(ClientComponent):
         self.specs = {e.name: e for e in entities}
         self.sort_index = sort_index
         self.value_index = value_index
-        self.plans: Counter[str] = Counter()  # reads per plan ("walk+" counts re-reads)
+        # Reads per plan: "walk+" counts re-reads, "sets" both index ranges and value sets.
+        self.plans: Counter[str] = Counter()
         self._script = client.register_script(READ)
 
     # -- ports -------------------------------------------------------------------
