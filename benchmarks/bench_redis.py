@@ -5,9 +5,14 @@
 Runs against its own private `local_redis()` (never another server). Prints a
 table of medians and writes benchmarks/results/bench_redis.json. The write
 rates use the demo entity (`raycluster.edge.demo.ASSET`: five columns, each
-filterable and sortable, so ten index entries per row); each run of them is
-paired with a redis-benchmark XADD run just before it, so the "vs XADD" ratio
-compares rates measured under the same machine load. `--writes`: only those.
+filterable and sortable, so five index entries per row, one per column's
+sorted set); each run of them is paired with a redis-benchmark XADD run just
+before it, so the "vs XADD" ratio compares rates measured under the same
+machine load. For `upsert_many` the table also gives where the server's time
+goes per row: its main thread's CPU time, and the time inside the script
+calls (INFO commandstats), of which the commands they issue (ZADD, HSET, …)
+take the part listed, the rest being Lua and argument handling. `--writes`:
+only the write rates.
 """
 
 from __future__ import annotations
@@ -94,20 +99,40 @@ async def bench_single(url: str, s: RedisSettings, n: int, inflight: int) -> flo
         return per * inflight / (time.perf_counter() - t0)
 
 
-async def bench_batched(url: str, s: RedisSettings, n: int, batch: int) -> tuple[float, float]:
+async def server_usage(client: aioredis.Redis) -> dict[str, float]:
+    """The server's main-thread CPU seconds and per-command time (µs) so far."""
+    cpu = await client.info("cpu")
+    stats = await client.info("commandstats")
+    out = {"cpu": cpu["used_cpu_user_main_thread"] + cpu["used_cpu_sys_main_thread"]}
+    out.update({k.removeprefix("cmdstat_"): float(v["usec"]) for k, v in stats.items()})
+    return out
+
+
+async def bench_batched(
+    url: str, s: RedisSettings, n: int, batch: int
+) -> tuple[float, float, dict[str, float]]:
     """Rows/s of `Writer.upsert_many` in batches of `batch`: (new rows, then every
-    row again with other values, so each index entry moves)."""
+    row again with other values, so each index entry moves), and where the
+    server's time went per new row (µs: `cpu`, `eval`, then each command)."""
     fresh = list(demo_rows(n).items())
     again = list(demo_rows(n, seed=8).items())  # the same ids
     tenant = f"batched{time.monotonic_ns()}"
     rates = []
+    per_row: dict[str, float] = {}
+    probe = aioredis.Redis.from_url(url)
     async with Writer.from_url(url, entities=[ASSET], settings=s) as w:
         for rows in (fresh, again):
+            before = await server_usage(probe)
             t0 = time.perf_counter()
             for start in range(0, n, batch):
                 await w.upsert_many(tenant, "asset", rows[start : start + batch])
             rates.append(n / (time.perf_counter() - t0))
-    return rates[0], rates[1]
+            if rows is fresh:
+                after = await server_usage(probe)
+                per_row = {k: (v - before.get(k, 0.0)) / n for k, v in after.items()}
+                per_row["cpu"] *= 1e6
+    await probe.aclose()
+    return rates[0], rates[1], per_row
 
 
 async def bench_feed(url: str, s: RedisSettings, n: int) -> tuple[float, float]:
@@ -181,16 +206,20 @@ async def main_async(runs: int, quick: bool, writes_only: bool) -> list[dict[str
         n_single = 3_000 if quick else 10_000
         n_batch = 20_000 if quick else 100_000
         xadd_1s, xadd_ps, ones, fifties, fresh, again = [], [], [], [], [], []
+        usage: list[dict[str, float]] = []
         for _ in range(runs):
             xadd_1s.append(await asyncio.to_thread(redis_benchmark, port, n_bench, 1))
             xadd_ps.append(await asyncio.to_thread(redis_benchmark, port, n_bench, 100))
             ones.append(await bench_single(url, s, n_single, 1))
             fifties.append(await bench_single(url, s, n_single, 50))
-            f, a = await bench_batched(url, s, n_batch, 500)
+            f, a, use = await bench_batched(url, s, n_batch, 500)
             fresh.append(f)
             again.append(a)
+            usage.append(use)
             print(f"  run: XADD {xadd_1s[-1]:,.0f}/s, -P 100 {xadd_ps[-1]:,.0f}/s; upsert_many"
-                  f" {f:,.0f} rows/s (new), {a:,.0f} rows/s (rewrites)", flush=True)  # fmt: skip
+                  f" {f:,.0f} rows/s (new), {a:,.0f} rows/s (rewrites); server per new row:"
+                  f" CPU {use['cpu']:.1f} µs, in scripts {use.get('eval', 0):.1f} µs",
+                  flush=True)  # fmt: skip
         xadd_1, xadd_p = statistics.median(xadd_1s), statistics.median(xadd_ps)
         add("redis-benchmark XADD (50 clients)", xadd_1s, "ops/s", xadd_1)
         add("redis-benchmark XADD (50 clients, -P 100)", xadd_ps, "ops/s", xadd_1)
@@ -198,6 +227,15 @@ async def main_async(runs: int, quick: bool, writes_only: bool) -> list[dict[str
         add("Writer.upsert, 50 in flight (demo entity)", fifties, "rows/s", xadd_1)
         add("Writer.upsert_many, new rows (batches of 500)", fresh, "rows/s", xadd_p)
         add("Writer.upsert_many, rewrites (batches of 500)", again, "rows/s", xadd_p)
+        # Where the server's time goes per new row (commands issued by the scripts included).
+        add("  server CPU (main thread) per new row", [u["cpu"] for u in usage], "µs", None)
+        add("  in script calls (EVAL) per new row", [u.get("eval", 0) for u in usage], "µs", None)
+        inner = sorted(
+            {k for u in usage for k in u if k not in ("cpu", "eval") and u[k] >= 0.05},
+            key=lambda k: -statistics.median(u.get(k, 0) for u in usage),
+        )
+        for k in inner:
+            add(f"    of which {k.upper()}", [u.get(k, 0) for u in usage], "µs", None)
         if writes_only:
             rows.append({"benchmark": "load average (1 min) at the end",
                          "median": os.getloadavg()[0], "unit": "", "vs XADD": None,

@@ -101,15 +101,16 @@ class Keys:
         return self._data("ids", tenant, entity)
 
     def value_index(self, tenant: str, entity: str, column: str, value_json: str) -> str:
-        """Set of row ids whose `column` holds the JSON-encoded value."""
+        """Set of row ids whose `column` holds the JSON-encoded value (rows written by
+        earlier versions; new rows are in `filter_index` or a sort index)."""
         return f"{self._data('vx', tenant, entity)}:{column}:{value_json}"
 
     def index_counts(self, tenant: str, entity: str) -> str:
-        """Hash `v:{column}` → how many rows the column's value index holds.
+        """Hash `v:{column}` → how many rows the column's (earlier) value sets hold.
 
-        A column's value index is complete (usable by a read) exactly when
-        this count equals the number of live rows: every live row is in one
-        value set per indexed column (null included).
+        Only rows written by earlier versions are in value sets (new rows go
+        to `filter_index` or a sort index): the sets are complete (usable by
+        a read) exactly when this count equals the number of live rows.
         """
         return self._data("ixc", tenant, entity)
 
@@ -120,6 +121,10 @@ class Keys:
     def sort_lex(self, tenant: str, entity: str, column: str) -> str:
         """Sorted set (scores 0) of `enc(value) + id` of a sortable str column."""
         return f"{self._data('sl', tenant, entity)}:{column}"
+
+    def filter_index(self, tenant: str, entity: str, column: str) -> str:
+        """Sorted set (scores 0) of `enc(canon(value)) + id` of a filterable, unsortable column."""
+        return f"{self._data('fx', tenant, entity)}:{column}"
 
     # -- shards, gateways, buses ---------------------------------------------------------
 

@@ -1,15 +1,22 @@
 """The index layout of an entity's rows in Redis (shared by the writer and the store).
 
-Per (tenant, entity), beside the live-id sorted set:
+Per (tenant, entity), beside the live-id sorted set, **one sorted set per
+indexed column**, holding every live row (null included), so its ZCARD equal
+to the number of live rows proves it covers them:
 
-* a **value index** per filterable column: one set of ids per value, keyed by
-  the value's canonical text (`canon`); null is a value too, so every live row
-  is in exactly one set per column and a count per column (in the index-count
-  hash) proves the index covers every row;
-* a **sort index** per sortable column: a sorted set in the column's order —
-  numeric columns by score (null = +inf: last ascending, first descending),
-  string columns by member `enc(value) + id` (null = `\\xff` + id, after every
-  UTF-8 string).
+* a sortable column's **sort index**, in the column's order — numeric columns
+  by score (null = +inf: last ascending, first descending), string columns by
+  member `enc(value) + id` (null = `\\xff` + id, after every UTF-8 string);
+* a filterable column that is not sortable: a **filter index**, members
+  `enc(canon(value)) + id` (scores 0).
+
+Both answer `eq`/`in` by range (one ZRANGEBYSCORE per numeric value, one
+ZRANGEBYLEX over the members starting `enc(…)` per string or canonical value),
+and a batch of rows costs one ZADD per column. Rows written by earlier
+versions may instead sit in **value sets** (one set of ids per (column,
+`canon(value)`), counted per column in the index-count hash); the writer
+still removes them (it removes what a row's stored entries name), and a read
+uses them only when they cover every live row.
 
 Another writer reproduces `canon` and `enc` exactly: canonical text is JSON
 for strings (ASCII-escaped), the decimal integer for booleans (1/0), ints and
@@ -20,6 +27,7 @@ null. `enc` is the UTF-8 bytes with each NUL written `\\x00\\xff`, closed by
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple
 
@@ -32,8 +40,10 @@ __all__ = (
     "canon",
     "check_scalar",
     "count_field",
+    "eq_ranges",
     "lex_encode",
     "lex_member",
+    "prefix_range",
     "score_text",
 )
 
@@ -73,30 +83,71 @@ def score_text(v: Any) -> str:
 
 
 def count_field(column: str) -> str:
-    """The index-count hash field of a column's value index."""
+    """The index-count hash field of a column's (earlier) value sets."""
     return f"v:{column}"
 
 
-# Entry kinds of the WRITE script (see its docstring).
-_VALUE, _NUM, _LEX = b"v", b"n", b"l"
+def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds of the members starting with `prefix` (an `enc(…)`, so
+    no other value's members start so; ids are UTF-8, never a 0xff byte)."""
+    return b"[" + prefix, b"(" + prefix + b"\xff"
+
+
+def eq_ranges(how: str, values: Iterable[Any]) -> list[tuple[bytes, bytes]]:
+    """Range bounds, in a column index of kind `how`, holding every row whose value
+    equals (Python `==`) one of `values`, and nothing else (but float-equal ints).
+
+    `how`: `n` numeric sort index (ZRANGEBYSCORE), `l` lexical sort index or
+    `f` filter index (both ZRANGEBYLEX). A value that no row of that index
+    can equal (a string in a numeric index, a number in a lexical one) has
+    no range.
+    """
+    out = []
+    for v in values:
+        if how == "f":
+            out.append(prefix_range(lex_encode(canon(v))))
+        elif how == "l":
+            if v is None:
+                out.append(prefix_range(LEX_NULL))
+            elif isinstance(v, str):
+                out.append(prefix_range(lex_encode(v)))
+        elif v is None or (isinstance(v, int | float) and not isinstance(v, str)):
+            s = score_text(v).encode()
+            out.append((s, s))
+    return out
+
+
+# Entry kinds of the WRITE script (see its docstring); `v` (value sets) is only
+# ever removed now, never written.
+_NUM, _LEX = b"n", b"l"
+_BY_SCORE, _BY_LEX, _BY_CANON = 0, 1, 2  # how a column's entry is made
 _MAX_PLANS = 4096  # tenants whose entry plan a Layout keeps (then it starts afresh)
-_MAX_MEMO = 4096  # value-set entries one plan column keeps (then it starts afresh)
+_MAX_MEMO = 4096  # filter-index values one plan column keeps (then it starts afresh)
+_ZERO = b"0"
+# The exact types (subclasses take the slow checks) each column type accepts.
+_FAST_TYPES: dict[str, frozenset[type]] = {
+    "str": frozenset((str, type(None))),
+    "int": frozenset((int, type(None))),
+    "float": frozenset((int, float, type(None))),
+    "bool": frozenset((bool, type(None))),
+}
+_INT_MIN, _INT_MAX = -(2**63), 2**63
 
 
 class _Column(NamedTuple):
     """One index column's entry for one tenant: its constant parts, encoded."""
 
-    kind: bytes
+    how: int  # _BY_SCORE | _BY_LEX | _BY_CANON
     column: str
-    head: bytes  # value sets: the key without the value; sort indexes: kind and key
-    tail: bytes  # value sets: the count field; else empty
-    memo: dict[Any, bytes]  # value sets: value -> entry
+    key: bytes  # the column's sorted set
+    head: bytes  # kind and key, MessagePack-encoded: every entry of the column starts so
+    memo: dict[Any, bytes]  # filter index: value -> enc(canon(value))
 
 
 class Layout:
-    """Which indexes an entity's rows carry, and the entries of one row."""
+    """Which index each column of an entity's rows has, and the entries of rows."""
 
-    __slots__ = ("_plans", "filterable", "header", "keys", "sortable", "spec")
+    __slots__ = ("_fast", "_plans", "filterable", "header", "keys", "sortable", "spec")
 
     def __init__(self, spec: EntitySpec, keys: Keys) -> None:
         self.spec = spec
@@ -105,49 +156,96 @@ class Layout:
         self.filterable = list(spec.filterable if spec.filterable is not None else cols)
         sortable = spec.sortable if spec.sortable is not None else cols
         self.sortable = [(c, spec.columns[c] == "str") for c in sortable]
-        self.header = _mp_array(3 * (len(self.filterable) + len(self.sortable)))
+        sorted_cols = {c for c, _ in self.sortable}
+        n_cols = len(self.sortable) + sum(c not in sorted_cols for c in self.filterable)
+        self.header = _mp_array(3 * n_cols)
         self._plans: dict[str, list[_Column]] = {}
+        self._fast = {c: _FAST_TYPES[t] for c, t in spec.columns.items()}
+
+    def valid(self, row: dict[str, Any]) -> bool:
+        """True when `row` surely passes `EntitySpec.check_row` and `check_scalar`
+        (plain types, ASCII strings, finite floats, 64-bit ints); False: check slowly."""
+        fast = self._fast
+        for col, v in row.items():
+            t = type(v)
+            ok = fast.get(col)
+            if ok is None or t not in ok:
+                return False
+            if t is str:
+                if not v.isascii():
+                    return False
+            elif t is float:
+                if v - v != 0.0:  # inf or nan
+                    return False
+            elif t is int and not _INT_MIN <= v < _INT_MAX:
+                return False
+        return True
 
     def entries(self, tenant: str, agg_id: str, row: dict[str, Any]) -> bytes:
         """The WRITE script's index entries for `row`: a MessagePack array of
         strings, (kind, key, x) per index column (`b""` when it has none)."""
+        return self.entries_many(tenant, [agg_id], [row])[0][0]
+
+    def entries_many(
+        self, tenant: str, ids: list[str], rows: list[dict[str, Any]]
+    ) -> tuple[list[bytes], list[bytes | int]]:
+        """Each row's entries (as `entries`), and all of them grouped for ZADD:
+        per index column its key, the row count, then (score, member) per row."""
         plan = self._plans.get(tenant)
         if plan is None:
             plan = self._plan(tenant)
         if not plan:
-            return b""
-        idb = agg_id.encode()
-        out = [self.header]
-        for kind, col, head, tail, memo in plan:
-            v = row.get(col)
-            if kind == _VALUE:
-                # Values that compare equal (1, 1.0, True) have one canonical text.
-                entry = memo.get(v)
-                if entry is None:
+            return [b""] * len(ids), []
+        idbs = [i.encode() for i in ids]
+        n = len(idbs)
+        per_col: list[list[bytes]] = []
+        groups: list[bytes | int] = []
+        for how, col, key, head, memo in plan:
+            vals = [r.get(col) for r in rows]
+            pairs: list[bytes] = [_ZERO] * (2 * n)
+            if how == _BY_SCORE:
+                xs = [b"inf" if v is None else repr(float(v)).encode() for v in vals]
+                pairs[0::2] = xs
+                pairs[1::2] = idbs
+            else:
+                if how == _BY_LEX:
+                    # lex_member, inlined (this loop runs for every row written).
+                    xs = [
+                        LEX_NULL + i
+                        if v is None
+                        else v.encode().replace(b"\0", b"\0\xff") + b"\0\0" + i
+                        for v, i in zip(vals, idbs, strict=True)
+                    ]
+                else:
                     if len(memo) >= _MAX_MEMO:
                         memo.clear()
-                    entry = memo[v] = _mp_str(_VALUE) + _mp_str(head + canon(v).encode()) + tail
-                out.append(entry)
-                continue
-            if kind == _LEX:
-                x = (LEX_NULL if v is None else lex_encode(v)) + idb
+                    # Values that compare equal (1, 1.0, True) have one canonical text.
+                    xs = [
+                        (memo.get(v) or memo.setdefault(v, lex_encode(canon(v)))) + i
+                        for v, i in zip(vals, idbs, strict=True)
+                    ]
+                pairs[1::2] = xs
+            if max(map(len, xs)) < 32:
+                per_col.append([head + _FIXSTR[len(x)] + x for x in xs])
             else:
-                x = b"inf" if v is None else repr(float(v)).encode()
-            out.append(head + _mp_str(x))
-        return b"".join(out)
+                per_col.append([head + _mp_str(x) for x in xs])
+            groups += (key, n, *pairs)
+        header = self.header
+        return [header + b"".join(parts) for parts in zip(*per_col, strict=True)], groups
 
     def _plan(self, tenant: str) -> list[_Column]:
-        entity = self.spec.name
+        entity, keys = self.spec.name, self.keys
         plan = []
-        for c in self.filterable:
-            prefix = self.keys.value_index(tenant, entity, c, "")
-            if self.keys.value_index(tenant, entity, c, "x") != prefix + "x":
-                raise RuntimeError("Keys.value_index no longer ends with the value")
-            plan.append(_Column(_VALUE, c, prefix.encode(), _mp_str(count_field(c).encode()), {}))
         for c, lexical in self.sortable:
-            key = (self.keys.sort_lex if lexical else self.keys.sort_num)(tenant, entity, c)
+            key = (keys.sort_lex if lexical else keys.sort_num)(tenant, entity, c).encode()
             kind = _LEX if lexical else _NUM
-            plan.append(_Column(kind, c, _mp_str(kind) + _mp_str(key.encode()), b"", {}))
+            how = _BY_LEX if lexical else _BY_SCORE
+            plan.append(_Column(how, c, key, _mp_str(kind) + _mp_str(key), {}))
+        sorted_cols = {c for c, _ in self.sortable}
+        for c in self.filterable:
+            if c not in sorted_cols:
+                key = keys.filter_index(tenant, entity, c).encode()
+                plan.append(_Column(_BY_CANON, c, key, _mp_str(_LEX) + _mp_str(key), {}))
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         self._plans[tenant] = plan

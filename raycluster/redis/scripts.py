@@ -9,8 +9,15 @@ Redis Cluster: the write scripts get every key the client can compute in KEYS
 (row hashes, live ids, stream, index counts, event counter); the index keys
 come inside the entries (the new ones from the client, the old ones from the
 row's stored `ix`), and READ builds row keys from a prefix. All of them belong
-to one (tenant, entity), so once its key names share a hash tag (DESIGN §7b)
-each call touches one slot; until then the scripts target a standalone Redis.
+to one (tenant, entity) (its partition's stream and event counter aside), so
+once its key names share a hash tag (DESIGN §7b) each call touches one slot;
+until then the scripts target a standalone Redis.
+
+Index layout (`_index`): one sorted set per indexed column — a sortable
+column's sort index, else a filter index — so a batch of new rows costs one
+ZADD per column, whatever the values. Value sets (kind `v`) are what earlier
+versions wrote: the scripts still apply such entries (and remove them when a
+row stored with them changes), the Python writer no longer sends them.
 """
 
 from __future__ import annotations
@@ -77,11 +84,29 @@ local function mark_missing(e, other, id, on)
   end
 end
 local t = call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Numbers are passed to commands as strings made once (Lua formats a number each time).
+local now_ms = tostring(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 local n -- the partition's event counter (read at the call's first event)
--- One write: returns status (`ok` | `conflict` | `noop`), version, stream id.
-local function write(row_key, op, expected, agg_id, row, new_blob)
-  local cur = call('HMGET', row_key, 'v', 'ix')
+-- Mark the index changes of a row going from `old_blob` (false: none) to `new_blob`
+-- entries; `adds` false: only the removals (the caller adds the new entries itself).
+local function reindex(old_blob, new_blob, agg_id, adds)
+  -- Only entries that changed are touched: an update of unindexed columns costs nothing.
+  if old_blob == new_blob or not (old_blob or adds) then return end
+  local old = entries(old_blob or '')
+  if #old == 0 and not adds then return end
+  local new = entries(new_blob)
+  if #old == 0 then
+    mark_all(new, agg_id, true)
+  elseif #new == 0 then
+    mark_all(old, agg_id, false)
+  else
+    mark_missing(old, new, agg_id, false)
+    if adds then mark_missing(new, old, agg_id, true) end
+  end
+end
+-- One write of a row whose state is `cur` (its HMGET v ix); `adds` as in reindex.
+-- Returns status (`ok` | `conflict` | `noop`), version, stream id.
+local function write(row_key, cur, op, expected, agg_id, row, new_blob, adds)
   local version = tonumber(cur[1] or '0')
   if expected ~= '' and tonumber(expected) ~= version then
     return 'conflict', version, ''
@@ -91,35 +116,24 @@ local function write(row_key, op, expected, agg_id, row, new_blob)
     return 'noop', version, ''
   end
   if op == 'delete' then new_blob = '' end
-  local old_blob = cur[2]
-  if old_blob ~= new_blob then
-    -- Only entries that changed are touched: an update of unindexed columns costs nothing.
-    local old, new = entries(old_blob or ''), entries(new_blob)
-    if #old == 0 then
-      mark_all(new, agg_id, true)
-    elseif #new == 0 then
-      mark_all(old, agg_id, false)
-    else
-      mark_missing(old, new, agg_id, false)
-      mark_missing(new, old, agg_id, true)
-    end
-  end
+  reindex(cur[2], new_blob, agg_id, adds)
   version = version + 1
+  local v = tostring(version)
   if not n then n = tonumber(call('GET', seq_key) or '0') end
   n = n + 1
   local live, sid = zsets[ids_key], nil
   if not live then live = {}; zsets[ids_key] = live end
   if op == 'delete' then
-    call('HSET', row_key, 'v', version)
+    call('HSET', row_key, 'v', v)
     call('HDEL', row_key, 'row', 'ix')
     live[agg_id] = false
     sid = call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
-      'v', version, 'op', 'delete', 'at', now_ms, 'n', n)
+      'v', v, 'op', 'delete', 'at', now_ms, 'n', n)
   else
-    call('HSET', row_key, 'v', version, 'row', row, 'ix', new_blob)
+    call('HSET', row_key, 'v', v, 'row', row, 'ix', new_blob)
     live[agg_id] = '0'
     sid = call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
-      'v', version, 'op', 'upsert', 'row', row, 'at', now_ms, 'n', n)
+      'v', v, 'op', 'upsert', 'row', row, 'at', now_ms, 'n', n)
   end
   return 'ok', version, sid
 end
@@ -164,7 +178,8 @@ WRITE = (
     + r"""
 ids_key, stream_key, counts_key, seq_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 tenant, entity, maxlen = ARGV[3], ARGV[4], ARGV[7]
-local status, version, sid = write(KEYS[1], ARGV[1], ARGV[2], ARGV[5], ARGV[6], ARGV[8] or '')
+local status, version, sid = write(KEYS[1], call('HMGET', KEYS[1], 'v', 'ix'), ARGV[1],
+  ARGV[2], ARGV[5], ARGV[6], ARGV[8] or '', true)
 finish()
 return {status, version, sid}
 """
@@ -182,16 +197,19 @@ each entry its kind, key and `x` (`""`: no entries). The earlier form (per
 entry the kind letter, then key and `x` each as `<byte length>:<bytes>`) is
 still read, so rows stored by earlier versions update correctly. Kinds:
 
-* `v` value set: SADD key id, and HINCRBY the count hash field `x` (`v:{column}`);
 * `n` numeric sort index: ZADD key `x` (the score) id;
-* `l` lexical sort index: ZADD key 0 `x` (the member).
+* `l` lexical index (a sort index or a filter index): ZADD key 0 `x` (the member);
+* `v` value set (earlier versions): SADD key id, and HINCRBY the count hash
+  field `x` (`v:{column}`).
 
-(`_index.Layout` derives them from the entity's spec.) The row hash keeps
-`v` (version, kept after a delete so a re-insert continues from it), `row`
-(JSON) and `ix` (the entries string), so the next write removes exactly the
-entries that changed; a live row always has `ix`. The index keys are the only
-keys not passed in KEYS (the old ones are known only from `ix`); every key of
-one (tenant, entity) is meant to share its partition's hash tag on Redis Cluster.
+(`_index.Layout` derives them from the entity's spec: one `n` or `l` entry
+per indexed column.) The row hash keeps `v` (version, kept after a delete so
+a re-insert continues from it), `row` (JSON) and `ix` (the entries string,
+as sent), so the next write removes exactly the entries that changed
+(whatever kinds and form they were written in); a live row always has `ix`.
+The index keys are the only keys not passed in KEYS (the old ones are known
+only from `ix`); every key of one (tenant, entity) is meant to share its
+partition's hash tag on Redis Cluster.
 
 Returns `{status, version, stream id}`: `ok` (written at `version`),
 `conflict` (expected version differs; `version` is the current one, nothing
@@ -206,15 +224,67 @@ WRITE_MANY = (
     + r"""
 ids_key, stream_key, counts_key, seq_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 tenant, entity, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local nw = #KEYS - 4
+local groups_at = 4 + 5 * nw -- the grouped entries, if given, start here
+-- With grouped entries, read every row first: if the writes are upserts of distinct
+-- ids and none conflicts, these are the states the writes meet, and the groups add
+-- every new entry (a live row's dropped entries are still marked for removal).
+local curs, adds = {}, true
+if #ARGV >= groups_at then
+  adds = false
+  local seen = {}
+  for i = 1, nw do
+    local j = 4 + (i - 1) * 5
+    local id, expected = ARGV[j + 2], ARGV[j + 1]
+    local cur = call('HMGET', KEYS[i + 4], 'v', 'ix')
+    curs[i] = cur
+    if seen[id] or ARGV[j] ~= 'upsert' then curs, adds = {}, true; break end
+    seen[id] = true
+    if expected ~= '' and tonumber(expected) ~= tonumber(cur[1] or '0') then adds = true end
+  end
+end
 local statuses, out = {}, {''}
-for i = 5, #KEYS do
-  local j = 4 + (i - 5) * 5
-  local status, version = write(KEYS[i], ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3],
-    ARGV[j + 4])
-  statuses[#statuses + 1] = string.sub(status, 1, 1)
-  out[#out + 1] = version
+if adds then
+  for i = 1, nw do
+    local j = 4 + (i - 1) * 5
+    local cur = curs[i] or call('HMGET', KEYS[i + 4], 'v', 'ix')
+    local status, version = write(KEYS[i + 4], cur, ARGV[j], ARGV[j + 1], ARGV[j + 2],
+      ARGV[j + 3], ARGV[j + 4], adds)
+    statuses[#statuses + 1] = string.sub(status, 1, 1)
+    out[#out + 1] = version
+  end
+else
+  -- `write`'s step for an upsert known to succeed, lean: it runs for every row.
+  n = tonumber(call('GET', seq_key) or '0')
+  local live = {}
+  for i = 1, nw do
+    local j = 4 + (i - 1) * 5
+    local cur, agg_id, row, blob = curs[i], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4]
+    if cur[2] then reindex(cur[2], blob, agg_id, false) end
+    local version = tonumber(cur[1] or '0') + 1
+    local v = tostring(version)
+    n = n + 1
+    call('HSET', KEYS[i + 4], 'v', v, 'row', row, 'ix', blob)
+    call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
+      'v', v, 'op', 'upsert', 'row', row, 'at', now_ms, 'n', n)
+    live[2 * i - 1] = '0'; live[2 * i] = agg_id
+    out[i + 1] = version
+  end
+  statuses[1] = string.rep('o', nw)
+  bulk('ZADD', ids_key, live)
 end
 finish()
+if not adds then
+  -- After finish's removals: per group its key, a count, then count (score, member).
+  local i = groups_at
+  while i <= #ARGV do
+    local key, last = ARGV[i], i + 1 + 2 * tonumber(ARGV[i + 1])
+    for s = i + 2, last, 4000 do
+      call('ZADD', key, unpack(ARGV, s, math.min(s + 3999, last)))
+    end
+    i = last + 1
+  end
+end
 out[1] = table.concat(statuses)
 return out
 """
@@ -228,14 +298,27 @@ event counter; 5… one row hash per write. ARGV: 1 tenant; 2 entity; 3 stream
 MAXLEN; then five per write (in KEYS order): op `upsert`|`delete`, expected
 version or `""`, id, row JSON (`""` on delete), index entries (`""` on delete).
 
+Optionally, after those, the **grouped entries**: every write's entries
+again, as ZADD arguments grouped by key — per key the key, a count `c`, then
+`c` (score, member) pairs (`n` entries: `x`, id; `l` entries: `0`, `x`).
+They may only hold `n`/`l` entries. The script uses them when every write is
+an upsert of a distinct id and none conflicts (it reads every row hash
+first): then it adds the new entries with one ZADD per key, after removing
+only the entries live rows drop, instead of decoding each row's entries.
+Otherwise it ignores them, so sending them never changes the outcome.
+
 Returns `{statuses, version…}`: `statuses` has one letter per write, `o` ok,
 `c` conflict, `n` noop (as `WRITE`'s statuses), then each write's version
 (the written one, or the current one when nothing was written).
 
 Cost: per row one HMGET, one HSET (and an HDEL on delete) and one XADD; the
 index changes of the whole call are applied once per key at the end (one
-SADD/SREM/ZADD/ZREM per index key, one HINCRBY per count field), then one SET
-of the event counter and one XTRIM.
+SADD/SREM/ZADD/ZREM per index key, one HINCRBY per count field; with the
+grouped entries, one ZADD per key straight from ARGV, and no per-row Lua
+work on entries but for live rows whose entries change), then one SET of the
+event counter and one XTRIM. On the demo entity (five indexed columns) the
+ZADDs (six members per new row: five indexes and the live ids) take about
+half the server's time; see `benchmarks/bench_redis.py`.
 """
 
 READ = r"""
@@ -257,6 +340,19 @@ elseif mode == 'sets' then
   local seen = {}
   for i = 4, #ARGV do
     for _, m in ipairs(redis.call('SMEMBERS', ARGV[i])) do
+      if not seen[m] then seen[m] = true; members[#members + 1] = m end
+    end
+  end
+elseif mode == 'range' then
+  kind = ARGV[3]
+  if redis.call('ZCARD', zkey) ~= total then
+    return {mark, 'stale', 0}
+  end
+  members = {}
+  local seen = {}
+  local cmd = kind == 'n' and 'ZRANGEBYSCORE' or 'ZRANGEBYLEX'
+  for i = 4, #ARGV - 1, 2 do
+    for _, m in ipairs(redis.call(cmd, zkey, ARGV[i], ARGV[i + 1])) do
       if not seen[m] then seen[m] = true; members[#members + 1] = m end
     end
   end
@@ -298,15 +394,19 @@ return out
 """Read candidate rows of one (tenant, entity) and the stream position they reflect.
 
 KEYS: 1 live-id sorted set `Keys.table(t, e)`; 2 partition stream; 3 index-count
-hash; 4 the sorted set a walk reads (the live-id set itself for `i`).
+hash; 4 the sorted set a walk or range reads (the live-id set itself for `i`).
 
 ARGV: 1 mode; 2 row-key prefix (row key = prefix + id). Mode `all`: every
-live row. Mode `sets`: 3 count field `v:{column}`, 4… value-set keys — the
-rows in their union, if the column's index covers every live row. Mode
+live row. Mode `range`: 3 kind (`n` numeric, `l` lexical index), 4… pairs of
+inclusive-syntax bounds (ZRANGEBYSCORE/ZRANGEBYLEX) — the rows in their
+union, if the index (KEYS 4) covers every live row. Mode `sets` (value sets
+of earlier versions): 3 count field `v:{column}`, 4… value-set keys — the
+rows in their union, if the column's sets cover every live row. Mode
 `walk`: 3 kind (`n` numeric / `l` lexical sorted set, `i` the id set by id),
 4 `asc`|`desc`, 5 start bound (inclusive; ZRANGEBYSCORE/ZRANGEBYLEX syntax),
 6 how many members to read — rows in that sorted set's order, if it covers
-every live row.
+every live row. A lexical index's member is `enc(…) + id`: the id follows
+the first `\\x00\\x00` (or a leading `\\xff`, null).
 
 Returns `{watermark, status, members read, id, version, row JSON, …}` with
 status `ok`, or `stale` (the index does not cover every row: read with `all`).

@@ -9,7 +9,9 @@ can never disagree about what matches or in which order.
 Which rows are candidates is planned from the indexes (`_index`):
 
 * **sets** — a top-level `eq`/`in` term whose values hold few rows: read
-  only the rows in those value sets;
+  only the rows with those values, by one range per value of the column's
+  index (its sort index, else its filter index), or from the value sets of
+  earlier versions when those cover every live row instead;
 * **walk** — read rows in the order of the first sort key (or of the id)
   from its sort index, `k` at a time. Rows whose first-key value lies
   strictly before the last one read are complete, so once `limit` matches are
@@ -40,7 +42,7 @@ from raycluster.livequery.models import Cursor, EntitySpec, LiveQuery, Row, Snap
 from raycluster.livequery.order import cursor_key, cursor_of, key_fn
 
 from ._client import Client, ClientComponent
-from ._index import LEX_NULL, canon, count_field, lex_encode, score_text
+from ._index import LEX_NULL, canon, count_field, eq_ranges, lex_encode, score_text
 from .errors import translate_errors
 from .scripts import READ
 
@@ -55,10 +57,11 @@ _SMALL_SET = 256  # a value set this small is always read directly
 
 @dataclass(slots=True)
 class _Plan:
-    mode: str  # "all" | "sets" | "walk"
-    field: str = ""
-    sets: tuple[str, ...] = ()
-    kind: str = ""  # walk: "n" | "l" | "i"
+    mode: str  # "all" | "range" | "sets" | "walk"
+    field: str = ""  # sets: the count field
+    sets: tuple[str, ...] = ()  # sets: value-set keys
+    bounds: tuple[bytes, ...] = ()  # range: (min, max) pairs
+    kind: str = ""  # walk: "n" | "l" | "i"; range: "n" | "l"
     zkey: str = ""
     first_k: int = 0
 
@@ -86,7 +89,8 @@ class RedisStore(ClientComponent):
         self.specs = {e.name: e for e in entities}
         self.sort_index = sort_index
         self.value_index = value_index
-        self.plans: Counter[str] = Counter()  # reads per plan ("walk+" counts re-reads)
+        # Reads per plan: "walk+" counts re-reads, "sets" both index ranges and value sets.
+        self.plans: Counter[str] = Counter()
         self._script = client.register_script(READ)
 
     # -- ports -------------------------------------------------------------------
@@ -158,6 +162,11 @@ class RedisStore(ClientComponent):
                 start = _walk_start(plan.kind, sort, after)
                 args = ["walk", plan.kind, "desc" if sort and sort[0].desc else "asc", start, k]
                 mark, status, nread, raw = await self._call(tenant, entity, args, plan.zkey)
+            elif plan.mode == "range":
+                self.plans["sets"] += 1
+                mark, status, nread, raw = await self._call(
+                    tenant, entity, ["range", plan.kind, *plan.bounds], plan.zkey
+                )
             elif plan.mode == "sets":
                 self.plans["sets"] += 1
                 mark, status, nread, raw = await self._call(
@@ -209,35 +218,49 @@ class RedisStore(ClientComponent):
             return Snapshot(rows=rows, watermark=mark, source=source)
 
     async def _plan(self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int) -> _Plan:
-        """Pick the cheapest plan from index sizes (one non-atomic round trip:
-        a stale estimate costs speed only, the read itself re-checks coverage)."""
+        """Pick the cheapest plan from index sizes (non-atomic round trips: a stale
+        estimate costs speed only, the read itself re-checks coverage)."""
         entity, sort = query.entity, query.sort
         terms = indexable_terms(query.where) if self.value_index else []
-        vx = self.keys.value_index
+        x = self.keys
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.zcard(self.keys.table(tenant, entity))
-            counts = self.keys.index_counts(tenant, entity)
-            for col, values in terms:
+            counts = x.index_counts(tenant, entity)
+            for col, _ in terms:
+                pipe.zcard(x.sort_num(tenant, entity, col))
+                pipe.zcard(x.sort_lex(tenant, entity, col))
+                pipe.zcard(x.filter_index(tenant, entity, col))
                 pipe.hget(counts, count_field(col))
-                for v in values:
-                    pipe.scard(vx(tenant, entity, col, canon(v)))
             if sort and self.sort_index:
-                pipe.zcard(self.keys.sort_num(tenant, entity, sort[0].column))
-                pipe.zcard(self.keys.sort_lex(tenant, entity, sort[0].column))
+                pipe.zcard(x.sort_num(tenant, entity, sort[0].column))
+                pipe.zcard(x.sort_lex(tenant, entity, sort[0].column))
             res = await pipe.execute()
         total = int(res[0])
         if total == 0:
             return _Plan("all")
-        i = 1
-        best: tuple[int, str, tuple[str, ...]] | None = None
-        for col, values in terms:
-            covered = int(res[i] or 0) == total
-            sizes = res[i + 1 : i + 1 + len(values)]
-            i += 1 + len(values)
-            size = sum(int(s) for s in sizes)
-            if covered and (best is None or size < best[0]):
-                sets = tuple(vx(tenant, entity, col, canon(v)) for v in values)
-                best = (size, count_field(col), sets)
+        candidates = []
+        for k, (col, values) in enumerate(terms):
+            c = self._term_plan(tenant, entity, col, values, res[1 + 4 * k : 5 + 4 * k], total)
+            if c is not None:
+                candidates.append(c)
+        i = 1 + 4 * len(terms)
+        best: tuple[int, _Plan] | None = None
+        if candidates:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for c in candidates:
+                    if c.mode == "sets":
+                        for key in c.sets:
+                            pipe.scard(key)
+                    else:
+                        count = pipe.zcount if c.kind == "n" else pipe.zlexcount
+                        for lo, hi in zip(c.bounds[0::2], c.bounds[1::2], strict=True):
+                            count(c.zkey, lo, hi)  # type: ignore[arg-type]
+                sizes = iter(await pipe.execute())
+            for c in candidates:
+                n = len(c.sets) if c.mode == "sets" else len(c.bounds) // 2
+                size = sum(int(next(sizes)) for _ in range(n))
+                if best is None or size < best[0]:
+                    best = (size, c)
         walk: tuple[str, str] | None = None
         if not sort:
             walk = ("i", self.keys.table(tenant, entity))
@@ -258,10 +281,36 @@ class RedisStore(ClientComponent):
         else:
             first_k = limit + 16
         if best is not None and (walk is None or best[0] <= max(first_k, _SMALL_SET)):
-            return _Plan("sets", field=best[1], sets=best[2])
+            return best[1]
         if walk is None:
             return _Plan("all")
         return _Plan("walk", kind=walk[0], zkey=walk[1], first_k=min(first_k, total + 1))
+
+    def _term_plan(
+        self,
+        tenant: str,
+        entity: str,
+        col: str,
+        values: frozenset[Any],
+        cards: list[Any],
+        total: int,
+    ) -> _Plan | None:
+        """How to read the rows of one `eq`/`in` term, from the sizes of the column's
+        sort indexes, filter index and value-set count (`cards`); None: no index covers."""
+        x = self.keys
+        for how, card, key in (
+            ("n", cards[0], x.sort_num(tenant, entity, col)),
+            ("l", cards[1], x.sort_lex(tenant, entity, col)),
+            ("f", cards[2], x.filter_index(tenant, entity, col)),
+        ):
+            if int(card) == total:
+                bounds = tuple(b for r in eq_ranges(how, values) for b in r)
+                return _Plan("range", kind="n" if how == "n" else "l", zkey=key, bounds=bounds)
+        if int(cards[3] or 0) == total:
+            vx = self.keys.value_index
+            sets = tuple(vx(tenant, entity, col, canon(v)) for v in values)
+            return _Plan("sets", field=count_field(col), sets=sets)
+        return None
 
 
 def _decode(raw: list[Any]) -> Iterable[tuple[str, int, dict[str, Any]]]:

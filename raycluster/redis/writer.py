@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, NamedTuple
 
 from redis.asyncio.cluster import RedisCluster
@@ -27,13 +27,44 @@ Write = tuple[str, Mapping[str, Any] | None, int | None]
 # Rows per WRITE_MANY call: each call is atomic, so this bounds how long one
 # batch holds Redis (a few ms) before other clients' commands run.
 _ROWS_PER_CALL = 100
+# The first calls of a batch are smaller (16, 32, 64 rows, then 100): Redis starts
+# on one while the next, larger one is encoded (at about half Redis's cost per row).
+_FIRST_CALL_ROWS = 16
 # One encoder for every row (json.dumps with options builds a new one per call).
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _unencodable(o: Any) -> Any:
+    raise TypeError(f"not JSON: {o!r}")
+
+
+# The C encoder `_JSON.encode` builds on every call, built once (a row is checked flat
+# scalars: no cycle check, no NaN): half the cost per row. Same output.
+_c_make_encoder: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
+_row_json: Callable[[dict[str, Any]], str] = _JSON.encode  # without the C accelerator
+if _c_make_encoder is not None:
+    _c_encode = _c_make_encoder(
+        None, _unencodable, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+
+    def _c_row_json(vals: dict[str, Any]) -> str:
+        return "".join(_c_encode(vals, 0))
+
+    _row_json = _c_row_json
 _STATUS: dict[int, Literal["ok", "conflict", "noop"]] = {
     ord("o"): "ok",
     ord("c"): "conflict",
     ord("n"): "noop",
 }
+
+
+def _call_bounds(n: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each script call of a batch of `n` writes."""
+    start, size = 0, _FIRST_CALL_ROWS
+    while start < n:
+        yield start, min(n, start + size)
+        start += size
+        size = min(2 * size, _ROWS_PER_CALL)
 
 
 class Outcome(NamedTuple):
@@ -125,10 +156,13 @@ class Writer(ClientComponent):
         in order. Otherwise as `write_many`.
         """
         items = list(rows.items()) if isinstance(rows, Mapping) else list(rows)
-        done = await self._write_many(
+        replies = await self._write_many(
             tenant, entity, [(agg_id, row, None) for agg_id, row in items], "rows", deletes=False
         )
-        return [o.version for o in done]
+        versions: list[int] = []
+        for reply in replies:  # no expected versions: every status is `o`
+            versions += reply[1:]
+        return versions
 
     async def write_many(self, tenant: str, entity: str, writes: Iterable[Write]) -> list[Outcome]:
         """Apply many writes of one (tenant, entity) in order; what each did.
@@ -140,12 +174,18 @@ class Writer(ClientComponent):
         exception (and a delete of a missing row `Outcome("noop", version)`).
         Every write is validated before any is sent (`InvalidRow` naming
         `writes.{i}.…`; nothing written). Writes go 100 to a script call
-        (`scripts.WRITE_MANY`, atomic per call), and the calls are pipelined
+        (the first ones fewer, so Redis starts sooner; `scripts.WRITE_MANY`,
+        atomic per call, with grouped entries when its writes are upserts of
+        distinct ids), and the calls are pipelined
         in order on one connection, `write_batch` rows' worth (at least one
         call) awaiting their reply; a failure part-way raises, the calls
         acknowledged before it written and the outcome of later ones unknown.
         """
-        return await self._write_many(tenant, entity, list(writes), "writes", deletes=True)
+        replies = await self._write_many(tenant, entity, list(writes), "writes", deletes=True)
+        out: list[Outcome] = []
+        for statuses, *versions in replies:
+            out.extend(map(Outcome, map(_STATUS.__getitem__, statuses), versions))
+        return out
 
     async def get(self, tenant: str, entity: str, agg_id: str) -> tuple[int, dict[str, Any]] | None:
         """The (version, row) of a live row, or None."""
@@ -196,6 +236,8 @@ class Writer(ClientComponent):
             raise InvalidRow("row", row, "must be an object")
         vals = dict(row)
         if layout is not None:
+            if layout.valid(vals):
+                return vals  # plain values of declared columns: the checks below pass
             layout.spec.check_row(vals)
         for col, v in vals.items():
             if not isinstance(col, str):
@@ -216,7 +258,7 @@ class Writer(ClientComponent):
         if vals is None:
             return "", b""
         entries = layout.entries(tenant, agg_id, vals) if layout is not None else b""
-        return _JSON.encode(vals), entries
+        return _row_json(vals), entries
 
     def _prepare(
         self,
@@ -244,10 +286,25 @@ class Writer(ClientComponent):
 
     async def _write_many(
         self, tenant: str, entity: str, writes: list[Write], what: str, *, deletes: bool
-    ) -> list[Outcome]:
+    ) -> list[Any]:
+        """Check every write, then run them; the WRITE_MANY replies, in order."""
         layout, fixed, prefix = self._target(tenant, entity)
         checked: list[tuple[str, dict[str, Any] | None, int | None]] = []
+        valid = layout.valid if layout is not None else None
         for i, (agg_id, row, expected) in enumerate(writes):
+            # The common case, checked inline: an ASCII id, no expected version, a
+            # plain dict of plain values (what `_check` would pass, at a fraction of the cost).
+            if (
+                valid is not None
+                and expected is None
+                and type(agg_id) is str
+                and agg_id.isascii()
+                and agg_id
+                and type(row) is dict
+                and valid(row)
+            ):
+                checked.append((agg_id, row.copy(), None))
+                continue
             try:
                 vals = self._check(layout, agg_id, row, expected, delete=deletes and row is None)
             except InvalidRow as e:
@@ -261,25 +318,43 @@ class Writer(ClientComponent):
             # EVAL, not EVALSHA: a NOSCRIPT part-way through a pipeline could only be
             # retried out of order (Redis hashes the script text, a fraction of the call).
             head = [tenant, entity, self.settings.events_maxlen]
-            for start in range(0, len(checked), _ROWS_PER_CALL):
-                part = checked[start : start + _ROWS_PER_CALL]
-                row_keys: list[str] = []
+            encode = _row_json
+            for start, stop in _call_bounds(len(checked)):
+                part = checked[start:stop]
+                blobs, groups = self._entries(layout, tenant, part)
                 args: list[Any] = []
-                for agg_id, vals, expected in part:
-                    row_json, entries = self._encode(layout, tenant, agg_id, vals)
-                    row_keys.append(prefix + agg_id)
-                    op = "upsert" if vals is not None else "delete"
-                    args += (op, "" if expected is None else expected, agg_id, row_json, entries)
+                for (agg_id, vals, expected), blob in zip(part, blobs, strict=True):
+                    exp = "" if expected is None else expected
+                    if vals is None:
+                        args += ("delete", exp, agg_id, "", b"")
+                    else:
+                        args += ("upsert", exp, agg_id, encode(vals), blob)
+                row_keys = [prefix + w[0] for w in part]
                 n_keys = len(fixed) + len(row_keys)
-                yield ["EVAL", WRITE_MANY, n_keys, *fixed, *row_keys, *head, *args]
+                yield ["EVAL", WRITE_MANY, n_keys, *fixed, *row_keys, *head, *args, *groups]
 
-        in_flight = max(1, self.settings.write_batch // _ROWS_PER_CALL)
+        in_flight = max(1, self.settings.write_batch // _ROWS_PER_CALL) + 1
         with translate_errors(f"write_many {tenant}/{entity}"):
-            replies = await self._pipelined(calls(), in_flight)
-        out: list[Outcome] = []
-        for statuses, *versions in replies:
-            out.extend(map(Outcome, map(_STATUS.__getitem__, statuses), versions))
-        return out
+            return await self._pipelined(calls(), in_flight)
+
+    @staticmethod
+    def _entries(
+        layout: Layout | None,
+        tenant: str,
+        part: list[tuple[str, dict[str, Any] | None, int | None]],
+    ) -> tuple[list[bytes], list[bytes | int]]:
+        """One script call's index entries per write, and the grouped entries
+        (`scripts.WRITE_MANY`) when its writes are upserts of distinct ids."""
+        if layout is None:
+            return [b""] * len(part), []
+        ids = [w[0] for w in part if w[1] is not None]
+        blobs, groups = layout.entries_many(tenant, ids, [w[1] for w in part if w[1] is not None])
+        if len(ids) == len(part):
+            if len({w[0] for w in part}) < len(part):
+                groups = []
+            return blobs, groups
+        it = iter(blobs)
+        return [b"" if w[1] is None else next(it) for w in part], []
 
     async def _pipelined(self, commands: Iterator[list[Any]], in_flight: int) -> list[Any]:
         """Send `commands` in order on one connection, reading a reply whenever more

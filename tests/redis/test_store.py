@@ -33,6 +33,8 @@ from raycluster.livequery import (
     or_,
 )
 from raycluster.redis import RedisSettings, RedisStore, Writer
+from raycluster.redis._index import canon, lex_member, score_text
+from raycluster.redis.scripts import WRITE
 
 pytestmark = pytest.mark.redis
 
@@ -280,3 +282,108 @@ async def test_unindexed_entity_is_read_by_scanning(
             snap = await store.snapshot("acme", q, 6)
             assert as_tuples(snap.rows) == o_top(table, q)
         assert store.plans["all"] == 1 and store.plans["walk"] == 1  # the id walk needs no index
+
+
+def _mp_strings(items: list[bytes]) -> bytes:
+    """A MessagePack array of strings (fixstr/str16), as earlier writers sent entries."""
+    out = [b"\xdc" + len(items).to_bytes(2, "big")]
+    for b in items:
+        head = bytes([0xA0 | len(b)]) if len(b) < 32 else b"\xda" + len(b).to_bytes(2, "big")
+        out.append(head + b)
+    return b"".join(out)
+
+
+async def _upsert_as_before(
+    admin: aioredis.Redis, spec: EntitySpec, agg_id: str, row: dict[str, Any]
+) -> None:
+    """Upsert `row` with the entries the previous layout sent: a value set (and its
+    count) per filterable column, a sort-index entry per sortable column."""
+    k = x = Keys()
+    p = partition_of("acme", "asset")
+    items: list[bytes] = []
+    for c in spec.filterable if spec.filterable is not None else spec.columns:
+        vx = k.value_index("acme", "asset", c, canon(row.get(c)))
+        items += [b"v", vx.encode(), f"v:{c}".encode()]
+    for c in spec.sortable if spec.sortable is not None else spec.columns:
+        v = row.get(c)
+        if spec.columns[c] == "str":
+            items += [b"l", x.sort_lex("acme", "asset", c).encode(), lex_member(v, agg_id)]
+        else:
+            items += [b"n", x.sort_num("acme", "asset", c).encode(), score_text(v).encode()]
+    keys = [k.row("acme", "asset", agg_id), k.table("acme", "asset"), STREAM]
+    keys += [x.index_counts("acme", "asset"), x.event_seq(p)]
+    args = ["upsert", "", "acme", "asset", agg_id, json.dumps(row), 1000, _mp_strings(items)]
+    res = await admin.eval(WRITE, 5, *keys, *args)
+    assert res[0] == b"ok"
+
+
+@pytest.mark.parametrize("sortable", [None, ["name", "temp"]])
+async def test_reads_exact_on_rows_of_the_earlier_layout(
+    redis_url: str, settings: RedisSettings, admin: aioredis.Redis, sortable: list[str] | None
+) -> None:
+    """Rows stored with value sets, then mixed with rows of the current layout, then
+    all rewritten: every read stays exact, and uses whichever index covers every row."""
+    spec = SPEC.model_copy(update={"sortable": sortable})
+    rng = random.Random(9)
+    for i in range(50):
+        await _upsert_as_before(admin, spec, f"a{i}", rand_row(rng))
+    pump = LiveQuery(entity="asset", limit=5, where=[eq("kind", "pump")])
+
+    async def check(store: RedisStore, mode: str) -> None:
+        assert (await store._plan("acme", pump, None, pump.limit)).mode == mode
+        table = await store.rows("acme", "asset")
+        live = [row for _, row in table.values()]
+        for _ in range(60):
+            q = rand_query(rng, live)
+            snap = await store.snapshot("acme", q, q.limit)
+            assert as_tuples(snap.rows) == o_top(table, q), q
+
+    async with (
+        RedisStore.from_url(redis_url, settings=settings) as store,  # any sort: no spec
+        Writer.from_url(redis_url, entities=[spec], settings=settings) as w,
+    ):
+        # Only earlier rows: a sortable column's sort index covers, else the value sets.
+        await check(store, "range" if sortable is None else "sets")
+        await populate(w, rng, 80, 70)  # rewrites, deletes and new rows: mixed layouts
+        if sortable is not None:
+            await check(store, "walk")  # neither the sets nor the filter index covers: no range
+        else:
+            await check(store, "range")
+        table = await store.rows("acme", "asset")
+        await w.upsert_many("acme", "asset", {i: row for i, (_, row) in table.items()})
+        await check(store, "range")
+        # Every value set and count is gone with the last row stored in them.
+        assert await admin.keys("lq:vx:*") == [] and await admin.exists("lq:ixc:acme:asset") == 0
+
+
+async def test_eq_on_the_filter_index_and_numbers(redis_url: str, settings: RedisSettings) -> None:
+    """Ranges find exactly the values Python calls equal (1 == 1.0 == True), and
+    nothing for a value of another type."""
+    spec = SPEC.model_copy(update={"sortable": ["name"]})
+    rows = {
+        "a1": {"n": 1, "temp": 1.0, "on": True, "kind": "1"},
+        "a2": {"n": 2**60, "temp": 1.5, "on": False, "kind": "x\x00y"},
+        "a3": {"n": 2**60 + 1, "temp": None, "on": None, "kind": None},
+        "a4": {"n": None, "temp": 1, "on": True, "kind": "x"},
+    }
+    async with Writer.from_url(redis_url, entities=[spec], settings=settings) as w:
+        await w.upsert_many("acme", "asset", rows)
+    async with RedisStore.from_url(redis_url, settings=settings) as store:
+        for cond in [
+            eq("n", 1),
+            eq("n", True),
+            eq("n", 2**60 + 1),
+            eq("n", "1"),
+            eq("temp", 1),
+            in_("temp", [1.5, 2.0]),
+            eq("on", 1),
+            eq("kind", "x\x00y"),
+            eq("kind", 1),
+            in_("kind", ["x", "zz"]),
+        ]:
+            q = LiveQuery(entity="asset", limit=10, where=[cond])
+            assert (await store._plan("acme", q, None, 10)).mode == "range"
+            snap = await store.snapshot("acme", q, 10)
+            values = [cond.value] if cond.op == "eq" else cond.values or []
+            want = [i for i, row in rows.items() if any(row.get(cond.column) == v for v in values)]
+            assert [r.agg_id for r in snap.rows] == want, cond

@@ -17,7 +17,7 @@ from raycluster.cluster.routing import partition_of
 from raycluster.errors import ConflictError, InvalidRow
 from raycluster.livequery import EntitySpec
 from raycluster.redis import Outcome, RedisSettings, RedisUnavailable, Writer
-from raycluster.redis._index import canon, lex_member
+from raycluster.redis._index import canon, lex_encode, lex_member
 from raycluster.redis.scripts import WRITE, WRITE_MANY
 from raycluster.redis.writer import Write
 
@@ -93,6 +93,18 @@ async def test_event_format_and_stream(writer: Writer, admin: aioredis.Redis) ->
     assert json.loads(up["row"]) == {"name": "x", "temp": 1.5, "on": True}
     assert int(up["at"]) > 1_600_000_000_000
     assert dl["op"] == "delete" and dl["v"] == "2" and "row" not in dl and dl["n"] == "2"
+
+
+async def test_row_json_is_compact_utf8(writer: Writer, admin: aioredis.Redis) -> None:
+    """Rows are stored (and sent in events) as compact JSON, non-ASCII unescaped."""
+    row = {"name": 'é "q"\n\x00', "kind": "\U0001f600", "temp": -1e-7, "n": -(2**63), "on": False}
+    for agg_id, batched in [("a1", False), ("a2", True)]:
+        if batched:
+            await writer.upsert_many("acme", "asset", {agg_id: row})
+        else:
+            await writer.upsert("acme", "asset", agg_id, row)
+        stored = await admin.hget(KEYS.row("acme", "asset", agg_id), "row")
+        assert stored == json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @pytest.mark.parametrize(
@@ -242,11 +254,47 @@ async def test_entries_in_the_earlier_form_are_still_read(
     row = '{"kind":"pump","n":7}'
     args = ["upsert", "", "acme", "asset", "r1", row, 1000, entries]
     await admin.eval(WRITE, 5, *keys, f"lq:evseq:{p}", *args)
-    assert await writer.upsert("acme", "asset", "r1", {"kind": "fan", "n": 7}) == 2
-    assert await admin.exists(vx) == 0
-    assert await admin.smembers('lq:vx:acme:asset:kind:"fan"') == {b"r1"}
-    assert await admin.zrange(sn, 0, -1, withscores=True) == [(b"r1", 7.0)]
     assert await admin.hget("lq:ixc:acme:asset", "v:kind") == b"1"
+    assert await writer.upsert("acme", "asset", "r1", {"kind": "fan", "n": 7}) == 2
+    # The value set is gone (and its count); the row is in the column's one index now.
+    assert await admin.exists(vx) == 0 and await admin.exists("lq:ixc:acme:asset") == 0
+    assert await admin.zrange("lq:sl:acme:asset:kind", 0, -1) == [lex_member("fan", "r1")]
+    assert await admin.zrange(sn, 0, -1, withscores=True) == [(b"r1", 7.0)]
+
+
+@pytest.mark.parametrize("batched", [False, True])
+async def test_value_set_entries_are_removed(
+    writer: Writer, admin: aioredis.Redis, batched: bool
+) -> None:
+    """Rows stored with value sets (MessagePack entries, the previous layout) update
+    and delete exactly, one by one and in batches (with grouped entries)."""
+    p = partition_of("acme", "asset")
+    keys = ["lq:ids:acme:asset", f"lq:events:{p}", "lq:ixc:acme:asset", f"lq:evseq:{p}"]
+    args: list[Any] = ["acme", "asset", 1000]
+    for i, kind in enumerate(["pump", "pump", "fan"]):
+        vx = f'lq:vx:acme:asset:kind:"{kind}"'
+        entries = _msgpack_strings(["v", vx, "v:kind", "n", "lq:sn:acme:asset:n", f"{i}.0"])
+        args += ["upsert", "", f"r{i}", json.dumps({"kind": kind, "n": i}), entries]
+    rows = [f"lq:row:acme:asset:r{i}" for i in range(3)]
+    await admin.eval(WRITE_MANY, 7, *keys, *rows, *args)
+    assert await admin.hget("lq:ixc:acme:asset", "v:kind") == b"3"
+    new = {"r0": {"kind": "valve", "n": 5}, "r1": {"kind": "pump", "n": 1}}
+    if batched:
+        assert await writer.upsert_many("acme", "asset", new) == [2, 2]
+    else:
+        for agg_id, row in new.items():
+            assert await writer.upsert("acme", "asset", agg_id, row) == 2
+    assert await writer.delete("acme", "asset", "r2") == 2
+    assert await admin.exists('lq:vx:acme:asset:kind:"pump"', 'lq:vx:acme:asset:kind:"fan"') == 0
+    assert await admin.exists("lq:ixc:acme:asset") == 0  # every count back to 0
+    assert await admin.zrange("lq:sn:acme:asset:n", 0, -1, withscores=True) == [
+        (b"r1", 1.0),
+        (b"r0", 5.0),
+    ]
+    assert set(await admin.zrange("lq:sl:acme:asset:kind", 0, -1)) == {
+        lex_member("valve", "r0"),
+        lex_member("pump", "r1"),
+    }
 
 
 async def test_unreachable_redis_is_translated(settings: RedisSettings, tmp_path: Path) -> None:
@@ -378,6 +426,17 @@ async def _state(admin: aioredis.Redis, prefix: str) -> dict[bytes, Any]:
     return out
 
 
+def _random_row(rnd: random.Random) -> dict[str, Any]:
+    row = {
+        "name": rnd.choice([None, "x", "y", "z\x00q", f"n{rnd.randrange(5)}"]),
+        "kind": rnd.choice(["pump", "fan", None]),
+        "temp": rnd.choice([None, -1.5, 0.0, 2.25, 7.0]),
+        "n": rnd.choice([None, 1, 2, 3]),
+        "on": rnd.choice([True, False, None]),
+    }
+    return {k: v for k, v in row.items() if rnd.random() < 0.8}
+
+
 def _random_writes(rnd: random.Random, n: int) -> list[Write]:
     """Upserts, deletes and expected versions (often stale) over a few ids, so ids
     repeat within one script call and across calls."""
@@ -387,15 +446,8 @@ def _random_writes(rnd: random.Random, n: int) -> list[Write]:
         expected = rnd.choice([None, None, None, 0, 1, 2, 3])
         if rnd.random() < 0.25:
             writes.append((agg_id, None, expected))
-            continue
-        row = {
-            "name": rnd.choice([None, "x", "y", "z\x00q", f"n{rnd.randrange(5)}"]),
-            "kind": rnd.choice(["pump", "fan", None]),
-            "temp": rnd.choice([None, -1.5, 0.0, 2.25, 7.0]),
-            "n": rnd.choice([None, 1, 2, 3]),
-            "on": rnd.choice([True, False, None]),
-        }
-        writes.append((agg_id, {k: v for k, v in row.items() if rnd.random() < 0.8}, expected))
+        else:
+            writes.append((agg_id, _random_row(rnd), expected))
     return writes
 
 
@@ -444,31 +496,84 @@ async def _index_state(admin: aioredis.Redis, prefix: str) -> dict[str, Any]:
         kind = name.split(":")[1]
         if kind == "vx":
             out[name[len(prefix) + 1 :]] = await admin.smembers(key)
-        elif kind in ("sn", "sl", "ids"):
+        elif kind in ("sn", "sl", "fx", "ids"):
             out[name[len(prefix) + 1 :]] = set(await admin.zrange(key, 0, -1, withscores=True))
         elif kind == "ixc":
             out[name[len(prefix) + 1 :]] = await admin.hgetall(key)
     return out
 
 
-def _expected_indexes(live: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The index keys of `live` rows (every SPEC column filterable and sortable)."""
+def _expected_indexes(
+    live: dict[str, dict[str, Any]], spec: EntitySpec = SPEC, prefix: str = ""
+) -> dict[str, Any]:
+    """The index keys of `live` rows: one sorted set per indexed column."""
     out: dict[str, Any] = {}
     if not live:
         return out
-    out["ids:acme:asset"] = {(i.encode(), 0.0) for i in live}
-    out["ixc:acme:asset"] = {f"v:{c}".encode(): str(len(live)).encode() for c in SPEC.columns}
+    out[f"{prefix}ids:acme:asset"] = {(i.encode(), 0.0) for i in live}
+    sortable = spec.sortable if spec.sortable is not None else list(spec.columns)
+    filterable = spec.filterable if spec.filterable is not None else list(spec.columns)
     for agg_id, row in live.items():
-        for c, kind in SPEC.columns.items():
+        for c, kind in spec.columns.items():
             v = row.get(c)
-            out.setdefault(f"vx:acme:asset:{c}:{canon(v)}", set()).add(agg_id.encode())
-            if kind == "str":
+            if c not in sortable:
+                if c in filterable:
+                    member = lex_encode(canon(v)) + agg_id.encode()
+                    out.setdefault(f"{prefix}fx:acme:asset:{c}", set()).add((member, 0.0))
+            elif kind == "str":
                 member = lex_member(v, agg_id)
-                out.setdefault(f"sl:acme:asset:{c}", set()).add((member, 0.0))
+                out.setdefault(f"{prefix}sl:acme:asset:{c}", set()).add((member, 0.0))
             else:
                 score = float("inf") if v is None else float(v)
-                out.setdefault(f"sn:acme:asset:{c}", set()).add((agg_id.encode(), score))
+                out.setdefault(f"{prefix}sn:acme:asset:{c}", set()).add((agg_id.encode(), score))
     return out
+
+
+@pytest.mark.parametrize("filter_only", [False, True])
+async def test_grouped_entries_equal_the_writes_one_by_one(
+    redis_url: str, settings: RedisSettings, admin: aioredis.Redis, filter_only: bool
+) -> None:
+    """Calls of distinct ids (the grouped-entries path: new rows, rewrites that
+    move index entries, unchanged rows, some calls with a conflict) leave every
+    key as the same writes one at a time do."""
+    spec = SPEC.model_copy(update={"sortable": ["name", "temp"]}) if filter_only else SPEC
+    rnd = random.Random(11)
+    writes: list[Write] = []
+    last: dict[str, dict[str, Any]] = {}
+    for call in range(6):
+        for agg_id in rnd.sample([f"a{i}" for i in range(150)], 100):
+            if agg_id in last and rnd.random() < 0.2:
+                row = last[agg_id]  # unchanged entries
+            else:
+                row = last[agg_id] = _random_row(rnd)
+            expected = rnd.choice([0, 1, 2]) if call % 3 == 2 and rnd.random() < 0.1 else None
+            writes.append((agg_id, row, expected))
+    batched = settings.model_copy(update={"key_prefix": "b"})
+    single = settings.model_copy(update={"key_prefix": "s"})
+    async with (
+        Writer.from_url(redis_url, entities=[spec], settings=batched) as wb,
+        Writer.from_url(redis_url, entities=[spec], settings=single) as ws,
+    ):
+        outcomes = []
+        for start in range(0, len(writes), 100):
+            outcomes += await wb.write_many("acme", "asset", writes[start : start + 100])
+        want: list[Outcome] = []
+        for agg_id, row, expected in writes:
+            assert row is not None
+            try:
+                v = await ws.upsert("acme", "asset", agg_id, row, expected_version=expected)
+                want.append(Outcome("ok", v))
+            except ConflictError as e:
+                want.append(Outcome("conflict", e.actual))
+        live = {}
+        for agg_id in {w[0] for w in writes}:
+            got = await wb.get("acme", "asset", agg_id)
+            if got is not None:
+                live[agg_id] = got[1]
+    assert outcomes == want
+    assert {o.status for o in outcomes} == {"ok", "conflict"}
+    assert await _state(admin, "b") == await _state(admin, "s")
+    assert await _index_state(admin, "b") == _expected_indexes(live, spec)
 
 
 async def test_write_many_validates_everything_first(writer: Writer, admin: aioredis.Redis) -> None:
