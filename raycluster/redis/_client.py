@@ -134,10 +134,16 @@ class _Cluster(RedisCluster):
         return await self._limited(*args, **kw)
 
     async def _limited(self, *args: Any, **kw: Any) -> Any:
-        if self._slots is None:
-            return await super().execute_command(*args, **kw)
-        async with self._slots:
-            return await super().execute_command(*args, **kw)
+        try:
+            if self._slots is None:
+                return await super().execute_command(*args, **kw)
+            async with self._slots:
+                return await super().execute_command(*args, **kw)
+        except AttributeError as e:
+            # During a failover redis-py may send on a connection another task is
+            # tearing down ("'NoneType' object has no attribute 'writelines'"):
+            # that command's connection was lost, like any other.
+            raise rx.ConnectionError(f"connection lost during a topology change ({e})") from e
 
 
 _STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
