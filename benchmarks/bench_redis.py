@@ -1,6 +1,6 @@
 """Redis layer benchmarks, each beside redis-benchmark's XADD rate on the same server.
 
-    python benchmarks/bench_redis.py [--runs 5] [--quick] [--writes]
+    python benchmarks/bench_redis.py [--runs 5] [--quick] [--writes] [--cluster]
 
 Runs against its own private `local_redis()` (never another server). Prints a
 table of medians and writes benchmarks/results/bench_redis.json. The write
@@ -13,6 +13,16 @@ goes per row: its main thread's CPU time, and the time inside the script
 calls (INFO commandstats), of which the commands they issue (ZADD, HSET, …)
 take the part listed, the rest being Lua and argument handling. `--writes`:
 only the write rates.
+
+`--cluster`: the write path on private Redis Clusters (`LocalRedisCluster`)
+of 1 and of 3 masters instead: `upsert_many` of new rows from 24 concurrent
+writers, each on its own tenant (so their partitions spread over the
+masters), beside `redis-benchmark --cluster` XADD on the same cluster. Each
+master's CPU time per row is read from the masters themselves, so the table
+also gives how the work spread and the write capacity it implies (1e6 / CPU
+µs per row on the busiest master, which saturates first): on a machine with fewer cores
+than masters plus client, the measured rate is bound by the cores, not by
+Redis.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from raycluster.cluster.routing import partition_of
 from raycluster.edge.demo import ASSET, demo_rows
 from raycluster.livequery import EntitySpec, LiveQuery, SortKey, eq
 from raycluster.redis import (
+    LocalRedisCluster,
     RedisFeed,
     RedisSettings,
     RedisStore,
@@ -273,14 +284,116 @@ async def main_async(runs: int, quick: bool, writes_only: bool) -> list[dict[str
     return rows
 
 
+def redis_benchmark_cluster(port: int, n: int, pipeline: int, masters: int) -> float:
+    """redis-benchmark's XADD rate (requests/s) over a cluster's masters, to streams
+    spread over the slots (its `--cluster` mode needs 3 masters; one is a plain run)."""
+    exe = shutil.which("redis-benchmark") or "/usr/bin/redis-benchmark"
+    import subprocess
+
+    mode = ["--cluster"] if masters >= 3 else []
+    args = [exe, *mode, "-h", "127.0.0.1", "-p", str(port), "-n", str(n), "-q"]
+    command = ["XADD", "bench:{tag}:__rand_int__", "*", "f", "v"]
+    out = subprocess.run(
+        [*args, "-P", str(pipeline), "-r", "100000", *command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    rates = re.findall(r"([\d.]+) requests per second", out)
+    if not rates:
+        raise RuntimeError(f"unexpected redis-benchmark output: {out!r}")
+    return float(rates[-1])
+
+
+async def masters_cpu(cluster: LocalRedisCluster) -> list[float]:
+    """Each master's main-thread CPU seconds so far."""
+    out = []
+    for node in cluster.nodes:
+        if node.role == "master":
+            client = aioredis.Redis.from_url(node.url)
+            cpu = await client.info("cpu")
+            await client.aclose()
+            out.append(cpu["used_cpu_user_main_thread"] + cpu["used_cpu_sys_main_thread"])
+    return out
+
+
+async def bench_cluster_writes(
+    cluster: LocalRedisCluster, n: int, writers: int, batch: int
+) -> tuple[float, list[float]]:
+    """Rows/s of `upsert_many` of new demo rows by `writers` concurrent writers (one
+    tenant each), and each master's CPU µs per row written."""
+    s = RedisSettings(redis_url=None, redis_cluster=True)
+    rows = list(demo_rows(n).items())
+    per = n // writers
+    stamp = time.monotonic_ns()
+    async with Writer.from_url(cluster.url, entities=[ASSET], settings=s) as w:
+        await w.upsert(f"warm{stamp}", "asset", "warm", rows[0][1])
+
+        async def writer(k: int) -> None:
+            mine = rows[k * per : (k + 1) * per]
+            for start in range(0, len(mine), batch):
+                await w.upsert_many(f"c{stamp}-{k}", "asset", mine[start : start + batch])
+
+        before = await masters_cpu(cluster)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(writer(k) for k in range(writers)))
+        rate = per * writers / (time.perf_counter() - t0)
+        after = await masters_cpu(cluster)
+    return rate, [(a - b) * 1e6 / (per * writers) for a, b in zip(after, before, strict=True)]
+
+
+async def cluster_async(runs: int, quick: bool) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    n = 20_000 if quick else 100_000
+    for masters in (1, 3):
+        with LocalRedisCluster(masters=masters) as cluster:
+            port = cluster.nodes[0].port
+            xadds, rates, cpus = [], [], []
+            for _ in range(runs):
+                xadd_run = asyncio.to_thread(redis_benchmark_cluster, port, n, 100, masters)
+                xadds.append(await xadd_run)
+                rate, cpu = await bench_cluster_writes(cluster, n, 24, 500)
+                rates.append(rate)
+                cpus.append(cpu)
+                print(f"  {masters} master(s): XADD -P 100 {xadds[-1]:,.0f}/s; upsert_many"
+                      f" {rate:,.0f} rows/s; master CPU µs/row {[round(c, 1) for c in cpu]}",
+                      flush=True)  # fmt: skip
+            xadd = statistics.median(xadds)
+            busiest = [max(c) for c in cpus]
+            total = [sum(c) for c in cpus]
+            capacity = [1e6 / b for b in busiest]  # the busiest master saturates first
+            med = statistics.median
+            for name, vals, unit, ref in [
+                (f"{masters} master(s): redis-benchmark --cluster XADD (-P 100)", xadds, "ops/s",
+                 xadd),
+                (f"{masters} master(s): Writer.upsert_many, new rows, 24 writers", rates, "rows/s",
+                 xadd),
+                (f"{masters} master(s): CPU per row, all masters", total, "µs", None),
+                (f"{masters} master(s): CPU per row, busiest master", busiest, "µs", None),
+                (f"{masters} master(s): write capacity (1e6 / busiest master's µs)", capacity,
+                 "rows/s", xadd),
+            ]:  # fmt: skip
+                m = med(vals)
+                rows.append({"benchmark": name, "median": m, "unit": unit,
+                             "vs XADD": m / ref if ref else None, "runs": len(vals)})  # fmt: skip
+    rows.append({"benchmark": "load average (1 min) at the end", "median": os.getloadavg()[0],
+                 "unit": "", "vs XADD": None, "runs": None})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=5, help="runs per measurement (median)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--writes", action="store_true", help="only the write rates")
+    ap.add_argument("--cluster", action="store_true", help="write rates on 1 and 3 masters")
     args = ap.parse_args()
-    rows = asyncio.run(main_async(args.runs, args.quick, args.writes))
-    report("bench_redis", rows, ["benchmark", "median", "unit", "vs XADD", "runs"])
+    cols = ["benchmark", "median", "unit", "vs XADD", "runs"]
+    if args.cluster:
+        report("bench_redis_cluster", asyncio.run(cluster_async(args.runs, args.quick)), cols)
+    else:
+        report("bench_redis", asyncio.run(main_async(args.runs, args.quick, args.writes)), cols)
 
 
 if __name__ == "__main__":
