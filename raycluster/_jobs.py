@@ -67,6 +67,11 @@ def add_demo_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seconds", type=float, default=12.0, help="how long to write")
     ap.add_argument("--rate", type=float, default=200.0, help="writes per second")
     ap.add_argument("--seed", type=int, default=7, help="seed of the random rows")
+    ap.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="run on a private local Redis Cluster (3 masters) instead of one Redis",
+    )
 
 
 def _random_asset(rnd: random.Random) -> dict[str, Any]:
@@ -89,12 +94,23 @@ def demo(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
+    if not getattr(args, "redis_cluster", False):
+        return await _demo_on(TierSettings.load(args.config, shards=3), args)
+    from raycluster.redis import LocalRedisCluster
+
+    with LocalRedisCluster(masters=3) as cluster:
+        url = await asyncio.to_thread(cluster.start)
+        print(f"local Redis Cluster: {len(cluster.urls)} masters, seed {url}", flush=True)
+        redis = {"redis_url": url, "redis_cluster": True}
+        return await _demo_on(TierSettings.load(args.config, shards=3, redis=redis), args)
+
+
+async def _demo_on(settings: TierSettings, args: argparse.Namespace) -> int:
     import ray
 
     from raycluster.actors import Tier
 
     rnd = random.Random(args.seed)
-    settings = TierSettings.load(args.config, shards=3)
     t0 = time.monotonic()
     if not ray.is_initialized():
         # Logical CPUs: three shards and a gateway fit on any laptop.
