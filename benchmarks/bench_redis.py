@@ -74,14 +74,18 @@ def row(i: int) -> dict[str, Any]:
     }
 
 
-def redis_benchmark(port: int, n: int, pipeline: int) -> float:
-    """redis-benchmark's XADD rate (requests/s) on our server."""
+def redis_benchmark(port: int, n: int, pipeline: int, masters: int = 0) -> float:
+    """redis-benchmark's XADD rate (requests/s) on our server, or (`masters`) over our
+    cluster's masters to streams spread over the slots (its `--cluster` mode needs 3
+    masters; on one, a plain run covers every slot)."""
     exe = shutil.which("redis-benchmark") or "/usr/bin/redis-benchmark"
     import subprocess
 
-    args = [exe, "-h", "127.0.0.1", "-p", str(port), "-n", str(n), "-q", "-P", str(pipeline)]
+    mode = ["--cluster"] if masters >= 3 else []
+    key = ["-r", "100000", "bench:{tag}:__rand_int__"] if masters else ["benchstream"]
+    args = [exe, *mode, "-h", "127.0.0.1", "-p", str(port), "-n", str(n), "-q"]
     out = subprocess.run(
-        [*args, "XADD", "benchstream", "*", "f", "v"],
+        [*args, "-P", str(pipeline), *key[:-1], "XADD", key[-1], "*", "f", "v"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -284,28 +288,6 @@ async def main_async(runs: int, quick: bool, writes_only: bool) -> list[dict[str
     return rows
 
 
-def redis_benchmark_cluster(port: int, n: int, pipeline: int, masters: int) -> float:
-    """redis-benchmark's XADD rate (requests/s) over a cluster's masters, to streams
-    spread over the slots (its `--cluster` mode needs 3 masters; one is a plain run)."""
-    exe = shutil.which("redis-benchmark") or "/usr/bin/redis-benchmark"
-    import subprocess
-
-    mode = ["--cluster"] if masters >= 3 else []
-    args = [exe, *mode, "-h", "127.0.0.1", "-p", str(port), "-n", str(n), "-q"]
-    command = ["XADD", "bench:{tag}:__rand_int__", "*", "f", "v"]
-    out = subprocess.run(
-        [*args, "-P", str(pipeline), "-r", "100000", *command],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
-    rates = re.findall(r"([\d.]+) requests per second", out)
-    if not rates:
-        raise RuntimeError(f"unexpected redis-benchmark output: {out!r}")
-    return float(rates[-1])
-
-
 async def masters_cpu(cluster: LocalRedisCluster) -> list[float]:
     """Each master's main-thread CPU seconds so far."""
     out = []
@@ -351,7 +333,7 @@ async def cluster_async(runs: int, quick: bool) -> list[dict[str, Any]]:
             port = cluster.nodes[0].port
             xadds, rates, cpus = [], [], []
             for _ in range(runs):
-                xadd_run = asyncio.to_thread(redis_benchmark_cluster, port, n, 100, masters)
+                xadd_run = asyncio.to_thread(redis_benchmark, port, n, 100, masters)
                 xadds.append(await xadd_run)
                 rate, cpu = await bench_cluster_writes(cluster, n, 24, 500)
                 rates.append(rate)
