@@ -90,6 +90,7 @@ class RedisFeed:
         self._gate = ReadGate(self._blocking)
         # Redis Cluster: one reader per stream hands its entries over here.
         self._tails: dict[str, asyncio.Task[None]] = {}
+        self._retired: set[asyncio.Task[None]] = set()  # tails of removed streams, ending
         self._arrived: list[tuple[str, list[Any], asyncio.Event]] = []
         self._arrival = asyncio.Event()
 
@@ -116,7 +117,9 @@ class RedisFeed:
         """Stop: a reader's iteration ends; connections are closed."""
         self._closed = True
         self._changed.set()
-        await cancel_and_wait(self._tails.values(), self.settings.socket_timeout_s)
+        await cancel_and_wait(
+            [*self._tails.values(), *self._retired], self.settings.socket_timeout_s
+        )
         await self._gate.close(self.settings.socket_timeout_s)
         await self._client.aclose()
 
@@ -248,7 +251,10 @@ class RedisFeed:
         empty batch after a block time with none, or at once when the set changed)."""
         self._changed.clear()
         for key in self._tails.keys() - self._pos.keys():
-            self._tails.pop(key).cancel()  # its handed-over entries are dropped by _decode
+            tail = self._tails.pop(key)
+            tail.cancel()  # its handed-over entries are dropped by _decode
+            self._retired.add(tail)
+            tail.add_done_callback(self._retired.discard)
         for key, task in list(self._tails.items()):
             if task.done() and not task.cancelled() and task.exception() is not None:
                 del self._tails[key]
