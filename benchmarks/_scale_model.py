@@ -9,9 +9,9 @@ loop; Redis runs commands on one thread).
 Load of a tier with `subs` subscriptions, `changes_per_s` writes/s and
 `fanout` frames per change (how many subscriptions one change reaches):
 
-* shard CPU  = changes/s x (cpu_per_change + fanout x cpu_per_frame)
+* shard CPU  = shards x idle + changes/s x (cpu_per_change + fanout x cpu_per_frame)
 * shard RAM  = subs x bytes_per_sub (own view or shared view) + base per process
-* gateway CPU = frames/s x gateway cpu_per_frame; RAM = subs x bytes_per_sub + base
+* gateway CPU = gateways x idle + frames/s x cpu_per_frame; RAM = subs x bytes_per_sub + base
 * Redis CPU  = changes/s x (cpu_per_change + fanout x cpu_per_frame)
 * Redis RAM  = subs x bytes_per_registration + rows x bytes_per_row
                + retained events x bytes_per_event
@@ -39,11 +39,14 @@ class Inputs:
     shard_bytes_own: float  # one subscription on its own view (window rows included)
     shard_bytes_shared: float  # one more subscriber of an existing identical view
     shard_base_bytes: float  # RSS of a shard process serving nothing
+    shard_idle_cores: float  # CPU of a shard with no changes (heartbeats, loops, reads)
     shard_cpu_per_change: float  # a change of an owned partition that reaches no window
     shard_cpu_per_frame: float  # a change that moves one own-view window: one frame
     shard_cpu_per_subscribe: float
+    shard_subscribes_per_s: float  # what one shard accepted (wall clock, this machine)
     gateway_bytes_per_sub: float
     gateway_base_bytes: float
+    gateway_idle_cores: float
     gateway_cpu_per_frame: float
     gateway_cpu_per_subscribe: float
     redis_bytes_per_registration: float
@@ -89,7 +92,7 @@ class Plan:
     gateway_mem_gib: float
     redis_cpu_cores: float
     redis_mem_gib: float
-    rebuild_s: float  # one shard lost: its subscriptions rebuilt by the others (CPU-bound)
+    resubscribe_s: float  # every subscription subscribed again, all shards at the measured rate
     extra: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
@@ -112,14 +115,20 @@ def plan(i: Inputs, a: Assumptions) -> Plan:
     shard_cpu = a.changes_per_s * (i.shard_cpu_per_change + a.fanout * i.shard_cpu_per_frame)
     shard_mem_usable = a.shard_mem_bytes * a.mem_headroom - i.shard_base_bytes
     shards, shards_by = _count(
-        {"cpu": shard_cpu / a.cpu_headroom, "memory": shard_sub_bytes / shard_mem_usable},
+        {
+            "cpu": shard_cpu / (a.cpu_headroom - i.shard_idle_cores),
+            "memory": shard_sub_bytes / shard_mem_usable,
+        },
         a.min_shards,
     )
     gw_cpu = frames_per_s * i.gateway_cpu_per_frame
     gw_bytes = a.subs * i.gateway_bytes_per_sub
     gw_mem_usable = a.gateway_mem_bytes * a.mem_headroom - i.gateway_base_bytes
     gateways, gateways_by = _count(
-        {"cpu": gw_cpu / a.cpu_headroom, "memory": gw_bytes / gw_mem_usable}
+        {
+            "cpu": gw_cpu / (a.cpu_headroom - i.gateway_idle_cores),
+            "memory": gw_bytes / gw_mem_usable,
+        }
     )
     events = a.changes_per_s * a.event_retention_s
     redis_bytes = (
@@ -134,11 +143,6 @@ def plan(i: Inputs, a: Assumptions) -> Plan:
             "memory": redis_bytes / (a.redis_mem_bytes * a.mem_headroom),
         }
     )
-    # A lost shard's subscriptions are rebuilt by the survivors in parallel
-    # (partitions spread by rendezvous hashing), on the CPU they have spare.
-    lost_subs = a.subs / shards
-    spare = max(1e-9, (shards - 1) * (1 - shard_cpu / shards))
-    rebuild_s = lost_subs * i.shard_cpu_per_subscribe / spare if shards > 1 else math.inf
     return Plan(
         shards=shards,
         shards_by=shards_by,
@@ -147,13 +151,13 @@ def plan(i: Inputs, a: Assumptions) -> Plan:
         redis_masters=masters,
         redis_by=redis_by,
         frames_per_s=frames_per_s,
-        shard_cpu_cores=shard_cpu,
+        shard_cpu_cores=shard_cpu + shards * i.shard_idle_cores,
         shard_mem_gib=(shard_sub_bytes + shards * i.shard_base_bytes) / GIB,
-        gateway_cpu_cores=gw_cpu,
+        gateway_cpu_cores=gw_cpu + gateways * i.gateway_idle_cores,
         gateway_mem_gib=(gw_bytes + gateways * i.gateway_base_bytes) / GIB,
         redis_cpu_cores=redis_cpu,
         redis_mem_gib=redis_bytes / GIB,
-        rebuild_s=rebuild_s,
+        resubscribe_s=a.subs / (shards * i.shard_subscribes_per_s),
     )
 
 
@@ -170,25 +174,30 @@ def predict_check(
     """What a run on one machine should show, from the same per-unit costs.
 
     `changes_share[k]` is the fraction of the changes whose partition shard k
-    owns. Subscribing is CPU-bound: it takes as long as the busiest of (one
-    shard's work, one gateway's work, Redis's work, everything over `cores`).
+    owns. Subscribing takes as long as the slowest bound: the busiest shard
+    at the rate one shard accepted, or the CPU work of every process (shards,
+    gateways, Redis) spread over the machine's `cores`.
     """
     subs = sum(subs_per_shard)
-    per_shard = [n * i.shard_cpu_per_subscribe for n in subs_per_shard]
-    per_gw = [n * i.gateway_cpu_per_subscribe for n in subs_per_gateway]
-    redis = subs * i.redis_cpu_per_subscribe
-    total = sum(per_shard) + sum(per_gw) + redis
-    subscribe_s = max(*per_shard, *per_gw, redis, total / cores)
+    cpu = (
+        subs * (i.shard_cpu_per_subscribe + i.redis_cpu_per_subscribe)
+        + sum(subs_per_gateway) * i.gateway_cpu_per_subscribe
+    )
+    subscribe_s = max(max(subs_per_shard) / i.shard_subscribes_per_s, cpu / cores)
     frame_cost = i.shard_cpu_per_change + i.shard_cpu_per_frame
     out: dict[str, float] = {
         "subscribe_s": subscribe_s,
         "subs_per_s": subs / subscribe_s,
-        "redis_mb": (subs * i.redis_bytes_per_registration + rows * i.redis_bytes_per_row) / 1e6,
+        "subscribe_cpu_s_shards": subs * i.shard_cpu_per_subscribe,
+        "subscribe_cpu_s_gateways": subs * i.gateway_cpu_per_subscribe,
+        "subscribe_cpu_s_redis": subs * i.redis_cpu_per_subscribe,
+        "redis_rows_mb": rows * i.redis_bytes_per_row / 1e6,
+        "redis_registrations_mb": subs * i.redis_bytes_per_registration / 1e6,
         "frames_per_s": changes_per_s,
     }
     for k, n in enumerate(subs_per_shard):
         out[f"shard{k}_mb"] = n * i.shard_bytes_own / 1e6
-        out[f"shard{k}_cpu"] = changes_per_s * changes_share[k] * frame_cost
+        out[f"shard{k}_cpu"] = i.shard_idle_cores + changes_per_s * changes_share[k] * frame_cost
     for k, n in enumerate(subs_per_gateway):
         out[f"gateway{k}_mb"] = n * i.gateway_bytes_per_sub / 1e6
     return out

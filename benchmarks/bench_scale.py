@@ -83,7 +83,6 @@ def settings(prefix: str, ttl_s: float) -> TierSettings:
     return TierSettings.load(
         entities=[ASSET.model_dump()],
         redis={"key_prefix": prefix, "heartbeat_ttl_s": ttl_s},
-        shard={"heartbeat_interval_s": 0.5, "ownership_interval_s": 0.2},
         gateway={"request_deadline_s": 120.0, "attempt_timeout_s": 30.0},
     )
 
@@ -174,9 +173,12 @@ async def _node_main(kind: str, ident: str, url: str, settings_json: str, conn: 
             elif cmd == "close":
                 conn.send(await close(**args))
     finally:
+        # A gateway is not closed subscription by subscription (100,000 unsubscribes):
+        # its process ends and the benchmark's private Redis goes with it.
         if task is not None:
             await shard.stop()
             task.cancel()
+        await closers.aclose()
         conn.send("stopped")
 
 
@@ -233,7 +235,9 @@ class RedisProbe:
         self.keys = settings(prefix, 1).redis.keys
 
     def used(self) -> int:
-        return int(self.r.info("memory")["used_memory"])
+        """`used_memory` without client buffers (they come and go with the traffic)."""
+        m = self.r.info("memory")
+        return int(m["used_memory"]) - int(m["mem_clients_normal"]) - int(m["mem_clients_slaves"])
 
     def cpu_s(self) -> float:
         info = self.r.info("cpu")
@@ -357,6 +361,14 @@ class Inputs1:
         )  # fmt: skip
         self.out["shard_base_bytes"] = await shard.call("rss")
         self.out["gateway_base_bytes"] = await gw.call("rss")
+        # Idle: heartbeats, the ownership loop, the blocking reads of an idle tier.
+        c0, g0, t0 = shard.cpu_s(), gw.cpu_s(), time.monotonic()
+        await asyncio.sleep(a.idle_s)
+        dt = time.monotonic() - t0
+        self.out["shard_idle_cores"] = (shard.cpu_s() - c0) / dt
+        self.out["gateway_idle_cores"] = (gw.cpu_s() - g0) / dt
+        self.add("shard CPU when idle", self.out["shard_idle_cores"] * 100, "% of a core",
+                 f"(gateway {self.out['gateway_idle_cores'] * 100:.2f} %)")  # fmt: skip
         # Rows: Redis bytes per row (hash, id set, owner index) and per stream event.
         owners = a.owners
         used0, ev0 = probe.used(), probe.events_size()
@@ -380,15 +392,15 @@ class Inputs1:
         m = a.changes
         unsubscribed = list(range(first, owners)) or list(range(owners))
         if owners > first:
-            await self._drain(f"{first}", "no-match", probe, w, shard, gw,
-                              [unsubscribed[i % len(unsubscribed)] for i in range(m)], 0)  # fmt: skip
+            plan_m = [unsubscribed[i % len(unsubscribed)] for i in range(m)]
+            await self._drain(f"{first}", "no-match", probe, w, shard, gw, plan_m, 0)
         await self._drain(f"{first}", "own", probe, w, shard, gw,
                           [i % first for i in range(m)], 1)  # fmt: skip
 
         # Shared view: K subscribers of one identical query.
         k = a.shared
-        await w.upsert_many(SHARED_TENANT, "asset",
-                            [(f"h{i}", {"owner": "hot", "name": f"h{i}"}) for i in range(4)])  # fmt: skip
+        hot = [(f"h{i}", {"owner": "hot", "name": f"h{i}"}) for i in range(4)]
+        await w.upsert_many(SHARED_TENANT, "asset", hot)
         shared_items = [(SHARED_TENANT, "hot")] * k
         await self._subscribe("shared", shared_items, probe, shard, gw, per_sub=False)
         await self._fanout(k, probe, w, shard, gw)
@@ -405,8 +417,8 @@ class Inputs1:
         st = await shard.call("status")
         self.out["final_status"] = st
         gst = await gw.call("status")
-        self.add("gateway gaps / stale (fencing)", gst["gaps"] + gst["stale"], "frames",
-                 f"(feed gaps {st['feed_gaps']}, overflow resyncs {st['overflow_resyncs']})")  # fmt: skip
+        note = f"(feed gaps {st['feed_gaps']}, overflow resyncs {st['overflow_resyncs']})"
+        self.add("gateway gaps / stale (fencing)", gst["gaps"] + gst["stale"], "frames", note)
 
     async def _subscribe(
         self, group: str, items: list[tuple[str, str]], probe: RedisProbe, shard: Node,
@@ -433,12 +445,18 @@ class Inputs1:
                  f"(shard {cpu[0] * 1e3:.3f}, gateway {cpu[1] * 1e3:.3f}, "
                  f"Redis {cpu[2] * 1e3:.3f})")  # fmt: skip
         reg_b = (used1 - used0 - (str1 - str0)) / n
-        self.add(f"Redis bytes per registration ({name})", reg_b, "B",
-                 f"(control/delta streams excluded: {(str1 - str0) / n:.0f} B/sub, bounded)")  # fmt: skip
+        note = f"(control/delta streams excluded: {(str1 - str0) / n:.0f} B/sub, bounded)"
+        self.add(f"Redis bytes per registration ({name})", reg_b, "B", note)
         key = "own" if per_sub else "shared"
         self.out.setdefault(f"subscribe_{key}", []).append(
-            {"n": n, "elapsed_s": elapsed, "shard_b": shard_b, "gw_b": gw_b,
-             "cpu": cpu, "reg_b": reg_b}  # fmt: skip
+            {
+                "n": n,
+                "elapsed_s": elapsed,
+                "shard_b": shard_b,
+                "gw_b": gw_b,
+                "cpu": cpu,
+                "reg_b": reg_b,
+            }
         )
 
     async def _drain(
@@ -465,9 +483,10 @@ class Inputs1:
             self.add(f"shard changes/s reaching no window ({at} subs)",
                      med["shard_changes_per_s"], "changes/s",
                      f"(CPU {med['shard_cpu_per_change'] * 1e6:.1f} us/change)", runs)  # fmt: skip
-        self.add(f"Redis CPU per change ({kind})", med["redis_cpu_per_change"] * 1e6, "us",
-                 f"(write {med['redis_write_cpu'] * 1e6:.1f} + read/deliver "
-                 f"{(med['redis_cpu_per_change'] - med['redis_write_cpu']) * 1e6:.1f})")  # fmt: skip
+        write_us = med["redis_write_cpu"] * 1e6
+        rest_us = med["redis_cpu_per_change"] * 1e6 - write_us
+        note = f"(write {write_us:.1f} + read/deliver {rest_us:.1f})"
+        self.add(f"Redis CPU per change ({kind})", write_us + rest_us, "us", note)
 
     async def _drain_once(
         self, probe: RedisProbe, w: Writer, shard: Node, gw: Node, owners: list[int],
@@ -554,7 +573,8 @@ class Inputs1:
                 return bool(gs["frames"] - gs0["frames"] >= want)
 
             await wait_for(gw_done, 300, "the gateway to take the fan-out")
-            res.append({"shard_frames_per_s": want / shard_s, "shard_cpu_per_frame": (c1 - c0) / want,
+            res.append({"shard_frames_per_s": want / shard_s,
+                        "shard_cpu_per_frame": (c1 - c0) / want,
                         "gateway_frames_per_s": want / (time.monotonic() - t1),
                         "gateway_cpu_per_frame": (gw.cpu_s() - g0) / want})  # fmt: skip
         med = {key: statistics.median(r[key] for r in res) for key in res[0]}
@@ -582,11 +602,14 @@ class Inputs1:
             shard_bytes_own=wavg("shard_b"),
             shard_bytes_shared=o["subscribe_shared"][0]["shard_b"],
             shard_base_bytes=o["shard_base_bytes"],
+            shard_idle_cores=o["shard_idle_cores"],
             shard_cpu_per_change=per_change,
             shard_cpu_per_frame=own_drain["shard_cpu_per_change"] - per_change,
             shard_cpu_per_subscribe=cpu[0],
+            shard_subscribes_per_s=n_own / sum(x["elapsed_s"] for x in own),
             gateway_bytes_per_sub=wavg("gw_b"),
             gateway_base_bytes=o["gateway_base_bytes"],
+            gateway_idle_cores=o["gateway_idle_cores"],
             gateway_cpu_per_frame=own_drain["gateway_cpu_per_frame"],
             gateway_cpu_per_subscribe=cpu[1],
             redis_bytes_per_registration=wavg("reg_b"),
@@ -622,7 +645,7 @@ def model_rows(i: Inputs) -> list[dict[str, Any]]:
                 "shard_cores": p.shard_cpu_cores, "shard_gib": p.shard_mem_gib,
                 "gw_cores": p.gateway_cpu_cores, "gw_gib": p.gateway_mem_gib,
                 "redis_cores": p.redis_cpu_cores, "redis_gib": p.redis_mem_gib,
-                "rebuild_s": p.rebuild_s,
+                "resubscribe_s": p.resubscribe_s,
             })  # fmt: skip
     return rows
 
@@ -633,7 +656,7 @@ def model_rows(i: Inputs) -> list[dict[str, Any]]:
 async def check_run(args: argparse.Namespace, i: Inputs) -> list[dict[str, Any]]:
     """`--check-subs` subscriptions over `--shards` shards: predicted vs measured."""
     n, tenants = args.check_subs, 256
-    s = settings("check", ttl_s=10.0)
+    s = settings("check", ttl_s=10.0)  # (a 2-core machine shared with other work)
     shard_ids = [f"shard-{k}" for k in range(args.shards)]
     gw_ids = [f"gw-{k}" for k in range(args.gateways)]
     # Which shard owns each tenant's partition (rendezvous hashing over the live set).
@@ -653,6 +676,7 @@ async def check_run(args: argparse.Namespace, i: Inputs) -> list[dict[str, Any]]
         shards = [Node("shard", sid, srv.url, s) for sid in shard_ids]
         gws = [Node("gateway", gid, srv.url, s) for gid in gw_ids]
         try:
+
             async def settled() -> bool:
                 parts = [(await x.call("status"))["partitions"] for x in shards]
                 return sum(parts) == 256 and all(parts)
@@ -663,9 +687,10 @@ async def check_run(args: argparse.Namespace, i: Inputs) -> list[dict[str, Any]]
             used0 = probe.used()
             ev0 = probe.events_size()
             await load_rows(w, n, tenants)
-            used_rows = probe.used() - used0 - (probe.events_size() - ev0)
+            meas["redis_rows_mb"] = (probe.used() - used0 - (probe.events_size() - ev0)) / 1e6
             str0 = probe.streams_size(shard_ids, gw_ids)
             used1 = probe.used()
+            cpu0 = ([x.cpu_s() for x in shards], [x.cpu_s() for x in gws], probe.cpu_s())
             items = [[(tenant_of(j, tenants), f"u{j}") for j in range(k, n, args.gateways)]
                      for k in range(args.gateways)]  # fmt: skip
             t0 = time.monotonic()
@@ -674,8 +699,13 @@ async def check_run(args: argparse.Namespace, i: Inputs) -> list[dict[str, Any]]
                                    for g, it in zip(gws, items, strict=True)))  # fmt: skip
             meas["subscribe_s"] = time.monotonic() - t0
             meas["subs_per_s"] = n / meas["subscribe_s"]
+            meas["subscribe_cpu_s_shards"] = sum(x.cpu_s() for x in shards) - sum(cpu0[0])
+            meas["subscribe_cpu_s_gateways"] = sum(x.cpu_s() for x in gws) - sum(cpu0[1])
+            meas["subscribe_cpu_s_redis"] = probe.cpu_s() - cpu0[2]
+            served = [(await x.call("status"))["subscriptions"] for x in shards]
+            print(f"  subscribed {n:,} in {meas['subscribe_s']:.1f} s; served {served}", flush=True)
             reg = probe.used() - used1 - (probe.streams_size(shard_ids, gw_ids) - str0)
-            meas["redis_mb"] = (used_rows + reg) / 1e6
+            meas["redis_registrations_mb"] = reg / 1e6
             for k, x in enumerate(shards):
                 meas[f"shard{k}_mb"] = (await x.call("rss") - base_s[k]) / 1e6
             for k, x in enumerate(gws):
@@ -688,7 +718,7 @@ async def check_run(args: argparse.Namespace, i: Inputs) -> list[dict[str, Any]]
             meas["frames_per_s"] = statistics.median(fps)
             for k in range(len(shards)):
                 meas[f"shard{k}_cpu"] = statistics.median(c[k] for c in cpus)
-            gaps = sum((await g.call("status"))["gaps"] for g in gws)
+            gaps = sum([(await g.call("status"))["gaps"] for g in gws])
             sts = [await x.call("status") for x in shards]
             meas["gaps"] = gaps
             meas["overflow_resyncs"] = sum(x["overflow_resyncs"] for x in sts)
@@ -717,7 +747,7 @@ async def fixed_rate(
     """Write `rate` renames/s for `seconds`; frames/s delivered and each shard's CPU (cores)."""
     rnd = random.Random(run)
     total = int(rate * seconds)
-    g0 = sum((await g.call("status"))["frames"] for g in gws)
+    g0 = sum([(await g.call("status"))["frames"] for g in gws])
     c0 = [x.cpu_s() for x in shards]
     t0 = time.monotonic()
     tick = 0.05
@@ -733,7 +763,7 @@ async def fixed_rate(
     cpu = [(x.cpu_s() - c) / write_s for x, c in zip(shards, c0, strict=True)]
 
     async def delivered() -> bool:
-        return sum((await g.call("status"))["frames"] for g in gws) - g0 >= total
+        return sum([(await g.call("status"))["frames"] for g in gws]) - g0 >= total
 
     await wait_for(delivered, 120, "every frame to reach a gateway")
     return total / (time.monotonic() - t0), cpu
@@ -743,15 +773,22 @@ async def fixed_rate(
 
 
 async def main(args: argparse.Namespace) -> None:
-    print(f"== inputs: one shard, one gateway, {args.owners:,} owners", flush=True)
     sec1 = Inputs1(args)
-    inputs = await sec1.run()
-    report("bench_scale_inputs", sec1.rows, ["input", "value", "unit", "note", "runs"])
+    load0 = os.getloadavg()
+    print(f"load average at start: {load0[0]:.1f} ({os.cpu_count()} CPUs)", flush=True)
+    if args.saved:
+        saved = args.saved
+        inputs = Inputs(**saved["inputs"])
+        sec1.rows, sec1.out = saved["inputs_measured"], saved["raw"]
+    else:
+        print(f"== inputs: one shard, one gateway, {args.owners:,} owners", flush=True)
+        inputs = await sec1.run()
+        report("bench_scale_inputs", sec1.rows, ["input", "value", "unit", "note", "runs"])
     print("\n== model: 1,000,000 subscriptions", flush=True)
     mrows = model_rows(inputs)
     cols = ["changes/s", "frames/change", "frames/s", "shards", "gateways", "redis",
             "shard_cores", "shard_gib", "gw_cores", "gw_gib", "redis_cores", "redis_gib",
-            "rebuild_s"]  # fmt: skip
+            "resubscribe_s"]  # fmt: skip
     report("bench_scale_model", mrows, cols)
     crows: list[dict[str, Any]] = []
     if args.check_subs:
@@ -763,8 +800,10 @@ async def main(args: argparse.Namespace) -> None:
     out = RESULTS / "bench_scale.json"
     out.write_text(json.dumps({
         "meta": {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "cpus": os.cpu_count(), "args": vars(args)},
-        "inputs_measured": sec1.rows, "inputs": asdict(inputs), "assumptions": asdict(Assumptions()),
+                 "cpus": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
+                 "args": {k: v for k, v in vars(args).items() if k != "saved"}},
+        "inputs_measured": sec1.rows, "inputs": asdict(inputs),
+        "assumptions": asdict(Assumptions()),
         "raw": {k: v for k, v in sec1.out.items() if k != "final_status"},
         "model": mrows, "check": crows,
     }, indent=2, default=str))  # fmt: skip
@@ -780,11 +819,15 @@ if __name__ == "__main__":
     ap.add_argument("--changes", type=int, help="changes per drain (20000)")
     ap.add_argument("--fanout-frames", type=int, help="frames per fan-out drain (100000)")
     ap.add_argument("--concurrency", type=int, default=200, help="subscribes in flight per gateway")
-    ap.add_argument("--check-subs", type=int, help="subscriptions of the check run (100000; 0: skip)")
+    ap.add_argument(
+        "--check-subs", type=int, help="subscriptions of the check run (100000; 0: skip)"
+    )
     ap.add_argument("--shards", type=int, default=4, help="shards of the check run")
     ap.add_argument("--gateways", type=int, default=2, help="gateways of the check run")
     ap.add_argument("--rate", type=float, default=2000, help="changes/s of the check run")
     ap.add_argument("--seconds", type=float, default=10.0, help="fixed-rate phase of the check run")
+    ap.add_argument("--idle-s", type=float, default=5.0, help="idle CPU sample of section 1")
+    ap.add_argument("--inputs-from", help="skip section 1: read its inputs from this JSON file")
     ns = ap.parse_args()
     quick = {"owners": 12_000, "shared": 2_000, "changes": 4_000, "fanout_frames": 20_000,
              "check_subs": 10_000}  # fmt: skip
@@ -793,6 +836,7 @@ if __name__ == "__main__":
     for key, val in (quick if ns.quick else full).items():
         if getattr(ns, key) is None:
             setattr(ns, key, val)
+    ns.saved = json.loads(Path(ns.inputs_from).read_text()) if ns.inputs_from else None
     if ns.quick:
         ns.seconds = min(ns.seconds, 4.0)
         ns.runs = min(ns.runs, 2)
