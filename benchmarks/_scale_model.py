@@ -1,35 +1,45 @@
 """The capacity model: measured per-unit costs in, shards / Redis masters / gateways out.
 
 Pure arithmetic (no Redis, no Ray), so tests drive it and `bench_scale.py`
-feeds it what it measured on this machine. Every cost is per unit of work, in
-bytes or in CPU-seconds of one process, so it transfers to a machine where
-each process has a core of its own (a shard is single-threaded: one event
-loop; Redis runs commands on one thread).
+feeds it what it measured on this machine. Costs are bytes, or CPU-seconds
+of one process, so they transfer to machines where each process has a core
+of its own (a shard or a gateway is one event loop; Redis runs commands on
+one thread).
 
-Load of a tier with `subs` subscriptions, `changes_per_s` writes/s and
-`fanout` frames per change (how many subscriptions one change reaches):
+What one change costs a process depends on the rate: at a low rate each
+read and each delta batch carries few changes, so the per-read and
+per-batch overhead dominates. The live costs are therefore measured at a
+few rates (a curve of `(changes/s, CPU-seconds per change)`) and read off
+at the rate each process would see; past the highest measured rate the
+cost at that rate is used (batches only grow with the rate, so this errs
+high: the drain ceiling is the floor).
 
-* shard CPU  = shards x idle + changes/s x (cpu_per_change + fanout x cpu_per_frame)
-* shard RAM  = subs x bytes_per_sub (own view or shared view) + base per process
-* gateway CPU = gateways x idle + frames/s x cpu_per_frame; RAM = subs x bytes_per_sub + base
-* Redis CPU  = changes/s x (cpu_per_change + fanout x cpu_per_frame)
-* Redis RAM  = subs x bytes_per_registration + rows x bytes_per_row
-               + retained events x bytes_per_event
+For `subs` subscriptions, `changes_per_s` writes/s and `fanout` frames per
+change (how many subscriptions one change reaches):
 
-Each resource is sized to its headroom (a fraction of a core, of a memory
-budget); the count needed is the largest over the resources, at least
+* a shard at r = changes/s / shards: idle + r x (live cost(r) + (fanout - 1) x fan-out
+  cost per frame); its memory: its share of subs x bytes per subscription + base;
+* a gateway at f = frames/s / gateways: idle + f x live cost(f); memory likewise;
+* Redis: changes/s x live cost + extra frames x delta cost; memory:
+  registrations + rows + retained events.
+
+Each process is sized to its headroom (a fraction of a core, of a memory
+budget); a count is the smallest that fits every resource, at least
 `min_shards` shards (so one can fail and the rest absorb its partitions).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ("Assumptions", "Inputs", "Plan", "plan", "predict_check")
+__all__ = ("GIB", "Assumptions", "Inputs", "Plan", "at_rate", "plan", "predict_check")
 
 GIB = 1024**3
+Curve = Sequence[tuple[float, float]]  # (rate per second, CPU-seconds per unit at that rate)
 
 
 @dataclass(frozen=True)
@@ -40,20 +50,21 @@ class Inputs:
     shard_bytes_shared: float  # one more subscriber of an existing identical view
     shard_base_bytes: float  # RSS of a shard process serving nothing
     shard_idle_cores: float  # CPU of a shard with no changes (heartbeats, loops, reads)
-    shard_cpu_per_change: float  # a change of an owned partition that reaches no window
-    shard_cpu_per_frame: float  # a change that moves one own-view window: one frame
+    shard_live: Curve  # (changes/s, CPU per change making one frame) at live rates
+    shard_cpu_per_fanout_frame: float  # each further subscriber of a view a change reaches
+    shard_drain_cpu_per_change: float  # a backlog drained (large batches): the floor
     shard_cpu_per_subscribe: float
     shard_subscribes_per_s: float  # what one shard accepted (wall clock, this machine)
     gateway_bytes_per_sub: float
     gateway_base_bytes: float
     gateway_idle_cores: float
-    gateway_cpu_per_frame: float
+    gateway_live: Curve  # (frames/s, CPU per frame)
     gateway_cpu_per_subscribe: float
     redis_bytes_per_registration: float
     redis_bytes_per_row: float
     redis_bytes_per_event: float  # one entry of a partition event stream
-    redis_cpu_per_change: float  # the write script + the shard's feed read
-    redis_cpu_per_frame: float  # the delta stream: shard XADD + gateway XREAD
+    redis_live: Curve  # (changes/s, CPU per change: write script, feed read, delta)
+    redis_cpu_per_frame: float  # a further frame on the delta streams (XADD + XREAD)
     redis_cpu_per_subscribe: float
 
 
@@ -93,54 +104,87 @@ class Plan:
     redis_cpu_cores: float
     redis_mem_gib: float
     resubscribe_s: float  # every subscription subscribed again, all shards at the measured rate
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
         """A flat dict for a table."""
         return asdict(self)
 
 
-def _count(demands: dict[str, float], floor: int = 1) -> tuple[int, str]:
-    """The largest ceil() over `demands` (each in units of one process) and its name."""
-    name, need = max(demands.items(), key=lambda kv: kv[1])
-    n = math.ceil(need - 1e-9)
+def at_rate(curve: Curve, rate: float) -> float:
+    """The per-unit cost at `rate`: linear in log(rate) between measured points, flat outside."""
+    pts = sorted(curve)
+    if rate <= pts[0][0]:
+        return pts[0][1]
+    for (r0, c0), (r1, c1) in itertools.pairwise(pts):
+        if rate <= r1:
+            t = math.log(rate / r0) / math.log(r1 / r0)
+            return c0 + t * (c1 - c0)
+    return pts[-1][1]
+
+
+def _fewest(fits: Callable[[int], bool], limit: int = 1_000_000) -> int:
+    """The smallest n >= 1 with fits(n) (fits is monotone); `limit` if none."""
+    n = 1
+    while n < limit and not fits(n):
+        n *= 2
+    lo, hi = n // 2 + 1, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
+def _by(counts: dict[str, int], floor: int = 1) -> tuple[int, str]:
+    name, n = max(counts.items(), key=lambda kv: kv[1])
     return (n, name) if n >= floor else (floor, "minimum")
+
+
+def shard_cores(i: Inputs, rate: float, fanout: float = 1.0) -> float:
+    """Busy cores of one shard that owns `rate` changes/s."""
+    per_change = at_rate(i.shard_live, rate) + (fanout - 1) * i.shard_cpu_per_fanout_frame
+    return i.shard_idle_cores + rate * per_change
+
+
+def gateway_cores(i: Inputs, frames_per_s: float) -> float:
+    """Busy cores of one gateway taking `frames_per_s`."""
+    return i.gateway_idle_cores + frames_per_s * at_rate(i.gateway_live, frames_per_s)
 
 
 def plan(i: Inputs, a: Assumptions) -> Plan:
     """Processes needed for `a` given the measured costs `i`."""
-    frames_per_s = a.changes_per_s * a.fanout
+    rate, frames = a.changes_per_s, a.changes_per_s * a.fanout
     own = a.subs * (1 - a.shared_fraction)
     shard_sub_bytes = own * i.shard_bytes_own + (a.subs - own) * i.shard_bytes_shared
-    shard_cpu = a.changes_per_s * (i.shard_cpu_per_change + a.fanout * i.shard_cpu_per_frame)
     shard_mem_usable = a.shard_mem_bytes * a.mem_headroom - i.shard_base_bytes
-    shards, shards_by = _count(
+    shards, shards_by = _by(
         {
-            "cpu": shard_cpu / (a.cpu_headroom - i.shard_idle_cores),
-            "memory": shard_sub_bytes / shard_mem_usable,
+            "cpu": _fewest(lambda n: shard_cores(i, rate / n, a.fanout) <= a.cpu_headroom),
+            "memory": math.ceil(shard_sub_bytes / shard_mem_usable),
         },
         a.min_shards,
     )
-    gw_cpu = frames_per_s * i.gateway_cpu_per_frame
     gw_bytes = a.subs * i.gateway_bytes_per_sub
     gw_mem_usable = a.gateway_mem_bytes * a.mem_headroom - i.gateway_base_bytes
-    gateways, gateways_by = _count(
+    gateways, gateways_by = _by(
         {
-            "cpu": gw_cpu / (a.cpu_headroom - i.gateway_idle_cores),
-            "memory": gw_bytes / gw_mem_usable,
+            "cpu": _fewest(lambda n: gateway_cores(i, frames / n) <= a.cpu_headroom),
+            "memory": math.ceil(gw_bytes / gw_mem_usable),
         }
     )
-    events = a.changes_per_s * a.event_retention_s
+    events = rate * a.event_retention_s
     redis_bytes = (
         a.subs * i.redis_bytes_per_registration
         + a.rows * i.redis_bytes_per_row
         + events * i.redis_bytes_per_event
     )
-    redis_cpu = a.changes_per_s * (i.redis_cpu_per_change + a.fanout * i.redis_cpu_per_frame)
-    masters, redis_by = _count(
+    redis_cpu = rate * at_rate(i.redis_live, rate) + (frames - rate) * i.redis_cpu_per_frame
+    masters, redis_by = _by(
         {
-            "cpu": redis_cpu / a.cpu_headroom,
-            "memory": redis_bytes / (a.redis_mem_bytes * a.mem_headroom),
+            "cpu": math.ceil(redis_cpu / a.cpu_headroom),
+            "memory": math.ceil(redis_bytes / (a.redis_mem_bytes * a.mem_headroom)),
         }
     )
     return Plan(
@@ -150,10 +194,10 @@ def plan(i: Inputs, a: Assumptions) -> Plan:
         gateways_by=gateways_by,
         redis_masters=masters,
         redis_by=redis_by,
-        frames_per_s=frames_per_s,
-        shard_cpu_cores=shard_cpu + shards * i.shard_idle_cores,
+        frames_per_s=frames,
+        shard_cpu_cores=shards * shard_cores(i, rate / shards, a.fanout),
         shard_mem_gib=(shard_sub_bytes + shards * i.shard_base_bytes) / GIB,
-        gateway_cpu_cores=gw_cpu + gateways * i.gateway_idle_cores,
+        gateway_cpu_cores=gateways * gateway_cores(i, frames / gateways),
         gateway_mem_gib=(gw_bytes + gateways * i.gateway_base_bytes) / GIB,
         redis_cpu_cores=redis_cpu,
         redis_mem_gib=redis_bytes / GIB,
@@ -184,7 +228,6 @@ def predict_check(
         + sum(subs_per_gateway) * i.gateway_cpu_per_subscribe
     )
     subscribe_s = max(max(subs_per_shard) / i.shard_subscribes_per_s, cpu / cores)
-    frame_cost = i.shard_cpu_per_change + i.shard_cpu_per_frame
     out: dict[str, float] = {
         "subscribe_s": subscribe_s,
         "subs_per_s": subs / subscribe_s,
@@ -194,10 +237,12 @@ def predict_check(
         "redis_rows_mb": rows * i.redis_bytes_per_row / 1e6,
         "redis_registrations_mb": subs * i.redis_bytes_per_registration / 1e6,
         "frames_per_s": changes_per_s,
+        "redis_cpu": changes_per_s * at_rate(i.redis_live, changes_per_s),
     }
     for k, n in enumerate(subs_per_shard):
         out[f"shard{k}_mb"] = n * i.shard_bytes_own / 1e6
-        out[f"shard{k}_cpu"] = i.shard_idle_cores + changes_per_s * changes_share[k] * frame_cost
-    for k, n in enumerate(subs_per_gateway):
+        out[f"shard{k}_cpu"] = shard_cores(i, changes_per_s * changes_share[k])
+    for k, n in enumerate(subs_per_gateway):  # frames spread like the subscriptions
         out[f"gateway{k}_mb"] = n * i.gateway_bytes_per_sub / 1e6
+        out[f"gateway{k}_cpu"] = gateway_cores(i, changes_per_s * n / subs)
     return out

@@ -232,7 +232,7 @@ class RedisProbe:
     def __init__(self, srv: LocalRedis, prefix: str) -> None:
         self.r = redis.Redis.from_url(srv.url)
         self.pid = srv.pid
-        self.keys = settings(prefix, 1).redis.keys
+        self.keys = settings(prefix, 60).redis.keys
 
     def used(self) -> int:
         """`used_memory` without client buffers (they come and go with the traffic)."""
@@ -396,6 +396,7 @@ class Inputs1:
             await self._drain(f"{first}", "no-match", probe, w, shard, gw, plan_m, 0)
         await self._drain(f"{first}", "own", probe, w, shard, gw,
                           [i % first for i in range(m)], 1)  # fmt: skip
+        await self._live(first, probe, w, shard, gw)
 
         # Shared view: K subscribers of one identical query.
         k = a.shared
@@ -540,6 +541,36 @@ class Inputs1:
             "redis_cpu_per_change": (r2 - r0) / m,
         }
 
+    async def _live(self, owners: int, probe: RedisProbe, w: Writer, shard: Node,
+                    gw: Node) -> None:  # fmt: skip
+        """CPU per change at fixed live rates: small reads and batches cost more per change."""
+        curve = []
+        for rate in self.args.live_rates:
+            res = []
+            for run in range(self.args.runs):
+                res.append(await fixed_rate(w, [shard], [gw], probe, owners, self.tenants, rate,
+                                            self.args.live_s, run))  # fmt: skip
+            shard_c = statistics.median(r["shard_cpu"][0] for r in res)
+            gw_c = statistics.median(r["gateway_cpu"][0] for r in res)
+            redis_c = statistics.median(r["redis_cpu"] for r in res)
+            reached = statistics.median(r["write_rate"] for r in res)
+            busy_s = max(0.0, shard_c - self.out["shard_idle_cores"])
+            busy_g = max(0.0, gw_c - self.out["gateway_idle_cores"])
+            point = {"rate": reached, "shard_cores": shard_c, "gateway_cores": gw_c,
+                     "redis_cores": redis_c,
+                     "shard_cpu_per_change": busy_s / reached,
+                     "gateway_cpu_per_frame": busy_g / reached,
+                     "redis_cpu_per_change": redis_c / reached,
+                     "runs": res}  # fmt: skip
+            curve.append(point)
+            self.add(f"shard CPU at {reached:,.0f} changes/s live (1 frame each)", shard_c * 100,
+                     "% of a core",
+                     f"({point['shard_cpu_per_change'] * 1e6:.1f} us/change; gateway "
+                     f"{gw_c * 100:.1f} %, {point['gateway_cpu_per_frame'] * 1e6:.1f} us/frame; "
+                     f"Redis {redis_c * 100:.1f} %)",
+                     [round(r["shard_cpu"][0] * 100, 1) for r in res])  # fmt: skip
+        self.out["live"] = curve
+
     async def _fanout(self, k: int, probe: RedisProbe, w: Writer, shard: Node, gw: Node) -> None:
         """One shared view of `k` subscribers: each change makes `k` frames."""
         changes = max(2, self.args.fanout_frames // k)
@@ -588,35 +619,37 @@ class Inputs1:
                  [round(r["gateway_frames_per_s"]) for r in res])  # fmt: skip
 
     def inputs(self) -> Inputs:
-        """The model's inputs: the own-view costs at the largest size measured."""
+        """The model's inputs: own-view costs averaged over every own subscription."""
         o = self.out
         own = o["subscribe_own"]
         n_own = sum(x["n"] for x in own)
         wavg = lambda key: sum(x[key] * x["n"] for x in own) / n_own  # noqa: E731
         cpu = [sum(x["cpu"][i] * x["n"] for x in own) / n_own for i in range(3)]
-        own_drain = [d for d in o["drains"] if d["kind"] == "own"][-1]  # largest size
-        nomatch = next((d for d in o["drains"] if d["kind"] == "no-match"), None)
-        per_change = nomatch["shard_cpu_per_change"] if nomatch else 0.0
-        redis_change = nomatch["redis_cpu_per_change"] if nomatch else own_drain["redis_write_cpu"]
+        own_drain = [d for d in o["drains"] if d["kind"] == "own"][-1]  # the largest size
+        nomatch = next((d for d in o["drains"] if d["kind"] == "no-match"), own_drain)
+        live = o["live"]
         return Inputs(
             shard_bytes_own=wavg("shard_b"),
             shard_bytes_shared=o["subscribe_shared"][0]["shard_b"],
             shard_base_bytes=o["shard_base_bytes"],
             shard_idle_cores=o["shard_idle_cores"],
-            shard_cpu_per_change=per_change,
-            shard_cpu_per_frame=own_drain["shard_cpu_per_change"] - per_change,
+            shard_live=[(p["rate"], p["shard_cpu_per_change"]) for p in live],
+            shard_cpu_per_fanout_frame=o["fanout"]["shard_cpu_per_frame"],
+            shard_drain_cpu_per_change=own_drain["shard_cpu_per_change"],
             shard_cpu_per_subscribe=cpu[0],
             shard_subscribes_per_s=n_own / sum(x["elapsed_s"] for x in own),
             gateway_bytes_per_sub=wavg("gw_b"),
             gateway_base_bytes=o["gateway_base_bytes"],
             gateway_idle_cores=o["gateway_idle_cores"],
-            gateway_cpu_per_frame=own_drain["gateway_cpu_per_frame"],
+            gateway_live=[(p["rate"], p["gateway_cpu_per_frame"]) for p in live],
             gateway_cpu_per_subscribe=cpu[1],
             redis_bytes_per_registration=wavg("reg_b"),
             redis_bytes_per_row=o["redis_bytes_per_row"],
             redis_bytes_per_event=o["redis_bytes_per_event"],
-            redis_cpu_per_change=redis_change,
-            redis_cpu_per_frame=max(0.0, own_drain["redis_cpu_per_change"] - redis_change),
+            redis_live=[(p["rate"], p["redis_cpu_per_change"]) for p in live],
+            redis_cpu_per_frame=max(
+                0.0, own_drain["redis_cpu_per_change"] - nomatch["redis_cpu_per_change"]
+            ),
             redis_cpu_per_subscribe=cpu[2],
         )
 
@@ -710,14 +743,14 @@ async def check_run(args: argparse.Namespace, i: Inputs) -> list[dict[str, Any]]
                 meas[f"shard{k}_mb"] = (await x.call("rss") - base_s[k]) / 1e6
             for k, x in enumerate(gws):
                 meas[f"gateway{k}_mb"] = (await x.call("rss") - base_g[k]) / 1e6
-            fps, cpus = [], []
-            for run in range(args.runs):
-                f, c = await fixed_rate(w, shards, gws, n, tenants, rate, args.seconds, run)
-                fps.append(f)
-                cpus.append(c)
-            meas["frames_per_s"] = statistics.median(fps)
+            res = [await fixed_rate(w, shards, gws, probe, n, tenants, rate, args.seconds, run)
+                   for run in range(args.runs)]  # fmt: skip
+            meas["frames_per_s"] = statistics.median(r["frames_per_s"] for r in res)
             for k in range(len(shards)):
-                meas[f"shard{k}_cpu"] = statistics.median(c[k] for c in cpus)
+                meas[f"shard{k}_cpu"] = statistics.median(r["shard_cpu"][k] for r in res)
+            for k in range(len(gws)):
+                meas[f"gateway{k}_cpu"] = statistics.median(r["gateway_cpu"][k] for r in res)
+            meas["redis_cpu"] = statistics.median(r["redis_cpu"] for r in res)
             gaps = sum([(await g.call("status"))["gaps"] for g in gws])
             sts = [await x.call("status") for x in shards]
             meas["gaps"] = gaps
@@ -741,14 +774,19 @@ async def check_run(args: argparse.Namespace, i: Inputs) -> list[dict[str, Any]]
 
 
 async def fixed_rate(
-    w: Writer, shards: list[Node], gws: list[Node], owners: int, tenants: int, rate: float,
-    seconds: float, run: int,
-) -> tuple[float, list[float]]:  # fmt: skip
-    """Write `rate` renames/s for `seconds`; frames/s delivered and each shard's CPU (cores)."""
+    w: Writer, shards: list[Node], gws: list[Node], probe: RedisProbe, owners: int,
+    tenants: int, rate: float, seconds: float, run: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Write `rate` renames/s (one frame each) for `seconds`, in 50 ms ticks.
+
+    Returns the write rate reached, frames/s delivered to the gateways (until
+    the last one arrived) and the CPU of each process while writing (cores).
+    """
     rnd = random.Random(run)
     total = int(rate * seconds)
     g0 = sum([(await g.call("status"))["frames"] for g in gws])
-    c0 = [x.cpu_s() for x in shards]
+    c0 = [x.cpu_s() for x in shards + gws]
+    r0 = probe.cpu_s()
     t0 = time.monotonic()
     tick = 0.05
     sent = 0
@@ -760,13 +798,20 @@ async def fixed_rate(
             sent = due
         await asyncio.sleep(max(0.0, t0 + sent / rate - time.monotonic()))
     write_s = time.monotonic() - t0
-    cpu = [(x.cpu_s() - c) / write_s for x, c in zip(shards, c0, strict=True)]
+    cpu = [(x.cpu_s() - c) / write_s for x, c in zip(shards + gws, c0, strict=True)]
+    redis_cpu = (probe.cpu_s() - r0) / write_s
 
     async def delivered() -> bool:
         return sum([(await g.call("status"))["frames"] for g in gws]) - g0 >= total
 
     await wait_for(delivered, 120, "every frame to reach a gateway")
-    return total / (time.monotonic() - t0), cpu
+    return {
+        "write_rate": total / write_s,
+        "frames_per_s": total / (time.monotonic() - t0),
+        "shard_cpu": cpu[: len(shards)],
+        "gateway_cpu": cpu[len(shards) :],
+        "redis_cpu": redis_cpu,
+    }
 
 
 # -- main ------------------------------------------------------------------------------
@@ -826,6 +871,12 @@ if __name__ == "__main__":
     ap.add_argument("--gateways", type=int, default=2, help="gateways of the check run")
     ap.add_argument("--rate", type=float, default=2000, help="changes/s of the check run")
     ap.add_argument("--seconds", type=float, default=10.0, help="fixed-rate phase of the check run")
+    ap.add_argument(
+        "--live-rates",
+        default="500,2000,8000",
+        help="changes/s of the live-rate CPU curve of section 1",
+    )
+    ap.add_argument("--live-s", type=float, default=5.0, help="seconds per live rate")
     ap.add_argument("--idle-s", type=float, default=5.0, help="idle CPU sample of section 1")
     ap.add_argument("--inputs-from", help="skip section 1: read its inputs from this JSON file")
     ns = ap.parse_args()
@@ -836,8 +887,10 @@ if __name__ == "__main__":
     for key, val in (quick if ns.quick else full).items():
         if getattr(ns, key) is None:
             setattr(ns, key, val)
+    ns.live_rates = [float(x) for x in ns.live_rates.split(",") if x]
     ns.saved = json.loads(Path(ns.inputs_from).read_text()) if ns.inputs_from else None
     if ns.quick:
+        ns.live_s = min(ns.live_s, 3.0)
         ns.seconds = min(ns.seconds, 4.0)
         ns.runs = min(ns.runs, 2)
     asyncio.run(main(ns))
