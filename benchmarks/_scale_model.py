@@ -10,9 +10,9 @@ What one change costs a process depends on the rate: at a low rate each
 read and each delta batch carries few changes, so the per-read and
 per-batch overhead dominates. The live costs are therefore measured at a
 few rates (a curve of `(changes/s, CPU-seconds per change)`) and read off
-at the rate each process would see; past the highest measured rate the
-cost at that rate is used (batches only grow with the rate, so this errs
-high: the drain ceiling is the floor).
+at the rate each process would see. The highest point of each curve is a
+drain (the process at its own ceiling, batches at their largest); past it
+the cost stays flat, which is all a process can do anyway.
 
 For `subs` subscriptions, `changes_per_s` writes/s and `fanout` frames per
 change (how many subscriptions one change reaches):

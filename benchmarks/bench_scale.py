@@ -110,6 +110,7 @@ async def _node_main(kind: str, ident: str, url: str, settings_json: str, conn: 
 
     s = TierSettings.model_validate_json(settings_json)
     groups: dict[str, list[Any]] = {}
+    failed: dict[str, int] = {}
     task: asyncio.Task[None] | None = None
     if kind == "shard":
         shard, closers = redis_shard(ident, url, s)
@@ -128,12 +129,16 @@ async def _node_main(kind: str, ident: str, url: str, settings_json: str, conn: 
         return 0
 
     async def subscribe(group: str, items: list[tuple[str, str]], concurrency: int) -> float:
+        """Subscribe every item; seconds taken. A subscribe that fails is counted, not raised."""
         subs = groups.setdefault(group, [])
         sem = asyncio.Semaphore(concurrency)
 
         async def one(tenant: str, owner_id: str) -> None:
             async with sem:
-                subs.append(await gw.subscribe(tenant, query(owner_id)))
+                try:
+                    subs.append(await gw.subscribe(tenant, query(owner_id)))
+                except Exception as e:  # UnavailableError: no window within the deadline
+                    failed[type(e).__name__] = failed.get(type(e).__name__, 0) + 1
 
         t0 = time.monotonic()
         await asyncio.gather(*(one(t, o) for t, o in items))
@@ -157,7 +162,7 @@ async def _node_main(kind: str, ident: str, url: str, settings_json: str, conn: 
             st.pop("epochs", None)
             st["feed_gaps"] = shard.deps.feed.stats.gaps  # type: ignore[attr-defined]
             return st
-        return gw.status()
+        return {**gw.status(), "failed_subscribes": failed}
 
     try:
         while True:
@@ -248,6 +253,16 @@ class RedisProbe:
         for k in keys:
             pipe.memory_usage(k, samples=0)
         return sum(v or 0 for v in pipe.execute())
+
+    def registration_size(self, gateway_id: str, sample: int = 500) -> float:
+        """Mean MEMORY USAGE of a sample of a gateway's registration hashes, plus each
+        registration's share of the index sets."""
+        ids = [x.decode() for x in self.r.srandmember(self.keys.gateway_regs(gateway_id), sample)]
+        n = int(self.r.scard(self.keys.gateway_regs(gateway_id)))
+        hashes = self.size([self.keys.registration(i) for i in ids]) / max(1, len(ids))
+        sets = self.size([self.keys.partition_regs(p) for p in range(256)])
+        sets += self.size([self.keys.gateway_regs(gateway_id)])
+        return hashes + sets / max(1, n)
 
     def events_size(self) -> int:
         return self.size([self.keys.event_stream(p) for p in range(256)])
@@ -418,7 +433,8 @@ class Inputs1:
         st = await shard.call("status")
         self.out["final_status"] = st
         gst = await gw.call("status")
-        note = f"(feed gaps {st['feed_gaps']}, overflow resyncs {st['overflow_resyncs']})"
+        note = (f"(feed gaps {st['feed_gaps']}, overflow resyncs {st['overflow_resyncs']}, "
+                f"failed subscribes {gst['failed_subscribes'] or 0})")  # fmt: skip
         self.add("gateway gaps / stale (fencing)", gst["gaps"] + gst["stale"], "frames", note)
 
     async def _subscribe(
@@ -448,6 +464,9 @@ class Inputs1:
         reg_b = (used1 - used0 - (str1 - str0)) / n
         note = f"(control/delta streams excluded: {(str1 - str0) / n:.0f} B/sub, bounded)"
         self.add(f"Redis bytes per registration ({name})", reg_b, "B", note)
+        if not label:
+            sampled = probe.registration_size(gw.id)
+            self.add(f"  same, MEMORY USAGE of the hash + index entries ({name})", sampled, "B")
         key = "own" if per_sub else "shared"
         self.out.setdefault(f"subscribe_{key}", []).append(
             {
@@ -498,9 +517,9 @@ class Inputs1:
         shard.pause()
         gw.pause()
         try:
-            r0 = probe.cpu_s()
+            r0, w0 = probe.cpu_s(), time.monotonic()
             await write_changes(w, owners, self.tenants, tag, seed=tag)
-            r1 = probe.cpu_s()
+            r1, write_s = probe.cpu_s(), time.monotonic() - w0
             c0 = shard.cpu_s()
         finally:
             shard.resume()
@@ -538,6 +557,7 @@ class Inputs1:
             "gateway_frames_per_s": want_frames / gw_s if want_frames else 0.0,
             "gateway_cpu_per_frame": (g1 - g0) / want_frames if want_frames else 0.0,
             "redis_write_cpu": (r1 - r0) / m,
+            "write_rate": m / write_s,
             "redis_cpu_per_change": (r2 - r0) / m,
         }
 
@@ -627,13 +647,21 @@ class Inputs1:
         cpu = [sum(x["cpu"][i] * x["n"] for x in own) / n_own for i in range(3)]
         own_drain = [d for d in o["drains"] if d["kind"] == "own"][-1]  # the largest size
         nomatch = next((d for d in o["drains"] if d["kind"] == "no-match"), own_drain)
+        # The live curves end with the drains: each process at its own ceiling
+        # (Redis at the writer's rate), where batches are largest.
         live = o["live"]
+        shard_live = [(p["rate"], p["shard_cpu_per_change"]) for p in live]
+        shard_live.append((own_drain["shard_changes_per_s"], own_drain["shard_cpu_per_change"]))
+        gw_live = [(p["rate"], p["gateway_cpu_per_frame"]) for p in live]
+        gw_live.append((own_drain["gateway_frames_per_s"], own_drain["gateway_cpu_per_frame"]))
+        redis_live = [(p["rate"], p["redis_cpu_per_change"]) for p in live]
+        redis_live.append((own_drain["write_rate"], own_drain["redis_cpu_per_change"]))
         return Inputs(
             shard_bytes_own=wavg("shard_b"),
             shard_bytes_shared=o["subscribe_shared"][0]["shard_b"],
             shard_base_bytes=o["shard_base_bytes"],
             shard_idle_cores=o["shard_idle_cores"],
-            shard_live=[(p["rate"], p["shard_cpu_per_change"]) for p in live],
+            shard_live=shard_live,
             shard_cpu_per_fanout_frame=o["fanout"]["shard_cpu_per_frame"],
             shard_drain_cpu_per_change=own_drain["shard_cpu_per_change"],
             shard_cpu_per_subscribe=cpu[0],
@@ -641,12 +669,12 @@ class Inputs1:
             gateway_bytes_per_sub=wavg("gw_b"),
             gateway_base_bytes=o["gateway_base_bytes"],
             gateway_idle_cores=o["gateway_idle_cores"],
-            gateway_live=[(p["rate"], p["gateway_cpu_per_frame"]) for p in live],
+            gateway_live=gw_live,
             gateway_cpu_per_subscribe=cpu[1],
             redis_bytes_per_registration=wavg("reg_b"),
             redis_bytes_per_row=o["redis_bytes_per_row"],
             redis_bytes_per_event=o["redis_bytes_per_event"],
-            redis_live=[(p["rate"], p["redis_cpu_per_change"]) for p in live],
+            redis_live=redis_live,
             redis_cpu_per_frame=max(
                 0.0, own_drain["redis_cpu_per_change"] - nomatch["redis_cpu_per_change"]
             ),
@@ -754,6 +782,7 @@ async def check_run(args: argparse.Namespace, i: Inputs) -> list[dict[str, Any]]
             gaps = sum([(await g.call("status"))["gaps"] for g in gws])
             sts = [await x.call("status") for x in shards]
             meas["gaps"] = gaps
+            meas["failed"] = [(await g.call("status"))["failed_subscribes"] for g in gws]
             meas["overflow_resyncs"] = sum(x["overflow_resyncs"] for x in sts)
             meas["subscriptions"] = sum(x["subscriptions"] for x in sts)
         finally:
@@ -768,6 +797,7 @@ async def check_run(args: argparse.Namespace, i: Inputs) -> list[dict[str, Any]]
         rows.append({"quantity": key, "predicted": p, "measured": m,
                      "error_pct": 100.0 * (m - p) / p if p else None})  # fmt: skip
     rows.append({"quantity": "subscriptions served", "measured": meas["subscriptions"]})
+    rows.append({"quantity": "failed subscribes (per gateway)", "measured": str(meas["failed"])})
     rows.append({"quantity": "gateway gaps / shard overflow resyncs",
                  "measured": f"{meas['gaps']} / {meas['overflow_resyncs']}"})  # fmt: skip
     return rows
