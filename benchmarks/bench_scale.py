@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import multiprocessing as mp
@@ -98,7 +99,12 @@ def query(owner_id: str) -> LiveQuery:
 
 def _node(kind: str, ident: str, url: str, settings_json: str, conn: Any) -> None:
     """A shard or a gateway in its own process, answering commands on `conn`."""
+    import ctypes
     import logging
+
+    # Die with the benchmark, even if it is killed (as LocalRedis's server does).
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(_node_main(kind, ident, url, settings_json, conn))
@@ -717,7 +723,10 @@ def model_rows(i: Inputs) -> list[dict[str, Any]]:
 async def check_run(args: argparse.Namespace, i: Inputs) -> list[dict[str, Any]]:
     """`--check-subs` subscriptions over `--shards` shards: predicted vs measured."""
     n, tenants = args.check_subs, 256
-    s = settings("check", ttl_s=10.0)  # (a 2-core machine shared with other work)
+    # A long TTL: with 10 s, a gateway starved on this shared 2-core VM missed its
+    # heartbeats, the shards swept its subscriptions, and its audit (run in its
+    # heartbeat loop, one registration at a time) kept it from heartbeating again.
+    s = settings("check", ttl_s=60.0)
     shard_ids = [f"shard-{k}" for k in range(args.shards)]
     gw_ids = [f"gw-{k}" for k in range(args.gateways)]
     # Which shard owns each tenant's partition (rendezvous hashing over the live set).
@@ -859,6 +868,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"== inputs: one shard, one gateway, {args.owners:,} owners", flush=True)
         inputs = await sec1.run()
         report("bench_scale_inputs", sec1.rows, ["input", "value", "unit", "note", "runs"])
+    save(args, sec1, inputs, [], [], load0)  # a failed check run keeps the inputs
     print("\n== model: 1,000,000 subscriptions", flush=True)
     mrows = model_rows(inputs)
     cols = ["changes/s", "frames/change", "frames/s", "shards", "gateways", "redis",
@@ -871,6 +881,14 @@ async def main(args: argparse.Namespace) -> None:
               f"{args.gateways} gateways, {args.rate:,.0f} changes/s", flush=True)  # fmt: skip
         crows = await check_run(args, inputs)
         report("bench_scale_check", crows, ["quantity", "predicted", "measured", "error_pct"])
+    save(args, sec1, inputs, mrows, crows, load0)
+
+
+def save(
+    args: argparse.Namespace, sec1: Inputs1, inputs: Inputs, mrows: list[dict[str, Any]],
+    crows: list[dict[str, Any]], load0: tuple[float, float, float],
+) -> None:  # fmt: skip
+    """Write everything to benchmarks/results/bench_scale.json (`--inputs-from` reads it)."""
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "bench_scale.json"
     out.write_text(json.dumps({
