@@ -25,17 +25,20 @@ Sections:
    A drain pauses the shard and the gateway (SIGSTOP), writes the changes,
    then lets the shard drain them alone (shard changes/s, frames/s and
    CPU-seconds), then the gateway (its frames/s and CPU-seconds): each
-   process's ceiling, whatever the writer's speed. `--runs` drains each;
-   medians.
+   process's ceiling, whatever the writer's speed. Then the CPU of each
+   process at fixed live rates (`--live-rates`): small reads and batches
+   cost more per change. `--runs` of each drain and rate; medians.
 2. **model** — `_scale_model.plan` for 1M subscriptions at 1k, 10k and 100k
    changes/s (one frame per change, and ten).
 3. **check** — a fresh Redis, `--shards` shards and `--gateways` gateways in
    their own processes, `--check-subs` own-view subscriptions over 256
    tenants; predicted (from section 1) vs measured: subscribe time, shard and
-   gateway RSS, Redis memory, and at `--rate` changes/s for 10 s (`--runs`
-   times): frames/s delivered and each shard's CPU.
+   gateway RSS, Redis memory, CPU-seconds of subscribing, and at `--rate`
+   changes/s for `--seconds` (`--runs` times): frames/s delivered and the
+   CPU of each process.
 
-Prints tables and writes benchmarks/results/bench_scale.json.
+Prints tables and writes benchmarks/results/bench_scale.json (the inputs
+as soon as section 1 ends; `--inputs-from` that file skips section 1).
 """
 
 from __future__ import annotations
