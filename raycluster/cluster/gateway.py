@@ -133,6 +133,7 @@ class Gateway:
         await self._forget_earlier()
         await self.deps.members.heartbeat_gateway(self.id)
         self._spawn(self._heartbeats(), "gateway-heartbeat")
+        self._spawn(self._audits(), "gateway-audit")
         if self.deps.delta is not None:
             self._spawn(self._pump(self.deps.delta), "gateway-pump")
 
@@ -185,19 +186,27 @@ class Gateway:
             self.counters["task_errors"] += 1
 
     async def _heartbeats(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_audit = loop.time() + self.opts.audit_interval_s
+        # Nothing else runs in this loop: a slow audit (thousands of subscriptions
+        # to restore after a sweep) must not delay the heartbeat, or the gateway
+        # looks dead again, is swept again, and never recovers.
         while True:
             try:
                 await self.deps.members.heartbeat_gateway(self.id)
-                if loop.time() >= next_audit:
-                    next_audit = loop.time() + self.opts.audit_interval_s
-                    await self.audit()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("gateway %s: heartbeat failed", self.id)
             await asyncio.sleep(self.opts.heartbeat_interval_s)
+
+    async def _audits(self) -> None:
+        while True:
+            await asyncio.sleep(self.opts.audit_interval_s)
+            try:
+                await self.audit()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("gateway %s: audit failed", self.id)
 
     async def audit(self) -> int:
         """Re-register (and re-subscribe) open subscriptions the registry lost.

@@ -400,6 +400,32 @@ async def test_gateway_briefly_late_during_a_claim_keeps_its_subscriptions(
     await wait_for(lambda: in_sync(c.store, sub), 2, what="subscription still served")
 
 
+async def test_a_slow_audit_never_delays_the_gateway_heartbeat(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """A gateway restoring thousands of swept subscriptions keeps heartbeating meanwhile:
+    were the audit in the heartbeat loop, the gateway would look dead again, be swept
+    again, and never recover (seen at 100,000 subscriptions on a starved machine)."""
+    cluster = make_cluster(ttl_s=STEADY_TTL_S, gateway_ttl_s=TTL_S)
+    await start(cluster)
+    gw, _ = await cluster.gateway("gw-1")
+    seed(cluster, "acme")
+    await gw.subscribe("acme", BY_NAME)
+    stuck, audits = asyncio.Event(), 0
+
+    async def slow_audit() -> int:
+        nonlocal audits
+        audits += 1
+        await stuck.wait()
+        return 0
+
+    gw.audit = slow_audit  # type: ignore[method-assign]
+    await wait_for(lambda: audits >= 1, what="an audit under way")
+    await asyncio.sleep(3 * TTL_S)  # three of the gateway's TTLs; the audit still runs
+    assert "gw-1" in await cluster.gateway_members.live_gateways()
+    stuck.set()
+
+
 def _not(cond: Any) -> Any:
     async def negated() -> bool:
         return not await cond()
