@@ -114,11 +114,23 @@ class _Cluster(RedisCluster):
       slot. (redis-py's cluster nodes fail a command at once, "Too many
       connections", when their pool is full; a standalone client waits for a
       connection, `BlockingConnectionPool`, and so does this one.)
+    * When no seed node can be reached, redis-py raises a bare
+      `RedisClusterException` (not even a `RedisError`): it is a
+      `ConnectionError` here, so callers see "unavailable" as they do for a
+      standalone server, and readers back off and retry.
     """
 
     def __init__(self, *args: Any, limit: int | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._slots = asyncio.Semaphore(limit) if limit is not None else None
+
+    async def initialize(self, *args: Any, **kw: Any) -> RedisCluster:
+        try:
+            return await super().initialize(*args, **kw)
+        except rx.RedisClusterException as e:
+            if isinstance(e.__cause__, UNREACHABLE):
+                raise rx.ConnectionError(str(e)) from e
+            raise
 
     async def execute_command(self, *args: Any, **kw: Any) -> Any:
         if "target_nodes" not in kw and _word(args[0]) in _STREAM_READS:

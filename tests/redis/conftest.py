@@ -18,6 +18,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from raycluster.cluster.keys import Keys
 from raycluster.redis import LocalRedis, LocalRedisCluster, RedisSettings
 from raycluster.redis._client import Client
 
@@ -93,6 +94,12 @@ def settings(redis_backend: str) -> RedisSettings:
         reconnect_max_s=0.2,
         socket_timeout_s=5.0,
     )
+
+
+@pytest.fixture
+def keys(settings: RedisSettings) -> Keys:
+    """Key names in the form of the test's deployment (`settings.keys`)."""
+    return settings.keys
 
 
 @pytest.fixture
