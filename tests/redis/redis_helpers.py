@@ -13,8 +13,22 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from raycluster.livequery import Cond, DeltaOp, LiveDelta, LiveQuery, SortKey
+from raycluster.redis import RedisSettings
 
 RowMap = Mapping[str, tuple[int, dict[str, Any]]]
+
+
+def quick_settings(*, redis_cluster: bool = False) -> RedisSettings:
+    """Short blocking reads and backoffs, so reconnect tests finish quickly."""
+    return RedisSettings(
+        redis_url=None,
+        redis_cluster=redis_cluster,
+        feed_block_ms=200,
+        bus_block_ms=200,
+        reconnect_min_s=0.02,
+        reconnect_max_s=0.2,
+        socket_timeout_s=5.0,
+    )
 
 
 async def wait_for(
