@@ -117,6 +117,8 @@ class _Cluster(RedisCluster):
     * Learning the slot map again after a lost connection is retried as
       the client's commands are (`retry`): redis-py runs it outside its
       command retries, so one connection cut while it ran failed the command.
+      A timeout is not retried: a node that does not answer would multiply
+      the wait (redis-py already asks every known node in turn).
       When no seed node can be reached, redis-py raises a bare
       `RedisClusterException` (not even a `RedisError`): it is a
       `ConnectionError` here, so callers see "unavailable" as they do for a
@@ -150,7 +152,7 @@ class _Cluster(RedisCluster):
 
         if not self._initialize:  # the slot map is known: nothing to retry
             return self
-        return await self.retry.call_with_retry(once, _no_op)
+        return await self.retry.call_with_retry(once, _no_op, _not_a_timeout)
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -201,6 +203,10 @@ _CLUSTER_CONNECTIONS: dict[Any, type[Connection]] = {
 
 async def _no_op(error: Exception) -> None:
     pass
+
+
+def _not_a_timeout(error: Exception) -> bool:
+    return not isinstance(error, rx.TimeoutError)
 
 
 _STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
