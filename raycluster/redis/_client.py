@@ -119,7 +119,7 @@ class _Cluster(RedisCluster):
       command retries, so one connection cut while it ran failed the command.
       A timeout is not retried: a node that does not answer would multiply
       the wait (redis-py already asks every known node in turn).
-      When no seed node can be reached, redis-py raises a bare
+    * When no known node can be reached, redis-py raises a bare
       `RedisClusterException` (not even a `RedisError`): it is a
       `ConnectionError` here, so callers see "unavailable" as they do for a
       standalone server, and readers back off and retry.
