@@ -114,11 +114,50 @@ class _Cluster(RedisCluster):
       slot. (redis-py's cluster nodes fail a command at once, "Too many
       connections", when their pool is full; a standalone client waits for a
       connection, `BlockingConnectionPool`, and so does this one.)
+    * Learning the slot map again after a lost connection is retried as
+      the client's commands are (`retry`): redis-py runs it outside its
+      command retries, so one connection cut while it ran failed the command.
+      A timeout is not retried: a node that does not answer would multiply
+      the wait (redis-py already asks every known node in turn).
+    * When no known node can be reached, redis-py raises a bare
+      `RedisClusterException` (not even a `RedisError`): it is a
+      `ConnectionError` here, so callers see "unavailable" as they do for a
+      standalone server, and readers back off and retry.
+    * `aclose` closes every node's connections. (redis-py's skips them while
+      the client is marked for re-initialization, as it is after any lost
+      connection, and leaks them.)
+    * A command that takes a free connection redis-py is tearing down (after
+      another command lost its own) fails with `ConnectionError`, and is
+      retried, instead of an `AttributeError` (`_ClusterConnection`).
     """
 
     def __init__(self, *args: Any, limit: int | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._slots = asyncio.Semaphore(limit) if limit is not None else None
+        nodes = self.nodes_manager
+        cls = _CLUSTER_CONNECTIONS.get(nodes.connection_kwargs.get("connection_class"))
+        if cls is not None:
+            nodes.connection_kwargs["connection_class"] = cls
+            for node in nodes.startup_nodes.values():
+                node.connection_class = cls
+
+    async def initialize(self, *args: Any, **kw: Any) -> RedisCluster:
+        async def once() -> RedisCluster:
+            try:
+                return await super(_Cluster, self).initialize(*args, **kw)
+            except rx.RedisClusterException as e:
+                if isinstance(e.__cause__, UNREACHABLE):
+                    raise rx.ConnectionError(str(e)) from e
+                raise
+
+        if not self._initialize:  # the slot map is known: nothing to retry
+            return self
+        return await self.retry.call_with_retry(once, _no_op, _not_a_timeout)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self.nodes_manager.aclose()
+        await self.nodes_manager.aclose("startup_nodes")
 
     async def execute_command(self, *args: Any, **kw: Any) -> Any:
         if "target_nodes" not in kw and _word(args[0]) in _STREAM_READS:
@@ -144,6 +183,36 @@ class _Cluster(RedisCluster):
             # tearing down ("'NoneType' object has no attribute 'writelines'"):
             # that command's connection was lost, like any other.
             raise rx.ConnectionError(f"connection lost during a topology change ({e})") from e
+
+
+class _ClusterConnection(Connection):
+    """A cluster node's connection that reports being torn down under a command."""
+
+    async def _send_packed_command(self, command: Any) -> None:
+        # redis-py disconnects a node's free connections when a command on the
+        # node loses its own, and a command that took one of them meanwhile
+        # finds no writer: the connection is lost (retried), not a bug.
+        if self._writer is None:
+            raise rx.ConnectionError("connection closed while a command was sent")
+        await super()._send_packed_command(command)
+
+
+class _ClusterSSLConnection(_ClusterConnection, SSLConnection):
+    pass
+
+
+_CLUSTER_CONNECTIONS: dict[Any, type[Connection]] = {
+    Connection: _ClusterConnection,
+    SSLConnection: _ClusterSSLConnection,
+}
+
+
+async def _no_op(error: Exception) -> None:
+    pass
+
+
+def _not_a_timeout(error: Exception) -> bool:
+    return not isinstance(error, rx.TimeoutError)
 
 
 _STREAM_READS = frozenset({"XREAD", "XREADGROUP"})

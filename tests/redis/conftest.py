@@ -17,7 +17,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis_helpers import quick_settings
 
+from raycluster.cluster.keys import Keys
 from raycluster.redis import LocalRedis, LocalRedisCluster, RedisSettings
 from raycluster.redis._client import Client
 
@@ -84,15 +86,13 @@ def restartable(tmp_path: Path, redis_backend: str) -> Iterator[LocalRedis]:
 def settings(redis_backend: str) -> RedisSettings:
     """Short blocking reads and backoffs, so reconnect tests finish quickly; keys and
     clients in the form of the test's deployment."""
-    return RedisSettings(
-        redis_url=None,
-        redis_cluster=redis_backend == "cluster",
-        feed_block_ms=200,
-        bus_block_ms=200,
-        reconnect_min_s=0.02,
-        reconnect_max_s=0.2,
-        socket_timeout_s=5.0,
-    )
+    return quick_settings(redis_cluster=redis_backend == "cluster")
+
+
+@pytest.fixture
+def keys(settings: RedisSettings) -> Keys:
+    """Key names in the form of the test's deployment (`settings.keys`)."""
+    return settings.keys
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Helpers of the Redis tier: waiting on conditions, breaking connections, an oracle."""
+"""Helpers of the Redis tier: waiting on conditions, breaking connections, inspecting
+every node of a cluster alike, an oracle."""
 
 from __future__ import annotations
 
@@ -9,10 +10,25 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from raycluster.livequery import Cond, DeltaOp, LiveDelta, LiveQuery, SortKey
+from raycluster.redis import RedisSettings
 
 RowMap = Mapping[str, tuple[int, dict[str, Any]]]
+
+
+def quick_settings(*, redis_cluster: bool = False) -> RedisSettings:
+    """Short blocking reads and backoffs, so reconnect tests finish quickly."""
+    return RedisSettings(
+        redis_url=None,
+        redis_cluster=redis_cluster,
+        feed_block_ms=200,
+        bus_block_ms=200,
+        reconnect_min_s=0.02,
+        reconnect_max_s=0.2,
+        socket_timeout_s=5.0,
+    )
 
 
 async def wait_for(
@@ -39,7 +55,8 @@ async def kill_clients(url: str) -> int:
     try:
         if (await client.info("cluster")).get("cluster_enabled") != 1:
             return int(await client.client_kill_filter(_type="normal", skipme=True))
-        nodes = await client.cluster_nodes()  # {"host:port": {"flags": ..., ...}}
+        # (a plain client has no `cluster_nodes`; CLUSTER NODES parses alike)
+        nodes = await client.cluster("NODES")  # {"host:port": {"flags": ..., ...}}
     finally:
         await client.aclose()
     killed = 0
@@ -52,6 +69,50 @@ async def kill_clients(url: str) -> int:
         finally:
             await node.aclose()
     return killed
+
+
+# -- whole-deployment inspection: one server, or every node of a cluster ------------------
+#
+# redis-py sends KEYS, DBSIZE, CLIENT LIST and INFO of a cluster client to one
+# (default) node only; these ask every master (or every node) and merge.
+
+
+def _masters(admin: Any) -> dict[str, Any]:
+    return {"target_nodes": RedisCluster.PRIMARIES} if isinstance(admin, RedisCluster) else {}
+
+
+async def all_keys(admin: Any, pattern: str = "*") -> list[bytes]:
+    """KEYS `pattern` of the whole deployment."""
+    return list(await admin.keys(pattern, **_masters(admin)))
+
+
+async def db_size(admin: Any) -> int:
+    """How many keys the whole deployment holds."""
+    return int(await admin.dbsize(**_masters(admin)))
+
+
+async def client_list(admin: Any) -> list[dict[str, Any]]:
+    """CLIENT LIST of every node."""
+    if not isinstance(admin, RedisCluster):
+        return list(await admin.client_list())
+    per_node = await admin.client_list(target_nodes=RedisCluster.ALL_NODES)
+    return [c for clients in per_node.values() for c in clients]
+
+
+async def reset_stats(admin: Any) -> None:
+    """CONFIG RESETSTAT on every node."""
+    if isinstance(admin, RedisCluster):
+        await admin.config_resetstat(target_nodes=RedisCluster.ALL_NODES)
+    else:
+        await admin.config_resetstat()
+
+
+async def commands_run(admin: Any) -> set[str]:
+    """The `cmdstat_*` names of INFO commandstats, over every node."""
+    if not isinstance(admin, RedisCluster):
+        return set(await admin.info("commandstats"))
+    per_node = await admin.info("commandstats", target_nodes=RedisCluster.ALL_NODES)
+    return {name for stats in per_node.values() for name in stats}
 
 
 # -- an oracle written from DESIGN §8, sharing no code with the core -----------------
@@ -170,7 +231,7 @@ def apply_frames(
     return lst
 
 
-async def stream_entries(client: aioredis.Redis, key: str) -> list[tuple[str, dict[str, str]]]:
+async def stream_entries(client: Any, key: str) -> list[tuple[str, dict[str, str]]]:
     """Every entry of a stream, decoded."""
     raw: Any = await client.xrange(key)
     return [(i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in raw]

@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
-from redis_helpers import kill_clients, wait_for
+from redis_helpers import client_list, kill_clients, wait_for
 
 from raycluster.cluster.keys import Keys
 from raycluster.cluster.protocol import Control
@@ -23,10 +22,9 @@ from raycluster.redis import (
     RedisDeltaBus,
     RedisSettings,
 )
+from raycluster.redis._client import Client
 
 pytestmark = pytest.mark.redis
-
-K = Keys()
 
 
 def ctl(sub: str, op: str = "subscribe") -> Control:
@@ -92,9 +90,9 @@ async def test_unacked_messages_are_redelivered_to_a_restarted_reader(
 
 
 async def test_malformed_controls_are_skipped_and_acked(
-    redis_url: str, settings: RedisSettings, admin: aioredis.Redis
+    redis_url: str, settings: RedisSettings, admin: Client, keys: Keys
 ) -> None:
-    key = K.ctrl_stream("shard-a")
+    key = keys.ctrl_stream("shard-a")
     async with RedisControlBus.from_url(redis_url, settings=settings) as bus:
         await admin.xadd(key, {"c": "{not json"})
         await admin.xadd(key, {"x": "1"})
@@ -180,15 +178,15 @@ async def test_deltas_from_now_and_resume_by_id(redis_url: str, settings: RedisS
 
 
 async def test_delta_stream_is_bounded_and_skips_malformed(
-    redis_url: str, settings: RedisSettings, admin: aioredis.Redis
+    redis_url: str, settings: RedisSettings, admin: Client, keys: Keys
 ) -> None:
     s = settings.model_copy(update={"delta_maxlen": 50})
     async with RedisDeltaBus.from_url(redis_url, settings=s) as bus:
         for i in range(500):
             await bus.send("gw-1", [[f"s{i}", i, 1, {}]])
-        assert 50 <= await admin.xlen(K.delta_channel("gw-1")) <= 250
-        await admin.xadd(K.delta_channel("gw-2"), {"f": "{bad"})
-        await admin.xadd(K.delta_channel("gw-2"), {"g": "[]"})
+        assert 50 <= await admin.xlen(keys.delta_channel("gw-1")) <= 250
+        await admin.xadd(keys.delta_channel("gw-2"), {"f": "{bad"})
+        await admin.xadd(keys.delta_channel("gw-2"), {"g": "[]"})
         await bus.send("gw-2", [["ok", 1, 1, {}]])
         stream = bus.deltas("gw-2", last_id="0-0")
         assert await anext(stream) == [["ok", 1, 1, {}]]
@@ -233,7 +231,7 @@ async def test_deltas_survive_a_redis_restart(
 
 
 async def test_bus_close_ends_open_readers(
-    redis_url: str, settings: RedisSettings, admin: aioredis.Redis
+    redis_url: str, settings: RedisSettings, admin: Client
 ) -> None:
     s = settings.model_copy(update={"bus_block_ms": 10_000})
     bus = RedisControlBus.from_url(redis_url, settings=s)
@@ -241,7 +239,7 @@ async def test_bus_close_ends_open_readers(
     task = asyncio.create_task(anext(stream))
 
     async def blocked() -> bool:
-        clients: Any = await admin.client_list()
+        clients = await client_list(admin)
         return any(
             c.get("name") == "raycluster-ctrl-read" and c.get("cmd") == "xreadgroup"
             for c in clients

@@ -8,21 +8,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from redis_helpers import kill_clients, wait_for
 
 from raycluster.cluster.keys import Keys
 from raycluster.cluster.routing import partition_of
 from raycluster.livequery import EntitySpec, FeedBatch
 from raycluster.redis import LocalRedis, RedisFeed, RedisSettings, Writer
+from raycluster.redis._client import Client
 
 pytestmark = pytest.mark.redis
 
 SPEC = EntitySpec(name="asset", columns={"name": "str", "n": "int"})
-K = Keys()
 P_ACME = partition_of("acme", "asset")
 P_RIVAL = partition_of("rival", "asset")
-S_ACME, S_RIVAL = K.event_stream(P_ACME), K.event_stream(P_RIVAL)
 assert P_ACME != P_RIVAL
 
 
@@ -59,21 +57,32 @@ async def collecting(feed: RedisFeed) -> AsyncIterator[Collector]:
 
 
 @pytest.fixture
+def streams(keys: Keys) -> tuple[str, str]:
+    """The event streams of acme's and rival's partitions, in the deployment's form."""
+    return keys.event_stream(P_ACME), keys.event_stream(P_RIVAL)
+
+
+@pytest.fixture
 async def writer(redis_url: str, settings: RedisSettings) -> Any:
     async with Writer.from_url(redis_url, entities=[SPEC], settings=settings) as w:
         yield w
 
 
 async def test_starts_at_the_end_and_decodes(
-    redis_url: str, settings: RedisSettings, writer: Writer, admin: aioredis.Redis
+    redis_url: str,
+    settings: RedisSettings,
+    writer: Writer,
+    admin: Client,
+    streams: tuple[str, str],
 ) -> None:
+    s_acme, s_rival = streams
     await writer.upsert("acme", "asset", "old", {"n": 0})
-    start = (await admin.xrevrange(S_ACME, count=1))[0][0].decode()
+    start = (await admin.xrevrange(s_acme, count=1))[0][0].decode()
     feed = RedisFeed.from_url(redis_url, partitions=[P_ACME, P_RIVAL], settings=settings)
     async with collecting(feed) as c:
         await wait_for(lambda: len(c.batches) >= 1)
         assert c.batches[0].changes == []
-        assert c.batches[0].positions == {S_ACME: start, S_RIVAL: "0-0"}
+        assert c.batches[0].positions == {s_acme: start, s_rival: "0-0"}
         await writer.upsert("acme", "asset", "a1", {"name": "x", "n": 1})
         await writer.upsert("rival", "asset", "r1", {"n": 2})
         await writer.delete("acme", "asset", "a1")
@@ -86,25 +95,33 @@ async def test_starts_at_the_end_and_decodes(
             1,
             "upsert",
         )
-        assert up.row == {"name": "x", "n": 1} and up.source == S_ACME and up.at > 0
-        assert (dl.op, dl.version, dl.row, dl.source) == ("delete", 2, None, S_ACME)
-        assert (other.tenant, other.source) == ("rival", S_RIVAL)
+        assert up.row == {"name": "x", "n": 1} and up.source == s_acme and up.at > 0
+        assert (dl.op, dl.version, dl.row, dl.source) == ("delete", 2, None, s_acme)
+        assert (other.tenant, other.source) == ("rival", s_rival)
         head = await feed.head()
-        assert head == {S_ACME: dl.stream_id, S_RIVAL: other.stream_id}
+        assert head == {s_acme: dl.stream_id, s_rival: other.stream_id}
         await wait_for(lambda: c.batches[-1].positions == head)
         assert feed.stats.malformed == 0 and feed.stats.gaps == 0
 
 
-async def test_empty_reads_report_positions(redis_url: str, settings: RedisSettings) -> None:
+async def test_empty_reads_report_positions(
+    redis_url: str, settings: RedisSettings, streams: tuple[str, str]
+) -> None:
+    s_acme, _ = streams
     feed = RedisFeed.from_url(redis_url, partitions=[P_ACME], settings=settings)
     async with collecting(feed) as c:
         await wait_for(lambda: len(c.batches) >= 3, timeout_s=5)
-        assert all(b.positions == {S_ACME: "0-0"} and not b.changes for b in c.batches)
+        assert all(b.positions == {s_acme: "0-0"} and not b.changes for b in c.batches)
 
 
 async def test_malformed_entries_are_skipped_and_counted(
-    redis_url: str, settings: RedisSettings, writer: Writer, admin: aioredis.Redis
+    redis_url: str,
+    settings: RedisSettings,
+    writer: Writer,
+    admin: Client,
+    streams: tuple[str, str],
 ) -> None:
+    s_acme, _ = streams
     feed = RedisFeed.from_url(redis_url, partitions=[P_ACME], settings=settings)
     async with collecting(feed) as c:
         await wait_for(lambda: len(c.batches) >= 1)
@@ -120,18 +137,19 @@ async def test_malformed_entries_are_skipped_and_counted(
             {"t": "acme", "e": "asset", "id": "a2", "v": "1", "op": "delete", "at": "soon"},
         ]
         for fields in bad:
-            await admin.xadd(S_ACME, fields)
+            await admin.xadd(s_acme, fields)
         await writer.upsert("acme", "asset", "a3", {"n": 3})
-        last = await admin.xadd(S_ACME, {"x": "trailing garbage"})
-        await wait_for(lambda: c.batches[-1].positions.get(S_ACME) == last.decode())
+        last = await admin.xadd(s_acme, {"x": "trailing garbage"})
+        await wait_for(lambda: c.batches[-1].positions.get(s_acme) == last.decode())
         assert [ch.agg_id for ch in c.changes] == ["a1", "a3"]
         assert feed.stats.malformed == len(bad) + 1
         assert feed.stats.gaps == 0  # entries without `n` do not break the numbering
 
 
 async def test_partitions_change_at_runtime(
-    redis_url: str, settings: RedisSettings, writer: Writer
+    redis_url: str, settings: RedisSettings, writer: Writer, streams: tuple[str, str]
 ) -> None:
+    s_acme, s_rival = streams
     feed = RedisFeed.from_url(
         redis_url, partitions=[P_ACME], settings=settings.model_copy(update={"feed_block_ms": 5000})
     )
@@ -140,14 +158,14 @@ async def test_partitions_change_at_runtime(
         await writer.upsert("rival", "asset", "before", {"n": 0})  # not tailed yet
         await asyncio.sleep(0)
         await feed.set_partitions([P_ACME, P_RIVAL])
-        rival_start = (await feed.head())[S_RIVAL]
+        rival_start = (await feed.head())[s_rival]
         # Reported in the next batch, without waiting out the 5 s block.
-        await wait_for(lambda: S_RIVAL in c.batches[-1].positions, timeout_s=2)
-        assert c.batches[-1].positions[S_RIVAL] == rival_start
+        await wait_for(lambda: s_rival in c.batches[-1].positions, timeout_s=2)
+        assert c.batches[-1].positions[s_rival] == rival_start
         await writer.upsert("rival", "asset", "after", {"n": 1})
         await wait_for(lambda: [ch.agg_id for ch in c.changes] == ["after"], timeout_s=2)
         await feed.set_partitions([P_RIVAL])
-        await wait_for(lambda: S_ACME not in c.batches[-1].positions, timeout_s=2)
+        await wait_for(lambda: s_acme not in c.batches[-1].positions, timeout_s=2)
         await writer.upsert("acme", "asset", "ignored", {"n": 2})
         await writer.upsert("rival", "asset", "last", {"n": 3})
         await wait_for(lambda: len(c.changes) == 2, timeout_s=2)
@@ -167,16 +185,17 @@ async def _write_through(writer: Writer, n: int, breaker: Any, every: int) -> li
     return [f"a{i}" for i in range(n)]
 
 
-def _check_exactly_once(c: Collector, expected: list[str]) -> None:
+def _check_exactly_once(c: Collector, expected: list[str], streams: tuple[str, str]) -> None:
     got = [ch.agg_id for ch in c.changes]
     assert sorted(got) == sorted(expected)  # nothing lost, nothing twice
-    for src in (S_ACME, S_RIVAL):
+    assert {ch.source for ch in c.changes} == set(streams)
+    for src in streams:
         ids = [ch.stream_id for ch in c.changes if ch.source == src]
         assert ids == sorted(ids, key=lambda s: tuple(map(int, s.split("-"))))
 
 
 async def test_survives_dropped_connections(
-    redis_url: str, settings: RedisSettings, writer: Writer
+    redis_url: str, settings: RedisSettings, writer: Writer, streams: tuple[str, str]
 ) -> None:
     feed = RedisFeed.from_url(redis_url, partitions=[P_ACME, P_RIVAL], settings=settings)
     async with collecting(feed) as c:
@@ -187,11 +206,13 @@ async def test_survives_dropped_connections(
 
         expected = await _write_through(writer, 300, breaker, 40)
         await wait_for(lambda: len(c.changes) >= len(expected))
-        _check_exactly_once(c, expected)
+        _check_exactly_once(c, expected, streams)
         assert feed.stats.reconnects >= 1
 
 
-async def test_survives_a_redis_restart(restartable: LocalRedis, settings: RedisSettings) -> None:
+async def test_survives_a_redis_restart(
+    restartable: LocalRedis, settings: RedisSettings, streams: tuple[str, str]
+) -> None:
     url = restartable.url
     feed = RedisFeed.from_url(url, partitions=[P_ACME, P_RIVAL], settings=settings)
     async with (
@@ -205,13 +226,18 @@ async def test_survives_a_redis_restart(restartable: LocalRedis, settings: Redis
 
         expected = await _write_through(writer, 120, breaker, 50)
         await wait_for(lambda: len(c.changes) >= len(expected))
-        _check_exactly_once(c, expected)
+        _check_exactly_once(c, expected, streams)
         assert feed.stats.reconnects >= 1 and feed.stats.gaps == 0
 
 
 async def test_trimmed_gap_is_detected(
-    redis_url: str, settings: RedisSettings, writer: Writer, admin: aioredis.Redis
+    redis_url: str,
+    settings: RedisSettings,
+    writer: Writer,
+    admin: Client,
+    streams: tuple[str, str],
 ) -> None:
+    s_acme, _ = streams
     gaps: list[tuple[str, str]] = []
     feed = RedisFeed.from_url(
         redis_url, partitions=[P_ACME], settings=settings, on_gap=lambda s, i: gaps.append((s, i))
@@ -219,14 +245,14 @@ async def test_trimmed_gap_is_detected(
     try:
         batches = feed.batches()
         first = await anext(batches)
-        assert first.positions == {S_ACME: "0-0"}
+        assert first.positions == {s_acme: "0-0"}
         await writer.upsert_many("acme", "asset", {f"a{i}": {"n": i} for i in range(50)})
-        await admin.xtrim(S_ACME, maxlen=10, approximate=False)  # 40 events never read
+        await admin.xtrim(s_acme, maxlen=10, approximate=False)  # 40 events never read
         got: list[Any] = []
         while len(got) < 10:
             got += (await anext(batches)).changes
         assert [ch.agg_id for ch in got] == [f"a{i}" for i in range(40, 50)]
-        assert feed.gaps == 1 and gaps and gaps[0][0] == S_ACME
+        assert feed.gaps == 1 and gaps and gaps[0][0] == s_acme
         await writer.upsert("acme", "asset", "next", {"n": 0})
         while not (await anext(batches)).changes:
             pass

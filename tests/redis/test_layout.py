@@ -95,3 +95,24 @@ def test_cluster_form_tags_a_partitions_keys_alike_and_keeps_standalone_names() 
     assert {_tag(k) for k in control} == {"lq"}
     with pytest.raises(ValueError, match="prefix"):
         Keys("a{b}")
+
+
+def test_script_key_names_in_both_forms() -> None:
+    """The names another language computes to call the write scripts (their contract
+    tests take them from `Keys`, in the deployment's form)."""
+    p = partition_of("acme", "asset")
+    tag = f"{{{p}}}"
+    for k, part, stream in ((Keys(), "", str(p)), (Keys(cluster=True), f"{tag}:", tag)):
+        names = [
+            k.row("acme", "asset", "r1"), k.table("acme", "asset"),
+            k.index_counts("acme", "asset"), k.value_index("acme", "asset", "kind", '"pump"'),
+            k.sort_num("acme", "asset", "n"), k.sort_lex("acme", "asset", "kind"),
+            k.filter_index("acme", "asset", "kind"), k.event_stream(p), k.event_seq(p),
+        ]  # fmt: skip
+        assert names == [
+            f"lq:row:{part}acme:asset:r1", f"lq:ids:{part}acme:asset",
+            f"lq:ixc:{part}acme:asset", f'lq:vx:{part}acme:asset:kind:"pump"',
+            f"lq:sn:{part}acme:asset:n", f"lq:sl:{part}acme:asset:kind",
+            f"lq:fx:{part}acme:asset:kind",
+            f"lq:events:{stream}", f"lq:evseq:{stream}",
+        ]  # fmt: skip

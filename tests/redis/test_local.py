@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis_helpers import quick_settings
 
 import raycluster
 from raycluster.cluster.routing import partition_of
@@ -116,8 +117,12 @@ def _binaries() -> list[str]:
 
 
 @pytest.mark.parametrize("binary", _binaries())
-async def test_every_script_on_each_redis_version(binary: str, settings: RedisSettings) -> None:
-    """One pass over every script and command family, per available redis-server."""
+async def test_every_script_on_each_redis_version(binary: str) -> None:
+    """One pass over every script and command family, per available redis-server.
+
+    Each server is a standalone one of this test (not the tier's deployments):
+    the keys take their standalone form."""
+    settings = quick_settings()
     spec = EntitySpec(name="asset", columns={"name": "str", "n": "int"})
     async with local_redis(binary=binary) as url:
         client = aioredis.Redis.from_url(url)

@@ -6,15 +6,13 @@ import time
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
-from redis_helpers import wait_for
+from redis_helpers import commands_run, reset_stats, wait_for
 
 from raycluster.cluster.keys import Keys
 from raycluster.redis import RedisFencing, RedisMembership, RedisSettings
+from raycluster.redis._client import Client
 
 pytestmark = pytest.mark.redis
-
-K = Keys()
 
 
 @pytest.fixture
@@ -24,18 +22,18 @@ async def members(redis_url: str, settings: RedisSettings) -> Any:
         yield m
 
 
-async def test_heartbeat_live_leave(members: RedisMembership, admin: aioredis.Redis) -> None:
-    await admin.config_resetstat()
+async def test_heartbeat_live_leave(members: RedisMembership, admin: Client, keys: Keys) -> None:
+    await reset_stats(admin)
     assert await members.live_shards() == []
     for sid in ["shard-c", "shard-a", "shard-b"]:
         await members.heartbeat(sid, ttl_s=30)
     assert await members.live_shards() == ["shard-a", "shard-b", "shard-c"]
-    assert 0 < await admin.pttl(K.heartbeat_key("shard-a")) <= 30_000
+    assert 0 < await admin.pttl(keys.heartbeat_key("shard-a")) <= 30_000
     await members.leave("shard-b")
     assert await members.live_shards() == ["shard-a", "shard-c"]
-    assert await admin.exists(K.heartbeat_key("shard-b")) == 0
-    stats = await admin.info("commandstats")
-    assert not {"cmdstat_keys", "cmdstat_scan"} & set(stats)  # the live set is never a scan
+    assert await admin.exists(keys.heartbeat_key("shard-b")) == 0
+    stats = await commands_run(admin)
+    assert not {"cmdstat_keys", "cmdstat_scan"} & stats  # the live set is never a scan
 
 
 async def test_stopped_heartbeat_leaves_within_its_ttl(members: RedisMembership) -> None:
@@ -54,25 +52,25 @@ async def test_stopped_heartbeat_leaves_within_its_ttl(members: RedisMembership)
 
 
 async def test_expired_members_are_pruned_from_the_set(
-    members: RedisMembership, admin: aioredis.Redis
+    members: RedisMembership, admin: Client, keys: Keys
 ) -> None:
     await members.heartbeat("brief", ttl_s=0.05)
-    assert await admin.zcard(K.members()) == 1
+    assert await admin.zcard(keys.members()) == 1
 
     async def pruned() -> bool:
-        return await members.live_shards() == [] and await admin.zcard(K.members()) == 0
+        return await members.live_shards() == [] and await admin.zcard(keys.members()) == 0
 
     await wait_for(pruned, timeout_s=2)
-    assert await admin.exists(K.heartbeat_key("brief")) == 0
+    assert await admin.exists(keys.heartbeat_key("brief")) == 0
 
 
-async def test_gateways_are_separate(members: RedisMembership, admin: aioredis.Redis) -> None:
+async def test_gateways_are_separate(members: RedisMembership, admin: Client, keys: Keys) -> None:
     await members.heartbeat_gateway("gw-2", ttl_s=30)
     await members.heartbeat_gateway("gw-1", ttl_s=30)
     await members.heartbeat("shard-a", ttl_s=30)
     assert await members.live_gateways() == ["gw-1", "gw-2"]
     assert await members.live_shards() == ["shard-a"]
-    assert await admin.exists(K.gateway_heartbeat("gw-1")) == 1
+    assert await admin.exists(keys.gateway_heartbeat("gw-1")) == 1
     await members.leave_gateway("gw-1")
     assert await members.live_gateways() == ["gw-2"]
 

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from raycluster.cluster.keys import Keys
 from raycluster.cluster.protocol import Registration
@@ -14,10 +13,10 @@ from raycluster.cluster.routing import partition_of
 from raycluster.errors import RegistrationConflict
 from raycluster.livequery import LiveQuery, SortKey, eq
 from raycluster.redis import RedisRegistry, RedisSettings
+from raycluster.redis._client import Client
 
 pytestmark = pytest.mark.redis
 
-K = Keys()
 Q = LiveQuery(entity="asset", where=[eq("kind", "pump")], sort=[SortKey(column="name")], limit=10)
 
 
@@ -52,25 +51,27 @@ async def test_put_get_lookups_delete(registry: RedisRegistry) -> None:
 
 
 async def test_replacing_moves_the_index_entries(
-    registry: RedisRegistry, admin: aioredis.Redis
+    registry: RedisRegistry, admin: Client, keys: Keys
 ) -> None:
     await registry.put(reg("s1", gw="gw-1"))
     await registry.put(reg("s1", gw="gw-2"), takeover=True)
     assert await registry.by_gateway("gw-1") == []
-    assert await admin.smembers(K.gateway_regs("gw-1")) == set()
+    assert await admin.smembers(keys.gateway_regs("gw-1")) == set()
     assert [r.gateway_id for r in await registry.by_gateway("gw-2")] == ["gw-2"]
 
 
-async def test_a_sub_id_stays_its_tenants(registry: RedisRegistry, admin: aioredis.Redis) -> None:
+async def test_a_sub_id_stays_its_tenants(
+    registry: RedisRegistry, admin: Client, keys: Keys
+) -> None:
     """Another tenant can never replace a registration, takeover or not; nothing is written."""
     await registry.put(reg("s1", gw="gw-1"))
-    before = await admin.hgetall(K.registration("s1"))
+    before = await admin.hgetall(keys.registration("s1"))
     for takeover in (False, True):
         with pytest.raises(RegistrationConflict, match="another tenant"):
             await registry.put(reg("s1", tenant="rival", gw="gw-2"), takeover=takeover)
-    assert await admin.hgetall(K.registration("s1")) == before
-    assert await admin.smembers(K.gateway_regs("gw-2")) == set()
-    assert await admin.smembers(K.partition_regs(partition_of("rival", "asset"))) == set()
+    assert await admin.hgetall(keys.registration("s1")) == before
+    assert await admin.smembers(keys.gateway_regs("gw-2")) == set()
+    assert await admin.smembers(keys.partition_regs(partition_of("rival", "asset"))) == set()
     # Nor may another gateway of the same tenant, unless it takes the subscription over.
     with pytest.raises(RegistrationConflict, match="another gateway"):
         await registry.put(reg("s1", gw="gw-2"))
@@ -83,11 +84,11 @@ async def test_a_sub_id_stays_its_tenants(registry: RedisRegistry, admin: aiored
 
 
 async def test_records_without_a_tenant_field_are_still_bound(
-    registry: RedisRegistry, admin: aioredis.Redis
+    registry: RedisRegistry, admin: Client, keys: Keys
 ) -> None:
     """A record written before the `t` field existed is bound by the tenant in its JSON."""
     await registry.put(reg("s1", gw="gw-1"))
-    await admin.hdel(K.registration("s1"), "t")
+    await admin.hdel(keys.registration("s1"), "t")
     with pytest.raises(RegistrationConflict):
         await registry.put(reg("s1", tenant="rival", gw="gw-1"))
 
@@ -101,7 +102,7 @@ async def test_delete_gateway(registry: RedisRegistry) -> None:
 
 
 async def test_concurrent_writers_leave_consistent_indexes(
-    redis_url: str, settings: RedisSettings, admin: aioredis.Redis
+    redis_url: str, settings: RedisSettings, admin: Client, keys: Keys
 ) -> None:
     """Many writers moving one registration between gateways: it ends in exactly one set."""
     regs = [RedisRegistry.from_url(redis_url, settings=settings) for _ in range(4)]
@@ -116,7 +117,9 @@ async def test_concurrent_writers_leave_consistent_indexes(
         await asyncio.gather(*(churn(r, k) for k, r in enumerate(regs)))
         final = await regs[0].get("s1")
         holders = [
-            gw for gw in ("gw-0", "gw-1", "gw-2") if await admin.sismember(K.gateway_regs(gw), "s1")
+            gw
+            for gw in ("gw-0", "gw-1", "gw-2")
+            if await admin.sismember(keys.gateway_regs(gw), "s1")
         ]
         if final is None:
             assert holders == []

@@ -8,8 +8,7 @@ import random
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
-from redis_helpers import o_top, stream_entries
+from redis_helpers import all_keys, o_top, stream_entries
 
 from raycluster.cluster.keys import Keys
 from raycluster.cluster.routing import partition_of
@@ -33,6 +32,7 @@ from raycluster.livequery import (
     or_,
 )
 from raycluster.redis import RedisSettings, RedisStore, Writer
+from raycluster.redis._client import Client
 from raycluster.redis._index import canon, lex_member, score_text
 from raycluster.redis.scripts import WRITE
 
@@ -50,7 +50,7 @@ SPEC = EntitySpec(
     },
     max_window=100,
 )
-STREAM = Keys().event_stream(partition_of("acme", "asset"))
+P = partition_of("acme", "asset")
 NAMES = ["", "a", "ab", "abc", "b", "ba", "B", "é", "z\x00", "z", "zz", "pump 1", "Pump 2"]
 KINDS = ["pump", "valve", "tank", "fan"]
 
@@ -145,7 +145,7 @@ async def test_reads_match_the_oracle(
             q = rand_query(rng, live)
             snap = await store.snapshot("acme", q, q.limit)
             assert as_tuples(snap.rows) == o_top(table, q), q
-            assert snap.source == STREAM
+            assert snap.source == settings.keys.event_stream(P)
             for r in snap.rows:
                 assert r.cursor.values == [*(r.vals.get(k.column) for k in q.sort), r.agg_id]
             if snap.rows:
@@ -162,7 +162,8 @@ async def test_reads_match_the_oracle(
 async def test_empty_table_snapshot(redis_url: str, settings: RedisSettings) -> None:
     async with RedisStore.from_url(redis_url, settings=settings) as store:
         snap = await store.snapshot("acme", LiveQuery(entity="asset", limit=5), 5)
-    assert snap.rows == [] and snap.watermark == "0-0" and snap.source == STREAM
+    assert snap.rows == [] and snap.watermark == "0-0"
+    assert snap.source == settings.keys.event_stream(P)
 
 
 async def test_query_checked_against_entities(redis_url: str, settings: RedisSettings) -> None:
@@ -207,7 +208,7 @@ async def test_index_changed_after_rows_falls_back_to_a_scan(
             assert as_tuples(snap.rows) == o_top(table, q)
         assert store.plans["all"] == 1 and "sets" not in store.plans
         # The read itself re-checks coverage (the plan's sizes are not atomic with it).
-        vx = Keys().value_index("acme", "asset", "kind", '"pump"')
+        vx = settings.keys.value_index("acme", "asset", "kind", '"pump"')
         res = await store._call("acme", "asset", ["sets", "v:kind", vx])
         assert res[1] == "stale"
         zkey = settings.keys.sort_num("acme", "asset", "n")
@@ -230,7 +231,7 @@ def replay(entries: list[tuple[str, dict[str, str]]], upto: str) -> dict[str, An
 
 
 async def test_snapshot_is_atomic_with_writers(
-    redis_url: str, settings: RedisSettings, admin: aioredis.Redis
+    redis_url: str, settings: RedisSettings, admin: Client
 ) -> None:
     """Snapshots taken while writers run equal the replayed state at their watermark."""
     rng = random.Random(3)
@@ -261,7 +262,7 @@ async def test_snapshot_is_atomic_with_writers(
         finally:
             stop.set()
             await asyncio.gather(*writers)
-    entries = await stream_entries(admin, STREAM)
+    entries = await stream_entries(admin, settings.keys.event_stream(P))
     assert len({s.watermark for _, s in snaps}) > 10  # writes really interleaved
     for q, snap in snaps:
         assert as_tuples(snap.rows) == o_top(replay(entries, snap.watermark), q), q
@@ -294,12 +295,10 @@ def _mp_strings(items: list[bytes]) -> bytes:
 
 
 async def _upsert_as_before(
-    admin: aioredis.Redis, spec: EntitySpec, agg_id: str, row: dict[str, Any]
+    admin: Client, k: Keys, spec: EntitySpec, agg_id: str, row: dict[str, Any]
 ) -> None:
     """Upsert `row` with the entries the previous layout sent: a value set (and its
     count) per filterable column, a sort-index entry per sortable column."""
-    k = x = Keys()
-    p = partition_of("acme", "asset")
     items: list[bytes] = []
     for c in spec.filterable if spec.filterable is not None else spec.columns:
         vx = k.value_index("acme", "asset", c, canon(row.get(c)))
@@ -307,11 +306,11 @@ async def _upsert_as_before(
     for c in spec.sortable if spec.sortable is not None else spec.columns:
         v = row.get(c)
         if spec.columns[c] == "str":
-            items += [b"l", x.sort_lex("acme", "asset", c).encode(), lex_member(v, agg_id)]
+            items += [b"l", k.sort_lex("acme", "asset", c).encode(), lex_member(v, agg_id)]
         else:
-            items += [b"n", x.sort_num("acme", "asset", c).encode(), score_text(v).encode()]
-    keys = [k.row("acme", "asset", agg_id), k.table("acme", "asset"), STREAM]
-    keys += [x.index_counts("acme", "asset"), x.event_seq(p)]
+            items += [b"n", k.sort_num("acme", "asset", c).encode(), score_text(v).encode()]
+    keys = [k.row("acme", "asset", agg_id), k.table("acme", "asset"), k.event_stream(P)]
+    keys += [k.index_counts("acme", "asset"), k.event_seq(P)]
     args = ["upsert", "", "acme", "asset", agg_id, json.dumps(row), 1000, _mp_strings(items)]
     res = await admin.eval(WRITE, 5, *keys, *args)
     assert res[0] == b"ok"
@@ -319,14 +318,14 @@ async def _upsert_as_before(
 
 @pytest.mark.parametrize("sortable", [None, ["name", "temp"]])
 async def test_reads_exact_on_rows_of_the_earlier_layout(
-    redis_url: str, settings: RedisSettings, admin: aioredis.Redis, sortable: list[str] | None
+    redis_url: str, settings: RedisSettings, admin: Client, sortable: list[str] | None
 ) -> None:
     """Rows stored with value sets, then mixed with rows of the current layout, then
     all rewritten: every read stays exact, and uses whichever index covers every row."""
     spec = SPEC.model_copy(update={"sortable": sortable})
     rng = random.Random(9)
     for i in range(50):
-        await _upsert_as_before(admin, spec, f"a{i}", rand_row(rng))
+        await _upsert_as_before(admin, settings.keys, spec, f"a{i}", rand_row(rng))
     pump = LiveQuery(entity="asset", limit=5, where=[eq("kind", "pump")])
 
     async def check(store: RedisStore, mode: str) -> None:
@@ -353,7 +352,8 @@ async def test_reads_exact_on_rows_of_the_earlier_layout(
         await w.upsert_many("acme", "asset", {i: row for i, (_, row) in table.items()})
         await check(store, "range")
         # Every value set and count is gone with the last row stored in them.
-        assert await admin.keys("lq:vx:*") == [] and await admin.exists("lq:ixc:acme:asset") == 0
+        assert await all_keys(admin, "lq:vx:*") == []
+        assert await admin.exists(settings.keys.index_counts("acme", "asset")) == 0
 
 
 async def test_eq_on_the_filter_index_and_numbers(redis_url: str, settings: RedisSettings) -> None:
