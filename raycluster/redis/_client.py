@@ -104,7 +104,7 @@ def _command_retry(settings: RedisSettings) -> Retry:
 
 
 class _Cluster(RedisCluster):
-    """A Redis Cluster client that survives the death of the node it first asked.
+    """A Redis Cluster client that survives the death of nodes (redis-py's does not quite).
 
     * redis-py asks its default node (`COMMAND GETKEYS`) which keys an XREAD
       or XREADGROUP names, and once that node has died it keeps asking it: no
@@ -173,16 +173,10 @@ class _Cluster(RedisCluster):
         return await self._limited(*args, **kw)
 
     async def _limited(self, *args: Any, **kw: Any) -> Any:
-        try:
-            if self._slots is None:
-                return await super().execute_command(*args, **kw)
-            async with self._slots:
-                return await super().execute_command(*args, **kw)
-        except AttributeError as e:
-            # During a failover redis-py may send on a connection another task is
-            # tearing down ("'NoneType' object has no attribute 'writelines'"):
-            # that command's connection was lost, like any other.
-            raise rx.ConnectionError(f"connection lost during a topology change ({e})") from e
+        if self._slots is None:
+            return await super().execute_command(*args, **kw)
+        async with self._slots:
+            return await super().execute_command(*args, **kw)
 
 
 class _ClusterConnection(Connection):

@@ -9,9 +9,10 @@ Redis Cluster: the write scripts get every key the client can compute in KEYS
 (row hashes, live ids, stream, index counts, event counter); the index keys
 come inside the entries (the new ones from the client, the old ones from the
 row's stored `ix`), and READ builds row keys from a prefix. All of them belong
-to one (tenant, entity) (its partition's stream and event counter aside), so
-once its key names share a hash tag (DESIGN §7b) each call touches one slot;
-until then the scripts target a standalone Redis.
+to one (tenant, entity), and in their cluster form (`Keys(cluster=True)`,
+DESIGN §7b) they and the partition's stream and event counter share the
+partition's hash tag, so each call touches one slot (keys not in KEYS are
+then in the slot of those that are, which Redis Cluster allows).
 
 Index layout (`_index`): one sorted set per indexed column — a sortable
 column's sort index, else a filter index — so a batch of new rows costs one
