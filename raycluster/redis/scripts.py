@@ -419,24 +419,29 @@ HEARTBEAT = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expiry = now + tonumber(ARGV[2])
-redis.call('SET', KEYS[1], expiry, 'PX', ARGV[2])
+redis.call('SET', KEYS[1], expiry, 'PXAT', expiry)
 redis.call('ZADD', KEYS[2], expiry, ARGV[1])
 return expiry
 """
 """Refresh one member's liveness, on the server's clock.
 
 KEYS: 1 heartbeat key; 2 member sorted set. ARGV: 1 member id; 2 TTL in ms.
-Sets the key (value: expiry, epoch ms) with that TTL and records the expiry
-as the member's score. Returns the expiry (epoch ms, server clock).
+Sets the key (value: expiry, epoch ms) to expire at that very instant
+(PXAT) and records the expiry as the member's score, so the key and the
+live set agree on when the member ends. Returns the expiry (epoch ms,
+server clock).
 """
 
 LIVE_MEMBERS = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 """
-"""The members whose expiry is after now (server clock); prunes the expired.
+"""The members whose expiry is not before now (server clock); prunes the expired.
+
+A member is live up to and including its expiry instant, as its key is
+(Redis expires a key once the time is past its expiry).
 
 KEYS: 1 member sorted set. Returns the live ids (unsorted).
 """
