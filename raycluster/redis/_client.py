@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ __all__ = (
     "Backoff",
     "Client",
     "ClientComponent",
+    "ClusterClient",
     "ReadGate",
     "interruptible",
     "make_client",
@@ -103,7 +105,7 @@ def _command_retry(settings: RedisSettings) -> Retry:
     return Retry(backoff, settings.command_retries)
 
 
-class _Cluster(RedisCluster):
+class ClusterClient(RedisCluster):
     """A Redis Cluster client that survives the death of nodes (redis-py's does not quite).
 
     * redis-py asks its default node (`COMMAND GETKEYS`) which keys an XREAD
@@ -144,7 +146,7 @@ class _Cluster(RedisCluster):
     async def initialize(self, *args: Any, **kw: Any) -> RedisCluster:
         async def once() -> RedisCluster:
             try:
-                return await super(_Cluster, self).initialize(*args, **kw)
+                return await super(ClusterClient, self).initialize(*args, **kw)
             except rx.RedisClusterException as e:
                 if isinstance(e.__cause__, UNREACHABLE):
                     raise rx.ConnectionError(str(e)) from e
@@ -158,6 +160,28 @@ class _Cluster(RedisCluster):
         await super().aclose()
         await self.nodes_manager.aclose()
         await self.nodes_manager.aclose("startup_nodes")
+
+    @asynccontextmanager
+    async def connection_for(self, key: str) -> AsyncIterator[Connection]:
+        """A connection to the master serving `key`'s slot, for a raw pipeline of
+        commands on that slot (`Writer`), counted against `limit`. An error
+        disconnects it (replies may still be due); a lost connection or a moved
+        slot makes the client learn the slot map again before its next command."""
+        await self.initialize()
+        async with self._slots if self._slots is not None else contextlib.nullcontext():
+            node = self.get_node_from_key(key)
+            if node is None:
+                raise rx.SlotNotCoveredError(f"no master serves the slot of {key!r}")
+            conn = node.acquire_connection()
+            try:
+                yield conn
+            except BaseException as e:
+                await conn.disconnect()
+                if isinstance(e, UNREACHABLE):
+                    self._initialize = True
+                raise
+            finally:
+                node.release(conn)
 
     async def execute_command(self, *args: Any, **kw: Any) -> Any:
         if "target_nodes" not in kw and _word(args[0]) in _STREAM_READS:
@@ -180,7 +204,11 @@ class _Cluster(RedisCluster):
 
 
 class _ClusterConnection(Connection):
-    """A cluster node's connection that reports being torn down under a command."""
+    """A cluster node's connection that reports being torn down under a command
+    (and packs commands with hiredis, as `_PackedConnection` does, when it can)."""
+
+    if _hiredis_pack is not None:
+        pack_command = _HiredisPack.pack_command
 
     async def _send_packed_command(self, command: Any) -> None:
         # redis-py disconnects a node's free connections when a command on the
@@ -230,14 +258,14 @@ def _cluster_client(
         "client_name": name,
     }
     if blocking_ms is not None:
-        return _Cluster.from_url(
+        return ClusterClient.from_url(
             url,
             socket_timeout=blocking_ms / 1000 + settings.socket_timeout_s,
             retry=Retry(NoBackoff(), 0),
             max_connections=PARTITIONS + settings.max_connections,
             **common,
         )
-    return _Cluster.from_url(
+    return ClusterClient.from_url(
         url,
         limit=settings.max_connections,
         socket_timeout=settings.socket_timeout_s,

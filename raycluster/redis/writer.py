@@ -14,7 +14,7 @@ from raycluster.cluster.routing import partition_of
 from raycluster.errors import ConflictError, InvalidRow
 from raycluster.livequery.models import EntitySpec, printable, unstorable
 
-from ._client import Client, ClientComponent
+from ._client import Client, ClientComponent, ClusterClient
 from ._index import Layout, check_scalar
 from .errors import translate_errors
 from .scripts import WRITE, WRITE_MANY
@@ -84,6 +84,20 @@ def _check_name(field: str, value: Any) -> None:
     if field != "agg_id" and ":" in value:
         # Key names join tenant and entity with ':' — one inside would collide.
         raise InvalidRow(field, value, "must not contain ':'")
+
+
+async def _send_pipelined(conn: Any, commands: Iterator[list[Any]], in_flight: int) -> list[Any]:
+    """`Writer._pipelined` on one connection (the caller disconnects it on an error)."""
+    replies: list[Any] = []
+    sent = 0
+    for cmd in commands:
+        await conn.send_packed_command(conn.pack_command(*cmd), check_health=False)
+        sent += 1
+        if sent - len(replies) > in_flight:
+            replies.append(await conn.read_response())
+    while len(replies) < sent:
+        replies.append(await conn.read_response())
+    return replies
 
 
 class Writer(ClientComponent):
@@ -335,7 +349,7 @@ class Writer(ClientComponent):
 
         in_flight = max(1, self.settings.write_batch // _ROWS_PER_CALL) + 1
         with translate_errors(f"write_many {tenant}/{entity}"):
-            return await self._pipelined(calls(), in_flight)
+            return await self._pipelined(calls(), in_flight, fixed[0])
 
     @staticmethod
     def _entries(
@@ -356,34 +370,31 @@ class Writer(ClientComponent):
         it = iter(blobs)
         return [b"" if w[1] is None else next(it) for w in part], []
 
-    async def _pipelined(self, commands: Iterator[list[Any]], in_flight: int) -> list[Any]:
+    async def _pipelined(
+        self, commands: Iterator[list[Any]], in_flight: int, slot_key: str
+    ) -> list[Any]:
         """Send `commands` in order on one connection, reading a reply whenever more
         than `in_flight` await theirs; the replies, in order (an error reply raises).
 
-        On Redis Cluster, `in_flight + 1` commands at a time go through the
-        cluster client's pipeline, which follows the slot map (MOVED, failover).
+        On Redis Cluster the connection is one to the master serving
+        `slot_key`'s slot (every command of one call shares it); a lost
+        connection or a moved slot makes the client learn the slot map again.
         """
-        if isinstance(self._client, RedisCluster):
+        if isinstance(self._client, ClusterClient):
+            async with self._client.connection_for(slot_key) as conn:
+                return await _send_pipelined(conn, commands, in_flight)
+        if isinstance(self._client, RedisCluster):  # redis-py's own: its cluster pipeline
             return await self._cluster_pipelined(self._client, commands, in_flight + 1)
         pool = self._client.connection_pool
         conn = await pool.get_connection()
-        replies: list[Any] = []
         try:
-            sent = 0
-            for cmd in commands:
-                await conn.send_packed_command(conn.pack_command(*cmd), check_health=False)
-                sent += 1
-                if sent - len(replies) > in_flight:
-                    replies.append(await conn.read_response())
-            while len(replies) < sent:
-                replies.append(await conn.read_response())
+            return await _send_pipelined(conn, commands, in_flight)
         except BaseException:
             # Replies may still be due: the connection is unusable for anyone else.
             await conn.disconnect()
             raise
         finally:
             await pool.release(conn)
-        return replies
 
     @staticmethod
     async def _cluster_pipelined(
