@@ -22,7 +22,6 @@ from .errors import UNREACHABLE
 from .settings import RedisSettings
 
 __all__ = (
-    "RETRYABLE",
     "Backoff",
     "Client",
     "ClientComponent",
@@ -32,10 +31,6 @@ __all__ = (
     "make_client",
     "resolve_url",
 )
-
-# What a blocking reader treats as "connection lost: back off and resume".
-# BusyLoadingError (a ConnectionError) covers a restarted server still loading its AOF.
-RETRYABLE = UNREACHABLE
 
 
 def resolve_url(url: str | None, settings: RedisSettings) -> str:
@@ -135,7 +130,9 @@ class ClusterClient(RedisCluster):
 
     def __init__(self, *args: Any, limit: int | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self._slots = asyncio.Semaphore(limit) if limit is not None else None
+        self._slots: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Semaphore(limit) if limit is not None else contextlib.nullcontext()
+        )
         nodes = self.nodes_manager
         cls = _CLUSTER_CONNECTIONS.get(nodes.connection_kwargs.get("connection_class"))
         if cls is not None:
@@ -168,7 +165,7 @@ class ClusterClient(RedisCluster):
         disconnects it (replies may still be due); a lost connection or a moved
         slot makes the client learn the slot map again before its next command."""
         await self.initialize()
-        async with self._slots if self._slots is not None else contextlib.nullcontext():
+        async with self._slots:
             node = self.get_node_from_key(key)
             if node is None:
                 raise rx.SlotNotCoveredError(f"no master serves the slot of {key!r}")
@@ -197,8 +194,6 @@ class ClusterClient(RedisCluster):
         return await self._limited(*args, **kw)
 
     async def _limited(self, *args: Any, **kw: Any) -> Any:
-        if self._slots is None:
-            return await super().execute_command(*args, **kw)
         async with self._slots:
             return await super().execute_command(*args, **kw)
 

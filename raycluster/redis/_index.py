@@ -147,18 +147,19 @@ class _Column(NamedTuple):
 class Layout:
     """Which index each column of an entity's rows has, and the entries of rows."""
 
-    __slots__ = ("_fast", "_plans", "filterable", "header", "keys", "sortable", "spec")
+    __slots__ = ("_fast", "_plans", "filter_only", "header", "keys", "sortable", "spec")
 
     def __init__(self, spec: EntitySpec, keys: Keys) -> None:
         self.spec = spec
         self.keys = keys
         cols = list(spec.columns)
-        self.filterable = list(spec.filterable if spec.filterable is not None else cols)
         sortable = spec.sortable if spec.sortable is not None else cols
         self.sortable = [(c, spec.columns[c] == "str") for c in sortable]
-        sorted_cols = {c for c, _ in self.sortable}
-        n_cols = len(self.sortable) + sum(c not in sorted_cols for c in self.filterable)
-        self.header = _mp_array(3 * n_cols)
+        # Filterable columns without a sort index (theirs answers `eq`): a filter index each.
+        filterable = spec.filterable if spec.filterable is not None else cols
+        sorted_cols = set(sortable)
+        self.filter_only = [c for c in filterable if c not in sorted_cols]
+        self.header = _mp_array(3 * (len(self.sortable) + len(self.filter_only)))
         self._plans: dict[str, list[_Column]] = {}
         self._fast = {c: _FAST_TYPES[t] for c, t in spec.columns.items()}
 
@@ -241,11 +242,9 @@ class Layout:
             kind = _LEX if lexical else _NUM
             how = _BY_LEX if lexical else _BY_SCORE
             plan.append(_Column(how, c, key, _mp_str(kind) + _mp_str(key), {}))
-        sorted_cols = {c for c, _ in self.sortable}
-        for c in self.filterable:
-            if c not in sorted_cols:
-                key = keys.filter_index(tenant, entity, c).encode()
-                plan.append(_Column(_BY_CANON, c, key, _mp_str(_LEX) + _mp_str(key), {}))
+        for c in self.filter_only:
+            key = keys.filter_index(tenant, entity, c).encode()
+            plan.append(_Column(_BY_CANON, c, key, _mp_str(_LEX) + _mp_str(key), {}))
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         self._plans[tenant] = plan

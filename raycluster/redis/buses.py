@@ -31,8 +31,8 @@ from pydantic import BaseModel, ValidationError
 
 from raycluster.cluster.protocol import Control
 
-from ._client import RETRYABLE, Backoff, ReadGate, interruptible, make_client, resolve_url
-from .errors import translate_errors
+from ._client import Backoff, ReadGate, interruptible, make_client, resolve_url
+from .errors import UNREACHABLE, translate_errors
 from .settings import RedisSettings
 
 __all__ = (
@@ -217,7 +217,7 @@ class ControlStream(_Reader):
             if done and resp:
                 await self._take(resp[0][1])
             self._backoff.reset()
-        except RETRYABLE as e:  # (first: a cluster between masters answers ResponseErrors)
+        except UNREACHABLE as e:  # (first: a cluster between masters answers ResponseErrors)
             # Entries delivered on the lost connection are pending now: re-read them.
             self._pending_from = "0"
             await self._lost(e)
@@ -422,7 +422,7 @@ class DeltaStream(_Reader):
                 self._wake,
             )
             self._backoff.reset()
-        except RETRYABLE as e:
+        except UNREACHABLE as e:
             await self._lost(e)
             return
         if not done or not resp:

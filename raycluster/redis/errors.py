@@ -26,7 +26,9 @@ UNREACHABLE: tuple[type[BaseException], ...] = (
     rx.SlotNotCoveredError,
     rx.AskError,
 )
-"""redis-py errors that mean "Redis cannot serve this now; try again later"."""
+"""redis-py errors that mean "Redis cannot serve this now; try again later" (what a
+blocking reader treats as "connection lost: back off and resume"; BusyLoadingError,
+a ConnectionError, covers a restarted server still loading its AOF)."""
 
 
 class RedisUnavailable(UnavailableError, ConnectionError):

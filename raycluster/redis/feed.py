@@ -27,8 +27,8 @@ from raycluster.errors import ClosedError
 from raycluster.livequery.models import Change, trusted
 from raycluster.livequery.ports import FeedBatch, pos_key
 
-from ._client import RETRYABLE, Backoff, ReadGate, interruptible, make_client, resolve_url
-from .errors import translate_errors
+from ._client import Backoff, ReadGate, interruptible, make_client, resolve_url
+from .errors import UNREACHABLE, translate_errors
 from .scripts import STREAM_HEAD
 from .settings import RedisSettings
 
@@ -207,7 +207,7 @@ class RedisFeed:
                 raise ClosedError("feed is closed")
             try:
                 return await step()
-            except RETRYABLE as e:
+            except UNREACHABLE as e:
                 self.stats.reconnects += 1
                 log.warning("feed: Redis unavailable (%s); retrying", e)
                 await backoff.sleep()
@@ -234,7 +234,7 @@ class RedisFeed:
                         ),
                         self._changed,
                     )
-            except RETRYABLE as e:
+            except UNREACHABLE as e:
                 self.stats.reconnects += 1
                 log.warning("feed: read failed (%s); reconnecting", e)
                 await backoff.sleep()
@@ -289,7 +289,7 @@ class RedisFeed:
                 resp: Any = await self._blocking.xread(
                     {key: pos}, count=self.settings.feed_count, block=self.settings.feed_block_ms
                 )
-            except RETRYABLE as e:
+            except UNREACHABLE as e:
                 self.stats.reconnects += 1
                 log.warning("feed: read of %s failed (%s); reconnecting", key, e)
                 await backoff.sleep()

@@ -66,7 +66,7 @@ class ClusterNode:
     @property
     def url(self) -> str:
         """`redis://127.0.0.1:PORT`."""
-        return f"redis://{_HOST}:{self.port}"
+        return _url(self.port)
 
     def __str__(self) -> str:
         pid = self.pid if self.pid is not None else "stopped"
