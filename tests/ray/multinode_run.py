@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import os
 import random
@@ -64,6 +65,9 @@ from raycluster.redis import LocalRedis, RedisRegistry
 
 SCENARIOS = ("spread", "shard_node", "gateway_node", "controller_node")
 STEP_TIMEOUT_S = 90.0  # each wait of a scenario (a loaded 2-core machine)
+# Every thread's stack goes to stderr this long after the start (before the test's
+# 420 s bound), so a run that hangs says where.
+STACKS_AFTER_S = 380.0
 PUMPS = LiveQuery(
     entity=ENTITY,
     where=[eq("kind", "pump")],
@@ -265,6 +269,7 @@ async def run(results: dict[str, Any], out: Path) -> None:
                 try:
                     await open_subscriptions(w)
                     for name, step in steps.items():
+                        print("start", name, flush=True)
                         start = time.monotonic()
                         try:
                             await step(w)
@@ -288,6 +293,7 @@ async def run(results: dict[str, Any], out: Path) -> None:
 def main() -> int:
     out = Path(sys.argv[1])
     results: dict[str, Any] = {}
+    faulthandler.dump_traceback_later(STACKS_AFTER_S)
     try:
         asyncio.run(run(results, out))
     except BaseException:

@@ -54,7 +54,10 @@ def run() -> Iterator[tuple[dict[str, Any], str]]:
             )  # fmt: skip
             log = proc.stdout[-4000:] + proc.stderr[-4000:]
         except subprocess.TimeoutExpired as e:
-            log = f"timed out after {RUN_TIMEOUT_S}s\n{(e.stdout or b'')[-4000:]!r}"
+            # The run dumps every thread's stack before this (`multinode_run.STACKS_AFTER_S`).
+            out_tail = (e.stdout or b"")[-4000:]
+            err_tail = (e.stderr or b"")[-8000:].decode(errors="replace")
+            log = f"timed out after {RUN_TIMEOUT_S}s\n{out_tail!r}\n{err_tail}"
         results = json.loads(out.read_text()) if out.exists() else {}
         yield results, log
     finally:
