@@ -120,9 +120,10 @@ class ClusterClient(RedisCluster):
       `RedisClusterException` (not even a `RedisError`): it is a
       `ConnectionError` here, so callers see "unavailable" as they do for a
       standalone server, and readers back off and retry.
-    * `aclose` closes every node's connections. (redis-py's skips them while
-      the client is marked for re-initialization, as it is after any lost
-      connection, and leaks them.)
+    * `aclose` closes every node's connections, those a failover dropped from
+      the map included. (redis-py's skips them while the client is marked for
+      re-initialization, as it is after any lost connection, and forgets the
+      dropped nodes: both leaked connections.)
     * A command that takes a free connection redis-py is tearing down (after
       another command lost its own) fails with `ConnectionError`, and is
       retried, instead of an `AttributeError` (`_ClusterConnection`).
@@ -130,6 +131,7 @@ class ClusterClient(RedisCluster):
 
     def __init__(self, *args: Any, limit: int | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        self._known: dict[int, Any] = {}  # every node this client has used, by identity
         self._slots: contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Semaphore(limit) if limit is not None else contextlib.nullcontext()
         )
@@ -151,12 +153,17 @@ class ClusterClient(RedisCluster):
 
         if not self._initialize:  # the slot map is known: nothing to retry
             return self
+        for node in self.nodes_manager.nodes_cache.values():  # (a refresh may drop some)
+            self._known[id(node)] = node
         return await self.retry.call_with_retry(once, _no_op, _not_a_timeout)
 
     async def aclose(self) -> None:
         await super().aclose()
         await self.nodes_manager.aclose()
         await self.nodes_manager.aclose("startup_nodes")
+        # Nodes a failover dropped from the map may still hold connections (a read
+        # that was blocked on them): redis-py no longer knows them, this client does.
+        await asyncio.gather(*(node.disconnect() for node in self._known.values()))
 
     @asynccontextmanager
     async def connection_for(self, key: str) -> AsyncIterator[Connection]:
