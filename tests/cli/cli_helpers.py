@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support import fast_tier, unique, wait_for
 
 from raycluster._wiring import redis_shard
 from raycluster.config import TierSettings
@@ -45,7 +44,7 @@ class Tier1:
     settings: TierSettings
     writer: Writer
     cwd: Path
-    tenant: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
+    tenant: str = field(default_factory=lambda: unique("t"))
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     async def upsert(self, agg_id: str, row: dict[str, Any]) -> None:
@@ -63,14 +62,15 @@ def clean_env(**extra: str) -> dict[str, str]:
 @asynccontextmanager
 async def start_tier1(url: str, tmp_path: Path) -> AsyncIterator[Tier1]:
     """Start one shard with fast settings and a fresh key prefix; stop it on exit."""
-    prefix = f"lqc-{uuid.uuid4().hex[:8]}"
-    cfg = {
-        "name": prefix,
-        "redis": {"redis_url": url, "key_prefix": prefix, "heartbeat_ttl_s": 2.0},
-        "shard": {"heartbeat_interval_s": 0.4, "ownership_interval_s": 0.2},
-        "gateway": {"attempt_timeout_s": 1.0, "request_deadline_s": 20.0},
-        "entities": [{"name": ENTITY, "columns": COLUMNS, "max_window": 200}],
-    }
+    prefix = unique("lqc")
+    cfg = fast_tier(
+        {
+            "name": prefix,
+            "redis": {"redis_url": url, "key_prefix": prefix},
+            "gateway": {"request_deadline_s": 20.0},
+            "entities": [{"name": ENTITY, "columns": COLUMNS, "max_window": 200}],
+        }
+    )
     config = tmp_path / "tier.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     cwd = tmp_path / "cwd"
@@ -106,22 +106,6 @@ async def _bounded(aw: Awaitable[Any], timeout_s: float) -> None:
 
 async def _has_shard(members: RedisMembership) -> bool:
     return "shard-0" in await members.live_shards()
-
-
-async def wait_for(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float, *, what: str = "condition"
-) -> None:
-    """Poll `predicate` (sync or async) until true; AssertionError on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def cli_command(*args: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""CLI tier: a private Redis for the session and one in-process shard per test.
+"""CLI tier: one in-process shard per test, over the session's private Redis.
 
 The CLI runs as a subprocess against them (`python -m raycluster.cli`), with
 a config file naming the test's own key prefix, in a working directory of
@@ -8,23 +8,13 @@ variables inherited. Nothing here touches a Redis it did not start.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from cli_helpers import Tier1, start_tier1
 
 from raycluster.redis import LocalRedis
-
-_SYSTEM_REDIS_PORT = 6379
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[LocalRedis]:
-    """One private redis-server for the directory (each test has its own key prefix)."""
-    with LocalRedis() as srv:
-        assert srv.port != _SYSTEM_REDIS_PORT
-        yield srv
 
 
 @pytest.fixture

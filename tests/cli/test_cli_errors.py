@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from cli_helpers import ENTITY, Tier1, clean_env, run_cli
 
-pytestmark = pytest.mark.redis
-
 
 def _one_error_line(err: str) -> str:
     lines = [ln for ln in err.splitlines() if ln.strip()]

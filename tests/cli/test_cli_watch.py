@@ -7,13 +7,11 @@ import json
 import signal
 from typing import Any
 
-import pytest
-from cli_helpers import ENTITY, Tier1, clean_env, cli_command, run_cli, top_n, wait_for
+from cli_helpers import ENTITY, Tier1, clean_env, cli_command, run_cli, top_n
+from support import wait_for
 
 from raycluster.cluster import partition_of
 from raycluster.redis import RedisMembership, RedisRegistry
-
-pytestmark = pytest.mark.redis
 
 
 def _pumps_by_temp_desc(rows: dict[str, dict[str, Any]], n: int) -> list[str]:

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from cli_helpers import ENTITY, Tier1, run_cli
 
-pytestmark = pytest.mark.redis
-
 
 def _lines(*objs: object) -> str:
     return "".join(json.dumps(o) + "\n" for o in objs)

@@ -6,16 +6,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cli_helpers import ENTITY, Tier1, wait_for
+from cli_helpers import ENTITY, Tier1
 from IPython.core.displaypub import CapturingDisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell
+from support import wait_for
 from traitlets.config import Config
 
 import raycluster
 from raycluster import LiveQuery, SortKey, gt
 from raycluster.notebook import LiveTable, show
-
-pytestmark = pytest.mark.redis
 
 
 @pytest.fixture

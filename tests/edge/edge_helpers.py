@@ -1,4 +1,4 @@
-"""Helpers of the edge tests: settings constants, truth, waiting, a raw SSE reader."""
+"""Helpers of the edge tests: settings constants, truth, a raw SSE reader, serving an app."""
 
 from __future__ import annotations
 
@@ -6,17 +6,14 @@ import asyncio
 import contextlib
 import functools
 import json
-import socket
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pytest
 import uvicorn
 from starlette.applications import Starlette
+from support import free_port, unique, wait_for
 
 from raycluster import EntitySpec, LiveQuery, SortKey
 from raycluster._connect import RemoteGateway
@@ -44,11 +41,6 @@ CONNECTIONS_PER_TENANT = 3
 SEND_TIMEOUT_S = 3.0
 
 
-def unique(label: str) -> str:
-    """A tenant (or name) no other test uses."""
-    return f"{label}{uuid.uuid4().hex[:8]}"
-
-
 def token(tenant: str, ttl_s: float = 600) -> str:
     """A signed token of `tenant`."""
     return sign_token(SECRET, tenant, ttl_s)
@@ -68,24 +60,6 @@ def truth(rows: Mapping[str, Mapping[str, Any]], limit: int, after: str | None =
     if after is not None:
         keys = [k for k in keys if k[0] > after]
     return [i for _, i in keys[:limit]]
-
-
-async def wait_for(
-    predicate: Callable[[], bool | Awaitable[bool]],
-    timeout_s: float = 10.0,
-    what: str | Callable[[], str] = "condition",
-) -> None:
-    """Poll until true; fail the test on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        r = predicate()
-        if not isinstance(r, bool):
-            r = await r
-        if r:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what() if callable(what) else what}")
-        await asyncio.sleep(0.02)
 
 
 class Rows:
@@ -212,12 +186,6 @@ def ids_of(window: list[Event]) -> list[str]:
 partial = functools.partial
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def served(app: Starlette) -> AsyncIterator[int]:
     """Serve `app` with uvicorn on a free loopback port; yields the port."""
@@ -227,7 +195,7 @@ async def served(app: Starlette) -> AsyncIterator[int]:
     )
     serving = asyncio.create_task(server.serve())
     try:
-        await wait_for(lambda: server.started, 10, "uvicorn")
+        await wait_for(lambda: server.started, 10, what="uvicorn")
         yield port
     finally:
         app.state.hub.shutdown()

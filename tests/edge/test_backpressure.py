@@ -6,7 +6,8 @@ import asyncio
 import json
 import socket
 
-from edge_helpers import BUFFER, SEND_TIMEOUT_S, Edge, by_name, token, truth, unique
+from edge_helpers import BUFFER, SEND_TIMEOUT_S, Edge, by_name, token, truth
+from support import unique, wait_for
 
 from raycluster.client import LiveList
 from raycluster.livequery import LiveDelta
@@ -49,10 +50,11 @@ async def test_slow_reader_gets_reset_or_disconnect_never_a_gap(edge: Edge) -> N
     await loop.sock_sendall(sock, head.encode() + body)
     resets0 = edge.hub.counters["slow_consumer_resets"]
     disconnects0 = edge.hub.counters["slow_consumer_disconnects"]
-    deadline = loop.time() + 10
-    while not any(s.conn.tenant == tenant for s in edge.hub.subs.values()):
-        assert loop.time() < deadline
-        await asyncio.sleep(0.02)
+    await wait_for(
+        lambda: any(s.conn.tenant == tenant for s in edge.hub.subs.values()),
+        10,
+        what="the edge to hold the subscription",
+    )
     esub = next(s for s in edge.hub.subs.values() if s.conn.tenant == tenant)
     sid = esub.id
     longest = 0

@@ -26,7 +26,6 @@ PAGE = 50  # the page's default page size (its first window's limit)
 WAIT_MS = 15_000
 
 pytestmark = [
-    pytest.mark.redis,
     pytest.mark.timeout(120),
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}"),
 ]

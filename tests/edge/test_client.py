@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from edge_helpers import Edge, by_name, token, truth, unique, wait_for
+from edge_helpers import Edge, by_name, token, truth
+from support import unique, wait_for
 
 from raycluster.cluster import GatewayDelta
 from raycluster.edge import EdgeClient
@@ -52,7 +53,7 @@ async def test_client_rows_reanchor_gap_close(edge: Edge, transport: str) -> Non
         sid = sub.id
         assert await edge.registry.get(sid) is not None
         await sub.close()
-        await wait_for(lambda: sid not in edge.hub.subs, 5, "the edge to drop it")
+        await wait_for(lambda: sid not in edge.hub.subs, 5, what="the edge to drop it")
         assert await edge.registry.get(sid) is None
 
 
@@ -67,11 +68,11 @@ async def test_client_reconnects_with_resume_token(edge: Edge, transport: str) -
         # the server drops the connection (as a restart or a network cut would)
         edge.hub.find(tenant, sid).conn.end("shutdown")  # type: ignore[union-attr]
         await w.put("y", name="n0000", kind="pump", temp=1)  # while away, maybe
-        await wait_for(lambda: client.reconnects >= 1, 10, "a reconnect")
+        await wait_for(lambda: client.reconnects >= 1, 10, what="a reconnect")
         await wait_for(lambda: sub.rows.ids == truth(w.rows, 3) and sub.rows.complete, 10)
         assert sub.id == sid and edge.hub.find(tenant, sid) is not None
         await w.delete("y")
-        await wait_for(lambda: sub.rows.ids == truth(w.rows, 3), 10, "live after resume")
+        await wait_for(lambda: sub.rows.ids == truth(w.rows, 3), 10, what="live after resume")
 
 
 async def test_client_errors(edge: Edge) -> None:

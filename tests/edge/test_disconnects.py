@@ -16,7 +16,8 @@ import socket
 import struct
 
 import httpx
-from edge_helpers import SEND_TIMEOUT_S, Edge, by_name, token, unique, wait_for
+from edge_helpers import SEND_TIMEOUT_S, Edge, by_name, token
+from support import unique, wait_for
 from websockets.asyncio.client import connect
 
 BLOB = "x" * 16_000
@@ -59,7 +60,7 @@ async def _nothing_left(edge: Edge, tenant: str, sids: list[str], timeout_s: flo
     await wait_for(
         lambda: hub.tenant_conns[tenant] == 0 and hub.tenant_subs[tenant] == 0,
         timeout_s,
-        lambda: (
+        what=lambda: (
             f"the edge to free {tenant}: conns {hub.tenant_conns[tenant]}, "
             f"subs {hub.tenant_subs[tenant]}"
         ),
@@ -72,7 +73,7 @@ async def _nothing_left(edge: Edge, tenant: str, sids: list[str], timeout_s: flo
         held = await client.smembers(keys.gateway_regs(edge.gateway.id))
         return not any(regs) and not {s.encode() for s in sids} & held
 
-    await wait_for(unregistered, timeout_s, "their registrations to go")
+    await wait_for(unregistered, timeout_s, what="their registrations to go")
     async with httpx.AsyncClient(base_url=edge.base) as c:
         text = (await c.get("/metrics")).text
     assert 'raycluster_edge_connections{transport="sse"} 0' in text, text
@@ -125,7 +126,7 @@ async def test_sse_client_that_never_reads(edge: Edge) -> None:
     try:
         body = json.dumps(by_name(30).model_dump(mode="json")).encode()
         await loop.sock_sendall(sock, _request(tenant, body))
-        await wait_for(lambda: edge.hub.tenant_subs[tenant] == 1, 10, "the subscription")
+        await wait_for(lambda: edge.hub.tenant_subs[tenant] == 1, 10, what="the subscription")
         sids = [s.id for s in edge.hub.subs.values() if s.conn.tenant == tenant]
         stop = asyncio.Event()
 

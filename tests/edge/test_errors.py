@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from edge_helpers import SSE, Edge, by_name, served, sse, token, unique
+from edge_helpers import SSE, Edge, by_name, served, sse, token
 from pydantic import ValidationError
+from support import private_redis, unique
 from websockets.asyncio.client import ClientConnection, connect
 
 from raycluster import connect as connect_gateway
@@ -20,7 +21,6 @@ from raycluster.edge import create_app
 from raycluster.edge._json import parse_json
 from raycluster.edge.errors import Invalid, failure
 from raycluster.errors import ClosedError, InvalidQuery, UnavailableError
-from raycluster.redis import LocalRedis
 from raycluster.redis.errors import RedisUnavailable
 
 QUERY = by_name(3).model_dump(mode="json")
@@ -232,7 +232,7 @@ async def test_delete_of_a_ws_sub_ends_only_that_sub(edge: Edge) -> None:
 
 
 async def test_redis_outage_is_503_with_retry_after(edge: Edge) -> None:
-    with LocalRedis() as srv:
+    with private_redis() as srv:
         settings = TierSettings.load(
             redis={"key_prefix": unique("outage"), "redis_url": srv.url,
                    "command_retries": 0, "socket_timeout_s": 1.0},

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +23,8 @@ import httpx
 import pytest
 import uvicorn
 import websockets
-from edge_helpers import ASSET, SECRET, SSE, Event, by_name, sse, token, unique, wait_for
+from edge_helpers import ASSET, SECRET, SSE, Event, by_name, sse, token
+from support import free_port, unique, wait_for
 
 from raycluster import connect
 from raycluster._connect import RemoteGateway
@@ -34,13 +34,7 @@ from raycluster.config import TierSettings
 from raycluster.edge import create_app
 from raycluster.redis import LocalRedis, RedisRegistry, Writer
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+pytestmark = pytest.mark.timeout(240)
 
 
 @dataclass
@@ -88,47 +82,47 @@ class Tier:
 
 
 @pytest.fixture
-async def tier() -> AsyncIterator[Tier]:
-    with LocalRedis() as srv:
-        settings = TierSettings.load(
-            redis={"heartbeat_ttl_s": 1.5, "key_prefix": unique("hostile"), "redis_url": srv.url},
-            shard={"heartbeat_interval_s": 0.3, "ownership_interval_s": 0.2},
-            gateway={"attempt_timeout_s": 1.0},
-            entities=[ASSET.model_dump()],
-            edge={"hmac_secret": SECRET, "keepalive_s": 0.5},
-        )
-        t = Tier(
-            srv.url,
-            settings,
-            Writer.from_url(srv.url, entities=settings.entities, settings=settings.redis),
-            RedisRegistry.from_url(srv.url, settings=settings.redis),
-        )
-        for i in range(2):
-            t.start_shard(f"shard-{i}")
-        try:
-            for _ in range(2):
-                gateway = await connect(srv.url, settings)
-                port = _free_port()
-                app = create_app(gateway, settings)
-                server = uvicorn.Server(
-                    uvicorn.Config(
-                        app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
-                    )
+async def tier(redis_server: LocalRedis) -> AsyncIterator[Tier]:
+    url = redis_server.url
+    settings = TierSettings.load(
+        redis={"heartbeat_ttl_s": 1.5, "key_prefix": unique("hostile"), "redis_url": url},
+        shard={"heartbeat_interval_s": 0.3, "ownership_interval_s": 0.2},
+        gateway={"attempt_timeout_s": 1.0},
+        entities=[ASSET.model_dump()],
+        edge={"hmac_secret": SECRET, "keepalive_s": 0.5},
+    )
+    t = Tier(
+        url,
+        settings,
+        Writer.from_url(url, entities=settings.entities, settings=settings.redis),
+        RedisRegistry.from_url(url, settings=settings.redis),
+    )
+    for i in range(2):
+        t.start_shard(f"shard-{i}")
+    try:
+        for _ in range(2):
+            gateway = await connect(url, settings)
+            port = free_port()
+            app = create_app(gateway, settings)
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
                 )
-                task = asyncio.create_task(server.serve())
-                t.edges.append(_Server(f"http://127.0.0.1:{port}", port, gateway, server, task))
-                await wait_for(lambda s=server: s.started, 10, "uvicorn")  # type: ignore[misc]
-            yield t
-        finally:
-            for e in t.edges:
-                e.server.should_exit = True
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(e.task, 15)
-                await e.gateway.aclose()
-            for sid in list(t.shards):
-                await t.crash_shard(sid)
-            await t.writer.aclose()
-            await t.registry.aclose()
+            )
+            task = asyncio.create_task(server.serve())
+            t.edges.append(_Server(f"http://127.0.0.1:{port}", port, gateway, server, task))
+            await wait_for(lambda s=server: s.started, 10, what="uvicorn")  # type: ignore[misc]
+        yield t
+    finally:
+        for e in t.edges:
+            e.server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(e.task, 15)
+            await e.gateway.aclose()
+        for sid in list(t.shards):
+            await t.crash_shard(sid)
+        await t.writer.aclose()
+        await t.registry.aclose()
 
 
 def client(e: _Server, tenant: str) -> httpx.AsyncClient:
@@ -229,7 +223,7 @@ async def test_no_frame_crosses_tenants_under_attack_and_failover(tier: Tier) ->
         await wait_for(
             lambda: v.rows.complete and v.rows.ids == tier.truth(victim, 5),
             30,
-            lambda: f"the victim's window {v.rows.ids} != {tier.truth(victim, 5)}",
+            what=lambda: f"the victim's window {v.rows.ids} != {tier.truth(victim, 5)}",
         )
         ws_rows: list[Any] = []
         with contextlib.suppress(TimeoutError):

@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from edge_helpers import SSE, Edge, by_name, served, sse, token, truth, unique, wait_for
+from edge_helpers import SSE, Edge, by_name, served, sse, token, truth
+from support import unique, wait_for
 from websockets.asyncio.client import connect
 
 from raycluster import connect as connect_gateway
@@ -22,7 +23,7 @@ async def _last_token(edge: Edge, tenant: str) -> tuple[str, str]:
         sid = (await s.next()).data["sub"]
         last = (await s.window())[-1].id
     assert last is not None
-    await wait_for(lambda: sid not in edge.hub.subs, 10, "the first stream to end")
+    await wait_for(lambda: sid not in edge.hub.subs, 10, what="the first stream to end")
     return sid, last
 
 

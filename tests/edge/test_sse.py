@@ -18,9 +18,8 @@ from edge_helpers import (
     ids_of,
     sse,
     truth,
-    unique,
-    wait_for,
 )
+from support import unique, wait_for
 
 from raycluster.edge import sign_token
 
@@ -89,12 +88,12 @@ async def test_disconnect_unsubscribes(edge: Edge) -> None:
             await s.window()
             assert await edge.registry.get(sid) is not None
         # the client closed the stream: the edge notices and unsubscribes promptly
-        await wait_for(lambda: sid not in edge.hub.subs, 5, "the edge to drop the sub")
+        await wait_for(lambda: sid not in edge.hub.subs, 5, what="the edge to drop the sub")
 
         async def unregistered() -> bool:
             return await edge.registry.get(sid) is None
 
-        await wait_for(unregistered, 5, "the registration to go")
+        await wait_for(unregistered, 5, what="the registration to go")
         assert edge.hub.tenant_conns[tenant] == 0 and edge.hub.tenant_subs[tenant] == 0
 
 

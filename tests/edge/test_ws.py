@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 import pytest
-from edge_helpers import PER_CONNECTION, Edge, by_name, token, truth, unique, wait_for
+from edge_helpers import PER_CONNECTION, Edge, by_name, token, truth
+from support import unique, wait_for
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
@@ -95,12 +96,12 @@ async def test_ws_subscribe_reanchor_unsubscribe(edge: Edge) -> None:
         sub_b = next(m for m in ws.seen if m["type"] == "subscribed" and m["id"] == "b")["sub"]
         assert await edge.registry.get(sub_b) is not None
     # closing the socket unsubscribes the rest
-    await wait_for(lambda: sub_b not in edge.hub.subs, 5, "the edge to drop b")
+    await wait_for(lambda: sub_b not in edge.hub.subs, 5, what="the edge to drop b")
 
     async def gone() -> bool:
         return await edge.registry.get(sub_b) is None
 
-    await wait_for(gone, 5, "b's registration to go")
+    await wait_for(gone, 5, what="b's registration to go")
 
 
 async def test_ws_limits_and_validation(edge: Edge) -> None:
@@ -149,4 +150,4 @@ async def test_ws_token_in_query_string(edge: Edge) -> None:
         await ws.send(op="subscribe", id="a", query=by_name(2).model_dump(mode="json"))
         m = await ws.until(lambda m: m["type"] == "subscribed")
         await ws.exact("a", lambda: truth(edge_rows.rows, 2))
-    await wait_for(lambda: m["sub"] not in edge.hub.subs, 5, "the edge to drop it")
+    await wait_for(lambda: m["sub"] not in edge.hub.subs, 5, what="the edge to drop it")

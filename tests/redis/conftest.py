@@ -1,11 +1,12 @@
-"""Redis tier: private Redis deployments for the session, flushed before every test.
+"""Redis tier: private Redis deployments of this folder alone, flushed before every test.
 
 Every test that takes `redis_url` runs twice: on a standalone server
 (`LocalRedis`) and on a Redis Cluster of three masters (`LocalRedisCluster`),
 with `settings` in the matching form. Both are started by this process on
-free ports; nothing here ever connects to a server it did not start (the
-machine's own Redis on 6379 included), and FLUSHALL only ever goes to our own
-servers.
+free ports (`support.servers`), and only this folder's tests use them: they
+flush them and read server-wide state (CLIENT LIST, INFO commandstats), which
+the session's shared `redis_server` (other folders' tiers run on it) must not
+see. FLUSHALL only ever goes to these servers.
 """
 
 from __future__ import annotations
@@ -18,27 +19,24 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis_helpers import quick_settings
+from support import private_redis, private_redis_cluster
 
 from raycluster.cluster.keys import Keys
 from raycluster.redis import LocalRedis, LocalRedisCluster, RedisSettings
 from raycluster.redis._client import Client
 
-_SYSTEM_PORT = 6379
-
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[LocalRedis]:
-    """One private server for the whole tier."""
-    with LocalRedis() as srv:
-        assert srv.port != _SYSTEM_PORT
+def standalone_server() -> Iterator[LocalRedis]:
+    """The folder's standalone server."""
+    with private_redis() as srv:
         yield srv
 
 
 @pytest.fixture(scope="session")
 def redis_cluster_server() -> Iterator[LocalRedisCluster]:
-    """One private Redis Cluster (three masters) for the whole tier."""
-    with LocalRedisCluster(masters=3) as cluster:
-        assert all(n.port != _SYSTEM_PORT for n in cluster.nodes)
+    """The folder's Redis Cluster (three masters)."""
+    with private_redis_cluster(masters=3) as cluster:
         yield cluster
 
 
@@ -65,7 +63,7 @@ def redis_url(redis_backend: str, request: pytest.FixtureRequest) -> str:
             if node.role == "master":
                 _flush(node.url)
         return cluster.url
-    server: LocalRedis = request.getfixturevalue("redis_server")
+    server: LocalRedis = request.getfixturevalue("standalone_server")
     _flush(server.url)
     return server.url
 
@@ -77,8 +75,7 @@ def restartable(tmp_path: Path, redis_backend: str) -> Iterator[LocalRedis]:
     Standalone only (the cluster's failover has its own tests)."""
     if redis_backend == "cluster":
         pytest.skip("restarts one standalone server")
-    with LocalRedis(data_dir=tmp_path / "redis", appendonly=True, appendfsync="always") as srv:
-        assert srv.port != _SYSTEM_PORT
+    with private_redis(data_dir=tmp_path / "redis", appendonly=True, appendfsync="always") as srv:
         yield srv
 
 

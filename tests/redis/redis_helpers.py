@@ -1,18 +1,16 @@
-"""Helpers of the Redis tier: waiting on conditions, breaking connections, inspecting
-every node of a cluster alike, an oracle."""
+"""Helpers of the Redis tier: fast settings, breaking connections, inspecting every node
+of a cluster alike, the oracle with versions."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from support import oracle
 
-from raycluster.livequery import Cond, DeltaOp, LiveDelta, LiveQuery, SortKey
+from raycluster.livequery import DeltaOp, LiveDelta, LiveQuery
 from raycluster.redis import RedisSettings
 
 RowMap = Mapping[str, tuple[int, dict[str, Any]]]
@@ -29,23 +27,6 @@ def quick_settings(*, redis_cluster: bool = False) -> RedisSettings:
         reconnect_max_s=0.2,
         socket_timeout_s=5.0,
     )
-
-
-async def wait_for(
-    cond: Callable[[], Awaitable[bool] | bool], timeout_s: float = 10.0, interval_s: float = 0.02
-) -> None:
-    """Return once `cond()` is true; fail after `timeout_s`."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    for _ in range(1_000_000):
-        ok = cond()
-        if not isinstance(ok, bool):
-            ok = await ok
-        if ok:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            break
-        await asyncio.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
 
 
 async def kill_clients(url: str) -> int:
@@ -115,91 +96,13 @@ async def commands_run(admin: Any) -> set[str]:
     return {name for stats in per_node.values() for name in stats}
 
 
-# -- an oracle written from DESIGN §8, sharing no code with the core -----------------
-
-
-def _like(s: str, pattern: str, ignore_case: bool) -> bool:
-    out = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\" and i + 1 < len(pattern):
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        out.append(".*" if ch == "%" else "." if ch == "_" else re.escape(ch))
-        i += 1
-    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
-    return re.fullmatch("".join(out), s, flags) is not None
-
-
-def o_match(c: Cond, row: Mapping[str, Any]) -> bool:
-    """Whether `row` satisfies one condition (SQL null semantics)."""
-    if c.op == "or":
-        return any(o_match(a, row) for a in c.args or ())
-    if c.op == "and":
-        return all(o_match(a, row) for a in c.args or ())
-    v = row.get(c.column or "")
-    if c.op == "is_null":
-        return v is None
-    if c.op == "is_not_null":
-        return v is not None
-    if v is None:
-        return False
-    if c.op == "in":
-        return v in (c.values or [])
-    if c.op == "not_in":
-        return v not in (c.values or [])
-    if c.op in ("like", "ilike"):
-        return _like(v, str(c.value), c.op == "ilike")
-    x = c.value
-    return {
-        "eq": v == x,
-        "ne": v != x,
-        "gt": v > x,
-        "gte": v >= x,
-        "lt": v < x,
-        "lte": v <= x,
-    }[c.op]
-
-
-def _cmp_vals(a: Any, b: Any, desc: bool) -> int:
-    if a is None and b is None:
-        return 0
-    if a is None:
-        return -1 if desc else 1
-    if b is None:
-        return 1 if desc else -1
-    r = (a > b) - (a < b)
-    return -r if desc else r
-
-
-def o_cmp(sort: Sequence[SortKey]) -> Callable[[tuple[Any, ...], tuple[Any, ...]], int]:
-    """Compare (values…, id) tuples in total order."""
-
-    def cmp(x: tuple[Any, ...], y: tuple[Any, ...]) -> int:
-        for k, a, b in zip(sort, x, y, strict=False):
-            r = _cmp_vals(a, b, k.desc)
-            if r:
-                return r
-        return (x[-1] > y[-1]) - (x[-1] < y[-1])
-
-    return cmp
+# -- the oracle (`support.oracle`), with versions ------------------------------------
 
 
 def o_top(rows: RowMap, q: LiveQuery) -> list[tuple[str, int, dict[str, Any]]]:
-    """The first `q.limit` matches strictly after `q.cursor`, by brute force."""
-    sort = list(q.sort)
-    cmp = o_cmp(sort)
-    pos = lambda agg_id, row: (*(row.get(k.column) for k in sort), agg_id)  # noqa: E731
-    hits = [
-        (agg_id, v, row)
-        for agg_id, (v, row) in rows.items()
-        if all(o_match(c, row) for c in q.where)
-        and (q.cursor is None or cmp(pos(agg_id, row), tuple(q.cursor.values)) > 0)
-    ]
-    hits.sort(key=functools.cmp_to_key(lambda a, b: cmp(pos(a[0], a[2]), pos(b[0], b[2]))))
-    return hits[: q.limit]
+    """The first `q.limit` matches strictly after `q.cursor`, by brute force: (id, version,
+    row)."""
+    return [(agg_id, rows[agg_id][0], row) for agg_id, row in oracle.o_top(rows, q)]
 
 
 def apply_frames(

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from redis_helpers import client_list, kill_clients, wait_for
+from redis_helpers import client_list, kill_clients
+from support import wait_for
 
 from raycluster.cluster.keys import Keys
 from raycluster.cluster.protocol import Control
@@ -23,8 +24,6 @@ from raycluster.redis import (
     RedisSettings,
 )
 from raycluster.redis._client import Client
-
-pytestmark = pytest.mark.redis
 
 
 def ctl(sub: str, op: str = "subscribe") -> Control:

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import redis
+from support import fast_tier, private_redis_cluster, wait_for
 
 from raycluster._wiring import redis_gateway, redis_shard
 from raycluster.cluster import Gateway, Shard, partition_of
@@ -32,8 +33,6 @@ from raycluster.errors import UnavailableError
 from raycluster.livequery import EntitySpec, LiveQuery, SortKey
 from raycluster.redis import LocalRedisCluster, RedisStore, Writer
 
-pytestmark = pytest.mark.redis
-
 SPEC = EntitySpec(name="asset", columns={"name": "str", "temp": "int"}, max_window=100)
 QUERY = LiveQuery(entity="asset", sort=[SortKey(column="name")], limit=10)
 TENANT = "acme"
@@ -41,7 +40,7 @@ TENANT = "acme"
 
 @pytest.fixture
 def cluster() -> Iterator[LocalRedisCluster]:
-    with LocalRedisCluster(masters=3, replicas=1) as c:
+    with private_redis_cluster(masters=3, replicas=1) as c:
         yield c
 
 
@@ -50,11 +49,13 @@ class Tier:
 
     def __init__(self, url: str) -> None:
         self.settings = TierSettings.load(
-            name="failover",
-            redis={"redis_cluster": True, "heartbeat_ttl_s": 2.0, "reconnect_max_s": 0.5},
-            shard={"heartbeat_interval_s": 0.4, "ownership_interval_s": 0.2},
-            gateway={"attempt_timeout_s": 1.0},
-            entities=[SPEC.model_dump()],
+            **fast_tier(
+                {
+                    "name": "failover",
+                    "redis": {"redis_cluster": True, "reconnect_max_s": 0.5},
+                    "entities": [SPEC.model_dump()],
+                }
+            )
         )
         s = self.settings.redis
         self.shard: Shard
@@ -116,18 +117,22 @@ async def tier_on(cluster: LocalRedisCluster) -> AsyncIterator[Tier]:
 async def wait_exact(t: Tier, sub: Any, timeout_s: float = 30) -> list[str]:
     """Wait until the subscription's window equals the store's; return it."""
     want: list[str] = []
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                want = await t.truth()
-                if sub.rows.complete and sub.rows.ids == want:
-                    return want
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(
-            f"window {sub.rows.ids} (complete: {sub.rows.complete}) != store {want};"
+
+    async def exact() -> bool:
+        nonlocal want
+        want = await t.truth()
+        return sub.rows.complete and sub.rows.ids == want
+
+    await wait_for(
+        exact,
+        timeout_s,
+        interval_s=0.1,
+        what=lambda: (
+            f"window {sub.rows.ids} (complete: {sub.rows.complete}) == store {want};"
             f" shard {t.shard.status()}; feed {t.shard.deps.feed.stats}"  # type: ignore[attr-defined]
-        ) from None
+        ),
+    )
+    return want
 
 
 def partition_master(cluster: LocalRedisCluster, t: Tier) -> Any:

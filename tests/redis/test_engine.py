@@ -6,7 +6,6 @@ import asyncio
 import random
 from typing import Any
 
-import pytest
 from redis_helpers import apply_frames, o_top
 
 from raycluster.cluster.routing import partition_of
@@ -33,8 +32,6 @@ from raycluster.livequery import (
     or_,
 )
 from raycluster.redis import RedisFeed, RedisSettings, RedisStore, Writer
-
-pytestmark = pytest.mark.redis
 
 SPEC = EntitySpec(
     name="asset",

@@ -8,15 +8,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from redis_helpers import kill_clients, wait_for
+from redis_helpers import kill_clients
+from support import wait_for
 
 from raycluster.cluster.keys import Keys
 from raycluster.cluster.routing import partition_of
 from raycluster.livequery import EntitySpec, FeedBatch
 from raycluster.redis import LocalRedis, RedisFeed, RedisSettings, Writer
 from raycluster.redis._client import Client
-
-pytestmark = pytest.mark.redis
 
 SPEC = EntitySpec(name="asset", columns={"name": "str", "n": "int"})
 P_ACME = partition_of("acme", "asset")

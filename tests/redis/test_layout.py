@@ -11,8 +11,6 @@ from raycluster.cluster.keys import Keys, row_prefix
 from raycluster.cluster.routing import partition_of
 from raycluster.redis._index import LEX_NULL, canon, lex_encode, lex_member, score_text
 
-pytestmark = pytest.mark.redis
-
 ALPHABET = ["", "a", "b", "\x00", "\x01", "\xff", "é", "z", "\U0001f600", "A", " "]
 
 

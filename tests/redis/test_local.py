@@ -31,8 +31,6 @@ from raycluster.redis import (
     redis_url_or_local,
 )
 
-pytestmark = pytest.mark.redis
-
 
 def _alive(pid: int) -> bool:
     try:

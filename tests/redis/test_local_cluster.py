@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from support import SYSTEM_REDIS_PORT
 
 from raycluster.redis import (
     LocalRedis,
@@ -28,10 +29,6 @@ from raycluster.redis import (
     redis_server_binary,
 )
 from raycluster.redis.local import _free_port
-
-pytestmark = pytest.mark.redis
-
-_SYSTEM_PORT = 6379
 
 
 def _binaries() -> list[str]:
@@ -86,7 +83,7 @@ def test_cluster_comes_up_with_every_slot(cluster: LocalRedisCluster) -> None:
     nodes = cluster.nodes
     assert len(nodes) == 6 == len(cluster.urls)
     assert all(n.pid is not None and _alive(n.pid) for n in nodes)
-    assert all(n.port != _SYSTEM_PORT for n in nodes)
+    assert all(n.port != SYSTEM_REDIS_PORT for n in nodes)
     masters = [n for n in nodes if n.role == "master"]
     assert len(masters) == 3
     covered = sorted(r for m in masters for r in m.slots)

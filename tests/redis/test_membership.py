@@ -6,13 +6,12 @@ import time
 from typing import Any
 
 import pytest
-from redis_helpers import commands_run, reset_stats, wait_for
+from redis_helpers import commands_run, reset_stats
+from support import wait_for
 
 from raycluster.cluster.keys import Keys
 from raycluster.redis import RedisFencing, RedisMembership, RedisSettings
 from raycluster.redis._client import Client
-
-pytestmark = pytest.mark.redis
 
 
 @pytest.fixture

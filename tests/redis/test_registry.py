@@ -15,8 +15,6 @@ from raycluster.livequery import LiveQuery, SortKey, eq
 from raycluster.redis import RedisRegistry, RedisSettings
 from raycluster.redis._client import Client
 
-pytestmark = pytest.mark.redis
-
 Q = LiveQuery(entity="asset", where=[eq("kind", "pump")], sort=[SortKey(column="name")], limit=10)
 
 

@@ -36,8 +36,6 @@ from raycluster.redis._client import Client
 from raycluster.redis._index import canon, lex_member, score_text
 from raycluster.redis.scripts import WRITE
 
-pytestmark = pytest.mark.redis
-
 SPEC = EntitySpec(
     name="asset",
     columns={

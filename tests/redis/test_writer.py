@@ -22,8 +22,6 @@ from raycluster.redis.local import _free_port
 from raycluster.redis.scripts import WRITE, WRITE_MANY
 from raycluster.redis.writer import Write
 
-pytestmark = pytest.mark.redis
-
 SPEC = EntitySpec(
     name="asset",
     columns={"name": "str", "kind": "str", "temp": "float", "n": "int", "on": "bool"},

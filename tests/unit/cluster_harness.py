@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from lq_oracle import apply_maintained, o_top
+from support import wait_for
+from support.oracle import apply_maintained, o_top
 
 from raycluster.client import Subscription
 from raycluster.cluster import (
@@ -60,7 +60,6 @@ __all__ = (
     "StrictClient",
     "in_sync",
     "truth",
-    "wait_for",
 )
 
 TTL_S = 0.5  # membership TTL of every test cluster
@@ -70,27 +69,6 @@ FAST_SHARD = ShardOptions(
 FAST_GATEWAY = GatewayOptions(
     heartbeat_interval_s=0.1, attempt_timeout_s=0.5, request_deadline_s=10.0, audit_interval_s=0.3
 )
-
-
-async def wait_for(
-    condition: Callable[[], Any],
-    timeout_s: float = 5.0,
-    *,
-    interval_s: float = 0.01,
-    what: str = "",
-) -> None:
-    """Poll `condition` (sync or async) until it is truthy; fail after `timeout_s`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        ok = condition()
-        if inspect.isawaitable(ok):
-            ok = await ok
-        if ok:
-            return
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
-        await asyncio.sleep(interval_s)
 
 
 def truth(store: MemoryStore, sub: Subscription) -> list[tuple[str, dict[str, Any]]]:
@@ -215,7 +193,7 @@ class RecordingControlBus:
 class StrictClient:
     """A second client that checks every frame a subscription delivered.
 
-    Frames must fit (lq_oracle's maintained client), a `reset` must be followed
+    Frames must fit (`support.oracle`'s maintained client), a `reset` must be followed
     by exactly its `count` enters in order, and epochs never go back.
     """
 

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from cluster_harness import Cluster, StrictClient, in_sync, truth, wait_for
+from cluster_harness import Cluster, StrictClient, in_sync, truth
+from support import wait_for
 
 from raycluster.client import Subscription
 from raycluster.cluster import owner, partition_of

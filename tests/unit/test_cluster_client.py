@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 import pytest
-from cluster_harness import wait_for
+from support import wait_for
 
 from raycluster.client import LiveList, Subscription
 from raycluster.cluster import GatewayDelta

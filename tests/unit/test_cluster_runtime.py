@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from cluster_harness import FAST_SHARD, TTL_S, Cluster, StrictClient, in_sync, truth, wait_for
+from cluster_harness import FAST_SHARD, TTL_S, Cluster, StrictClient, in_sync, truth
+from support import wait_for
 
 from raycluster.client import Subscription
 from raycluster.cluster import GatewayOptions, owner, partition_of

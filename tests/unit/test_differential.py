@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from lq_oracle import ClientError, apply_maintained, apply_streamed, o_matching
+from support.oracle import ClientError, apply_maintained, apply_streamed, o_matching
 
 from raycluster.livequery import (
     Cond,

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import pytest
-from lq_oracle import apply_maintained, apply_streamed, o_matching, o_top
 from pydantic import ValidationError
+from support import wait_for
+from support.oracle import apply_maintained, apply_streamed, o_matching, o_top
 
 from raycluster.errors import ClosedError, InvalidQuery
 from raycluster.livequery import (
@@ -132,13 +133,6 @@ class Client:
 
 def truth(store: MemoryStore, query: LiveQuery) -> list[tuple[str, dict[str, Any]]]:
     return o_top(store.rows(T, query.entity), query)
-
-
-async def wait_for(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll a condition (Ray Serve's `wait_for_condition`), never a fixed sleep."""
-    async with asyncio.timeout(timeout_s):
-        while not cond():
-            await asyncio.sleep(0.001)
 
 
 # -- results and windows ---------------------------------------------------------

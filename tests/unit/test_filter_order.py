@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lq_oracle import o_key, o_like, o_match, o_row_key
+from support.oracle import o_key, o_like, o_match, o_row_key
 
 from raycluster.livequery import (
     Cond,

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from cluster_harness import Cluster, wait_for
+from cluster_harness import Cluster
 from pydantic import ValidationError
+from support import wait_for
 
 from raycluster.cluster.protocol import Registration
 from raycluster.config import TierSettings

@@ -12,7 +12,8 @@ import random
 from collections.abc import AsyncIterator
 
 import pytest
-from cluster_harness import Cluster, in_sync, wait_for
+from cluster_harness import Cluster, in_sync
+from support import wait_for
 from test_cluster_runtime import BY_NAME, SHARDS, STEADY_TTL_S, seed, start, tenant_owned_by
 
 from raycluster.cluster import Control, Registration, partition_of

@@ -13,7 +13,8 @@ import random
 from collections.abc import AsyncIterator
 
 import pytest
-from cluster_harness import Cluster, in_sync, wait_for
+from cluster_harness import Cluster, in_sync
+from support import wait_for
 from test_cluster_runtime import PUMPS_BY_TEMP, SHARDS, random_asset, seed, served_by, start
 
 from raycluster.cluster import owner, partition_of
