@@ -26,9 +26,9 @@ from edge_helpers import (
     STATIC_TENANT,
     STATIC_TOKEN,
     Edge,
-    served,
 )
 from support import fast_tier, unique, wait_for
+from support.serving import served
 
 from raycluster import connect
 from raycluster._wiring import redis_shard

@@ -1,4 +1,4 @@
-"""Helpers of the edge tests: settings constants, truth, a raw SSE reader, serving an app."""
+"""Helpers of the edge tests: settings constants, truth, a raw SSE reader."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
-from support import free_port, unique, wait_for
+from support import unique
 
 from raycluster import EntitySpec, LiveQuery, SortKey
 from raycluster._connect import RemoteGateway
@@ -184,21 +183,3 @@ def ids_of(window: list[Event]) -> list[str]:
 
 
 partial = functools.partial
-
-
-@contextlib.asynccontextmanager
-async def served(app: Starlette) -> AsyncIterator[int]:
-    """Serve `app` with uvicorn on a free loopback port; yields the port."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    )
-    serving = asyncio.create_task(server.serve())
-    try:
-        await wait_for(lambda: server.started, 10, what="uvicorn")
-        yield port
-    finally:
-        app.state.hub.shutdown()
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(serving, 15)

@@ -10,9 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-from edge_helpers import SSE, Edge, by_name, served, sse, token
+from edge_helpers import SSE, Edge, by_name, sse, token
 from pydantic import ValidationError
 from support import private_redis, unique
+from support.serving import served
 from websockets.asyncio.client import ClientConnection, connect
 
 from raycluster import connect as connect_gateway

@@ -7,8 +7,9 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from edge_helpers import SSE, Edge, by_name, served, sse, token, truth
+from edge_helpers import SSE, Edge, by_name, sse, token, truth
 from support import unique, wait_for
+from support.serving import served
 from websockets.asyncio.client import connect
 
 from raycluster import connect as connect_gateway

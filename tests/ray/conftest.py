@@ -1,9 +1,10 @@
-"""Ray tier: one local Ray instance for the session and a private Redis.
+"""Ray tier: one local Ray instance for the session, over the session's private Redis.
 
 Every tier a test starts has its own name and key prefix (so tiers never see
 each other's keys, actors or heartbeats) and is always stopped in teardown
-(`ray_helpers.running_tier`). The Redis server is one this process started on
-a free port; the machine's own Redis on 6379 is never touched.
+(`ray_helpers.running_tier`). The Redis server (`redis_server`, of
+`support.fixtures`) is one this process started on a free port; the
+machine's own Redis on 6379 is never touched.
 """
 
 from __future__ import annotations
@@ -17,10 +18,6 @@ import pytest
 os.environ["RAY_AUTH_MODE"] = "disabled"  # before ray.init: a local init writes a token
 
 import ray
-
-from raycluster.redis import LocalRedis
-
-_SYSTEM_REDIS_PORT = 6379
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +36,3 @@ def ray_namespace() -> Iterator[str]:
         yield namespace
     finally:
         ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[LocalRedis]:
-    """A private redis-server for every tier of the session (tiers use their own prefixes)."""
-    with LocalRedis() as srv:
-        assert srv.port != _SYSTEM_REDIS_PORT
-        yield srv

@@ -37,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# `support` and the Ray tier's helpers (pytest puts both on a test's path, not on this
+# script's).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ray
@@ -51,17 +54,16 @@ from ray_helpers import (
     status,
     tenants_on,
     tier_settings,
-    unique,
     wait_converged,
     wait_exact,
-    wait_for,
     wait_nothing_leaked,
 )
 from ray_procs import head_args
+from support import private_redis, unique, wait_for
 
 import raycluster
 from raycluster import LiveQuery, RemoteGateway, SortKey, Subscription, Tier, eq
-from raycluster.redis import LocalRedis, RedisRegistry
+from raycluster.redis import RedisRegistry
 
 SCENARIOS = ("spread", "shard_node", "gateway_node", "controller_node")
 STEP_TIMEOUT_S = 90.0  # each wait of a scenario (a loaded 2-core machine)
@@ -258,7 +260,7 @@ async def run(results: dict[str, Any], out: Path) -> None:
             unique("multi"), namespace, shards=3, shard_num_cpus=0.5, gateways=2,
             controller_resources={"rc_control": 0.01}, gateway_resources={"rc_gateway": 0.01},
         )  # fmt: skip
-        with LocalRedis() as redis:
+        with private_redis() as redis:
             async with running_tier(settings, redis.url) as tier, shadow_writer(tier) as shadow:
                 # Where the controller can restart (after it was placed on c1). On the
                 # main thread: Ray installs signal handlers for a node it starts.

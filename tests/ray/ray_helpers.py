@@ -1,26 +1,23 @@
-"""Helpers of the Ray tier: fast tier settings, running tiers, waiting, brute-force truth.
+"""Helpers of the Ray tier: fast tier settings, running tiers, brute-force truth.
 
-The truth is computed from scratch from what the test wrote (DESIGN §1, §8),
-never with the engine's own filter or order code.
+The truth is computed from scratch from what the test wrote, by the oracle of
+`support.oracle` (never with the engine's own filter or order code).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import inspect
 import random
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import pytest
 import ray
+from support import fast_tier, unique, wait_for
+from support.oracle import o_top
 
-from raycluster import Cond, Cursor, DeltaOp, EntitySpec, LiveQuery, SortKey, Subscription
+from raycluster import Cursor, DeltaOp, EntitySpec, LiveQuery, Subscription
 from raycluster.actors import Tier, controller_name, shard_name
 from raycluster.client.fence import Fence
 from raycluster.client.livelist import LiveList
@@ -35,43 +32,26 @@ ASSET = EntitySpec(
     max_window=200,
 )
 
-# Fast cadences: a dead shard is noticed within TTL + one ownership interval.
-HEARTBEAT_TTL_S = 2.0
-OWNERSHIP_INTERVAL_S = 0.2
-GATEWAY_CHECK_INTERVAL_S = 0.5
+GATEWAY_CHECK_INTERVAL_S = 0.5  # fast, as `support.fast_tier`'s cadences
 
 
 # -- settings and tiers ------------------------------------------------------------
 
 
-def unique(label: str) -> str:
-    """A name no other test (or session) uses: tier names, key prefixes, tenants."""
-    return f"{label}-{uuid.uuid4().hex[:6]}"
-
-
 def tier_settings(name: str, namespace: str, **overrides: Any) -> TierSettings:
-    """Fast settings for a test tier: its own name and key prefix, short TTLs."""
+    """Fast settings for a test tier: its own name and key prefix, short TTLs; a section
+    given in `overrides` as a dict is merged into the default one key by key."""
     base: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
         "shards": 3,
         "shard_num_cpus": 0.5,
         "gateway_num_cpus": 0,
-        "redis": {"heartbeat_ttl_s": HEARTBEAT_TTL_S, "key_prefix": f"lqt-{name}"},
-        "shard": {
-            "heartbeat_interval_s": 0.4,
-            "ownership_interval_s": OWNERSHIP_INTERVAL_S,
-            "gateway_check_interval_s": GATEWAY_CHECK_INTERVAL_S,
-        },
-        "gateway": {"attempt_timeout_s": 1.0},
+        "redis": {"key_prefix": f"lqt-{name}"},
+        "shard": {"gateway_check_interval_s": GATEWAY_CHECK_INTERVAL_S},
         "entities": [ASSET.model_dump()],
     }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    return TierSettings.load(**base)
+    return TierSettings.load(**fast_tier(base, overrides))
 
 
 def _force_stop(name: str, namespace: str) -> None:
@@ -160,100 +140,12 @@ def tenants_on(shard: str, live: list[str], n: int, label: str) -> list[str]:
     return out
 
 
-# -- waiting -----------------------------------------------------------------------
-
-
-async def wait_for(
-    predicate: Callable[[], bool | Awaitable[bool]],
-    timeout_s: float,
-    *,
-    interval_s: float = 0.05,
-    what: str | Callable[[], str] = "condition",
-) -> float:
-    """Poll `predicate` (sync or async) until true; the seconds it took. Fails on timeout."""
-    start = time.monotonic()
-    deadline = start + timeout_s
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return time.monotonic() - start
-        if time.monotonic() >= deadline:
-            text = what() if callable(what) else what
-            pytest.fail(f"timed out after {timeout_s}s waiting for {text}")
-        await asyncio.sleep(interval_s)
-
-
 # -- brute-force truth -------------------------------------------------------------
-
-
-def _cond_holds(c: Cond, row: Mapping[str, Any]) -> bool:
-    """SQL semantics, written from DESIGN §8 (not the engine's compiler)."""
-    if c.op == "and":
-        return all(_cond_holds(a, row) for a in c.args or ())
-    if c.op == "or":
-        return any(_cond_holds(a, row) for a in c.args or ())
-    v = row.get(c.column or "")
-    if c.op == "is_null":
-        return v is None
-    if c.op == "is_not_null":
-        return v is not None
-    if v is None:
-        return False
-    x = c.value
-    if c.op == "eq":
-        return bool(v == x)
-    if c.op == "ne":
-        return bool(v != x)
-    if c.op == "gt":
-        return bool(v > x)
-    if c.op == "gte":
-        return bool(v >= x)
-    if c.op == "lt":
-        return bool(v < x)
-    if c.op == "lte":
-        return bool(v <= x)
-    if c.op == "in":
-        return v in (c.values or ())
-    if c.op == "not_in":
-        return v not in (c.values or ())
-    raise AssertionError(f"the test oracle does not know {c.op!r}")
-
-
-def _cmp_value(a: Any, b: Any, desc: bool) -> int:
-    # null sorts after every value ascending, before every value descending.
-    if a is None or b is None:
-        if a is None and b is None:
-            return 0
-        nulls_high = -1 if desc else 1
-        return nulls_high if a is None else -nulls_high
-    c = (a > b) - (a < b)
-    return -c if desc else c
-
-
-def _cmp_keys(a: list[Any], b: list[Any], sort: list[SortKey]) -> int:
-    """Compare two (sort values…, id) keys in the query's total order."""
-    for k, key in enumerate(sort):
-        c = _cmp_value(a[k], b[k], key.desc)
-        if c:
-            return c
-    return (a[-1] > b[-1]) - (a[-1] < b[-1])
 
 
 def top_n(rows: Mapping[str, Mapping[str, Any]], query: LiveQuery) -> list[str]:
     """The ids the window must hold: filter, total order, strictly after the cursor, limit."""
-    sort = list(query.sort)
-
-    def key(agg_id: str) -> list[Any]:
-        return [rows[agg_id].get(k.column) for k in sort] + [agg_id]
-
-    ids = [i for i, r in rows.items() if all(_cond_holds(c, r) for c in query.where)]
-    ids.sort(key=functools.cmp_to_key(lambda a, b: _cmp_keys(key(a), key(b), sort)))
-    if query.cursor is not None:
-        floor = list(query.cursor.values)
-        ids = [i for i in ids if _cmp_keys(key(i), floor, sort) > 0]
-    return ids[: query.limit]
+    return [i for i, _ in o_top({i: (0, dict(r)) for i, r in rows.items()}, query)]
 
 
 def cursor_at(row: Mapping[str, Any], agg_id: str, query: LiveQuery) -> Cursor:

@@ -13,20 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ("free_port", "head_args", "stop_processes_under")
+from support import free_port
 
-
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+__all__ = ("head_args", "stop_processes_under")
 
 
 def head_args(**resources: Any) -> dict[str, Any]:

@@ -30,17 +30,14 @@ from ray_helpers import (
     shard_ids,
     status,
     tier_settings,
-    unique,
     wait_converged,
     wait_exact,
-    wait_for,
 )
+from support import unique, wait_for
 
 import raycluster
 from raycluster import LiveQuery, RemoteGateway, SortKey, Subscription, eq, gt, in_, ne
 from raycluster.redis import RedisMembership, RedisRegistry
-
-pytestmark = pytest.mark.ray
 
 TENANTS = 6
 COPIES_IN_CLUSTER = 3  # per (tenant, shape); identical shapes share one view

@@ -15,15 +15,13 @@ import contextlib
 import uuid
 from typing import Any
 
-import pytest
-from ray_helpers import ENTITY, tier_settings, unique, wait_for
+from ray_helpers import ENTITY, tier_settings
+from support import unique, wait_for
 
 from raycluster import LiveQuery, SortKey
 from raycluster._wiring import redis_gateway, redis_shard
 from raycluster.cluster import partition_of
 from raycluster.redis import RedisRegistry
-
-pytestmark = pytest.mark.ray
 
 QUERY = LiveQuery(entity=ENTITY, sort=[SortKey(column="name")], limit=3)
 

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 import ray
-from ray_helpers import running_tier, tier_settings, unique
+from ray_helpers import running_tier, tier_settings
+from support import unique
 
 from raycluster.cli import format_status, main
-
-pytestmark = pytest.mark.ray
 
 
 def _table(text: str) -> dict[str, list[str]]:

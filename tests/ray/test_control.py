@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,8 @@ import pytest
 import ray
 import redis.asyncio as aioredis
 import yaml
-from ray_helpers import running_tier, tier_settings, unique, wait_converged, wait_for
+from ray_helpers import running_tier, tier_settings, wait_converged
+from support import free_port, unique, wait_for
 
 from raycluster.actors import StartProgress, Tier, controller_name, gateway_name, shard_name
 from raycluster.actors.controller import gateway_ids
@@ -29,8 +29,6 @@ from raycluster.cli import main
 from raycluster.cluster.keys import Keys
 from raycluster.config import TierSettings
 from raycluster.errors import NotReadyError
-
-pytestmark = pytest.mark.ray
 
 SESSION_CPUS = 4.0  # tests/ray/conftest.py
 
@@ -64,13 +62,6 @@ async def _leftovers(settings: TierSettings, url: str, max_shards: int = 4) -> l
     finally:
         await r.aclose()
     return left
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_restarted_controller_keeps_the_scale_and_stops_shards_above_it(
@@ -216,7 +207,7 @@ async def test_stop_command_stops_a_tier_by_name(
 
 
 def test_status_with_nothing_at_the_address_is_one_line() -> None:
-    address = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
     env = {**os.environ, "RAY_ADDRESS": ""}
     proc = subprocess.run(
         [sys.executable, "-m", "raycluster.cli", "status", "--address", address],

@@ -11,13 +11,11 @@ import sys
 import textwrap
 from typing import Any
 
-import pytest
 import ray
-from ray_helpers import running_tier, status, tier_settings, unique, wait_for
+from ray_helpers import running_tier, status, tier_settings
+from support import unique, wait_for
 
 from raycluster.redis import RedisRegistry
-
-pytestmark = pytest.mark.ray
 
 DRIVER = textwrap.dedent(
     """

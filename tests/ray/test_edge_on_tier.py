@@ -8,16 +8,12 @@ newer epoch.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import ray
-import uvicorn
 from ray_helpers import (
     ENTITY,
     close_all,
@@ -27,17 +23,15 @@ from ray_helpers import (
     shard_handle,
     shard_ids,
     tier_settings,
-    unique,
     wait_exact,
-    wait_for,
 )
+from support import unique, wait_for
+from support.serving import served
 
 import raycluster
 from raycluster import LiveQuery, SortKey, Tier, eq
 from raycluster.cluster import owner, partition_of
 from raycluster.edge import EdgeClient, EdgeSettings, create_app
-
-pytestmark = pytest.mark.ray
 
 TOKEN = "edge-on-tier-token"
 PUMPS = LiveQuery(
@@ -48,31 +42,16 @@ PUMPS = LiveQuery(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def edge_beside(tier: Tier, tenant: str) -> AsyncIterator[str]:
     """An edge over the tier's Redis on a free loopback port; yields its base URL."""
     settings = tier.settings.model_copy(update={"edge": EdgeSettings(tokens={TOKEN: tenant})})
     gateway = await raycluster.connect(tier.redis_url, settings)
     app = create_app(gateway, settings)
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
-    )
-    serving = asyncio.create_task(server.serve())
     try:
-        await wait_for(lambda: server.started, 15, what="uvicorn")
-        yield f"http://127.0.0.1:{port}"
+        async with served(app) as port:
+            yield f"http://127.0.0.1:{port}"
     finally:
-        app.state.hub.shutdown()
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(serving, 15)
         await gateway.aclose()
 
 

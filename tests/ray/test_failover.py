@@ -20,8 +20,6 @@ import pytest
 import ray
 from ray_helpers import (
     ENTITY,
-    HEARTBEAT_TTL_S,
-    OWNERSHIP_INTERVAL_S,
     Shadow,
     close_all,
     cursor_at,
@@ -33,18 +31,15 @@ from ray_helpers import (
     shard_ids,
     status,
     tier_settings,
-    unique,
     wait_converged,
     wait_exact,
-    wait_for,
 )
+from support import HEARTBEAT_TTL_S, OWNERSHIP_INTERVAL_S, unique, wait_for
 
 import raycluster
 from raycluster import LiveQuery, RemoteGateway, SortKey, Subscription, Tier, eq
 from raycluster.cluster import owner, partition_of
 from raycluster.redis import RedisRegistry
-
-pytestmark = pytest.mark.ray
 
 # Detection (TTL) + one reconcile + claim and rebuild on a loaded 2-core machine.
 SLACK_S = 4.0

@@ -24,17 +24,14 @@ from ray_helpers import (
     running_tier,
     shadow_writer,
     tier_settings,
-    unique,
     wait_exact,
-    wait_for,
     wait_nothing_leaked,
 )
+from support import unique, wait_for
 
 import raycluster
 from raycluster import LiveQuery, SortKey, Subscription, Tier, eq
 from raycluster.redis import RedisRegistry
-
-pytestmark = pytest.mark.ray
 
 PUMPS = LiveQuery(
     entity=ENTITY,

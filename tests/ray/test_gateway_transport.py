@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 from ray_helpers import (
     close_all,
@@ -13,15 +12,13 @@ from ray_helpers import (
     running_tier,
     shadow_writer,
     tier_settings,
-    unique,
     wait_exact,
 )
+from support import unique
 
 from raycluster import LiveQuery, SortKey, eq
 from raycluster.cluster.keys import Keys
 from raycluster.redis import RedisRegistry
-
-pytestmark = pytest.mark.ray
 
 PUMPS = LiveQuery(
     entity="asset", where=[eq("kind", "pump")], sort=[SortKey(column="name")], limit=8

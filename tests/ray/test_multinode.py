@@ -26,8 +26,6 @@ import pytest
 from multinode_run import SCENARIOS
 from ray_procs import stop_processes_under
 
-pytestmark = pytest.mark.ray
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RUN_TIMEOUT_S = 420.0

@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import ray
 from ray_helpers import (
-    HEARTBEAT_TTL_S,
-    OWNERSHIP_INTERVAL_S,
     close_all,
     owner_of,
     random_row,
@@ -24,16 +22,13 @@ from ray_helpers import (
     shard_handle,
     shard_ids,
     tier_settings,
-    unique,
     wait_exact,
-    wait_for,
 )
+from support import HEARTBEAT_TTL_S, OWNERSHIP_INTERVAL_S, private_redis_cluster, unique, wait_for
 
 import raycluster
 from raycluster import LiveQuery, SortKey, Tier, eq
 from raycluster.redis import LocalRedisCluster
-
-pytestmark = pytest.mark.ray
 
 PUMPS = LiveQuery(
     entity="asset",
@@ -45,7 +40,7 @@ PUMPS = LiveQuery(
 
 @pytest.fixture(scope="module")
 def redis_cluster() -> Iterator[LocalRedisCluster]:
-    with LocalRedisCluster(masters=3) as cluster:
+    with private_redis_cluster(masters=3) as cluster:
         yield cluster
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import pytest
 from ray_helpers import (
     close_all,
     random_row,
@@ -14,14 +13,12 @@ from ray_helpers import (
     shard_handle,
     status,
     tier_settings,
-    unique,
     wait_exact,
 )
+from support import unique
 
 from raycluster import LiveQuery, SortKey, eq
 from raycluster.actors.gateway import share_deltas
-
-pytestmark = pytest.mark.ray
 
 PUMPS = LiveQuery(
     entity="asset", where=[eq("kind", "pump")], sort=[SortKey(column="name")], limit=8

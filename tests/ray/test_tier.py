@@ -16,7 +16,6 @@ import redis.asyncio as aioredis
 from ray_helpers import (
     ENTITY,
     GATEWAY_CHECK_INTERVAL_S,
-    HEARTBEAT_TTL_S,
     Shadow,
     check_snapshot,
     close_all,
@@ -28,19 +27,16 @@ from ray_helpers import (
     status,
     tenants_on,
     tier_settings,
-    unique,
     wait_converged,
     wait_exact,
-    wait_for,
 )
+from support import HEARTBEAT_TTL_S, unique, wait_for
 
 import raycluster
 from raycluster import DeltaOp, LiveQuery, SortKey, Subscription, Tier, eq, gt, in_
 from raycluster.cluster import GatewayDelta, owned_by
 from raycluster.errors import ClosedError, InvalidQuery
 from raycluster.redis import RedisMembership, RedisRegistry
-
-pytestmark = pytest.mark.ray
 
 HOT_PUMPS = LiveQuery(
     entity=ENTITY,

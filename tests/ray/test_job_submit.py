@@ -5,7 +5,9 @@ everything it binds, so it never meets the session's local instance (nor
 anyone else's Ray). `ray stop` would stop every Ray on the machine, so the
 head is stopped by signalling exactly its processes: those with a file open
 under its temp dir or naming it on their command line, and their
-descendants. The file is named `zz` so it runs last in the tier.
+descendants. The job keeps its own Redis (`configs/tier.yaml` names none), so
+nothing is shared with the session's Ray or Redis: the test runs in any order,
+before or after the rest of the tier, or alone.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ray_procs import free_port, stop_processes_under
-
-pytestmark = pytest.mark.ray
+from ray_procs import stop_processes_under
+from support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXCLUDES = [".git", ".mypy_cache", ".hypothesis", ".pytest_cache", ".ruff_cache", ".benchmarks",
