@@ -10,10 +10,10 @@ machine's own Redis on 6379 is never touched.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
+from support import unique
 
 os.environ["RAY_AUTH_MODE"] = "disabled"  # before ray.init: a local init writes a token
 
@@ -23,7 +23,7 @@ import ray
 @pytest.fixture(scope="session")
 def ray_namespace() -> Iterator[str]:
     """One local Ray instance for the whole session (logical CPUs), in its own namespace."""
-    namespace = f"rctest-{uuid.uuid4().hex[:8]}"
+    namespace = unique("rctest")
     # address="local": always a fresh instance, never a cluster someone else started.
     ray.init(
         address="local",

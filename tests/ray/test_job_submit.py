@@ -19,14 +19,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ray_procs import stop_processes_under
-from support import free_port
+from support import free_port, unique
 
 ROOT = Path(__file__).resolve().parents[2]
 EXCLUDES = [".git", ".mypy_cache", ".hypothesis", ".pytest_cache", ".ruff_cache", ".benchmarks",
@@ -94,7 +93,7 @@ def head() -> Iterator[tuple[str, dict[str, str]]]:
 @pytest.mark.timeout(420)
 def test_ray_job_submit_serves_the_tier(head: tuple[str, dict[str, str]]) -> None:
     address, env = head
-    submission = f"rcj-{uuid.uuid4().hex[:8]}"
+    submission = unique("rcj")
     runtime_env = {
         "env_vars": {"RAYCLUSTER_SHARDS": "2", "RAYCLUSTER_SHARD_NUM_CPUS": "0.5",
                      "RAY_AUTH_MODE": "disabled"},
