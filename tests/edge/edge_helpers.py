@@ -131,7 +131,11 @@ class SSE:
     async def next(self, timeout_s: float = 10) -> Event:
         ev, eid, data = "", None, ""
         while True:
-            line = await asyncio.wait_for(anext(self.lines), timeout_s)
+            # Not `asyncio.wait_for`: on 3.11 it loses a cancel that lands just as a line
+            # arrives, and a reader cancelled so (test_hostile's `Watch`) read keepalives
+            # until the test's timeout.
+            async with asyncio.timeout(timeout_s):
+                line = await anext(self.lines)
             if line.startswith("event:"):
                 ev = line[6:].strip()
             elif line.startswith("id:"):
