@@ -17,10 +17,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import raycluster
-from raycluster import LiveQuery, SortKey, TierSettings, eq, gt
+from raycluster._connect import connect
 from raycluster.cluster import owner, partition_of
-from raycluster.livequery import compile_predicate, cursor_key, sort_key_of
+from raycluster.config import TierSettings
+from raycluster.livequery import (
+    LiveQuery,
+    SortKey,
+    compile_predicate,
+    cursor_key,
+    eq,
+    gt,
+    sort_key_of,
+)
 
 __all__ = (
     "DEFAULT_CONFIG",
@@ -130,7 +138,7 @@ async def _demo_on(settings: TierSettings, args: argparse.Namespace) -> int:
         "u1's assets (external)": LiveQuery(
             entity="asset", where=[eq("owner", "u1")], sort=[SortKey(column="name")], limit=5),
     }  # fmt: skip
-    remote = await raycluster.connect(tier.redis_url, settings)
+    remote = await connect(tier.redis_url, settings)
     subs = {}
     for label, q in queries.items():
         subs[label] = await (remote if "external" in label else tier).subscribe("acme", q)
@@ -221,14 +229,14 @@ def serve(args: argparse.Namespace) -> int:
     import ray
 
     from raycluster.actors import StartProgress, Tier
-    from raycluster.cli._common import init_ray
+    from raycluster.actors.attach import attach_ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = TierSettings.load(args.config)
     # First: ray.init installs a SIGTERM handler of its own. RAY_ADDRESS, else the
     # local cluster, else a new local instance; an unreachable address fails in seconds.
     if os.environ.get("RAY_ADDRESS"):
-        init_ray(None, settings.namespace, quiet=False)
+        attach_ray(None, settings.namespace, quiet=False)
     elif not ray.is_initialized():
         ray.init(namespace=settings.namespace)
     stopping = threading.Event()

@@ -10,6 +10,7 @@ __all__ = (
     "ConfigError",
     "ConflictError",
     "DesyncError",
+    "InvalidArgument",
     "InvalidQuery",
     "InvalidRow",
     "NotReadyError",
@@ -46,6 +47,11 @@ _repr.maxlist = _repr.maxdict = _repr.maxtuple = _repr.maxset = 20
 
 def _quote(value: Any) -> str:
     return _repr.repr(value)
+
+
+class InvalidArgument(_FieldError):
+    """Raised when an argument of a call (not a query, not a row) is outside its domain:
+    a shard count that is not an int, an address that is not one. Nothing was changed."""
 
 
 class InvalidQuery(_FieldError):

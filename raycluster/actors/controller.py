@@ -24,8 +24,7 @@ import ray
 
 from raycluster._tasks import cancel_and_wait
 from raycluster.config import TierSettings
-from raycluster.redis import RedisMembership
-from raycluster.redis._client import make_client
+from raycluster.redis import RedisMembership, make_client
 
 from .gateway import GatewayActor
 from .names import gateway_name, shard_name

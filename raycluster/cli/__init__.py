@@ -19,14 +19,13 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from raycluster._jobs import add_demo_args, add_serve_args
-from raycluster.errors import InvalidQuery, RayclusterError
+from raycluster.errors import InvalidArgument, InvalidQuery, RayclusterError
 
 from ._common import (
     EXIT_RUNTIME,
     EXIT_USAGE,
     CommandError,
     Progress,
-    init_ray,
     load_settings,
     redis_url_of,
     setup_logging,
@@ -253,9 +252,10 @@ def _status(args: argparse.Namespace) -> int:
 
     try:
         from raycluster.actors import Tier
+        from raycluster.actors.attach import attach_ray
     except ImportError as e:
         raise _need("ray", e) from e
-    init_ray(args.address, args.namespace)
+    attach_ray(args.address, args.namespace)
     tier = Tier.connect(args.name, args.namespace)
     first = tier.status()
     if args.interval <= 0:
@@ -275,9 +275,10 @@ def _status(args: argparse.Namespace) -> int:
 def _stop(args: argparse.Namespace) -> int:
     try:
         from raycluster.actors import Tier
+        from raycluster.actors.attach import attach_ray
     except ImportError as e:
         raise _need("ray", e) from e
-    init_ray(args.address, args.namespace)
+    attach_ray(args.address, args.namespace)
     tier = Tier.connect(args.name, args.namespace)
     tier.stop()
     print(f"stopped tier {args.name!r}")
@@ -329,7 +330,8 @@ def _write(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from raycluster import LiveQuery, connect
+    from raycluster._connect import connect
+    from raycluster.livequery import LiveQuery
 
     from ._watch import Screen, WatchLimits, first_window, watch
 
@@ -424,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return _fail(str(e), e.code)
-    except InvalidQuery as e:
+    except (InvalidQuery, InvalidArgument) as e:
         if debug:
             traceback.print_exc()
         return _fail(str(e), EXIT_USAGE)

@@ -28,8 +28,8 @@ from ._table import cell, format_table
 if TYPE_CHECKING:
     from raycluster._connect import RemoteGateway
     from raycluster.client import Subscription
-    from raycluster.cluster.protocol import GatewayDelta
     from raycluster.livequery import LiveQuery
+    from raycluster.wire import GatewayDelta
 
 __all__ = ("REDRAWS_PER_S", "Screen", "WatchLimits", "watch")
 

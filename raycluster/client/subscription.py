@@ -11,16 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from raycluster.errors import ClosedError, DesyncError
 from raycluster.livequery import Cursor, DeltaOp, LiveDelta, LiveQuery
-from raycluster.livequery.models import delta_from_wire, trusted
+from raycluster.wire import GatewayDelta, WireFrame, gateway_deltas
 
 from .livelist import LiveList
-
-if TYPE_CHECKING:  # the cluster package imports this module: no runtime cycle
-    from raycluster.cluster.protocol import GatewayDelta, WireFrame
 
 __all__ = ("Subscription", "SubscriptionControl")
 
@@ -214,14 +211,3 @@ class Subscription:
 
     def _wake(self) -> None:
         self._arrived.set()
-
-
-def gateway_deltas(entries: list[WireFrame]) -> list[GatewayDelta]:
-    """`GatewayDelta`s of wire entries `[sub_id, seq, epoch, delta-dict, ...]`."""
-    from raycluster.cluster.protocol import GatewayDelta
-
-    return [
-        trusted(GatewayDelta, {"sub_id": e[0], "seq": e[1], "epoch": e[2],
-                               "delta": delta_from_wire(e[3])})
-        for e in entries
-    ]  # fmt: skip

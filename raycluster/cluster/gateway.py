@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from raycluster._tasks import cancel_and_wait, reap
 from raycluster.client.fence import Fence
 from raycluster.client.subscription import Subscription
@@ -27,6 +25,7 @@ from raycluster.errors import ClosedError, InvalidQuery, RegistrationConflict, U
 from raycluster.livequery import Cursor, EntitySpec, LiveQuery, QueryLimits, check_cost
 from raycluster.livequery.models import check_against
 
+from .options import GatewayOptions
 from .ports import ControlBus, DeltaBus, Membership, SubscriptionRegistry
 from .protocol import (
     OP_REANCHOR,
@@ -43,31 +42,6 @@ from .routing import owner
 __all__ = ("Gateway", "GatewayDeps", "GatewayOptions")
 
 log = logging.getLogger(__name__)
-
-
-class GatewayOptions(BaseModel):
-    """Timeouts and bounds of a gateway."""
-
-    heartbeat_interval_s: float = Field(1.0, gt=0, description="Heartbeat period (< TTL).")
-    attempt_timeout_s: float = Field(
-        2.0, gt=0, description="Wait this long for a shard's answer before re-routing."
-    )
-    request_deadline_s: float = Field(
-        30.0, gt=0, description="Give up on subscribe/reanchor after this long."
-    )
-    buffer: int = Field(10_000, gt=0, description="Frames queued per subscription.")
-    consumer_buffer: int = Field(
-        200_000,
-        gt=0,
-        description="In-cluster gateways: frames queued per consumer stream (one stream "
-        "carries many subscriptions); past it, the backlog is replaced by fresh windows.",
-    )
-    audit_interval_s: float = Field(
-        5.0,
-        gt=0,
-        description="How often the gateway checks the registry still holds its subscriptions "
-        "(shards drop those of a gateway presumed dead; one that comes back restores them).",
-    )
 
 
 @dataclass

@@ -21,12 +21,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field
-
 from raycluster._tasks import cancel_and_wait
 from raycluster.livequery import Engine, EntitySpec, Frame, Refiller, Snapshotter, Subscription
 
 from ._rwlock import RWLock
+from .options import ShardOptions
 from .ports import ControlBus, DeltaBus, Fencing, Membership, PartitionFeed, SubscriptionRegistry
 from .protocol import (
     OP_REANCHOR,
@@ -51,20 +50,6 @@ FLUSH_RETRY_S = 0.2  # a failed delta send (or flush step) is retried after this
 
 class Store(Snapshotter, Refiller, Protocol):
     """A row store that answers both snapshots and refills."""
-
-
-class ShardOptions(BaseModel):
-    """Loop cadences and bounds of a shard."""
-
-    heartbeat_interval_s: float = Field(1.0, gt=0, description="Heartbeat period (< TTL).")
-    ownership_interval_s: float = Field(0.5, gt=0, description="Ownership reconcile period.")
-    gateway_check_interval_s: float = Field(5.0, gt=0, description="Dead-gateway sweep period.")
-    flush_interval_ms: float = Field(2.0, ge=0, description="Frames wait this long to batch.")
-    max_batch_frames: int = Field(2000, gt=0, description="Frames per delta message at most.")
-    max_pending_frames: int = Field(
-        100_000, gt=0, description="Frames queued per gateway before its subs are resynced."
-    )
-    cushion: int = Field(8, ge=0, description="Rows kept past each window.")
 
 
 @dataclass

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from raycluster.config import EdgeSettings
+
 from .auth import sign_token
-from .settings import EdgeSettings
 
 if TYPE_CHECKING:
     from .app import create_app

@@ -17,9 +17,9 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from raycluster.config import EdgeSettings
 from raycluster.livequery import DeltaOp, LiveDelta
 
-from .settings import EdgeSettings
 from .tokens import ResumeTokens
 
 if TYPE_CHECKING:
