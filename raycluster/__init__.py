@@ -5,8 +5,9 @@ layers load on first use of their names, so `import raycluster` pulls in
 neither redis-py nor Ray.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from raycluster._lazy import lazy_attributes
 
 from .errors import (
     ClosedError,
@@ -116,11 +117,4 @@ if TYPE_CHECKING:
     from .config import TierSettings
     from .redis import RedisFeed, RedisStore, Writer, local_redis
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'raycluster' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from raycluster._wiring import Closers, redis_gateway
 from raycluster.client import Subscription
 from raycluster.cluster import Gateway
+from raycluster.cluster.gateway import GatewayStatus
 from raycluster.config import TierSettings
 from raycluster.livequery import Cursor, LiveQuery
 
@@ -41,7 +40,7 @@ class RemoteGateway:
         """Move a window."""
         await self.gateway.reanchor(sub_id, cursor, limit)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GatewayStatus:
         """Subscriptions and counters."""
         return self.gateway.status()
 

@@ -87,7 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    for add in (
+        _add_demo,
+        _add_serve,
+        _add_edge,
+        _add_status,
+        _add_stop,
+        _add_write,
+        _add_watch,
+    ):
+        add(sub, common)
+    return ap
 
+
+def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "demo",
         parents=[common],
@@ -102,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="--web: port (0: a free one)")
     p.add_argument("--rows", type=int, default=200, help="--web: rows seeded")
 
+
+def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "serve",
         parents=[common],
@@ -111,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_serve_args(p)
 
+
+def _add_edge(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "edge",
         parents=[common],
@@ -122,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="default: the config's edge.host")
     p.add_argument("--port", type=int, default=None, help="default: the config's edge.port")
 
+
+def _add_status(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "status",
         parents=[common],
@@ -139,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
 
+
+def _add_stop(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "stop",
         parents=[common],
@@ -150,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default="raycluster", help="its Ray namespace")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, auto)")
 
+
+def _add_write(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "write",
         parents=[common],
@@ -167,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("entity", metavar="ENTITY")
     p.add_argument("file", metavar="FILE", nargs="?", default="-", help="default: stdin")
 
+
+def _add_watch(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "watch",
         parents=[common],
@@ -193,7 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seconds", type=float, default=None, help="exit after S seconds")
     p.add_argument("--json", action="store_true", help="one JSON object per window drawn")
-    return ap
 
 
 # -- subcommands -------------------------------------------------------------------
@@ -247,16 +271,21 @@ def _edge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
-    import json
-
+def _attach(args: argparse.Namespace) -> Any:
+    """The running tier `--name` in `--namespace`, at `--address` (a `Tier`)."""
     try:
         from raycluster.actors import Tier
         from raycluster.actors.attach import attach_ray
     except ImportError as e:
         raise _need("ray", e) from e
     attach_ray(args.address, args.namespace)
-    tier = Tier.connect(args.name, args.namespace)
+    return Tier.connect(args.name, args.namespace)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    tier = _attach(args)
     first = tier.status()
     if args.interval <= 0:
         st, previous, dt = first, None, None
@@ -273,14 +302,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    try:
-        from raycluster.actors import Tier
-        from raycluster.actors.attach import attach_ray
-    except ImportError as e:
-        raise _need("ray", e) from e
-    attach_ray(args.address, args.namespace)
-    tier = Tier.connect(args.name, args.namespace)
-    tier.stop()
+    _attach(args).stop()
     print(f"stopped tier {args.name!r}")
     return 0
 

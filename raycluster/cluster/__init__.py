@@ -4,8 +4,9 @@ Routing, keys, protocol, ports and options import eagerly (pydantic only);
 the shard and gateway runtimes load on first use of their names.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from raycluster._lazy import lazy_attributes
 
 from .keys import DEFAULT_PREFIX, Keys, ctrl_stream, delta_channel, event_stream, heartbeat_key
 from .options import GatewayOptions, ShardOptions
@@ -57,11 +58,4 @@ _LAZY = {
     "ShardDeps": ".shard",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)

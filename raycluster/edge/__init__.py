@@ -13,8 +13,9 @@ and is imported on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from raycluster._lazy import lazy_attributes
 from raycluster.config import EdgeSettings
 
 from .auth import sign_token
@@ -28,10 +29,4 @@ __all__ = ("EdgeClient", "EdgeSettings", "create_app", "run_edge", "sign_token")
 
 _LAZY = {"create_app": ".app", "EdgeClient": ".client", "run_edge": ".server"}
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from raycluster._tasks import cancel_and_wait
+from raycluster._tasks import Backoff, TaskSet, checkpoint
 from raycluster.errors import ClosedError, InvalidQuery
 
 from .filter import compile_predicate, indexable_terms
@@ -46,14 +46,14 @@ from .order import cursor_key, key_fn
 from .ports import Feed, Refiller, Snapshotter, pos_key
 from .window import Entry, Frame, StreamSet, Window
 
-__all__ = ("Engine", "EngineStats", "Subscription")
+__all__ = ("Engine", "EngineStats", "EngineSubscription")
 
 log = logging.getLogger(__name__)
 
 LoadKind = Literal["initial", "refill", "reconcile"]
-Sink = Callable[["Subscription", list[Frame]], None]
+Sink = Callable[["EngineSubscription", list[Frame]], None]
 _ZERO = (0, 0)
-_RETRY_MAX_S = 2.0  # ceiling of the backoff between failed refills
+_RETRY_MIN_S, _RETRY_MAX_S = 0.05, 2.0  # backoff between failed refills: first, ceiling
 
 
 class EngineStats:
@@ -69,7 +69,7 @@ class EngineStats:
         self.resets: dict[str, int] = {"overflow": 0, "reanchor": 0, "reconcile": 0}
 
 
-class Subscription:
+class EngineSubscription:
     """One subscriber's live window.
 
     `snapshot` is the window when it was (re)anchored; iterating yields every
@@ -101,9 +101,9 @@ class Subscription:
         self._view: _View | None = None
 
     def __repr__(self) -> str:
-        return f"<Subscription {self.id} {self.tenant}/{self.query.entity}>"
+        return f"<EngineSubscription {self.id} {self.tenant}/{self.query.entity}>"
 
-    def __aiter__(self) -> Subscription:
+    def __aiter__(self) -> EngineSubscription:
         return self
 
     async def __anext__(self) -> LiveDelta:
@@ -173,7 +173,7 @@ class _View:
         self.tenant = tenant
         self.query = query
         self.shape = query.shape()
-        self.subs: list[Subscription] = []
+        self.subs: list[EngineSubscription] = []
         self.waiting = 0  # subscribers waiting for the initial load
         self.loading = False
         self.dropped = False
@@ -266,8 +266,8 @@ class Engine:
         self._pos: dict[str, tuple[int, int]] = {}
         self._loading: set[_View] = set()
         self._parked: list[_View] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._subs: dict[str, Subscription] = {}
+        self._tasks = TaskSet("live-query engine")  # the feed pump and the store reads
+        self._subs: dict[str, EngineSubscription] = {}
         self._ids = itertools.count(1)
         self._tick: asyncio.Future[None] | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -288,7 +288,7 @@ class Engine:
         if self._closed:
             raise ClosedError("engine is closed")
         if self._pump is None:
-            self._pump = asyncio.create_task(self._run_pump(), name="livequery-pump")
+            self._pump = self._tasks.spawn(self._run_pump(), "livequery-pump")
             self._pump.add_done_callback(lambda _: self._notify())
         # Return once the feed reported where it starts: every write after
         # start() returns is then delivered.
@@ -307,7 +307,7 @@ class Engine:
         *,
         sub_id: str | None = None,
         sink: Sink | None = None,
-    ) -> Subscription:
+    ) -> EngineSubscription:
         """Register a live query; returns once its snapshot is ready.
 
         Raises `InvalidQuery` (nothing registered) for a query that does not
@@ -318,7 +318,7 @@ class Engine:
         sid = sub_id if sub_id is not None else f"sub-{next(self._ids)}"
         if sid in self._subs:
             raise InvalidQuery("sub_id", sid, "already subscribed")
-        sub = Subscription(self, sid, tenant, query, self.buffer, sink)
+        sub = EngineSubscription(self, sid, tenant, query, self.buffer, sink)
         self._subs[sid] = sub
         try:
             await self._attach(sub)
@@ -327,7 +327,7 @@ class Engine:
             raise
         return sub
 
-    def subscriptions(self) -> list[Subscription]:
+    def subscriptions(self) -> list[EngineSubscription]:
         """Every open subscription."""
         return list(self._subs.values())
 
@@ -366,14 +366,14 @@ class Engine:
         self._closed = True
         for sub in list(self._subs.values()):
             self._close_sub(sub)
-        await cancel_and_wait([self._pump, *self._tasks])
-        self._tasks.clear()
+        await self._tasks.aclose()
 
     # -- feed --------------------------------------------------------------------
 
     async def _run_pump(self) -> None:
         dispatch = self._dispatch
         async for batch in self.feed.batches():
+            checkpoint()
             for ch in batch.changes:
                 try:
                     dispatch(ch)
@@ -422,7 +422,7 @@ class Engine:
 
     # -- views -------------------------------------------------------------------
 
-    async def _attach(self, sub: Subscription) -> None:
+    async def _attach(self, sub: EngineSubscription) -> None:
         key = (sub.tenant, sub.query.entity)
         group = self._groups.get(key)
         if group is None:
@@ -451,7 +451,7 @@ class Engine:
         sub._view = view
         sub.snapshot = view.state.visible()
 
-    def _detach(self, sub: Subscription) -> None:
+    def _detach(self, sub: EngineSubscription) -> None:
         view = sub._view
         sub._view = None
         if view is None:
@@ -477,7 +477,9 @@ class Engine:
             self._parked.remove(view)
         self._notify()
 
-    async def _reanchor(self, sub: Subscription, cursor: Cursor | None, limit: int) -> list[Row]:
+    async def _reanchor(
+        self, sub: EngineSubscription, cursor: Cursor | None, limit: int
+    ) -> list[Row]:
         if sub.closed:
             raise ClosedError(f"subscription {sub.id} is closed")
         query = sub.query.moved(cursor, limit)
@@ -496,7 +498,7 @@ class Engine:
         sub._send_reset()
         return sub.snapshot
 
-    def _close_sub(self, sub: Subscription) -> None:
+    def _close_sub(self, sub: EngineSubscription) -> None:
         if sub.closed:
             return
         sub.closed = True
@@ -511,19 +513,13 @@ class Engine:
         view.pending = []
         self._loading.add(view)
         view.index.loading.add(view)
-        task = asyncio.create_task(self._load(view, kind), name=f"livequery-{kind}")
-        self._tasks.add(task)
-        task.add_done_callback(self._reap)
-
-    def _reap(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("live-query load task failed", exc_info=task.exception())
+        self._tasks.spawn(self._load(view, kind), f"livequery-{kind}")
 
     async def _load(self, view: _View, kind: LoadKind) -> None:
         q, state = view.query, view.state
-        delay_s = 0.05
+        backoff = Backoff(_RETRY_MIN_S, _RETRY_MAX_S)
         while not view.dropped:
+            checkpoint()
             try:
                 if kind == "refill":
                     assert isinstance(state, Window)
@@ -545,8 +541,7 @@ class Engine:
                     self._fail(view, e)
                     return
                 log.warning("%s read for %s failed (%r); retrying", kind, view.shape, e)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, _RETRY_MAX_S)
+                await backoff.sleep()
         else:
             return
         if view.dropped:

@@ -11,8 +11,9 @@ Importing the package loads only its settings (pydantic); everything else
 its name.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from raycluster._lazy import lazy_attributes
 
 from .settings import RedisSettings
 
@@ -110,11 +111,4 @@ _LAZY = {
     "Writer": ".writer",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)

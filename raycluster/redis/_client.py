@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Self
@@ -22,7 +21,6 @@ from .errors import UNREACHABLE
 from .settings import RedisSettings
 
 __all__ = (
-    "Backoff",
     "Client",
     "ClientComponent",
     "ClusterClient",
@@ -321,25 +319,6 @@ def make_client(
         **_connection_class(url),
     )
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
-
-
-class Backoff:
-    """Exponential backoff with jitter between reconnect attempts."""
-
-    def __init__(self, min_s: float, max_s: float) -> None:
-        self.min_s = min_s
-        self.max_s = max_s
-        self._next_s = min_s
-
-    def reset(self) -> None:
-        """After a success: the next failure waits the minimum again."""
-        self._next_s = self.min_s
-
-    async def sleep(self) -> None:
-        """Wait the current delay (with jitter), then double it up to the ceiling."""
-        delay_s = self._next_s * (0.5 + random.random() / 2)
-        self._next_s = min(self._next_s * 2, self.max_s)
-        await asyncio.sleep(delay_s)
 
 
 async def interruptible(coro: Awaitable[Any], wake: asyncio.Event) -> tuple[bool, Any]:

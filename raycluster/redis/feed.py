@@ -21,13 +21,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from raycluster._tasks import cancel_and_wait
+from raycluster._tasks import Backoff, TaskSet, checkpoint
 from raycluster.cluster.routing import PARTITIONS
 from raycluster.errors import ClosedError
 from raycluster.livequery.models import Change, trusted
 from raycluster.livequery.ports import FeedBatch, pos_key
 
-from ._client import Backoff, ReadGate, interruptible, make_client, resolve_url
+from ._client import ReadGate, interruptible, make_client, resolve_url
 from .errors import UNREACHABLE, translate_errors
 from .scripts import STREAM_HEAD
 from .settings import RedisSettings
@@ -89,8 +89,8 @@ class RedisFeed:
         self._closed = False
         self._gate = ReadGate(self._blocking)
         # Redis Cluster: one reader per stream hands its entries over here.
-        self._tails: dict[str, asyncio.Task[None]] = {}
-        self._retired: set[asyncio.Task[None]] = set()  # tails of removed streams, ending
+        self._tails: dict[str, asyncio.Task[None]] = {}  # by stream (those ending are in
+        self._tail_tasks = TaskSet("feed")  # `_tail_tasks` until they have ended)
         self._arrived: list[tuple[str, list[Any], asyncio.Event]] = []
         self._arrival = asyncio.Event()
 
@@ -117,9 +117,7 @@ class RedisFeed:
         """Stop: a reader's iteration ends; connections are closed."""
         self._closed = True
         self._changed.set()
-        await cancel_and_wait(
-            [*self._tails.values(), *self._retired], self.settings.socket_timeout_s
-        )
+        await self._tail_tasks.aclose(self.settings.socket_timeout_s)
         await self._gate.close(self.settings.socket_timeout_s)
         await self._client.aclose()
 
@@ -156,6 +154,7 @@ class RedisFeed:
             await self._retrying(self._resolve_missing)
             yield FeedBatch([], dict(self._pos))
             while not self._closed:
+                checkpoint()
                 batch = await self._next_batch()
                 if batch is not None:
                     yield batch
@@ -203,6 +202,7 @@ class RedisFeed:
     async def _retrying(self, step: Callable[[], Awaitable[_T]]) -> _T:
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         while True:
+            checkpoint()
             if self._closed:
                 raise ClosedError("feed is closed")
             try:
@@ -218,6 +218,7 @@ class RedisFeed:
             return await self._next_gathered()
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         while not self._closed:
+            checkpoint()
             self._changed.clear()
             streams = dict(self._pos)
             try:
@@ -249,18 +250,18 @@ class RedisFeed:
     async def _next_gathered(self) -> FeedBatch | None:
         """Redis Cluster: what the per-stream readers read since the last batch (an
         empty batch after a block time with none, or at once when the set changed)."""
+        if self._closed:
+            return None
         self._changed.clear()
         for key in self._tails.keys() - self._pos.keys():
-            tail = self._tails.pop(key)
-            tail.cancel()  # its handed-over entries are dropped by _decode
-            self._retired.add(tail)
-            tail.add_done_callback(self._retired.discard)
+            self._tails.pop(key).cancel()  # its handed-over entries are dropped by _decode
         for key, task in list(self._tails.items()):
             if task.done() and not task.cancelled() and task.exception() is not None:
                 del self._tails[key]
                 raise task.exception()  # type: ignore[misc]  # what a read raises, as one XREAD
         for key in self._pos.keys() - self._tails.keys():
-            self._tails[key] = task = asyncio.create_task(self._tail(key, self._pos[key]))
+            task = self._tail_tasks.spawn(self._tail(key, self._pos[key]), f"feed-tail-{key}")
+            self._tails[key] = task
             task.add_done_callback(lambda _: self._arrival.set())
         if not self._arrived:
             self._arrival.clear()
@@ -285,6 +286,7 @@ class RedisFeed:
         pos, taken = start, asyncio.Event()
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         while not self._closed:
+            checkpoint()
             try:
                 resp: Any = await self._blocking.xread(
                     {key: pos}, count=self.settings.feed_count, block=self.settings.feed_block_ms

@@ -14,10 +14,10 @@ from raycluster.livequery import (
     Cond,
     Cursor,
     Engine,
+    EngineSubscription,
     EntitySpec,
     LiveQuery,
     SortKey,
-    Subscription,
     eq,
     gt,
     gte,
@@ -110,7 +110,7 @@ def rand_query(rng: random.Random) -> LiveQuery:
 class Client:
     """One subscriber: its list, rebuilt only from the snapshot and frames."""
 
-    def __init__(self, tenant: str, sub: Subscription) -> None:
+    def __init__(self, tenant: str, sub: EngineSubscription) -> None:
         self.tenant = tenant
         self.sub = sub
         self.items = [(r.agg_id, r.version, r.vals) for r in sub.snapshot]

@@ -30,12 +30,12 @@ from raycluster.livequery import (
     Cond,
     Cursor,
     Engine,
+    EngineSubscription,
     EntitySpec,
     LiveQuery,
     MemoryStore,
     Snapshot,
     SortKey,
-    Subscription,
     and_,
     eq,
     gt,
@@ -106,7 +106,7 @@ CONCURRENT_OPS = 6_000
 class Tracked:
     """One live subscription and the client list its frames build."""
 
-    sub: Subscription
+    sub: EngineSubscription
     query: LiveQuery
     joined: int  # every write after this op index must reach a streamed client
     maintained: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -168,7 +168,7 @@ class Workload:
         self.last_write: dict[str, int] = {}
         self.deleted: list[str] = []
         self.subs: list[Tracked] = []
-        self.pending: list[tuple[asyncio.Task[Subscription], LiveQuery]] = []
+        self.pending: list[tuple[asyncio.Task[EngineSubscription], LiveQuery]] = []
         self.boundary: list[str] = []
         self.shape_no = seed * 7
         self.checks = 0

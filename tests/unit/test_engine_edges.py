@@ -22,13 +22,13 @@ from raycluster.livequery import (
     Cursor,
     DeltaOp,
     Engine,
+    EngineSubscription,
     EntitySpec,
     LiveDelta,
     LiveQuery,
     MemoryStore,
     Snapshot,
     SortKey,
-    Subscription,
     eq,
     gt,
     ilike,
@@ -117,7 +117,7 @@ def ops(frames: list[LiveDelta]) -> list[tuple[Any, ...]]:
 class Client:
     """A maintained-mode client: the snapshot, then every frame applied."""
 
-    def __init__(self, sub: Subscription) -> None:
+    def __init__(self, sub: EngineSubscription) -> None:
         self.sub = sub
         self.rows: list[tuple[str, dict[str, Any]]] = [(r.agg_id, r.vals) for r in sub.snapshot]
 
@@ -691,7 +691,7 @@ async def test_subscribe_while_writes_happen_concurrently(seed: int, lag: bool) 
                     await asyncio.sleep(0)
 
         task = asyncio.create_task(writer())
-        subs: list[Subscription] = []
+        subs: list[EngineSubscription] = []
         for query in HANDOFF_QUERIES:
             for _ in range(rng.randint(0, 6)):
                 await asyncio.sleep(0)
