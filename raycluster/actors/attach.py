@@ -38,7 +38,7 @@ def _bootstrap(address: str) -> tuple[str, int] | None:
 
 AUTH_HINT = (
     "if the cluster uses token auth, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
-    "(or ~/.ray/auth_token): README, 'Run it on a Ray cluster'"
+    "(or ~/.ray/auth_token): docs/operations.md, '1. Start a head and workers'"
 )
 
 

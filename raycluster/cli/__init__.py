@@ -131,7 +131,7 @@ def _add_edge(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "edge",
         parents=[common],
-        help="serve the HTTP/WebSocket edge (raycluster/edge/PROTOCOL.md)",
+        help="serve the HTTP/WebSocket edge (docs/edge-protocol.md)",
         description="Serve the edge over the tier's Redis until Ctrl-C.",
     )
     _config_arg(p)

@@ -1,4 +1,4 @@
-"""Every Redis key and stream name the tier uses, in one place (DESIGN §3, §7b).
+"""Every Redis key and stream name the tier uses, in one place (docs/redis.md#key-names).
 
 The four seed names are contracts other languages compute too:
 `lq:events:{p}`, `lq:ctrl:{shard}`, `lq:delta:{gateway}`, `lq:shard:{shard}`.
@@ -7,7 +7,7 @@ by choosing different prefixes.
 
 Two forms, one code path (`Keys(prefix, cluster=…)`):
 
-* **standalone** (the default; DESIGN's names): `lq:events:17`,
+* **standalone** (the default): `lq:events:17`,
   `lq:row:acme:asset:a1`, `lq:shard:shard-0`, …
 * **cluster** (Redis Cluster): every key of one (tenant, entity) — row
   hashes, live ids, value and sort indexes, index counts — and its

@@ -1,6 +1,6 @@
 """The edge: live queries for browsers and other clients over SSE and WebSocket.
 
-The wire contract is `raycluster/edge/PROTOCOL.md`. `create_app` builds the
+The wire contract is `docs/edge-protocol.md`. `create_app` builds the
 Starlette application over an external gateway (`raycluster.connect`),
 `run_edge` serves it with uvicorn, `EdgeClient` is the Python client,
 `sign_token` makes a signed bearer token, `EdgeSettings` is the `edge:`

@@ -66,7 +66,7 @@ class EdgeSub:
         return self.sub.id
 
     def token(self, epoch: int, seq: int) -> str:
-        """The resume token of frame (`epoch`, `seq`) (PROTOCOL.md, Resume)."""
+        """The resume token of frame (`epoch`, `seq`) (docs/edge-protocol.md, Resume)."""
         if self._mac[0] != epoch:
             self._mac = (epoch, self._tokens.mac(self.conn.tenant, self.id, epoch))
         return f"{self.id}.{epoch}.{seq}.{self._mac[1]}"

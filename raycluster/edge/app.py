@@ -1,6 +1,6 @@
 """`create_app`: the edge's Starlette application, assembled from its parts.
 
-The wire contract is `raycluster/edge/PROTOCOL.md`. The parts: `sse` (the
+The wire contract is `docs/edge-protocol.md`. The parts: `sse` (the
 SSE transport), `ws` (the WebSocket transport), `side` (reanchor, resync,
 delete), `health` (health, metrics, the demo page), `errors` (one table
 from exceptions to statuses, used by both transports), over one

@@ -1,4 +1,4 @@
-"""`EdgeClient`: a Python client of the edge over SSE or WebSocket (PROTOCOL.md).
+"""`EdgeClient`: a Python client of the edge over SSE or WebSocket (docs/edge-protocol.md).
 
 `subscribe` returns the same `raycluster.client.Subscription` the tier
 returns: `rows` kept current, async iteration of frames, `reanchor`, `close`.

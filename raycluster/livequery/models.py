@@ -308,7 +308,7 @@ class DeltaOp(enum.StrEnum):
 
 
 class LiveDelta(BaseModel):
-    """One change to a client's list (see DESIGN §1 for each op)."""
+    """One change to a client's list (each op: docs/architecture.md#what-a-client-gets)."""
 
     model_config = ConfigDict(frozen=True)
     op: DeltaOp
@@ -334,7 +334,7 @@ class Row(BaseModel):
 
 
 class Change(BaseModel):
-    """One write, as the feed delivers it (DESIGN §4 event fields)."""
+    """One write, as the feed delivers it (event fields: docs/redis.md#events)."""
 
     model_config = ConfigDict(frozen=True)
     tenant: str

@@ -357,7 +357,7 @@ def _int(raw: Any) -> int | None:
 
 
 def _change(source: str, sid: str, f: dict[bytes, bytes] | None) -> Change | None:
-    """Decode one event (DESIGN §4), or None if it is malformed."""
+    """Decode one event (fields: docs/redis.md#events), or None if it is malformed."""
     if not f:
         return None
     try:

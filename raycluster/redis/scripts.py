@@ -9,8 +9,8 @@ Redis Cluster: the write scripts get every key the client can compute in KEYS
 (row hashes, live ids, stream, index counts, event counter); the index keys
 come inside the entries (the new ones from the client, the old ones from the
 row's stored `ix`), and READ builds row keys from a prefix. All of them belong
-to one (tenant, entity), and in their cluster form (`Keys(cluster=True)`,
-DESIGN §7b) they and the partition's stream and event counter share the
+to one (tenant, entity), and in their cluster form (`Keys(cluster=True)`;
+docs/redis.md#redis-cluster) they and the partition's stream and event counter share the
 partition's hash tag, so each call touches one slot (keys not in KEYS are
 then in the slot of those that are, which Redis Cluster allows).
 
@@ -215,7 +215,7 @@ partition's hash tag on Redis Cluster.
 Returns `{status, version, stream id}`: `ok` (written at `version`),
 `conflict` (expected version differs; `version` is the current one, nothing
 written) or `noop` (delete of a missing row; nothing written). The event's
-fields are DESIGN §4's (`t e id v op row at`) plus `n`, the partition's
+fields are `t e id v op row at n` (docs/redis.md#events); `n` is the partition's
 event counter, by which a reader detects a trimmed gap. The stream is trimmed
 (`XTRIM MAXLEN ~`) once per call, after its events.
 """

@@ -115,7 +115,7 @@ async def commands_run(admin: Any) -> set[str]:
     return {name for stats in per_node.values() for name in stats}
 
 
-# -- an oracle written from DESIGN §8, sharing no code with the core -----------------
+# -- an oracle written from docs/semantics.md, sharing no code with the core -----------------
 
 
 def _like(s: str, pattern: str, ignore_case: bool) -> bool:
@@ -205,7 +205,7 @@ def o_top(rows: RowMap, q: LiveQuery) -> list[tuple[str, int, dict[str, Any]]]:
 def apply_frames(
     lst: list[tuple[str, int, dict[str, Any]]], frames: Sequence[LiveDelta]
 ) -> list[tuple[str, int, dict[str, Any]]]:
-    """A maintained-mode client: apply frames to its list (DESIGN §1)."""
+    """A maintained-mode client: apply frames to its list (ops: docs/architecture.md)."""
     for f in frames:
         if f.op == DeltaOp.RESET:
             lst.clear()

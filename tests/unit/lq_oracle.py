@@ -1,4 +1,5 @@
-"""A brute-force oracle for the live-query core, written from DESIGN §1 and §8.
+"""A brute-force oracle for the live-query core, written from docs/architecture.md
+(what a client gets) and docs/semantics.md.
 
 Nothing here uses the engine's own filter or order code: the point is to
 catch bugs in it. Also the reference clients that apply frames to a list.

@@ -3,12 +3,14 @@
 Random workloads (upserts, deletes, re-inserts, subscribes, reanchors and
 closes over many query shapes) run against `Engine` + `MemoryStore`. After
 every `settle()` each subscriber's frames are applied to a client list, which
-must equal the oracle's answer computed from `store.rows()` (DESIGN §1, §8).
+must equal the oracle's answer computed from `store.rows()`
+(docs/architecture.md, docs/semantics.md).
 
 Two schedules: *sequential* (writes happen between settles, so every store
 read sees the feed caught up) and *concurrent* (the test yields between
 writes, store reads return after a few loop turns, and subscribes run in the
-background) which exercises the gapless handoff of DESIGN §4.
+background) which exercises the gapless handoff
+(docs/architecture.md#gapless-handoff).
 
 A failure names the seed, schedule, cushion, buffer and operation index.
 `await run_workload(seed, ops, concurrent=…)` replays it: a sequential run

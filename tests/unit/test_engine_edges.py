@@ -1,4 +1,6 @@
-"""The engine's ops and edges, one behaviour per test (DESIGN §1, §4, §7, §8).
+"""The engine's ops and edges, one behaviour per test.
+
+What is expected: docs/architecture.md and docs/semantics.md.
 
 Each test drives `Engine` over a `MemoryStore` (or a thin wrapper around it
 that delays or fails reads) and checks the frames a subscriber gets and that
@@ -558,7 +560,8 @@ class GatedStore:
 async def test_change_after_the_snapshot_read_is_not_lost(mode: str, where: list[Any]) -> None:
     """A write that lands after the snapshot's watermark, while the read is in flight.
 
-    DESIGN §4: the view applies every event after the snapshot's position.
+    docs/architecture.md#gapless-handoff: the view applies every event after the
+    snapshot's position.
     """
     store = MemoryStore()
     gated = GatedStore(store)

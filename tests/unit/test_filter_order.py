@@ -1,4 +1,4 @@
-"""Filter compilation and total order against the oracle (DESIGN §8)."""
+"""Filter compilation and total order against the oracle (docs/semantics.md)."""
 
 from __future__ import annotations
 
