@@ -21,7 +21,8 @@ Two forms, one code path (`Keys(prefix, cluster=…)`):
   streams and the resume secret are single keys and keep their names.
 
 The tag is always the first `{` of a key, so tenants, entities and ids may
-contain braces; the prefix may not (`Keys` refuses one that does).
+contain braces; the prefix may not, nor a `:` (`Keys` refuses one that does:
+`PREFIX_PATTERN`), so the prefixes of two tiers can never overlap.
 
 What Redis Cluster costs: the registry and the live sets live in one slot
 (one master serves them), and a feed cannot read many partitions in one
@@ -37,15 +38,34 @@ from .routing import partition_of
 __all__ = (
     "DEFAULT_KEYS",
     "DEFAULT_PREFIX",
+    "PREFIX_PATTERN",
     "Keys",
     "ctrl_stream",
     "delta_channel",
     "event_stream",
     "heartbeat_key",
+    "prefix_error",
     "row_prefix",
 )
 
 DEFAULT_PREFIX = "lq"
+PREFIX_PATTERN = r"^[^{}:]+$"
+"""What a key prefix may be: non-empty, without `:` or braces.
+
+Every key is the prefix, then `:` (or, for a control-plane key in cluster
+form, the prefix in braces, then `:`), so the text before a key's first `:`
+names its tier: two tiers with different prefixes never share a key. A
+prefix holding `:` could overlap another (`app` and `app:row`), and a brace
+would move a key's hash tag."""
+
+
+def prefix_error(prefix: object) -> str | None:
+    """Why `prefix` cannot be a key prefix, or None if it can."""
+    if not isinstance(prefix, str) or not prefix:
+        return "must be a non-empty string"
+    if any(ch in prefix for ch in "{}:"):
+        return "must not contain ':', '{' or '}' (prefixes could overlap)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +76,8 @@ class Keys:
     cluster: bool = False
 
     def __post_init__(self) -> None:
-        if not self.prefix or "{" in self.prefix or "}" in self.prefix:
-            raise ValueError(f"key prefix {self.prefix!r} must be non-empty, without '{{' or '}}'")
+        if prefix_error(self.prefix) is not None:
+            raise ValueError(f"key prefix {self.prefix!r}: {prefix_error(self.prefix)}")
 
     # -- how the two forms differ -------------------------------------------------------
 

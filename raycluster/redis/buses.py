@@ -32,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 from raycluster.cluster.protocol import Control
 
 from ._client import Backoff, ReadGate, interruptible, make_client, resolve_url
-from .errors import UNREACHABLE, translate_errors
+from .errors import REFUSED, UNREACHABLE, refused, translate_errors
 from .settings import RedisSettings
 
 __all__ = (
@@ -217,6 +217,8 @@ class ControlStream(_Reader):
             if done and resp:
                 await self._take(resp[0][1])
             self._backoff.reset()
+        except REFUSED as e:
+            raise refused(f"read {self._key}", e) from e
         except UNREACHABLE as e:  # (first: a cluster between masters answers ResponseErrors)
             # Entries delivered on the lost connection are pending now: re-read them.
             self._pending_from = "0"
@@ -422,6 +424,8 @@ class DeltaStream(_Reader):
                 self._wake,
             )
             self._backoff.reset()
+        except REFUSED as e:
+            raise refused(f"read {self._key}", e) from e
         except UNREACHABLE as e:
             await self._lost(e)
             return
