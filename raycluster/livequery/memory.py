@@ -232,12 +232,14 @@ class MemoryStore:
 
     async def snapshot(self, tenant: str, query: LiveQuery, limit: int) -> Snapshot:
         """The first `limit` matches strictly after `query.cursor`."""
+        check_read(tenant, query, None, limit)
         return self.read(tenant, query, query.cursor, limit)
 
     async def refill(
         self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int
     ) -> Snapshot:
         """The first `limit` matches strictly after `after` (or `query.cursor`)."""
+        check_read(tenant, query, after, limit)
         return self.read(tenant, query, after if after is not None else query.cursor, limit)
 
     def read(self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int) -> Snapshot:

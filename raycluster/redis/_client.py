@@ -158,8 +158,8 @@ class ClusterClient(RedisCluster):
                 return await super(ClusterClient, self).initialize(*args, **kw)
             except rx.RedisClusterException as e:
                 cause = e.__cause__
-                if isinstance(cause, rx.AuthenticationError):
-                    raise cause from e  # its own error: not "unavailable"
+                if isinstance(cause, rx.AuthenticationError):  # its own error: not "unavailable"
+                    raise rx.AuthenticationError(str(cause)) from e
                 if isinstance(cause, rx.TimeoutError):
                     raise rx.TimeoutError(str(e)) from e  # (not retried)
                 if isinstance(cause, UNREACHABLE):

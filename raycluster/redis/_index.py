@@ -196,7 +196,7 @@ class Layout:
         plan = self._plans.get(tenant)
         if plan is None:
             plan = self._plan(tenant)
-        if not plan:
+        if not plan or not ids:  # (a call of deletes only has no rows)
             return [b""] * len(ids), []
         idbs = [i.encode() for i in ids]
         n = len(idbs)

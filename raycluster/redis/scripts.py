@@ -120,8 +120,9 @@ end
 local planned = {}
 -- The partition's event counter (a call that cannot read it writes nothing).
 local function read_seq()
-  local x = tonumber(call('GET', seq_key) or '0')
-  if not x then error({err = 'ERR ' .. seq_key .. ' holds no event counter; nothing written'}) end
+  local t = call('TYPE', seq_key)['ok']
+  local x = (t == 'none' and 0) or (t == 'string' and tonumber(call('GET', seq_key)))
+  if not x then error(seq_key .. ' holds no event counter (a ' .. t .. '); nothing written') end
   return x
 end
 -- Plan one write of a row whose state is `cur` (its HMGET v ix); `adds` as in

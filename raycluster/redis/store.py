@@ -107,12 +107,14 @@ class RedisStore(ClientComponent):
     async def snapshot(self, tenant: str, query: LiveQuery, limit: int) -> Snapshot:
         """The first `limit` matches strictly after `query.cursor`, in total order,
         with the stream position they reflect (atomic with respect to writers)."""
+        check_read(tenant, query, None, limit)
         return await self.read(tenant, query, query.cursor, limit)
 
     async def refill(
         self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int
     ) -> Snapshot:
         """The first `limit` matches strictly after `after` (None: `query.cursor`)."""
+        check_read(tenant, query, after, limit)
         return await self.read(tenant, query, after if after is not None else query.cursor, limit)
 
     async def read(

@@ -15,9 +15,9 @@ from raycluster.livequery import Cond, DeltaOp, LiveDelta, LiveQuery, SortKey
 __all__ = (
     "ClientError",
     "Rev",
-    "o_class",
     "apply_maintained",
     "apply_streamed",
+    "o_class",
     "o_compile",
     "o_key",
     "o_like",

@@ -120,9 +120,25 @@ DECLARED = Schema([SPEC], DOMAIN, WHERES)
 MIXED_DOMAIN: dict[str, list[Any]] = {
     "kind": ["pump", "valve", "fan", 1, True],
     "m": [
-        False, True, -1, 0, 1, 1.0, 2.5, 2**53, 2**53 + 1, float(2**53), 2**63 - 1, -(2**63),
-        "", "a", "1", "b", "é", "True",
-    ],  # fmt: skip
+        False,
+        True,
+        -1,
+        0,
+        1,
+        1.0,
+        2.5,
+        2**53,
+        2**53 + 1,
+        float(2**53),
+        2**63 - 1,
+        -(2**63),
+        "",
+        "a",
+        "1",
+        "b",
+        "é",
+        "True",
+    ],
     "x": [0, 1, True, False, "0", "1", 0.5, -0.0],
     "n": [-2, 0, 1, 1.5, 3],
 }
@@ -207,9 +223,7 @@ class LaggyStore:
 class Workload:
     """One seeded run; `run()` raises `pytest.fail` with replay details on divergence."""
 
-    def __init__(
-        self, seed: int, ops: int, *, concurrent: bool, schema: Schema = DECLARED
-    ) -> None:
+    def __init__(self, seed: int, ops: int, *, concurrent: bool, schema: Schema = DECLARED) -> None:
         self.seed = seed
         self.schema = schema
         self.columns = schema.columns
@@ -482,9 +496,7 @@ def _first_difference(a: list[Any], b: list[Any]) -> int:
     return next((i for i in range(n) if a[i] != b[i]), n)
 
 
-async def run_workload(
-    seed: int, ops: int, *, concurrent: bool, schema: Schema = DECLARED
-) -> int:
+async def run_workload(seed: int, ops: int, *, concurrent: bool, schema: Schema = DECLARED) -> int:
     """Run one seeded workload; returns how many store writes it made."""
     w = Workload(seed, ops, concurrent=concurrent, schema=schema)
     await w.run()
