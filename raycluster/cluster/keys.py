@@ -32,6 +32,10 @@ XREAD (`RedisFeed` reads each partition's stream on its own).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from raycluster.errors import InvalidQuery, InvalidRow
+from raycluster.livequery.models import check_name
 
 from .routing import partition_of
 
@@ -40,6 +44,7 @@ __all__ = (
     "DEFAULT_PREFIX",
     "PREFIX_PATTERN",
     "Keys",
+    "check_key_name",
     "ctrl_stream",
     "delta_channel",
     "event_stream",
@@ -199,6 +204,18 @@ class Keys:
     def edge_resume_secret(self) -> str:
         """The edges' shared resume-token secret (set once, never expires)."""
         return f"{self.prefix}:edge:resume_secret"
+
+
+def check_key_name(
+    field: str, value: Any, error: type[InvalidRow] | type[InvalidQuery] = InvalidRow
+) -> None:
+    """Raise `error` naming `field` unless `value` can name a tenant, an entity or a row
+    id in a key: a non-empty string of valid Unicode; a tenant or an entity also
+    without ':' (key names join them with ':', so one inside would collide:
+    tenant `a:b` of entity `c` is tenant `a` of entity `b:c`)."""
+    check_name(field, value, error)
+    if field in ("tenant", "entity") and ":" in value:
+        raise error(field, value, "must not contain ':'")
 
 
 def row_prefix(keys: Keys, tenant: str, entity: str) -> str:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from raycluster.cluster.keys import row_prefix
+from raycluster.cluster.keys import check_key_name, row_prefix
 from raycluster.cluster.routing import partition_of
 from raycluster.errors import InvalidQuery
 from raycluster.livequery.filter import compile_predicate, indexable_terms
@@ -54,7 +54,6 @@ from ._index import LEX_NULL, canon, count_field, eq_ranges, lex_encode, score_t
 from ._rows import decode_row
 from .errors import translate_errors
 from .scripts import READ
-from .writer import check_key_name
 
 __all__ = ("RedisStore",)
 

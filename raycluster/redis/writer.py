@@ -9,22 +9,17 @@ from typing import Any, Literal, NamedTuple
 
 from redis.asyncio.cluster import RedisCluster
 
-from raycluster.cluster.keys import row_prefix
+from raycluster.cluster.keys import check_key_name, row_prefix
 from raycluster.cluster.routing import partition_of
-from raycluster.errors import ConflictError, InvalidQuery, InvalidRow
-from raycluster.livequery.models import (
-    EntitySpec,
-    check_expected,
-    check_free_row,
-    check_name,
-)
+from raycluster.errors import ConflictError, InvalidRow
+from raycluster.livequery.models import EntitySpec, check_expected, check_free_row
 
 from ._client import Client, ClientComponent, ClusterClient
 from ._index import Layout
 from .errors import translate_errors
 from .scripts import WRITE, WRITE_MANY
 
-__all__ = ("Outcome", "Write", "Writer", "check_key_name")
+__all__ = ("Outcome", "Write", "Writer")
 
 _Rows = Mapping[str, Mapping[str, Any]] | Iterable[tuple[str, Mapping[str, Any]]]
 Write = tuple[str, Mapping[str, Any] | None, int | None]
@@ -79,17 +74,6 @@ class Outcome(NamedTuple):
     """`ok`: written; `conflict`: expected version differs; `noop`: delete of a missing row."""
     version: int
     """The version written (`ok`), else the row's current one (nothing written)."""
-
-
-def check_key_name(
-    field: str, value: Any, error: type[InvalidRow] | type[InvalidQuery] = InvalidRow
-) -> None:
-    """Raise `error` naming `field` unless `value` can name a tenant, entity or row id
-    in a key: a non-empty string of valid Unicode, and (tenant, entity) without ':'."""
-    check_name(field, value, error)
-    if field != "agg_id" and ":" in value:
-        # Key names join tenant and entity with ':' — one inside would collide.
-        raise error(field, value, "must not contain ':'")
 
 
 async def _send_pipelined(conn: Any, commands: Iterator[list[Any]], in_flight: int) -> list[Any]:
