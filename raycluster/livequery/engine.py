@@ -627,7 +627,7 @@ class Engine:
     def _unpark(self) -> None:
         parked, self._parked = self._parked, []
         for view in parked:
-            if view.loaded is None:  # reset meanwhile: its new read parks it again
+            if view.loaded is None or view.dropped:  # reset or dropped meanwhile
                 continue
             snap, _, kind = view.loaded
             if self._pos.get(snap.source, _ZERO) < pos_key(snap.watermark):

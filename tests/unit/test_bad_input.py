@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pytest
+from cluster_harness import Cluster
 from pydantic import ValidationError
 
 from raycluster.errors import InvalidQuery, InvalidRow
@@ -303,3 +304,24 @@ async def test_nesting_up_to_the_bound_compiles_and_deeper_is_refused() -> None:
         with pytest.raises(InvalidQuery) as info:
             compile_predicate([nested(depth)])
         assert info.value.field.startswith("where.0")
+
+
+async def test_gateway_subscribe_refuses_bad_names_and_registers_nothing() -> None:
+    c = Cluster()
+    try:
+        gw, _ = await c.gateway()
+        for tenant, query, kw, field in [
+            (None, q(), {}, "tenant"),
+            (5, q(), {}, "tenant"),
+            ("a:b", q(), {}, "tenant"),
+            ("\ud800", q(), {}, "tenant"),
+            (T, q("as:set"), {}, "entity"),
+            (T, "not a query", {}, "query"),
+            (T, q(), {"sub_id": 5}, "sub_id"),
+        ]:
+            with pytest.raises(InvalidQuery) as info:
+                await gw.subscribe(tenant, query, **kw)  # type: ignore[arg-type]
+            assert info.value.field == field
+        assert await c.registry.by_gateway(gw.id) == []
+    finally:
+        await c.aclose()
