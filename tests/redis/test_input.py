@@ -14,6 +14,7 @@ from raycluster.cluster.keys import Keys
 from raycluster.cluster.routing import partition_of
 from raycluster.errors import InvalidQuery, InvalidRow
 from raycluster.livequery import (
+    Cond,
     Cursor,
     Engine,
     EntitySpec,
@@ -28,6 +29,7 @@ from raycluster.livequery import (
     ne,
     or_,
 )
+from raycluster.livequery.models import MAX_DEPTH
 from raycluster.redis import RedisCommandError, RedisFeed, RedisSettings, RedisStore, Writer
 from raycluster.redis._client import Client
 
@@ -416,3 +418,25 @@ async def test_stray_fields_are_refused_before_a_read(
 ) -> None:
     with pytest.raises(ValidationError, match=field):
         LiveQuery.model_validate({"entity": "asset", "where": [cond], "limit": 5})
+
+
+# -- 8: nesting ------------------------------------------------------------------------
+
+
+async def test_nesting_to_the_bound_reads_and_deeper_is_refused(
+    free_writer: Writer, store: RedisStore
+) -> None:
+    await free_writer.upsert(T, "thing", "a", {"x": 1})
+    await free_writer.upsert(T, "thing", "b", {"x": "1"})
+    c = eq("x", 1)
+    for _ in range(MAX_DEPTH):
+        c = or_(c, eq("y", 2))
+    snap = await store.snapshot(T, q("thing", c), 5)
+    assert [r.agg_id for r in snap.rows] == ["a"]
+    deeper = Cond.model_construct(op="or", column=None, value=None, values=None, args=[c])
+    query = LiveQuery.model_construct(
+        entity="thing", where=[deeper], sort=[], limit=5, cursor=None, mode="maintained"
+    )
+    with pytest.raises(InvalidQuery) as info:
+        await store.snapshot(T, query, 5)
+    assert info.value.field.startswith("where.0")
