@@ -6,6 +6,7 @@ import reprlib
 from typing import Any
 
 __all__ = (
+    "AuthenticationError",
     "ClosedError",
     "ConfigError",
     "ConflictError",
@@ -100,6 +101,16 @@ class DesyncError(RayclusterError):
 
 class UnavailableError(RayclusterError):
     """Raised when a dependency (a shard, Redis) did not answer in time; a retry may succeed."""
+
+
+class AuthenticationError(RayclusterError):
+    """Raised when a server refuses the credentials given (a wrong password, or none
+    where one is required).
+
+    Not retried, and not an `UnavailableError`: trying again sends the same
+    credentials. Fix the URL (`redis://:password@host:port`) or the server's
+    settings. The message never contains the password.
+    """
 
 
 class RegistrationConflict(RayclusterError):

@@ -24,6 +24,7 @@ from raycluster.errors import ClosedError, InvalidQuery, RegistrationConflict, U
 from raycluster.livequery import Cursor, EntitySpec, LiveQuery, QueryLimits, check_cost
 from raycluster.livequery.models import check_against
 
+from .keys import check_key_name
 from .options import GatewayOptions
 from .ports import ControlBus, DeltaBus, Membership, SubscriptionRegistry
 from .protocol import (
@@ -217,7 +218,10 @@ class Gateway:
     # -- client API --------------------------------------------------------------
 
     def check_query(self, query: LiveQuery) -> None:
-        """Raise `InvalidQuery` if `query` is over the limits or does not fit its entity."""
+        """Raise `InvalidQuery` if `query` is not a `LiveQuery`, is over the limits or does
+        not fit its entity."""
+        if not isinstance(query, LiveQuery):
+            raise InvalidQuery("query", query, "must be a LiveQuery")
         check_cost(query, self.deps.limits)
         check_against(self.specs, query)
 
@@ -239,9 +243,11 @@ class Gateway:
         """
         if self._closed:
             raise ClosedError(f"gateway {self.id} is closed")
-        if not tenant:
-            raise InvalidQuery("tenant", tenant, "must not be empty")
+        check_key_name("tenant", tenant, InvalidQuery)
+        if sub_id is not None:
+            check_key_name("sub_id", sub_id, InvalidQuery)
         self.check_query(query)
+        check_key_name("entity", query.entity, InvalidQuery)
         sid = sub_id or uuid.uuid4().hex
         if sid in self._subs:
             raise InvalidQuery("sub_id", sid, "already subscribed on this gateway")

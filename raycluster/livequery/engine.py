@@ -41,6 +41,8 @@ from .models import (
     Row,
     Snapshot,
     check_against,
+    check_depth,
+    check_name,
 )
 from .order import cursor_key, key_fn
 from .ports import Feed, Refiller, Snapshotter, pos_key
@@ -50,10 +52,11 @@ __all__ = ("Engine", "EngineStats", "EngineSubscription")
 
 log = logging.getLogger(__name__)
 
-LoadKind = Literal["initial", "refill", "reconcile"]
+LoadKind = Literal["initial", "refill", "reconcile", "reset"]
 Sink = Callable[["EngineSubscription", list[Frame]], None]
 _ZERO = (0, 0)
-_RETRY_MIN_S, _RETRY_MAX_S = 0.05, 2.0  # backoff between failed refills: first, ceiling
+_RETRY_MIN_S = 0.05  # first backoff after a failed read (or a failed reset)
+_RETRY_MAX_S = 2.0  # ceiling of the backoff between failed reads
 
 
 class EngineStats:
@@ -64,9 +67,11 @@ class EngineStats:
         self.frames = 0
         self.loads = 0
         self.load_errors = 0
+        # Changes a view (or a subscriber's sink) failed on: each such view is
+        # reset from the store (`resets["error"]`), the others got the change.
         self.dispatch_errors = 0
         self.lag_ms = 0  # write → dispatch delay of the last change of the last batch
-        self.resets: dict[str, int] = {"overflow": 0, "reanchor": 0, "reconcile": 0}
+        self.resets: dict[str, int] = {"overflow": 0, "reanchor": 0, "reconcile": 0, "error": 0}
 
 
 class EngineSubscription:
@@ -181,6 +186,7 @@ class _View:
         self.loaded: tuple[Snapshot, int, LoadKind] | None = None
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None
+        self.errors = 0  # consecutive failed resets (their backoff grows)
         group = engine._groups[(tenant, query.entity)]
         self.index = group.index
         sort = list(query.sort)
@@ -218,7 +224,11 @@ class _View:
         subs = self.subs
         self.engine.stats.frames += len(out) * len(subs)
         for sub in subs:
-            sub._push(out)
+            try:
+                sub._push(out)
+            except Exception:
+                # One subscriber's sink failing must not keep the frames from the others.
+                self.engine._sink_failed(sub)
 
 
 class _Group:
@@ -297,7 +307,11 @@ class Engine:
         self._raise_if_pump_died()
 
     def check_query(self, query: LiveQuery) -> None:
-        """Raise `InvalidQuery` if `query` does not fit the declared entities."""
+        """Raise `InvalidQuery` if `query` is not a `LiveQuery` or does not fit the
+        declared entities (groups nested deeper than `MAX_DEPTH` included)."""
+        if not isinstance(query, LiveQuery):
+            raise InvalidQuery("query", query, "must be a LiveQuery")
+        check_depth(query.where)
         check_against(self.specs, query)
 
     async def subscribe(
@@ -313,8 +327,11 @@ class Engine:
         Raises `InvalidQuery` (nothing registered) for a query that does not
         fit, and the store's error if the initial read fails.
         """
-        await self.start()
+        check_name("tenant", tenant, InvalidQuery)
+        if sub_id is not None:
+            check_name("sub_id", sub_id, InvalidQuery)
         self.check_query(query)
+        await self.start()
         sid = sub_id if sub_id is not None else f"sub-{next(self._ids)}"
         if sid in self._subs:
             raise InvalidQuery("sub_id", sid, "already subscribed")
@@ -396,9 +413,48 @@ class Engine:
 
     def _dispatch(self, ch: Change) -> None:
         group = self._groups.get((ch.tenant, ch.entity))
-        if group is not None:
-            for view in group.index.candidates(ch.agg_id, ch.row):
+        if group is None:
+            return
+        try:
+            views = group.index.candidates(ch.agg_id, ch.row)
+        except Exception:
+            log.exception("candidate lookup of %s failed; trying every view", ch.agg_id)
+            views = list(group.views.values())  # a view ignores a change that is not its
+        for view in views:
+            try:
                 view.on_change(ch)
+            except Exception:
+                # Every other view still gets the change; this one is re-read.
+                self.stats.dispatch_errors += 1
+                log.exception(
+                    "view %s failed on %s/%s %s; resetting it from the store",
+                    view.shape, ch.tenant, ch.entity, ch.agg_id,
+                )  # fmt: skip
+                self._reset(view)
+
+    def _reset(self, view: _View) -> None:
+        """Re-read a view that failed: its subscribers get a `reset` and the true window.
+
+        Until the read is merged the view parks changes as for any read, so
+        nothing written meanwhile is lost. Repeated failures back off.
+        """
+        if view.dropped:
+            return
+        self.stats.resets["error"] += 1
+        view.errors += 1
+        if view in self._parked:
+            self._parked.remove(view)
+        view.loaded = None
+        delay_s = min(_RETRY_MIN_S * 2 ** (view.errors - 1), _RETRY_MAX_S)
+        self._start_load(view, "reset", delay_s if view.errors > 1 else 0.0)
+
+    def _sink_failed(self, sub: EngineSubscription) -> None:
+        self.stats.dispatch_errors += 1
+        log.exception("delivering to %s failed; resending its window", sub.id)
+        try:
+            sub._send_reset()
+        except Exception:
+            log.exception("resending the window of %s failed", sub.id)
 
     def _raise_if_pump_died(self) -> None:
         p = self._pump
@@ -508,15 +564,17 @@ class Engine:
 
     # -- store reads -------------------------------------------------------------
 
-    def _start_load(self, view: _View, kind: LoadKind) -> None:
+    def _start_load(self, view: _View, kind: LoadKind, delay_s: float = 0.0) -> None:
         view.loading = True
         view.pending = []
         self._loading.add(view)
         view.index.loading.add(view)
-        self._tasks.spawn(self._load(view, kind), f"livequery-{kind}")
+        self._tasks.spawn(self._load(view, kind, delay_s), f"livequery-{kind}")
 
-    async def _load(self, view: _View, kind: LoadKind) -> None:
+    async def _load(self, view: _View, kind: LoadKind, wait_s: float = 0.0) -> None:
         q, state = view.query, view.state
+        if wait_s:
+            await asyncio.sleep(wait_s)
         backoff = Backoff(_RETRY_MIN_S, _RETRY_MAX_S)
         while not view.dropped:
             checkpoint()
@@ -562,15 +620,25 @@ class Engine:
         self._notify()
 
     def _unpark(self) -> None:
-        still: list[_View] = []
-        for view in self._parked:
-            assert view.loaded is not None
-            snap = view.loaded[0]
-            if self._pos.get(snap.source, _ZERO) >= pos_key(snap.watermark):
+        parked, self._parked = self._parked, []
+        for view in parked:
+            if view.loaded is None or view.dropped:  # reset or dropped meanwhile
+                continue
+            snap, _, kind = view.loaded
+            if self._pos.get(snap.source, _ZERO) < pos_key(snap.watermark):
+                self._parked.append(view)
+                continue
+            try:
                 self._finish(view)
-            else:
-                still.append(view)
-        self._parked = still
+            except Exception as e:
+                self.stats.dispatch_errors += 1
+                if kind == "initial":
+                    log.exception("view %s failed on its first read", view.shape)
+                    view.state.clear()
+                    self._fail(view, e)
+                else:
+                    log.exception("view %s failed merging a read; resetting it", view.shape)
+                    self._reset(view)
 
     def _finish(self, view: _View) -> None:
         assert view.loaded is not None
@@ -584,6 +652,8 @@ class Engine:
         view.index.loading.discard(view)
         out: list[Frame] = []
         later: list[Change] = []
+        if kind == "reset":
+            state.clear()  # what it held is suspect: start again from the read alone
         state.trimming = False  # the read starts at the horizon it was asked for
         for ch in pending:
             if pos_key(ch.stream_id) <= mark:
@@ -609,8 +679,15 @@ class Engine:
         state.trim()
         for ch in later:
             state.apply(ch.agg_id, ch.version, ch.row, ch.stream_id, ch.at, out)
+        view.errors = 0
         if kind == "initial":
             view.ready.set()
+        elif kind == "reset":
+            for sub in list(view.subs):
+                try:
+                    sub._send_reset()  # the window as it is now, later changes included
+                except Exception:
+                    self._sink_failed(sub)
         elif out:
             view.emit(out)
         if state.wants_refill():

@@ -33,7 +33,7 @@ from raycluster._tasks import Backoff, checkpoint
 from raycluster.cluster.protocol import Control
 
 from ._client import ReadGate, interruptible, make_client, resolve_url
-from .errors import UNREACHABLE, translate_errors
+from .errors import REFUSED, UNREACHABLE, refused, translate_errors
 from .settings import RedisSettings
 
 __all__ = (
@@ -228,6 +228,8 @@ class ControlStream(_Reader):
             if done and resp:
                 await self._take(resp[0][1])
             self._backoff.reset()
+        except REFUSED as e:
+            raise refused(f"read {self._key}", e) from e
         except UNREACHABLE as e:  # (first: a cluster between masters answers ResponseErrors)
             # Entries delivered on the lost connection are pending now: re-read them.
             self._pending_from = "0"
@@ -427,6 +429,8 @@ class DeltaStream(_Reader):
                 self._wake,
             )
             self._backoff.reset()
+        except REFUSED as e:
+            raise refused(f"read {self._key}", e) from e
         except UNREACHABLE as e:
             await self._lost(e)
             return

@@ -15,7 +15,6 @@ jump in that number means the stream was trimmed past this feed's position
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from raycluster.livequery.models import Change, trusted
 from raycluster.livequery.ports import FeedBatch, pos_key
 
 from ._client import ReadGate, interruptible, make_client, resolve_url
-from .errors import UNREACHABLE, translate_errors
+from ._rows import decode_row
+from .errors import REFUSED, UNREACHABLE, refused, translate_errors
 from .scripts import STREAM_HEAD
 from .settings import RedisSettings
 
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _OPS = {b"upsert": "upsert", b"delete": "delete"}
-# json.loads(bytes) sniffs the encoding on every call; rows are UTF-8 by contract.
-_json_decode = json.JSONDecoder().decode
 
 
 @dataclass(slots=True)
@@ -207,6 +205,8 @@ class RedisFeed:
                 raise ClosedError("feed is closed")
             try:
                 return await step()
+            except REFUSED as e:
+                raise refused("feed", e) from e
             except UNREACHABLE as e:
                 self.stats.reconnects += 1
                 log.warning("feed: Redis unavailable (%s); retrying", e)
@@ -235,6 +235,8 @@ class RedisFeed:
                         ),
                         self._changed,
                     )
+            except REFUSED as e:
+                raise refused("feed", e) from e
             except UNREACHABLE as e:
                 self.stats.reconnects += 1
                 log.warning("feed: read failed (%s); reconnecting", e)
@@ -291,6 +293,8 @@ class RedisFeed:
                 resp: Any = await self._blocking.xread(
                     {key: pos}, count=self.settings.feed_count, block=self.settings.feed_block_ms
                 )
+            except REFUSED as e:
+                raise refused("feed", e) from e
             except UNREACHABLE as e:
                 self.stats.reconnects += 1
                 log.warning("feed: read of %s failed (%s); reconnecting", key, e)
@@ -367,8 +371,8 @@ def _change(source: str, sid: str, f: dict[bytes, bytes] | None) -> Change | Non
         tenant, entity, agg_id = f[b"t"].decode(), f[b"e"].decode(), f[b"id"].decode()
         row = None
         if op == "upsert":
-            row = _json_decode(f[b"row"].decode())
-            if not isinstance(row, dict):
+            row = decode_row(f[b"row"])
+            if row is None:
                 return None
         elif op is None:
             return None

@@ -504,7 +504,7 @@ async def test_bad_reanchor_cursor_keeps_the_window() -> None:
     async with running() as (store, engine):
         seed_rows(store, 3)
         sub = await engine.subscribe(T, q(limit=2))
-        with pytest.raises(ValidationError):
+        with pytest.raises(InvalidQuery, match=r"cursor\.values"):
             await sub.reanchor(Cursor(values=["r01"]), 2)
         assert engine.view_count() == 1
         store.upsert(T, E, "a", {"n": -1})
