@@ -1,7 +1,8 @@
 """Helpers of the Ray tier: fast tier settings, running tiers, brute-force truth.
 
 The truth is computed from scratch from what the test wrote, by the oracle of
-`support.oracle` (never with the engine's own filter or order code).
+`support.oracle` (written from docs/semantics.md), never with the engine's own
+filter or order code.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def o_top(rows: RowMap, q: LiveQuery) -> list[tuple[str, int, dict[str, Any]]]:
 def apply_frames(
     lst: list[tuple[str, int, dict[str, Any]]], frames: Sequence[LiveDelta]
 ) -> list[tuple[str, int, dict[str, Any]]]:
-    """A maintained-mode client: apply frames to its list (DESIGN §1)."""
+    """A maintained-mode client: apply frames to its list (ops: docs/architecture.md)."""
     for f in frames:
         if f.op == DeltaOp.RESET:
             lst.clear()
@@ -138,3 +138,21 @@ async def stream_entries(client: Any, key: str) -> list[tuple[str, dict[str, str
     """Every entry of a stream, decoded."""
     raw: Any = await client.xrange(key)
     return [(i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in raw]
+
+
+async def snapshot_keys(admin: Any) -> dict[bytes, Any]:
+    """Every key and its content: proves 'nothing written'."""
+    out: dict[bytes, Any] = {}
+    for key in sorted(await all_keys(admin)):
+        kind = (await admin.type(key)).decode()
+        if kind == "hash":
+            out[key] = await admin.hgetall(key)
+        elif kind == "set":
+            out[key] = await admin.smembers(key)
+        elif kind == "zset":
+            out[key] = await admin.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            out[key] = await admin.xrange(key)
+        else:
+            out[key] = await admin.get(key)
+    return out
