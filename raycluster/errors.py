@@ -63,12 +63,19 @@ class InvalidQuery(_FieldError):
 
 
 class ConfigError(RayclusterError, ValueError):
-    """Raised when a config file cannot be used (not YAML, not a mapping); names the file."""
+    """Raised when the settings cannot be read: a config file that is not UTF-8 YAML or not
+    a mapping (names the file, `path`), or a `RAYCLUSTER_*` environment variable that names
+    no setting or holds bad JSON (`path` None; the reason names the variable)."""
 
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(self, path: str | None, reason: str) -> None:
         self.path = path
         self.reason = reason
-        super().__init__(f"config {path}: {reason}")
+        super().__init__(
+            f"config {path}: {reason}" if path is not None else f"environment: {reason}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
 
 
 class InvalidRow(_FieldError):

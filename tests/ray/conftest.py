@@ -47,3 +47,14 @@ def redis_server() -> Iterator[LocalRedis]:
     with LocalRedis() as srv:
         assert srv.port != _SYSTEM_REDIS_PORT
         yield srv
+
+
+PASSWORD = "S3cretPW_ray"  # the private Redis of `secret_redis`; never shown (issue 17)
+
+
+@pytest.fixture(scope="session")
+def secret_redis() -> Iterator[LocalRedis]:
+    """A private redis-server that requires `PASSWORD` (its `url` carries it)."""
+    with LocalRedis(password=PASSWORD) as srv:
+        assert srv.port != _SYSTEM_REDIS_PORT
+        yield srv
