@@ -101,6 +101,23 @@ async def test_calls_that_fail_leave_the_running_tier_serving(
         assert isinstance(refused.value.__cause__, RayTaskError)
         await still_serving("scale(2.5), scale('3'), scale(True), scale(257)")
 
+        # A stored count that is not one (an older version's, a hand edit) does not stop a
+        # restarted controller: it keeps the configured count and stores that again.
+        count_key = keys.tier_shard_count(settings.name)
+        await r.set(count_key, "2.5")
+        pid = await asyncio.to_thread(get, tier.controller.pid.remote(), 60)
+        await asyncio.to_thread(ray.kill, tier.controller, no_restart=False)
+
+        async def repaired() -> bool:
+            try:
+                now = await asyncio.to_thread(get, tier.controller.pid.remote(), 5)
+            except Exception:  # restarting
+                return False
+            return bool(now != pid and await r.get(count_key) == b"2")
+
+        await wait_for(repaired, 60, what="the restarted controller to store 2 again")
+        await still_serving("a restarted controller found '2.5' stored")
+
         # 2. A start that re-adopts the running tier and fails stops only what it
         # started, and says its own timeout.
         call = tier_settings(
