@@ -289,8 +289,7 @@ class Controller:
             if sid not in self.shards:
                 self.shards[sid] = await asyncio.to_thread(self._shard, sid)
             self._watch(sid, self.shards[sid])
-        want = shard_ids(self.desired)
-        extra = sorted((await self._recorded() | set(self.shards)) - set(want))
+        extra = sorted((recorded | set(self.shards)) - set(want))
         await asyncio.gather(*(self._retire_shard(sid) for sid in extra))
 
     async def _recorded(self) -> set[str]:

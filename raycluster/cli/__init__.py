@@ -2,8 +2,10 @@
 
 Every expected failure prints one line, `raycluster: error: …`, on stderr and
 exits 2 when the command line is wrong (bad arguments, a query the tier
-rejects, no Redis URL, a bad config file) or 1 for anything else (no tier
-running, Redis unreachable, a bad input line). `--debug` shows tracebacks.
+rejects, no Redis URL, a bad config file or `RAYCLUSTER_*` variable) or 1 for
+anything else (no tier running, Redis or Ray unreachable, a bad input line, a
+start that timed out). `--debug` shows tracebacks. docs/cli.md lists each
+command's exits and how long each of its waits can take.
 Heavy imports (Ray, the edge's web stack) happen inside the subcommands.
 """
 

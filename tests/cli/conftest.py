@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from cli_helpers import Tier1, start_tier1
+from cli_helpers import PASSWORD, Tier1, start_tier1
 
 from raycluster.redis import LocalRedis
 
@@ -32,9 +32,6 @@ async def tier1(redis_server: LocalRedis, tmp_path: Path) -> AsyncIterator[Tier1
     """One shard over the private Redis, a writer, and a config file for the CLI."""
     async with start_tier1(redis_server.url, tmp_path) as t:
         yield t
-
-
-PASSWORD = "S3cretPW_xyz"  # the private Redis of `secret_tier1`; never printed (issue 17)
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import ENTITY, Result, Tier1, clean_env, cli_command, run_cli
-from conftest import PASSWORD
+from cli_helpers import ENTITY, PASSWORD, Result, Tier1, clean_env, cli_command, run_cli
 
 pytestmark = pytest.mark.redis
 

@@ -17,6 +17,7 @@ import pytest
 os.environ["RAY_AUTH_MODE"] = "disabled"  # before ray.init: a local init writes a token
 
 import ray
+from ray_helpers import PASSWORD
 
 from raycluster.redis import LocalRedis
 
@@ -47,9 +48,6 @@ def redis_server() -> Iterator[LocalRedis]:
     with LocalRedis() as srv:
         assert srv.port != _SYSTEM_REDIS_PORT
         yield srv
-
-
-PASSWORD = "S3cretPW_ray"  # the private Redis of `secret_redis`; never shown (issue 17)
 
 
 @pytest.fixture(scope="session")

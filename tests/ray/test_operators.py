@@ -21,9 +21,16 @@ import pytest
 import ray
 import redis.asyncio as aioredis
 import yaml
-from conftest import PASSWORD
 from ray.exceptions import RayTaskError
-from ray_helpers import ENTITY, running_tier, status, tier_settings, unique, wait_for
+from ray_helpers import (
+    ENTITY,
+    PASSWORD,
+    running_tier,
+    status,
+    tier_settings,
+    unique,
+    wait_for,
+)
 
 from raycluster import LiveQuery, SortKey, Tier
 from raycluster.actors import controller_name, shard_name
