@@ -49,6 +49,7 @@ __all__ = (
     "EdgeSettings",
     "TierSettings",
     "check_shard_count",
+    "unknown_env_names",
 )
 
 # Ray gives the head node one unit of this resource: asking for a sliver of it
