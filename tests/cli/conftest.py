@@ -22,3 +22,10 @@ async def tier1(redis_server: LocalRedis, tmp_path: Path) -> AsyncIterator[Tier1
     """One shard over the private Redis, a writer, and a config file for the CLI."""
     async with start_tier1(redis_server.url, tmp_path) as t:
         yield t
+
+
+@pytest.fixture
+async def secret_tier1(secret_redis: LocalRedis, tmp_path: Path) -> AsyncIterator[Tier1]:
+    """`tier1` over the password-protected Redis (its config holds the password in the URL)."""
+    async with start_tier1(secret_redis.url, tmp_path) as t:
+        yield t

@@ -10,7 +10,13 @@ subprocess puts `tests/` on its path itself. The fixtures in
 from __future__ import annotations
 
 from .names import unique
-from .servers import SYSTEM_REDIS_PORT, free_port, private_redis, private_redis_cluster
+from .servers import (
+    REDIS_PASSWORD,
+    SYSTEM_REDIS_PORT,
+    free_port,
+    private_redis,
+    private_redis_cluster,
+)
 from .settings import (
     ATTEMPT_TIMEOUT_S,
     HEARTBEAT_INTERVAL_S,
@@ -25,6 +31,7 @@ __all__ = (
     "HEARTBEAT_INTERVAL_S",
     "HEARTBEAT_TTL_S",
     "OWNERSHIP_INTERVAL_S",
+    "REDIS_PASSWORD",
     "SYSTEM_REDIS_PORT",
     "fast_tier",
     "free_port",

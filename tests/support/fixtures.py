@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .servers import private_redis
+from .servers import REDIS_PASSWORD, private_redis
 
 if TYPE_CHECKING:
     from raycluster.redis import LocalRedis
 
-__all__ = ("redis_server",)
+__all__ = ("redis_server", "secret_redis")
 
 
 @pytest.fixture(scope="session")
@@ -24,4 +24,12 @@ def redis_server() -> Iterator[LocalRedis]:
     both, has deployments of its own).
     """
     with private_redis() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def secret_redis() -> Iterator[LocalRedis]:
+    """One private redis-server for the session that requires `REDIS_PASSWORD` (its `url`
+    carries it); shared as `redis_server` is."""
+    with private_redis(password=REDIS_PASSWORD) as srv:
         yield srv

@@ -15,9 +15,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported when a server starts: `support` stays light for the unit tier
     from raycluster.redis import LocalRedis, LocalRedisCluster
 
-__all__ = ("SYSTEM_REDIS_PORT", "free_port", "private_redis", "private_redis_cluster")
+__all__ = (
+    "REDIS_PASSWORD",
+    "SYSTEM_REDIS_PORT",
+    "free_port",
+    "private_redis",
+    "private_redis_cluster",
+)
 
 SYSTEM_REDIS_PORT = 6379  # the machine's own Redis: never ours to touch
+# The password of the session's `secret_redis`: tests check it is never shown (issue 17).
+REDIS_PASSWORD = "S3cretPW_test"
 
 
 def free_port() -> int:
