@@ -23,7 +23,16 @@ row stored with them changes), the Python writer no longer sends them.
 
 from __future__ import annotations
 
-__all__ = ("HEARTBEAT", "LIVE_MEMBERS", "READ", "STREAM_HEAD", "WRITE", "WRITE_MANY")
+__all__ = (
+    "HEARTBEAT",
+    "LIVE_MEMBERS",
+    "READ",
+    "SOURCE_APPLY",
+    "SOURCE_SWEEP",
+    "STREAM_HEAD",
+    "WRITE",
+    "WRITE_MANY",
+)
 
 _WRITE_FN = r"""
 local call = redis.call
@@ -320,6 +329,137 @@ work on entries but for live rows whose entries change), then one SET of the
 event counter and one XTRIM. On the demo entity (five indexed columns) the
 ZADDs (six members per new row: five indexes and the live ids) take about
 half the server's time; see `benchmarks/bench_redis.py`.
+"""
+
+_NEWER = r"""
+-- Positions are fixed-width lowercase hex (equal lengths): compared 7 digits at a time,
+-- each chunk exact as a Lua number (no locale-dependent string comparison).
+local function newer(a, b)
+  if b == '' then return true end
+  for i = 1, #a, 7 do
+    local x, y = tonumber(string.sub(a, i, i + 6), 16), tonumber(string.sub(b, i, i + 6), 16)
+    if x ~= y then return x > y end
+  end
+  return false
+end
+"""
+
+SOURCE_APPLY = (
+    _WRITE_FN
+    + _NEWER
+    + r"""
+local wm_key = KEYS[1]
+stream_key, seq_key = KEYS[2], KEYS[3]
+local mode, gen = ARGV[1], ARGV[2]
+maxlen = ARGV[3]
+local wm = ''
+if mode == 's' then wm = call('GET', wm_key) or '' end
+local top, applied, skipped, same, more = wm, 0, 0, 0, 0
+local k, a = 4, 5
+for _ = 1, tonumber(ARGV[4]) do
+  ids_key, counts_key = KEYS[k], KEYS[k + 1]
+  tenant, entity = ARGV[a], ARGV[a + 1]
+  local prefix, nw = ARGV[a + 2], tonumber(ARGV[a + 3])
+  k, a = k + 2, a + 4
+  for _ = 1, nw do
+    local pos, op, id, row, blob = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+    local row_key = KEYS[k]
+    k, a = k + 1, a + 5
+    if more == 1 or (mode == 's' and not newer(pos, wm)) then
+      skipped = skipped + 1
+    elseif op == 'u' then
+      local cur = call('HMGET', row_key, 'v', 'ix', 'row')
+      if cur[3] == row and cur[2] == blob then
+        same = same + 1
+      else
+        write(row_key, cur, 'upsert', '', id, row, blob, true)
+        applied = applied + 1
+      end
+      if mode == 'c' then call('HSET', row_key, 'g', gen) end
+      if newer(pos, top) then top = pos end
+    elseif op == 'd' then
+      local cur = call('HMGET', row_key, 'v', 'ix')
+      if cur[2] then
+        write(row_key, cur, 'delete', '', id, '', '', true)
+        applied = applied + 1
+      else
+        same = same + 1
+      end
+      if newer(pos, top) then top = pos end
+    else -- 't': delete up to `row` live rows of the (tenant, entity)
+      local most = tonumber(row)
+      local live = call('ZRANGE', ids_key, 0, most - 1)
+      for _, rid in ipairs(live) do
+        local rk = prefix .. rid
+        write(rk, call('HMGET', rk, 'v', 'ix'), 'delete', '', rid, '', '', true)
+        applied = applied + 1
+      end
+      if #live >= most then more = 1 elseif newer(pos, top) then top = pos end
+    end
+  end
+  finish()
+  sets, zsets, counts = {}, {}, {}
+end
+if mode == 's' and top ~= wm then call('SET', wm_key, top) end
+return {applied, skipped, same, more}
+"""
+)
+"""Apply a source's writes to one partition, atomically, each at most once.
+
+A *source* (the Postgres ingester) writes rows it did not validate through
+`Writer`, each at a *position* in its own change order: fixed-width
+lowercase hex, equal lengths, later changes larger. Each write is `WRITE`'s
+step (same keys, entries and events), with two differences: an upsert that
+would store the row and entries it already has writes nothing (no version,
+no event: re-applying never moves a window), and in stream mode a write at a
+position not after the partition's watermark is skipped (it was applied).
+
+KEYS: 1 the partition's watermark `Keys.source_position(source, p)`; 2 the
+partition stream; 3 its event counter; then per group (one tenant and
+entity): its live-id set, its index-count hash, then one row hash per write.
+ARGV: 1 mode, `s` stream (positions checked, the watermark raised to the
+largest applied) or `c` copy (no positions; each upserted row's hash gets
+field `g` = ARGV 2); 2 copy generation; 3 stream MAXLEN; 4 number of groups;
+then per group: tenant, entity, row-key prefix, number of writes, then per
+write: position, op, id, row JSON, index entries. Ops: `u` upsert, `d`
+delete, `t` truncate (the row JSON field holds a count *m*: delete up to *m*
+live rows of the group; a truncate is the only write of its call).
+
+Returns `{applied, skipped, unchanged, more}`: writes that changed a row,
+writes skipped as already applied, writes that found the row as it would
+leave it, and `1` when a truncate stopped after *m* rows (call it again; its
+position is recorded once it finds no more).
+"""
+
+SOURCE_SWEEP = (
+    _WRITE_FN
+    + r"""
+ids_key, stream_key, counts_key, seq_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+tenant, entity, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local prefix, gen = ARGV[4], ARGV[5]
+local live = call('ZRANGEBYLEX', ids_key, ARGV[6], '+', 'LIMIT', 0, tonumber(ARGV[7]))
+local deleted = 0
+for _, id in ipairs(live) do
+  local rk = prefix .. id
+  if call('HGET', rk, 'g') ~= gen then
+    write(rk, call('HMGET', rk, 'v', 'ix'), 'delete', '', id, '', '', true)
+    deleted = deleted + 1
+  end
+end
+finish()
+return {deleted, #live, live[#live] or ''}
+"""
+)
+"""Delete the live rows of one (tenant, entity) that a source's copy did not write.
+
+After a copy (generation *g*, `SOURCE_APPLY` mode `c`), every row the copy
+wrote has `g`; a live row without it is gone from the source: deleted here,
+with its event, as `WRITE` deletes. KEYS: 1 live-id set; 2 partition stream;
+3 index-count hash; 4 event counter. ARGV: 1 tenant; 2 entity; 3 stream
+MAXLEN; 4 row-key prefix; 5 generation; 6 start (ZRANGEBYLEX bound: `-`,
+then `(` + the last id of the previous call); 7 how many live ids to look at.
+Returns `{deleted, looked at, last id looked at}` (fewer looked at than
+asked: done).
 """
 
 READ = r"""
