@@ -302,7 +302,6 @@ class LocalPostgres:
             "max_connections": "100",
             "fsync": "on" if self.durable else "off",
             "full_page_writes": "on" if self.durable else "off",
-            "synchronous_commit": "on" if self.durable else "off",
             "shared_buffers": "64MB",
             "logging_collector": "off",
             "log_min_messages": "warning",

@@ -394,7 +394,8 @@ for _ = 1, tonumber(ARGV[4]) do
         write(rk, call('HMGET', rk, 'v', 'ix'), 'delete', '', rid, '', '', true)
         applied = applied + 1
       end
-      if #live >= most then more = 1 elseif newer(pos, top) then top = pos end
+      -- `blob` '1': the last truncate of its partition at `pos`: then record `pos`.
+      if #live >= most then more = 1 elseif blob == '1' and newer(pos, top) then top = pos end
     end
   end
   finish()
@@ -423,7 +424,9 @@ field `g` = ARGV 2); 2 copy generation; 3 stream MAXLEN; 4 number of groups;
 then per group: tenant, entity, row-key prefix, number of writes, then per
 write: position, op, id, row JSON, index entries. Ops: `u` upsert, `d`
 delete, `t` truncate (the row JSON field holds a count *m*: delete up to *m*
-live rows of the group; a truncate is the only write of its call).
+live rows of the group; a truncate is the only write of its call, and its
+entries field is `1` when, done, it records its position: the truncates of
+several tenants of one partition at one position record it with the last).
 
 Returns `{applied, skipped, unchanged, more}`: writes that changed a row,
 writes skipped as already applied, writes that found the row as it would

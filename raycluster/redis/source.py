@@ -118,26 +118,36 @@ class SourceWriter(Writer):
         calls = self._calls(writes, "c", str(generation), atomic_writes)
         return (await self._run(calls))[0]
 
-    async def truncate(self, pos: str, tenant: str, entity: str, *, chunk: int) -> int:
-        """Delete every live row of (tenant, entity) at position `pos` (once); rows deleted.
+    async def truncate(self, pos: str, entity: str, tenants: Iterable[str], *, chunk: int) -> int:
+        """Delete every live row of `entity` for each of `tenants`, at position `pos`
+        (once); how many rows were deleted.
 
         Runs as calls of at most `chunk` deletes each (a client may see the
-        entity empty out in steps); the position is recorded with the last.
+        entity empty out in steps). Per partition the position is recorded
+        once all of its tenants are empty, so a truncate cut short by a crash
+        is done again whole (deleting only what is left) and a finished one
+        is skipped.
         """
-        _, fixed, prefix = self._target(tenant, entity)
-        p = partition_of(tenant, entity)
+        per_p: dict[int, list[str]] = defaultdict(list)
+        for t in sorted(set(tenants)):
+            per_p[partition_of(t, entity)].append(t)
         total = 0
-        while True:
-            args = [
-                3 + 3, self.keys.source_position(self.source, p), fixed[1], fixed[3],
-                fixed[0], fixed[2], prefix,
-                "s", "", self.settings.events_maxlen, 1,
-                tenant, entity, prefix, 1, pos, "t", "", str(chunk), "",
-            ]  # fmt: skip
-            stats, more = await self._run([_Call(p, args)])
-            total += stats.applied
-            if not more:
-                return total
+        for p, ts in per_p.items():
+            for j, tenant in enumerate(ts):
+                _, fixed, prefix = self._target(tenant, entity)
+                record = "1" if j == len(ts) - 1 else ""
+                args = [
+                    6, self.keys.source_position(self.source, p), fixed[1], fixed[3],
+                    fixed[0], fixed[2], prefix,
+                    "s", "", self.settings.events_maxlen, 1,
+                    tenant, entity, prefix, 1, pos, "t", "", str(chunk), record,
+                ]  # fmt: skip
+                while True:
+                    stats, more = await self._run([_Call(p, args)])
+                    total += stats.applied
+                    if not more:
+                        break
+        return total
 
     async def sweep(self, generation: int, tenant: str, entity: str) -> int:
         """Delete the live rows of (tenant, entity) the copy `generation` did not write;

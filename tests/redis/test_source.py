@@ -85,13 +85,22 @@ async def test_truncate_copy_and_sweep(redis_url: str, settings: RedisSettings) 
     try:
         rows = [up(pos(1, i), "acme", f"r{i:03}", name=f"n{i}", n=i) for i in range(1, 251)]
         await sw.apply(rows, atomic_writes=100)
-        assert await sw.truncate(pos(2, 1), "acme", "item", chunk=60) == 250
+        # Tenants sharing acme's partition: their truncates share one position.
+        same_p = [t for t in (f"t{i}" for i in range(3000))
+                  if partition_of(t, "item") == partition_of("acme", "item")][:3]  # fmt: skip
+        assert len(same_p) == 3
+        tenants = ["acme", *same_p, "rival"]
+        others = [up(pos(1, 300 + i), t, "x", name="o") for i, t in enumerate(tenants[1:])]
+        await sw.apply(others, atomic_writes=100)
+        assert await sw.truncate(pos(2, 1), "item", tenants, chunk=60) == 250 + 4
+        for t in tenants[1:]:
+            assert await store.rows(t, "item") == {}
         assert await store.rows("acme", "item") == {}
         # Once done, the truncate's position is recorded: again, it deletes nothing.
         await sw.apply([up(pos(2, 0), "acme", "late", name="old")], atomic_writes=10)
         assert await store.rows("acme", "item") == {}  # (before the truncate: skipped)
         await sw.apply([up(pos(3, 1), "acme", "new", name="new")], atomic_writes=10)
-        assert await sw.truncate(pos(2, 1), "acme", "item", chunk=60) == 0
+        assert await sw.truncate(pos(2, 1), "item", tenants, chunk=60) == 0
         assert set(await store.rows("acme", "item")) == {"new"}
 
         # A copy marks what it writes; the sweep deletes the rest.
