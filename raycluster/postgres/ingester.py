@@ -39,6 +39,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 import psycopg2.extras
 
 from raycluster._tasks import cancel_and_wait
@@ -230,7 +231,8 @@ class Ingester:
 
         `lag_bytes` is the server's WAL position (as of its last message)
         minus the confirmed one; `lag_s` how long ago the oldest transaction
-        not yet in Redis committed (0 when none is waiting).
+        not yet in Redis committed (0 when none is waiting); `synced_lsn`
+        the position before which every committed transaction is in Redis.
         """
         now = time.monotonic()
         st = self._stats
@@ -245,6 +247,7 @@ class Ingester:
             "generation": self._generation,
             "confirmed_lsn": format_lsn(self._confirmed),
             "received_lsn": format_lsn(self._received),
+            "synced_lsn": format_lsn(self._synced()),
             "lag_bytes": max(0, self._received - self._confirmed),
             "lag_s": round(lag_s, 3),
             "pending_changes": self._pending,
@@ -264,12 +267,13 @@ class Ingester:
 
     def caught_up(self, lsn: int) -> bool:
         """Whether every transaction committed before WAL position `lsn` is in Redis."""
-        return (
-            self._state == "streaming"
-            and self._received >= lsn
-            and self._pending == 0
-            and not self._in_txn
-        )
+        return self._synced() >= lsn
+
+    def _synced(self) -> int:
+        """The WAL position before which every committed transaction is in Redis."""
+        if self._state == "streaming" and self._pending == 0 and not self._in_txn:
+            return max(self._received, self._confirmed)
+        return self._confirmed
 
     # -- one session: connect, copy if needed, stream ----------------------------------
 
@@ -435,8 +439,13 @@ class Ingester:
         assert writer is not None
         cols = [plan.tenant_column, plan.id_column, *(c.name for c in plan.carried)]
         only = "" if plan.partitioned else "ONLY "
+        # Values as their type's output function prints them, as the stream sends them
+        # (not `::text`: some casts differ, e.g. boolean's 'true' against 't').
+        oids = {plan.tenant_type, plan.id_type, *(c.type_oid for c in plan.carried)}
+        raw = psycopg2.extensions.new_type(tuple(oids), "RAYCLUSTER_TEXT", _as_text)
+        psycopg2.extensions.register_type(raw, conn)
         sql = (
-            f"SELECT {', '.join(quote_ident(c) + '::text' for c in cols)} FROM {only}"
+            f"SELECT {', '.join(quote_ident(c) for c in cols)} FROM {only}"
             f"{quote_ident(plan.source.schema_name)}.{quote_ident(plan.source.table_name)}"
         )
         if plan.row_filter:
@@ -812,6 +821,10 @@ def _row(
         except (UnsupportedValue, ValueError) as e:
             raise UnsupportedRowValue(plan.name, c.name, agg_id, str(e)) from e
     return row
+
+
+def _as_text(value: str | None, cur: Any) -> str | None:
+    return value
 
 
 def _identify(rcur: Any) -> str:

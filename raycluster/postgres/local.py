@@ -114,6 +114,8 @@ class LocalPostgres:
     `settings` are extra `postgresql.conf` lines (e.g.
     `{"max_slot_wal_keep_size": "1MB"}`); `durable=False` (the default)
     turns `fsync` off: fine for tests, which never outlive the machine.
+    `wal_segment_mb` sets the WAL segment size (small ones let a test
+    invalidate a slot with little WAL).
     `kill()` is a crash (SIGKILL of the postmaster; the next start recovers).
     Usable as a context manager. Thread-safe.
     """
@@ -126,11 +128,13 @@ class LocalPostgres:
         bin_dir: str | Path | None = None,
         settings: Mapping[str, str] | None = None,
         durable: bool = False,
+        wal_segment_mb: int | None = None,
         startup_timeout_s: float = 60.0,
     ) -> None:
         self.bin_dir = postgres_bin_dir(bin_dir)
         self.settings = dict(settings or {})
         self.durable = durable
+        self.wal_segment_mb = wal_segment_mb
         self.startup_timeout_s = startup_timeout_s
         self._fixed_port = port
         self._port: int | None = port
@@ -280,6 +284,7 @@ class LocalPostgres:
             "--encoding=UTF8",
             "--locale=C",
             "--no-sync",
+            *([f"--wal-segsize={self.wal_segment_mb}"] if self.wal_segment_mb else []),
         ]  # fmt: skip
         res = subprocess.run(
             cmd,
