@@ -19,8 +19,14 @@ from raycluster.postgres.settings import PostgresSettings
 from raycluster.redis import RedisSettings
 
 
+def write_status(path: Path, status: dict[str, object]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status))
+    os.replace(tmp, path)
+
+
 async def main(path: str) -> None:
-    cfg = json.loads(Path(path).read_text())
+    cfg = json.loads(Path(path).read_text())  # noqa: ASYNC240 (once, at start)
     ing = Ingester(
         PostgresSettings.model_validate(cfg["postgres"]),
         cfg["redis_url"],
@@ -30,9 +36,7 @@ async def main(path: str) -> None:
     status = Path(cfg["status_file"])
     task = asyncio.create_task(ing.run())
     while not task.done():
-        tmp = status.with_suffix(".tmp")
-        tmp.write_text(json.dumps(ing.status()))
-        os.replace(tmp, status)
+        write_status(status, ing.status())
         await asyncio.sleep(0.02)
     task.result()
 

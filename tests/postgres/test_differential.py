@@ -51,7 +51,7 @@ ASSET = EntitySpec(
         "on": "bool",
         "at": "str",
         "notes": "str",
-    },  # fmt: skip
+    },
     filterable=["name", "kind", "temp", "n", "on", "at"],
     sortable=["name", "kind", "temp", "n", "on", "at"],
     max_window=50,
@@ -107,8 +107,10 @@ class Workload:
         r = self.rng
         at = None
         if r.random() < 0.8:
-            at = f"2024-0{r.randint(1, 9)}-1{r.randint(0, 9)} 1{r.randint(0, 9)}:00:0{r.randint(0, 9)}"
-            at += r.choice(["", ".5", ".123456"]) + "+00"
+            year = r.choice(["0999", "2024", "2024", "9999"])
+            day = f"{year}-0{r.randint(1, 9)}-1{r.randint(0, 9)}"
+            at = f"{day} 1{r.randint(0, 9)}:00:0{r.randint(0, 9)}"
+            at += r.choice(["", ".5", ".123456"]) + r.choice(["+00", "+05:30", "-08"])
         return [
             r.choice([*NAMES, None]),
             r.choice(KINDS),
