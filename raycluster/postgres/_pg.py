@@ -68,8 +68,12 @@ def translate(what: str) -> Iterator[None]:
         raise
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
         raise PostgresUnavailable(f"{what}: Postgres unavailable ({_first_line(e)})") from e
-    except psycopg2.errors.AdminShutdown as e:
-        raise PostgresUnavailable(f"{what}: Postgres shut down ({_first_line(e)})") from e
+    except psycopg2.Error as e:
+        # No SQLSTATE: libpq lost the connection (a crashed server ends a replication
+        # stream so); class 08 connection exception, 57 operator intervention (shutdown).
+        if e.pgcode is None or e.pgcode[:2] in ("08", "57"):
+            raise PostgresUnavailable(f"{what}: Postgres unavailable ({_first_line(e)})") from e
+        raise
 
 
 def _first_line(e: BaseException) -> str:

@@ -202,7 +202,8 @@ class LocalPostgres:
                 port = self._fixed_port if self._fixed_port is not None else _free_port()
                 ok, last = self._spawn(port)
                 if ok:
-                    self._port = port
+                    # Later starts (after stop or kill) keep the port: DSNs stay valid.
+                    self._port = self._fixed_port = port
                     return self.dsn()
             raise LocalPostgresError(f"postgres did not start ({self.bin_dir}): {last}")
 
@@ -230,8 +231,6 @@ class LocalPostgres:
 
     def restart(self) -> str:
         """Stop and start again on the same port and directory."""
-        if self._port is not None:
-            self._fixed_port = self._port
         self.stop()
         return self.start()
 

@@ -213,16 +213,19 @@ class ProcIngester:
             )
         )
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "ingest_proc.py"), str(self.config)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp / "ingest_proc.log", "ab"),  # noqa: SIM115
-        )
+        self.log = tmp / "ingest_proc.log"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(HERE / "ingest_proc.py"), str(self.config)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
 
     def status(self) -> dict[str, Any]:
         if self.proc.poll() not in (None, 0):
-            raise AssertionError(f"ingester process exited with {self.proc.returncode}")
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise AssertionError(f"ingester process exited with {self.proc.returncode}: {tail}")
         try:
             return dict(json.loads(self.status_file.read_text()))
         except (OSError, ValueError):
