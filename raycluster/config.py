@@ -36,6 +36,7 @@ from raycluster.cluster.shard import ShardOptions
 from raycluster.edge.settings import EdgeSettings
 from raycluster.errors import ConfigError, InvalidQuery
 from raycluster.livequery import EntitySpec, QueryLimits
+from raycluster.postgres.settings import PostgresSettings
 from raycluster.redis.settings import ENV_PREFIX, RedisSettings, redis_env
 
 __all__ = ("HEAD_NODE", "TierSettings")
@@ -148,6 +149,11 @@ class TierSettings(BaseSettings):
     )
     entities: list[EntitySpec] = Field(
         default_factory=list, description="Declared entities (empty: any entity, unchecked)."
+    )
+    postgres: PostgresSettings | None = Field(
+        None,
+        description="A Postgres source: the tables of a publication whose rows the tier "
+        "carries (docs/postgres.md). None: no source.",
     )
     metrics_interval_s: float = Field(2.0, gt=0, description="Metrics export period.")
     start_timeout_s: float = Field(
