@@ -230,7 +230,7 @@ class Ingester:
         """Where the ingester is: state, confirmed slot position, lag, rates, counters.
 
         `lag_bytes` is the server's WAL position (as of its last message)
-        minus the confirmed one; `lag_s` how long ago the oldest transaction
+        minus `synced_lsn`; `lag_s` how long ago the oldest transaction
         not yet in Redis committed (0 when none is waiting); `synced_lsn`
         the position before which every committed transaction is in Redis.
         """
@@ -248,7 +248,7 @@ class Ingester:
             "confirmed_lsn": format_lsn(self._confirmed),
             "received_lsn": format_lsn(self._received),
             "synced_lsn": format_lsn(self._synced()),
-            "lag_bytes": max(0, self._received - self._confirmed),
+            "lag_bytes": max(0, self._received - self._synced()),
             "lag_s": round(lag_s, 3),
             "pending_changes": self._pending,
             "rows_per_s": round(st.rate(now), 1),
