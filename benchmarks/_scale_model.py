@@ -70,7 +70,7 @@ class Inputs:
 
 @dataclass(frozen=True)
 class Assumptions:
-    """What the model assumes about the deployment (defaults are stated in the README)."""
+    """What the model assumes about the deployment (defaults are stated in docs/capacity.md)."""
 
     subs: int = 1_000_000
     changes_per_s: float = 10_000

@@ -22,12 +22,12 @@ from _report import median_of, report
 
 from raycluster.livequery import (
     Engine,
+    EngineSubscription,
     Frame,
     LiveDelta,
     LiveQuery,
     MemoryStore,
     SortKey,
-    Subscription,
     Window,
     compile_predicate,
     eq,
@@ -163,7 +163,7 @@ async def _e2e(subs_n: int, rows_n: int, changes: int, mode: str) -> dict[str, f
     setup_s = time.perf_counter() - t0
     await engine.settle()
 
-    async def read(sub: Subscription) -> None:
+    async def read(sub: EngineSubscription) -> None:
         nonlocal received
         async for _ in sub:
             received += 1

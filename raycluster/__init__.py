@@ -5,14 +5,16 @@ layers load on first use of their names, so `import raycluster` pulls in
 neither redis-py nor Ray.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from raycluster._lazy import lazy_attributes
 
 from .errors import (
     ClosedError,
     ConfigError,
     ConflictError,
     DesyncError,
+    InvalidArgument,
     InvalidQuery,
     InvalidRow,
     NotReadyError,
@@ -70,6 +72,7 @@ __all__ = (
     "DesyncError",
     "Engine",
     "EntitySpec",
+    "InvalidArgument",
     "InvalidQuery",
     "InvalidRow",
     "LiveDelta",
@@ -114,11 +117,4 @@ if TYPE_CHECKING:
     from .config import TierSettings
     from .redis import RedisFeed, RedisStore, Writer, local_redis
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'raycluster' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)

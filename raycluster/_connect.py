@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from raycluster._wiring import Closers, redis_gateway
 from raycluster.client import Subscription
 from raycluster.cluster import Gateway
+from raycluster.cluster.gateway import GatewayStatus
 from raycluster.config import TierSettings
+from raycluster.errors import ConfigError
 from raycluster.livequery import Cursor, LiveQuery
 
 __all__ = ("RemoteGateway", "connect")
@@ -41,7 +43,7 @@ class RemoteGateway:
         """Move a window."""
         await self.gateway.reanchor(sub_id, cursor, limit)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GatewayStatus:
         """Subscriptions and counters."""
         return self.gateway.status()
 
@@ -58,8 +60,43 @@ class RemoteGateway:
 
 
 async def connect(redis_url: str, settings: TierSettings | None = None) -> RemoteGateway:
-    """A started gateway over the tier's Redis (no Ray needed in this process)."""
+    """A started gateway over the tier's Redis (no Ray needed in this process).
+
+    Raises `ConfigError` for a `redis_url` that is not a Redis URL,
+    `AuthenticationError` when Redis refuses its password (or wants one), and
+    `UnavailableError` when Redis cannot be reached or does not answer within
+    `socket_timeout_s` (one timeout: a timeout is not retried). Nothing stays
+    open after a failure, and no message holds the password.
+    """
+    _check_url(redis_url)
     s = settings or TierSettings.load()
     gw, closers = redis_gateway(None, redis_url, s, transport="redis")
-    await gw.start()
+    try:
+        await gw.start()
+    except BaseException:
+        # (start spawns its tasks only once its Redis calls succeeded)
+        await closers.aclose()
+        raise
     return RemoteGateway(gw, closers, redis_url)
+
+
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_url(url: object) -> None:
+    if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
+        shown = _without_password(url) if isinstance(url, str) else repr(url)
+        raise ConfigError("redis_url", f"{shown} is not a redis://, rediss:// or unix:// URL")
+
+
+def _without_password(url: str) -> str:
+    """`url` with any password replaced by `***` (for messages)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "(unparsable URL)"

@@ -15,12 +15,26 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import raycluster
-from raycluster import LiveQuery, SortKey, TierSettings, eq, gt
+from raycluster._connect import connect
+from raycluster._urls import mask_url
 from raycluster.cluster import owner, partition_of
-from raycluster.livequery import compile_predicate, cursor_key, sort_key_of
+from raycluster.config import TierSettings
+from raycluster.livequery import (
+    LiveQuery,
+    SortKey,
+    compile_predicate,
+    cursor_key,
+    eq,
+    gt,
+    sort_key_of,
+)
+
+if TYPE_CHECKING:
+    from raycluster.actors import Tier
+    from raycluster.client import Subscription
+    from raycluster.redis import Writer
 
 __all__ = (
     "DEFAULT_CONFIG",
@@ -36,9 +50,6 @@ _REPO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tier.yaml"
 DEFAULT_CONFIG: str | None = str(_REPO_CONFIG) if _REPO_CONFIG.exists() else None
 
 KINDS, SITES = ["pump", "valve", "fan"], ["north", "south", "east"]
-SERVE_STATUS_KEYS = (
-    "live_shards", "subscriptions", "partitions_owned", "frames_per_s", "changes_per_s", "lag_ms",
-)  # fmt: skip
 
 PROGRESS_EVERY_S = 5.0  # serve prints a pending start's progress this often
 
@@ -95,102 +106,157 @@ def demo(args: argparse.Namespace) -> int:
 
 async def _demo(args: argparse.Namespace) -> int:
     if not getattr(args, "redis_cluster", False):
-        return await _demo_on(TierSettings.load(args.config, shards=3), args)
+        return await _Demo(TierSettings.load(args.config, shards=3), args).run()
     from raycluster.redis import LocalRedisCluster
 
     with LocalRedisCluster(masters=3) as cluster:
         url = await asyncio.to_thread(cluster.start)
         print(f"local Redis Cluster: {len(cluster.urls)} masters, seed {url}", flush=True)
         redis = {"redis_url": url, "redis_cluster": True}
-        return await _demo_on(TierSettings.load(args.config, shards=3, redis=redis), args)
+        return await _Demo(TierSettings.load(args.config, shards=3, redis=redis), args).run()
 
 
-async def _demo_on(settings: TierSettings, args: argparse.Namespace) -> int:
+DEMO_QUERIES = {
+    "hot pumps (in-cluster)": LiveQuery(
+        entity="asset", where=[eq("kind", "pump"), gt("temp", 50)],
+        sort=[SortKey(column="temp", desc=True)], limit=5),
+    "north by name (in-cluster)": LiveQuery(
+        entity="asset", where=[eq("site", "north")], sort=[SortKey(column="name")], limit=5),
+    "u1's assets (external)": LiveQuery(
+        entity="asset", where=[eq("owner", "u1")], sort=[SortKey(column="name")], limit=5),
+}  # fmt: skip
+SETTLE_S = 10.0  # after the last write: how long the windows get to catch up
+
+
+def _start_tier(settings: TierSettings) -> Tier:
+    """Ray (logical CPUs: three shards and the gateways fit on any laptop) and the tier.
+
+    Blocking: run it off the event loop.
+    """
     import ray
 
     from raycluster.actors import Tier
 
-    rnd = random.Random(args.seed)
-    t0 = time.monotonic()
     if not ray.is_initialized():
-        # Logical CPUs: three shards and a gateway fit on any laptop.
         ray.init(num_cpus=max(4, os.cpu_count() or 1), namespace=settings.namespace)
-    tier = Tier.start(settings)
-    print(f"tier up in {time.monotonic() - t0:.1f}s: {len(tier.status()['live_shards'])} shards,"
-          f" redis {tier.redis_url}", flush=True)  # fmt: skip
-    writer = tier.writer()
-    truth: dict[str, dict[str, Any]] = {f"a{i:03}": _random_asset(rnd) for i in range(300)}
-    await writer.upsert_many("acme", "asset", truth)
-    queries = {
-        "hot pumps (in-cluster)": LiveQuery(
-            entity="asset", where=[eq("kind", "pump"), gt("temp", 50)],
-            sort=[SortKey(column="temp", desc=True)], limit=5),
-        "north by name (in-cluster)": LiveQuery(
-            entity="asset", where=[eq("site", "north")], sort=[SortKey(column="name")], limit=5),
-        "u1's assets (external)": LiveQuery(
-            entity="asset", where=[eq("owner", "u1")], sort=[SortKey(column="name")], limit=5),
-    }  # fmt: skip
-    remote = await raycluster.connect(tier.redis_url, settings)
-    subs = {}
-    for label, q in queries.items():
-        subs[label] = await (remote if "external" in label else tier).subscribe("acme", q)
-    print("initial windows:")
-    for label, sub in subs.items():
-        _show(label, sub.rows.ids)
+    return Tier.start(settings)
 
-    p = partition_of("acme", "asset")
-    victim = owner(p, tier.status()["live_shards"])
-    written, killed_at, failover_s = 0, None, None
-    epochs = {label: sub.epoch for label, sub in subs.items()}
-    last = {label: sub.rows.ids for label, sub in subs.items()}
-    start = time.monotonic()
-    while time.monotonic() - start < args.seconds:
-        agg_id = f"a{rnd.randrange(320):03}"
-        if rnd.random() < 0.1:
-            await writer.delete("acme", "asset", agg_id)
-            truth.pop(agg_id, None)
-        else:
-            row = _random_asset(rnd)
-            await writer.upsert("acme", "asset", agg_id, row)
-            truth[agg_id] = row
-        written += 1
-        if killed_at is None and time.monotonic() - start > args.seconds / 3:
-            print(f"--- killing {victim}, owner of partition {p} (acme/asset) ---", flush=True)
-            ray.kill(ray.get_actor(f"{settings.name}:shard:{victim}", namespace=settings.namespace))
-            killed_at = time.monotonic()
-        if killed_at and failover_s is None and all(s.epoch > epochs[k] for k, s in subs.items()):
-            failover_s = time.monotonic() - killed_at
-            newest = max(s.epoch for s in subs.values())
-            print(f"--- failover: every window reset (epoch {newest}) after {failover_s:.2f}s ---",
-                  flush=True)  # fmt: skip
-        for label, sub in subs.items():
-            if sub.rows.ids != last[label]:
-                last[label] = sub.rows.ids
+
+def _kill_shard(settings: TierSettings, shard_id: str) -> None:
+    """Kill a shard actor (Ray restarts it); blocking: run it off the event loop."""
+    import ray
+
+    from raycluster.actors import shard_name
+
+    ray.kill(ray.get_actor(shard_name(settings.name, shard_id), namespace=settings.namespace))
+
+
+class _Demo:
+    """The main job's state: the truth written so far and the windows that follow it."""
+
+    def __init__(self, settings: TierSettings, args: argparse.Namespace) -> None:
+        self.settings = settings
+        self.args = args
+        self.rnd = random.Random(args.seed)
+        self.truth: dict[str, dict[str, Any]] = {}
+        self.subs: dict[str, Subscription] = {}
+        self.written = 0
+
+    async def run(self) -> int:
+        t0 = time.monotonic()
+        tier = await asyncio.to_thread(_start_tier, self.settings)
+        status = await asyncio.to_thread(tier.status)
+        print(f"tier up in {time.monotonic() - t0:.1f}s: {len(status['live_shards'])} shards,"
+              f" redis {mask_url(tier.redis_url)}", flush=True)  # fmt: skip
+        writer = tier.writer()
+        remote = await connect(tier.redis_url, self.settings)
+        try:
+            self.truth = {f"a{i:03}": _random_asset(self.rnd) for i in range(300)}
+            await writer.upsert_many("acme", "asset", self.truth)
+            for label, q in DEMO_QUERIES.items():
+                via = remote if "external" in label else tier
+                self.subs[label] = await via.subscribe("acme", q)
+            print("initial windows:")
+            for label, sub in self.subs.items():
                 _show(label, sub.rows.ids)
-        await asyncio.sleep(1 / args.rate)
+            failover_s = await self._write_and_fail_over(writer, status["live_shards"])
+            exact = await self._settled()
+            self._report(exact)
+            status = await asyncio.to_thread(tier.status)
+            print(f"summary: {self.written} writes, "
+                  f"{sum(len(s.rows) for s in self.subs.values())} rows held, "
+                  f"failover {failover_s if failover_s is None else round(failover_s, 2)}s, "
+                  f"live shards {status['live_shards']}, exact: {exact}")  # fmt: skip
+            for sub in self.subs.values():
+                await sub.close()
+        finally:
+            await remote.aclose()
+            await writer.aclose()
+            await tier.aclose()
+        return 0 if exact else 1
 
-    # Quiet now: wait for the last frames, then compare with the truth.
-    deadline = time.monotonic() + 10
-    exact = False
-    while time.monotonic() < deadline and not exact:
-        await asyncio.sleep(0.2)
-        exact = all(sub.rows.ids == top_n(truth, queries[k]) for k, sub in subs.items())
-    print("final windows:")
-    for label, sub in subs.items():
-        want = top_n(truth, queries[label])
-        _show(label, sub.rows.ids)
-        if sub.rows.ids != want:
-            _show("  truth", want)
-    status = tier.status()
-    print(f"summary: {written} writes, {sum(len(s.rows) for s in subs.values())} rows held, "
-          f"failover {failover_s if failover_s is None else round(failover_s, 2)}s, "
-          f"live shards {status['live_shards']}, exact: {exact}")  # fmt: skip
-    for sub in subs.values():
-        await sub.close()
-    await remote.aclose()
-    await writer.aclose()
-    tier.stop()
-    return 0 if exact else 1
+    async def _write_and_fail_over(self, writer: Writer, live: list[str]) -> float | None:
+        """Write at `--rate` for `--seconds`, killing the shard that owns the windows a third
+        of the way in; the seconds until every window was reset by the new owner."""
+        p = partition_of("acme", "asset")
+        victim = owner(p, live)
+        epochs = {label: sub.epoch for label, sub in self.subs.items()}
+        last = {label: sub.rows.ids for label, sub in self.subs.items()}
+        killed_at: float | None = None
+        failover_s: float | None = None
+        start = time.monotonic()
+        while time.monotonic() - start < self.args.seconds:
+            await self._write_one(writer)
+            if killed_at is None and time.monotonic() - start > self.args.seconds / 3:
+                print(f"--- killing {victim}, owner of partition {p} (acme/asset) ---", flush=True)
+                await asyncio.to_thread(_kill_shard, self.settings, victim)
+                killed_at = time.monotonic()
+            subs = self.subs.values()
+            if (
+                killed_at
+                and failover_s is None
+                and all(s.epoch > epochs[k] for k, s in self.subs.items())
+            ):
+                failover_s = time.monotonic() - killed_at
+                print(f"--- failover: every window reset (epoch {max(s.epoch for s in subs)}) "
+                      f"after {failover_s:.2f}s ---", flush=True)  # fmt: skip
+            for label, sub in self.subs.items():
+                if sub.rows.ids != last[label]:
+                    last[label] = sub.rows.ids
+                    _show(label, sub.rows.ids)
+            await asyncio.sleep(1 / self.args.rate)
+        return failover_s
+
+    async def _write_one(self, writer: Writer) -> None:
+        agg_id = f"a{self.rnd.randrange(320):03}"
+        if self.rnd.random() < 0.1:
+            await writer.delete("acme", "asset", agg_id)
+            self.truth.pop(agg_id, None)
+        else:
+            row = _random_asset(self.rnd)
+            await writer.upsert("acme", "asset", agg_id, row)
+            self.truth[agg_id] = row
+        self.written += 1
+
+    def _exact(self) -> bool:
+        return all(s.rows.ids == top_n(self.truth, DEMO_QUERIES[k]) for k, s in self.subs.items())
+
+    async def _settled(self) -> bool:
+        """Quiet now: wait (bounded) for the last frames; whether every window is exact."""
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            if self._exact():
+                return True
+        return False
+
+    def _report(self, exact: bool) -> None:
+        print("final windows:")
+        for label, sub in self.subs.items():
+            want = top_n(self.truth, DEMO_QUERIES[label])
+            _show(label, sub.rows.ids)
+            if sub.rows.ids != want:
+                _show("  truth", want)
 
 
 # -- serve -------------------------------------------------------------------------
@@ -221,14 +287,14 @@ def serve(args: argparse.Namespace) -> int:
     import ray
 
     from raycluster.actors import StartProgress, Tier
-    from raycluster.cli._common import init_ray
+    from raycluster.actors.attach import attach_ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = TierSettings.load(args.config)
     # First: ray.init installs a SIGTERM handler of its own. RAY_ADDRESS, else the
     # local cluster, else a new local instance; an unreachable address fails in seconds.
     if os.environ.get("RAY_ADDRESS"):
-        init_ray(None, settings.namespace, quiet=False)
+        attach_ray(None, settings.namespace, quiet=False)
     elif not ray.is_initialized():
         ray.init(namespace=settings.namespace)
     stopping = threading.Event()
@@ -256,12 +322,16 @@ def serve(args: argparse.Namespace) -> int:
         return 0
     deadline = time.monotonic() + args.for_seconds if args.for_seconds else None
     try:
-        print(f"serving tier {tier.name!r}: redis {tier.redis_url}, gateways {tier.gateway_ids}",
-              flush=True)  # fmt: skip
+        redis = mask_url(tier.redis_url)
+        print(f"serving tier {tier.name!r}: redis {redis}, gateways {tier.gateway_ids}", flush=True)
         while True:
             time.sleep(args.status_every)
             st = tier.status()
-            line = {k: st[k] for k in SERVE_STATUS_KEYS}
+            line = {
+                "live_shards": st["live_shards"], "subscriptions": st["subscriptions"],
+                "partitions_owned": st["partitions_owned"], "frames_per_s": st["frames_per_s"],
+                "changes_per_s": st["changes_per_s"], "lag_ms": st["lag_ms"],
+            }  # fmt: skip
             print("status " + json.dumps(line), flush=True)
             if deadline is not None and time.monotonic() >= deadline:
                 break

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from raycluster._tasks import logged
 from raycluster.cluster import Gateway, GatewayDeps, Shard, ShardDeps, Transport, WireFrame
 from raycluster.cluster.ports import DeltaBus
 from raycluster.config import TierSettings
@@ -35,7 +35,7 @@ class Closers:
 
     async def aclose(self) -> None:
         for obj in reversed(self.items):
-            with contextlib.suppress(Exception):
+            with logged(f"closing {type(obj).__name__}"):
                 await obj.aclose()
         self.items.clear()
 

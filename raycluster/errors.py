@@ -6,10 +6,12 @@ import reprlib
 from typing import Any
 
 __all__ = (
+    "AuthenticationError",
     "ClosedError",
     "ConfigError",
     "ConflictError",
     "DesyncError",
+    "InvalidArgument",
     "InvalidQuery",
     "InvalidRow",
     "NotReadyError",
@@ -46,6 +48,11 @@ _repr.maxlist = _repr.maxdict = _repr.maxtuple = _repr.maxset = 20
 
 def _quote(value: Any) -> str:
     return _repr.repr(value)
+
+
+class InvalidArgument(_FieldError):
+    """Raised when an argument of a call (not a query, not a row) is outside its domain:
+    a shard count that is not an int, an address that is not one. Nothing was changed."""
 
 
 class InvalidQuery(_FieldError):
@@ -94,6 +101,16 @@ class DesyncError(RayclusterError):
 
 class UnavailableError(RayclusterError):
     """Raised when a dependency (a shard, Redis) did not answer in time; a retry may succeed."""
+
+
+class AuthenticationError(RayclusterError):
+    """Raised when a server refuses the credentials given (a wrong password, or none
+    where one is required).
+
+    Not retried, and not an `UnavailableError`: trying again sends the same
+    credentials. Fix the URL (`redis://:password@host:port`) or the server's
+    settings. The message never contains the password.
+    """
 
 
 class RegistrationConflict(RayclusterError):

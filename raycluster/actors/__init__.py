@@ -3,8 +3,9 @@
 from .controller import Controller
 from .gateway import GatewayActor, RayDeltaBus
 from .names import controller_name, gateway_name, shard_name
+from .progress import StartProgress
 from .shard import ShardActor
-from .tier import StartProgress, Tier
+from .tier import Tier
 
 __all__ = (
     "Controller",

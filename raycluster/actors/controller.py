@@ -14,24 +14,22 @@ run in threads, never on the actor's event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 import ray
 
-from raycluster._tasks import cancel_and_wait
+from raycluster._tasks import TaskSet, every, logged
 from raycluster.config import TierSettings
-from raycluster.redis import RedisMembership
-from raycluster.redis._client import make_client
+from raycluster.redis import RedisMembership, make_client
 
 from .gateway import GatewayActor
 from .names import gateway_name, shard_name
-from .shard import ShardActor
+from .shard import ShardActor, ShardActorStatus, ShardUnreachable
 
-__all__ = ("Controller",)
+__all__ = ("Controller", "TierStatus")
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +47,22 @@ def shard_ids(n: int) -> list[str]:
 def gateway_ids(n: int) -> list[str]:
     """The ids of the in-cluster gateways."""
     return [f"ray-gw-{i}" for i in range(n)]
+
+
+class TierStatus(TypedDict):
+    """`Controller.status()` / `Tier.status()`: the tier at a glance, and each shard's status."""
+
+    name: str
+    desired_shards: int
+    live_shards: list[str]  # shards with an unexpired heartbeat, sorted
+    shards: dict[str, ShardActorStatus | ShardUnreachable]
+    subscriptions: int
+    partitions_owned: int
+    frames_per_s: float  # since the previous status() call
+    changes_per_s: float
+    lag_ms: int  # the largest shard lag
+    gateways: list[str]
+    controller_node: str
 
 
 @ray.remote
@@ -73,26 +87,30 @@ class Controller:
         self._lock = asyncio.Lock()
         self._started = asyncio.Event()
         self._ready: dict[str, asyncio.Task[Any]] = {}  # actor id -> its readiness call
-        self._task = asyncio.get_event_loop().create_task(self._keep_alive())
+        self._tasks = TaskSet("controller")  # the keep-alive loop, the readiness calls
+        self._keeper = self._tasks.spawn(self._keep_alive(), "controller-keep-alive")
 
     async def _keep_alive(self) -> None:
-        while True:
+        # A restarted controller (the count is in Redis) reconciles at once; a new
+        # one waits for start(), which may bring its own count.
+        while not self._started.is_set():
             try:
-                if not self._started.is_set():
-                    # A restarted controller (the count is in Redis) reconciles at
-                    # once; a new one waits for start(), which may bring its own count.
-                    if await self._redis.get(self._desired_key) is None:
-                        await self._started.wait()
+                if await self._redis.get(self._desired_key) is not None:
                     self._started.set()
-                async with self._lock:
-                    await self._load()
-                    await self._forget_dead()
-                    await self._reconcile()
+                else:
+                    await self._started.wait()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("controller: reconcile failed")
-            await asyncio.sleep(ENSURE_INTERVAL_S)
+                log.exception("controller: reading the desired shard count failed")
+                await asyncio.sleep(ENSURE_INTERVAL_S)
+        await every(ENSURE_INTERVAL_S, self._ensure, "controller: reconcile")
+
+    async def _ensure(self) -> None:
+        async with self._lock:
+            await self._load()
+            await self._forget_dead()
+            await self._reconcile()
 
     async def _load(self) -> None:
         stored = await self._redis.get(self._desired_key)
@@ -129,13 +147,13 @@ class Controller:
     def _watch(self, aid: str, handle: Any) -> None:
         """Track `handle.ready()` (again, if the last call failed: the actor may have restarted)."""
         t = self._ready.get(aid)
-        if t is not None and (not t.done() or _succeeded(t)):
+        if self._tasks.closed or (t is not None and (not t.done() or _succeeded(t))):
             return
 
         async def ready() -> Any:
             return await handle.ready.remote()
 
-        self._ready[aid] = asyncio.get_running_loop().create_task(ready(), name=f"ready-{aid}")
+        self._ready[aid] = self._tasks.spawn(ready(), f"ready-{aid}")
 
     async def progress(self, wait_s: float = 0.0) -> dict[str, Any]:
         """Which actors are ready (`live`), which not (`pending`: id -> resource demand),
@@ -178,33 +196,28 @@ class Controller:
 
     def _shard(self, sid: str) -> Any:
         s = self.settings
-        return ShardActor.options(  # type: ignore[attr-defined]
-            name=shard_name(s.name, sid),
-            namespace=s.namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            num_cpus=s.shard_num_cpus,
-            resources=dict(s.shard_resources),
-            scheduling_strategy="SPREAD" if s.spread_shards else "DEFAULT",
-        ).remote(sid, self.settings_json, self.url)
+        strategy = "SPREAD" if s.spread_shards else "DEFAULT"
+        return self._actor(ShardActor, shard_name(s.name, sid), sid, s.shard_num_cpus,
+                           s.shard_resources, scheduling_strategy=strategy)  # fmt: skip
 
     def _gateway(self, gid: str) -> Any:
         s = self.settings
-        return GatewayActor.options(  # type: ignore[attr-defined]
-            name=gateway_name(s.name, gid),
-            namespace=s.namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            num_cpus=s.gateway_num_cpus,
-            resources=dict(s.gateway_resources),
-            scheduling_strategy="SPREAD",  # one node's loss takes as few gateways as possible
-            # Every open stream() and pending subscribe() holds one slot of the
-            # actor's concurrency (1,000 by default); past it, shards' deliver()
-            # calls would queue behind them and no window would ever arrive.
-            max_concurrency=GATEWAY_MAX_CONCURRENCY,
-        ).remote(gid, self.settings_json, self.url)
+        # SPREAD: one node's loss takes as few gateways as possible. Every open
+        # stream() and pending subscribe() holds one slot of the actor's
+        # concurrency (1,000 by default); past it, shards' deliver() calls would
+        # queue behind them and no window would ever arrive.
+        return self._actor(GatewayActor, gateway_name(s.name, gid), gid, s.gateway_num_cpus,
+                           s.gateway_resources, scheduling_strategy="SPREAD",
+                           max_concurrency=GATEWAY_MAX_CONCURRENCY)  # fmt: skip
+
+    def _actor(
+        self, cls: Any, name: str, aid: str, cpus: float, resources: dict[str, float], **kw: Any
+    ) -> Any:
+        """A detached, restartable actor of the tier (re-adopted if it runs already)."""
+        return cls.options(
+            name=name, namespace=self.settings.namespace, lifetime="detached",
+            get_if_exists=True, max_restarts=-1, num_cpus=cpus, resources=dict(resources), **kw,
+        ).remote(aid, self.settings_json, self.url)  # fmt: skip
 
     async def _forget_dead(self) -> None:
         # A shard killed for good (not restarted by Ray) is re-created under its name.
@@ -317,11 +330,11 @@ class Controller:
         except ValueError:  # not an actor handle Ray knows (already gone)
             pass
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> TierStatus:
         """Live shards, partitions each owns, subscriptions, frames/s, lag."""
         live = await self._members.live_shards()
 
-        async def one(sid: str, h: Any) -> tuple[str, dict[str, Any]]:
+        async def one(sid: str, h: Any) -> tuple[str, ShardActorStatus | ShardUnreachable]:
             ready = self._ready.get(sid)
             if ready is None or not ready.done():
                 err = f"not ready yet: being placed or starting (needs {self._demand(sid)})"
@@ -335,8 +348,9 @@ class Controller:
                 return sid, {"shard": sid, "error": _describe(e)}
 
         per = dict(await asyncio.gather(*(one(sid, h) for sid, h in self.shards.items())))
-        frames = sum(s.get("frames", 0) for s in per.values())
-        changes = sum(s.get("changes", 0) for s in per.values())
+        ok = [s for s in per.values() if "error" not in s]
+        frames = sum(s["frames"] for s in ok)
+        changes = sum(s["changes"] for s in ok)
         now = time.monotonic()
         fps = cps = 0.0
         if self._last is not None and now > self._last[0]:
@@ -349,11 +363,11 @@ class Controller:
             "desired_shards": self.desired,
             "live_shards": live,
             "shards": per,
-            "subscriptions": sum(s.get("subscriptions", 0) for s in per.values()),
-            "partitions_owned": sum(len(s.get("partitions", ())) for s in per.values()),
+            "subscriptions": sum(s["subscriptions"] for s in ok),
+            "partitions_owned": sum(len(s["partitions"]) for s in ok),
             "frames_per_s": round(fps, 1),
             "changes_per_s": round(cps, 1),
-            "lag_ms": max((s.get("lag_ms") or 0 for s in per.values()), default=0),
+            "lag_ms": max((s["lag_ms"] or 0 for s in ok), default=0),
             "gateways": sorted(self.gateways),
             "controller_node": ray.get_runtime_context().get_node_id(),
         }
@@ -364,7 +378,7 @@ class Controller:
         Afterwards no actor of the tier runs or heartbeats, and its state in
         Redis is gone (a later `start` begins from the settings).
         """
-        await cancel_and_wait([self._task])
+        await self._tasks.aclose()
         async with self._lock:
             recorded = await self._recorded()
             gids = set(self.gateways) | set(gateway_ids(self.settings.gateways))
@@ -372,7 +386,7 @@ class Controller:
             sids = recorded | set(self.shards)
             await asyncio.gather(*(self._retire_shard(sid) for sid in sorted(sids)))
             await self._redis.delete(self._desired_key, self._ids_key)
-        with contextlib.suppress(Exception):
+        with logged("controller: closing its Redis client"):
             await self._redis.aclose()
 
 

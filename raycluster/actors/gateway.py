@@ -9,14 +9,15 @@ batches of frames, never one call per frame).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from typing import Any
 
 import ray
 
+from raycluster._tasks import TaskSet, checkpoint, logged
 from raycluster._wiring import redis_gateway
+from raycluster.cluster.gateway import GatewayStatus
 from raycluster.cluster.protocol import WireFrame
 from raycluster.config import TierSettings
 from raycluster.errors import ClosedError, InvalidQuery, UnavailableError
@@ -24,13 +25,21 @@ from raycluster.livequery import Cursor, LiveQuery, tune_gc
 
 from .names import gateway_name
 
-__all__ = ("GatewayActor", "RayDeltaBus")
+__all__ = ("GatewayActor", "GatewayActorStatus", "RayDeltaBus")
 
 log = logging.getLogger(__name__)
 
 CONSUMER_KEEPALIVE_S = 2.0  # an idle consumer stream yields an empty batch this often
 MINTED_TTL_S = 300.0  # a sub id minted by `new_sub_id` and not used by then may be dropped
 MINTED_MAX = 100_000  # unused minted ids kept at most
+
+
+class GatewayActorStatus(GatewayStatus):
+    """`GatewayActor.status()`: the gateway's status, its consumers, and where it runs."""
+
+    consumers: int  # streams of frames open (one per driver, say)
+    consumer_resets: int  # backlogs of slow consumers replaced by fresh windows
+    node_id: str
 
 
 class RayDeltaBus:
@@ -54,7 +63,7 @@ class RayDeltaBus:
         self.namespace = namespace
         self._handles: dict[str, Any] = {}
         self._pending: list[tuple[str, list[WireFrame], asyncio.Future[None]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("ray delta bus")  # the actor calls in flight
         self.shared_puts = 0  # how many shared payloads were put (for status/tests)
 
     async def send(self, gateway_id: str, frames: list[WireFrame]) -> None:
@@ -73,9 +82,7 @@ class RayDeltaBus:
             ref = ray.put(shared)
             self.shared_puts += 1
         for (gid, _, done), batch in zip(pending, batches, strict=True):
-            task = asyncio.create_task(self._call(gid, batch, ref, done))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._call(gid, batch, ref, done), f"deliver-{gid}")
 
     async def _call(
         self, gateway_id: str, batch: list[WireFrame], ref: Any, done: asyncio.Future[None]
@@ -105,6 +112,10 @@ class RayDeltaBus:
     async def drop(self, gateway_id: str) -> None:
         """Forget the cached handle (an actor has no channel to delete)."""
         self._handles.pop(gateway_id, None)
+
+    async def aclose(self) -> None:
+        """Cancel the calls in flight (their senders get `UnavailableError`)."""
+        await self._tasks.aclose()
 
 
 def share_deltas(batches: list[list[WireFrame]]) -> tuple[list[Any], list[list[WireFrame]]]:
@@ -136,7 +147,7 @@ def share_deltas(batches: list[list[WireFrame]]) -> tuple[list[Any], list[list[W
     return shared, out
 
 
-class _Consumer:
+class _ConsumerQueue:
     """A driver (or any Ray code) reading the frames of its subscriptions as one stream."""
 
     __slots__ = ("closed", "frames", "ready", "resync", "subs")
@@ -170,10 +181,11 @@ class GatewayActor:
         self.gw.queue_frames = False  # frames go to consumers; the gateway keeps rows only
         self._cap = settings.gateway.consumer_buffer
         self.consumer_resets = 0
-        self._consumers: dict[str, _Consumer] = {}
+        self._consumers: dict[str, _ConsumerQueue] = {}
         self._consumer_of: dict[str, str] = {}  # sub_id -> consumer id
         self._minted: dict[str, tuple[str, str | None, float]] = {}  # id -> tenant, consumer, t
-        self._started = asyncio.get_event_loop().create_task(self.gw.start())
+        self._tasks = TaskSet(f"gateway actor {gateway_id}")
+        self._started = self._tasks.spawn(self.gw.start(), "gateway-start")
         tune_gc()
 
     async def ready(self) -> str:
@@ -193,10 +205,10 @@ class GatewayActor:
             ]
         self.gw.receive(batch)
 
-    def _consumer(self, consumer_id: str) -> _Consumer:
+    def _consumer(self, consumer_id: str) -> _ConsumerQueue:
         c = self._consumers.get(consumer_id)
         if c is None:
-            c = self._consumers[consumer_id] = _Consumer()
+            c = self._consumers[consumer_id] = _ConsumerQueue()
         return c
 
     def _forward(self, sub_id: str, entries: list[WireFrame]) -> None:
@@ -269,6 +281,7 @@ class GatewayActor:
         c = self._consumer(consumer_id)
         try:
             while not c.closed:
+                checkpoint()
                 try:
                     await asyncio.wait_for(c.ready.wait(), CONSUMER_KEEPALIVE_S)
                 except TimeoutError:
@@ -303,7 +316,7 @@ class GatewayActor:
         async for batch in self.consume(cid):
             yield [{"sub_id": e[0], "seq": e[1], "epoch": e[2], "delta": e[3]} for e in batch]
 
-    def _take(self, c: _Consumer) -> list[WireFrame]:
+    def _take(self, c: _ConsumerQueue) -> list[WireFrame]:
         batch, c.frames = c.frames, []
         if c.resync:
             subs = {s.id: s for s in self.gw.subscriptions()}
@@ -332,7 +345,7 @@ class GatewayActor:
         c.ready.set()
         for sid in list(c.subs):
             self._consumer_of.pop(sid, None)
-            with contextlib.suppress(Exception):
+            with logged(f"gateway {self.gw.id}: unsubscribing {sid} of a gone consumer"):
                 await self.gw.unsubscribe(sid)
 
     async def release(self, consumer_id: str) -> None:
@@ -354,7 +367,7 @@ class GatewayActor:
             self._detach(sub_id)
         await self.gw.unsubscribe(sub_id, tenant=tenant)
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self) -> GatewayActorStatus:
         """Subscriptions, consumers and frame counters."""
         return {
             **self.gw.status(),
@@ -368,6 +381,7 @@ class GatewayActor:
         for c in self._consumers.values():
             c.closed = True
             c.ready.set()
-        with contextlib.suppress(Exception):
+        with logged(f"gateway {self.gw.id}: closing"):
             await self.gw.aclose()
+        await self._tasks.aclose()
         await self._closers.aclose()

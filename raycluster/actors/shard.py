@@ -7,24 +7,39 @@ its partitions back, each re-claimed with a newer fencing epoch.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-from typing import Any
+from typing import TypedDict
 
 import ray
 from ray.util import metrics
 
-from raycluster._tasks import cancel_and_wait
+from raycluster._tasks import TaskSet
 from raycluster._wiring import redis_shard
+from raycluster.cluster.shard import ShardStatus
 from raycluster.config import TierSettings
 from raycluster.livequery import tune_gc
 
 from .gateway import RayDeltaBus
 
-__all__ = ("ShardActor",)
+__all__ = ("ShardActor", "ShardActorStatus", "ShardUnreachable")
 
 log = logging.getLogger(__name__)
+
+
+class ShardActorStatus(ShardStatus):
+    """`ShardActor.status()`: the runtime's status, and where and whether it runs."""
+
+    running: bool  # False once the runtime stopped (it failed: see the actor's log)
+    shared_puts: int  # deltas several gateways needed, put once
+    node_id: str
+
+
+class ShardUnreachable(TypedDict):
+    """What the controller reports for a shard whose status it could not read."""
+
+    shard: str
+    error: str
 
 
 class _Metrics:
@@ -50,17 +65,20 @@ class _Metrics:
         self.resets.set_default_tags(tags)
         self._last: dict[str, int] = {}
 
-    def export(self, st: dict[str, Any]) -> None:
+    def export(self, st: ShardStatus) -> None:
         self.subs.set(st["subscriptions"])
         self.views.set(st["views"])
         self.parts.set(len(st["partitions"]))
         self.pending.set(st["pending_frames"])
-        self.lag.set(st.get("lag_ms") or 0)
-        for key, counter in (("frames", self.frames), ("changes", self.changes)):
-            delta = st[key] - self._last.get(key, 0)
+        self.lag.set(st["lag_ms"] or 0)
+        for key, n, counter in (
+            ("frames", st["frames"], self.frames),
+            ("changes", st["changes"], self.changes),
+        ):
+            delta = n - self._last.get(key, 0)
             if delta > 0:
                 counter.inc(delta)
-            self._last[key] = st[key]
+            self._last[key] = n
         for cause, n in st["resets"].items():
             delta = n - self._last.get(f"reset:{cause}", 0)
             if delta > 0:
@@ -80,23 +98,15 @@ class ShardActor:
             shard_id, redis_url, self.settings, extra_delta={"ray": ray_bus}
         )
         self._metrics = _Metrics(shard_id)
-        loop = asyncio.get_event_loop()
-        self._task = loop.create_task(self.shard.run(), name=f"shard-{shard_id}")
-        self._task.add_done_callback(self._died)
-        self._metrics_task = loop.create_task(self._export(), name="shard-metrics")
+        # The runtime (its failure is logged: `ready()` then says False) and the export.
+        self._tasks = TaskSet(f"shard {shard_id}")
+        self._task = self._tasks.spawn(self.shard.run(), f"shard-{shard_id}")
+        interval_s = self.settings.metrics_interval_s
+        self._tasks.every(interval_s, self._export, "shard-metrics", delay_s=interval_s)
         tune_gc()
 
-    def _died(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("shard %s stopped", self.id, exc_info=task.exception())
-
     async def _export(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.metrics_interval_s)
-            try:
-                self._metrics.export(self.shard.status())
-            except Exception:
-                log.exception("shard %s: metrics export failed", self.id)
+        self._metrics.export(self.shard.status())
 
     async def ready(self) -> bool:
         """True once the shard heartbeats (it may not own partitions yet)."""
@@ -106,16 +116,18 @@ class ShardActor:
         """The actor's process id (operators and chaos tests signal it)."""
         return os.getpid()
 
-    async def status(self) -> dict[str, Any]:
-        """The shard runtime's status."""
-        st = self.shard.status()
-        st["running"] = not self._task.done()
-        st["shared_puts"] = self._ray_bus.shared_puts
-        st["node_id"] = ray.get_runtime_context().get_node_id()
-        return st
+    async def status(self) -> ShardActorStatus:
+        """The shard runtime's status, and where and whether it runs."""
+        return {
+            **self.shard.status(),
+            "running": not self._task.done(),
+            "shared_puts": self._ray_bus.shared_puts,
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
 
     async def stop(self) -> None:
         """Leave the live set and stop serving (others take over at once)."""
         await self.shard.stop()
-        await cancel_and_wait([self._metrics_task, self._task], timeout_s=10)
+        await self._tasks.aclose(timeout_s=10)
+        await self._ray_bus.aclose()
         await self._closers.aclose()

@@ -19,14 +19,13 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from raycluster._jobs import add_demo_args, add_serve_args
-from raycluster.errors import InvalidQuery, RayclusterError
+from raycluster.errors import InvalidArgument, InvalidQuery, RayclusterError
 
 from ._common import (
     EXIT_RUNTIME,
     EXIT_USAGE,
     CommandError,
     Progress,
-    init_ray,
     load_settings,
     redis_url_of,
     setup_logging,
@@ -88,7 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    for add in (
+        _add_demo,
+        _add_serve,
+        _add_edge,
+        _add_status,
+        _add_stop,
+        _add_write,
+        _add_watch,
+    ):
+        add(sub, common)
+    return ap
 
+
+def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "demo",
         parents=[common],
@@ -103,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="--web: port (0: a free one)")
     p.add_argument("--rows", type=int, default=200, help="--web: rows seeded")
 
+
+def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "serve",
         parents=[common],
@@ -112,10 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_serve_args(p)
 
+
+def _add_edge(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "edge",
         parents=[common],
-        help="serve the HTTP/WebSocket edge (raycluster/edge/PROTOCOL.md)",
+        help="serve the HTTP/WebSocket edge (docs/edge-protocol.md)",
         description="Serve the edge over the tier's Redis until Ctrl-C.",
     )
     _config_arg(p)
@@ -123,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=None, help="default: the config's edge.host")
     p.add_argument("--port", type=int, default=None, help="default: the config's edge.port")
 
+
+def _add_status(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "status",
         parents=[common],
@@ -140,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
 
+
+def _add_stop(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "stop",
         parents=[common],
@@ -151,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default="raycluster", help="its Ray namespace")
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, auto)")
 
+
+def _add_write(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "write",
         parents=[common],
@@ -168,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("entity", metavar="ENTITY")
     p.add_argument("file", metavar="FILE", nargs="?", default="-", help="default: stdin")
 
+
+def _add_watch(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "watch",
         parents=[common],
@@ -194,7 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seconds", type=float, default=None, help="exit after S seconds")
     p.add_argument("--json", action="store_true", help="one JSON object per window drawn")
-    return ap
 
 
 # -- subcommands -------------------------------------------------------------------
@@ -248,15 +271,21 @@ def _edge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attach(args: argparse.Namespace) -> Any:
+    """The running tier `--name` in `--namespace`, at `--address` (a `Tier`)."""
+    try:
+        from raycluster.actors import Tier
+        from raycluster.actors.attach import attach_ray
+    except ImportError as e:
+        raise _need("ray", e) from e
+    attach_ray(args.address, args.namespace)
+    return Tier.connect(args.name, args.namespace)
+
+
 def _status(args: argparse.Namespace) -> int:
     import json
 
-    try:
-        from raycluster.actors import Tier
-    except ImportError as e:
-        raise _need("ray", e) from e
-    init_ray(args.address, args.namespace)
-    tier = Tier.connect(args.name, args.namespace)
+    tier = _attach(args)
     first = tier.status()
     if args.interval <= 0:
         st, previous, dt = first, None, None
@@ -273,13 +302,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    try:
-        from raycluster.actors import Tier
-    except ImportError as e:
-        raise _need("ray", e) from e
-    init_ray(args.address, args.namespace)
-    tier = Tier.connect(args.name, args.namespace)
-    tier.stop()
+    _attach(args).stop()
     print(f"stopped tier {args.name!r}")
     return 0
 
@@ -329,7 +352,8 @@ def _write(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from raycluster import LiveQuery, connect
+    from raycluster._connect import connect
+    from raycluster.livequery import LiveQuery
 
     from ._watch import Screen, WatchLimits, first_window, watch
 
@@ -424,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return _fail(str(e), e.code)
-    except InvalidQuery as e:
+    except (InvalidQuery, InvalidArgument) as e:
         if debug:
             traceback.print_exc()
         return _fail(str(e), EXIT_USAGE)

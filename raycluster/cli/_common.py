@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from raycluster.errors import ConfigError, RayclusterError
 
@@ -20,7 +20,6 @@ __all__ = (
     "CommandError",
     "Progress",
     "config_path",
-    "init_ray",
     "load_settings",
     "redis_url_of",
     "setup_logging",
@@ -29,7 +28,6 @@ __all__ = (
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
 CONFIG_ENV = "RAYCLUSTER_CONFIG"
-RAY_PROBE_TIMEOUT_S = 5.0  # how long a TCP connect to the Ray address may take
 
 
 class CommandError(RayclusterError):
@@ -88,66 +86,6 @@ def redis_url_of(given: str | None, settings: TierSettings) -> str:
             EXIT_USAGE,
         )
     return url
-
-
-def _bootstrap(address: str) -> tuple[str, int] | None:
-    """The host and port `ray.init(address)` would connect to (None: unknown / local)."""
-    from urllib.parse import urlsplit
-
-    if "://" in address:  # ray://host:port (Ray Client)
-        parts = urlsplit(address)
-        return (parts.hostname, parts.port) if parts.hostname and parts.port else None
-    try:
-        from ray._private.services import canonicalize_bootstrap_address  # not public API
-    except ImportError:
-        return None
-    try:
-        found = canonicalize_bootstrap_address(address)
-    except ConnectionError as e:  # "auto" and no cluster on this machine
-        raise CommandError(f"no Ray cluster at {address}: {_one_line(e)}") from e
-    except ValueError as e:
-        raise CommandError(f"--address {address}: {_one_line(e)}", EXIT_USAGE) from e
-    if not found:
-        return None
-    host, _, port = found.rpartition(":")
-    return (host, int(port)) if port.isdigit() else None
-
-
-AUTH_HINT = (
-    "if the cluster uses token auth, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN "
-    "(or ~/.ray/auth_token): README, 'Run it on a Ray cluster'"
-)
-
-
-def init_ray(address: str | None, namespace: str, *, quiet: bool = True) -> None:
-    """Connect this process to the Ray cluster at `address` (else `RAY_ADDRESS`, else the
-    local one), failing within seconds with a `CommandError` when nothing answers there.
-
-    `ray.init` itself retries an unreachable address for minutes, so the
-    address is probed with a plain TCP connect first.
-    """
-    import socket
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or "auto"
-    target = _bootstrap(address)
-    if target is not None:
-        try:
-            socket.create_connection(target, timeout=RAY_PROBE_TIMEOUT_S).close()
-        except OSError as e:
-            reason = e.strerror or _one_line(e)
-            raise CommandError(f"no Ray cluster at {address}: {reason}") from e
-    quiet_kw: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
-    try:
-        ray.init(address=address, namespace=namespace, **(quiet_kw if quiet else {}))
-    except ConnectionError as e:
-        hint = f"; {AUTH_HINT}" if target is not None else ""
-        raise CommandError(f"no Ray cluster at {address}: {_one_line(e)}{hint}") from e
-    except (RuntimeError, ValueError) as e:
-        raise CommandError(f"no Ray cluster at {address}: {_one_line(e)}") from e
 
 
 def _one_line(e: BaseException) -> str:

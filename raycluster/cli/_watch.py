@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
 
-from raycluster._tasks import cancel_and_wait
+from raycluster._tasks import TaskSet
 from raycluster.client import LiveList
 
 from ._common import CommandError
@@ -28,8 +28,8 @@ from ._table import cell, format_table
 if TYPE_CHECKING:
     from raycluster._connect import RemoteGateway
     from raycluster.client import Subscription
-    from raycluster.cluster.protocol import GatewayDelta
     from raycluster.livequery import LiveQuery
+    from raycluster.wire import GatewayDelta
 
 __all__ = ("REDRAWS_PER_S", "Screen", "WatchLimits", "watch")
 
@@ -108,11 +108,12 @@ async def _note_slow_first_window() -> None:
 
 async def first_window(gateway: RemoteGateway, tenant: str, query: LiveQuery) -> Subscription:
     """Subscribe, saying on stderr if the first window takes more than a second."""
-    note = asyncio.create_task(_note_slow_first_window())
+    tasks = TaskSet("watch")
+    tasks.spawn(_note_slow_first_window(), "watch-note")
     try:
         sub = await gateway.subscribe(tenant, query)
     finally:
-        await cancel_and_wait([note])
+        await tasks.aclose()
     return sub
 
 
@@ -138,13 +139,14 @@ async def watch(sub: Subscription, screen: Screen, limits: WatchLimits) -> None:
     owed = True
     min_gap_s = 1.0 / REDRAWS_PER_S
     deadline = loop.time() + limits.seconds if limits.seconds is not None else None
-    stopper = asyncio.create_task(stop.wait())
+    tasks = TaskSet("watch")
+    stopper = tasks.spawn(stop.wait(), "watch-stop")
     batch: asyncio.Task[list[GatewayDelta]] | None = None
     reached = False
     try:
         while True:
             if batch is None:
-                batch = asyncio.create_task(sub.batch())
+                batch = tasks.spawn(sub.batch(), "watch-batch")
             waits: list[float] = []
             if deadline is not None:
                 waits.append(max(0.0, deadline - loop.time()))
@@ -192,6 +194,6 @@ async def watch(sub: Subscription, screen: Screen, limits: WatchLimits) -> None:
                 f"{counted} of {limits.frames} frame(s) arrived within {limits.seconds:g}s"
             )
     finally:
-        await cancel_and_wait([batch, stopper])
+        await tasks.aclose()
         for sig in installed:
             loop.remove_signal_handler(sig)

@@ -11,16 +11,14 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from raycluster._tasks import TaskSet
 from raycluster.errors import ClosedError, DesyncError
 from raycluster.livequery import Cursor, DeltaOp, LiveDelta, LiveQuery
-from raycluster.livequery.models import delta_from_wire, trusted
+from raycluster.wire import GatewayDelta, WireFrame, gateway_deltas
 
 from .livelist import LiveList
-
-if TYPE_CHECKING:  # the cluster package imports this module: no runtime cycle
-    from raycluster.cluster.protocol import GatewayDelta, WireFrame
 
 __all__ = ("Subscription", "SubscriptionControl")
 
@@ -61,6 +59,7 @@ class Subscription:
         self.query = query
         self.rows = LiveList()
         self.closed = False
+        self.close_reason: str | None = None  # why it ended, once it has
         self.dropped_frames = 0
         self.frames_in = 0  # frames delivered to this subscription
         self.on_change: Callable[[Subscription], None] | None = None
@@ -73,6 +72,7 @@ class Subscription:
         self._reset_pending = False
         self._epoch = 0
         self._seq = 0
+        self._tasks: TaskSet | None = None  # resyncs asked for (made on first need)
 
     def __repr__(self) -> str:
         return f"<Subscription {self.id} {self.tenant}/{self.query.entity} rows={len(self.rows)}>"
@@ -135,8 +135,7 @@ class Subscription:
         """End the subscription; iteration stops after the frames already queued."""
         if self.closed:
             return
-        self.closed = True
-        self._wake()
+        self._end("closed by its client")
         await self._control.unsubscribe(self.id)
 
     # -- gateway side ------------------------------------------------------------
@@ -155,7 +154,7 @@ class Subscription:
                 self.rows.apply(f.delta)
             except DesyncError:
                 # Cannot happen with a correct stream; recover rather than serve a wrong list.
-                asyncio.get_running_loop().create_task(self._control.resync(self.id))
+                self._resync()
                 continue
             self._epoch, self._seq = f.epoch, f.seq
             if keep:
@@ -173,10 +172,28 @@ class Subscription:
             self.on_change(self)
         self._wake()
 
-    def mark_closed(self) -> None:
-        """The gateway ended this subscription (e.g. on shutdown)."""
+    def mark_closed(self, reason: str = "ended by its gateway") -> None:
+        """The gateway (or the tier) ended this subscription; `reason` says why.
+
+        Iteration ends after the frames already queued; `close_reason` keeps
+        the reason.
+        """
+        self._end(reason)
+
+    def _end(self, reason: str) -> None:
+        if not self.closed:
+            self.close_reason = reason
         self.closed = True
+        if self._tasks is not None:
+            self._tasks.cancel()
         self._wake()
+
+    def _resync(self) -> None:
+        if self.closed:
+            return
+        if self._tasks is None:
+            self._tasks = TaskSet(f"subscription {self.id}")
+        self._tasks.spawn(self._control.resync(self.id), "subscription-resync")
 
     def next_reset(self) -> asyncio.Future[None]:
         """A future resolved when the next complete window (reset + its enters) has arrived."""
@@ -214,14 +231,3 @@ class Subscription:
 
     def _wake(self) -> None:
         self._arrived.set()
-
-
-def gateway_deltas(entries: list[WireFrame]) -> list[GatewayDelta]:
-    """`GatewayDelta`s of wire entries `[sub_id, seq, epoch, delta-dict, ...]`."""
-    from raycluster.cluster.protocol import GatewayDelta
-
-    return [
-        trusted(GatewayDelta, {"sub_id": e[0], "seq": e[1], "epoch": e[2],
-                               "delta": delta_from_wire(e[3])})
-        for e in entries
-    ]  # fmt: skip

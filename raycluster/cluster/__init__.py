@@ -1,11 +1,22 @@
-"""Coordination: routing, key names, and (with the Ray tier) the shard and gateway runtimes."""
+"""Coordination: routing, key names, the gateway ↔ shard protocol, and the runtimes.
 
-from .gateway import Gateway, GatewayDeps, GatewayOptions
+Routing, keys, protocol, ports and options import eagerly (pydantic only);
+the shard and gateway runtimes load on first use of their names.
+"""
+
+from typing import TYPE_CHECKING
+
+from raycluster._lazy import lazy_attributes
+
 from .keys import DEFAULT_PREFIX, Keys, ctrl_stream, delta_channel, event_stream, heartbeat_key
+from .options import GatewayOptions, ShardOptions
 from .ports import ControlBus, DeltaBus, Fencing, Membership, PartitionFeed, SubscriptionRegistry
 from .protocol import Control, GatewayDelta, Registration, Transport, WireFrame
 from .routing import PARTITIONS, fnv1a64, owned_by, owner, owns, partition_of, weight
-from .shard import Shard, ShardDeps, ShardOptions
+
+if TYPE_CHECKING:
+    from .gateway import Gateway, GatewayDeps
+    from .shard import Shard, ShardDeps
 
 __all__ = (
     "DEFAULT_PREFIX",
@@ -39,3 +50,12 @@ __all__ = (
     "partition_of",
     "weight",
 )
+
+_LAZY = {
+    "Gateway": ".gateway",
+    "GatewayDeps": ".gateway",
+    "Shard": ".shard",
+    "ShardDeps": ".shard",
+}
+
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)

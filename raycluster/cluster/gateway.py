@@ -11,22 +11,21 @@ asks the owner for a resync, so a client never applies a wrong stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
-from pydantic import BaseModel, Field
-
-from raycluster._tasks import cancel_and_wait, reap
+from raycluster._tasks import TaskSet, logged
 from raycluster.client.fence import Fence
 from raycluster.client.subscription import Subscription
 from raycluster.errors import ClosedError, InvalidQuery, RegistrationConflict, UnavailableError
 from raycluster.livequery import Cursor, EntitySpec, LiveQuery, QueryLimits, check_cost
 from raycluster.livequery.models import check_against
 
+from .keys import check_key_name
+from .options import GatewayOptions
 from .ports import ControlBus, DeltaBus, Membership, SubscriptionRegistry
 from .protocol import (
     OP_REANCHOR,
@@ -40,34 +39,29 @@ from .protocol import (
 )
 from .routing import owner
 
-__all__ = ("Gateway", "GatewayDeps", "GatewayOptions")
+__all__ = ("Gateway", "GatewayCounters", "GatewayDeps", "GatewayOptions", "GatewayStatus")
 
 log = logging.getLogger(__name__)
 
 
-class GatewayOptions(BaseModel):
-    """Timeouts and bounds of a gateway."""
+class GatewayCounters(TypedDict):
+    """A gateway's event counters (since it started)."""
 
-    heartbeat_interval_s: float = Field(1.0, gt=0, description="Heartbeat period (< TTL).")
-    attempt_timeout_s: float = Field(
-        2.0, gt=0, description="Wait this long for a shard's answer before re-routing."
-    )
-    request_deadline_s: float = Field(
-        30.0, gt=0, description="Give up on subscribe/reanchor after this long."
-    )
-    buffer: int = Field(10_000, gt=0, description="Frames queued per subscription.")
-    consumer_buffer: int = Field(
-        200_000,
-        gt=0,
-        description="In-cluster gateways: frames queued per consumer stream (one stream "
-        "carries many subscriptions); past it, the backlog is replaced by fresh windows.",
-    )
-    audit_interval_s: float = Field(
-        5.0,
-        gt=0,
-        description="How often the gateway checks the registry still holds its subscriptions "
-        "(shards drop those of a gateway presumed dead; one that comes back restores them).",
-    )
+    frames: int  # frames received
+    stale: int  # dropped: an older epoch or seq
+    gaps: int  # a seq gap seen (a resync asked)
+    reroutes: int  # a request resent to a new owner
+    restored: int  # subscriptions the audit registered again
+    taken_over: int  # subscriptions another gateway took over (a resume there)
+    forgotten: int  # registrations of an earlier incarnation removed at start
+    task_errors: int  # background tasks that failed (logged)
+
+
+class GatewayStatus(GatewayCounters):
+    """What `Gateway.status()` reports."""
+
+    gateway: str
+    subscriptions: int
 
 
 @dataclass
@@ -104,11 +98,11 @@ class Gateway:
         self.opts = options or GatewayOptions()
         self.specs = {e.name: e for e in deps.entities}
         self._subs: dict[str, _State] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(f"gateway {self.id}", on_failure=self._task_failed)
         self._closed = False
         self.forward: Callable[[str, list[WireFrame]], None] | None = None
         self.queue_frames = True  # False when `forward` takes the frames (no per-sub queue)
-        self.counters: dict[str, int] = {
+        self.counters: GatewayCounters = {
             "frames": 0,
             "stale": 0,
             "gaps": 0,
@@ -132,10 +126,18 @@ class Gateway:
         """Forget what an earlier incarnation left, announce the gateway, read its channel."""
         await self._forget_earlier()
         await self.deps.members.heartbeat_gateway(self.id)
-        self._spawn(self._heartbeats(), "gateway-heartbeat")
-        self._spawn(self._audits(), "gateway-audit")
+        # Apart: a slow audit (thousands of subscriptions to restore after a sweep)
+        # must not delay the heartbeat, or the gateway looks dead again, is swept
+        # again, and never recovers.
+        self._tasks.every(self.opts.heartbeat_interval_s, self._heartbeat, "gateway-heartbeat")
+        self._tasks.every(
+            self.opts.audit_interval_s,
+            lambda: self.audit(),  # looked up each turn (tests replace it)
+            "gateway-audit",
+            delay_s=self.opts.audit_interval_s,
+        )
         if self.deps.delta is not None:
-            self._spawn(self._pump(self.deps.delta), "gateway-pump")
+            self._tasks.spawn(self._pump(self.deps.delta), "gateway-pump")
 
     async def aclose(self) -> None:
         """Unsubscribe everything, leave the live set, stop the tasks."""
@@ -143,13 +145,13 @@ class Gateway:
             return
         self._closed = True
         for sid in list(self._subs):
-            with contextlib.suppress(Exception):
+            with logged(f"gateway {self.id}: unsubscribing {sid} on close"):
                 await asyncio.wait_for(self.unsubscribe(sid), 5)
-        with contextlib.suppress(Exception):
+        with logged(f"gateway {self.id}: leaving the live set"):
             await asyncio.wait_for(self.deps.members.leave_gateway(self.id), 5)
-        await cancel_and_wait(list(self._tasks))
+        await self._tasks.aclose()
         if self.deps.delta is not None:  # nothing will read this gateway's channel again
-            with contextlib.suppress(Exception):
+            with logged(f"gateway {self.id}: dropping its delta channel"):
                 await asyncio.wait_for(self.deps.delta.drop(self.id), 5)
 
     async def _forget_earlier(self) -> int:
@@ -174,39 +176,11 @@ class Gateway:
         log.warning("gateway %s: removed %d subscription(s) of its last run", self.id, len(regs))
         return len(regs)
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._reap)
-        return task
+    def _task_failed(self, error: BaseException) -> None:
+        self.counters["task_errors"] += 1
 
-    def _reap(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if reap(task, f"gateway {self.id}") is not None:
-            self.counters["task_errors"] += 1
-
-    async def _heartbeats(self) -> None:
-        # Nothing else runs in this loop: a slow audit (thousands of subscriptions
-        # to restore after a sweep) must not delay the heartbeat, or the gateway
-        # looks dead again, is swept again, and never recovers.
-        while True:
-            try:
-                await self.deps.members.heartbeat_gateway(self.id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("gateway %s: heartbeat failed", self.id)
-            await asyncio.sleep(self.opts.heartbeat_interval_s)
-
-    async def _audits(self) -> None:
-        while True:
-            await asyncio.sleep(self.opts.audit_interval_s)
-            try:
-                await self.audit()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("gateway %s: audit failed", self.id)
+    async def _heartbeat(self) -> None:
+        await self.deps.members.heartbeat_gateway(self.id)
 
     async def audit(self) -> int:
         """Re-register (and re-subscribe) open subscriptions the registry lost.
@@ -244,7 +218,10 @@ class Gateway:
     # -- client API --------------------------------------------------------------
 
     def check_query(self, query: LiveQuery) -> None:
-        """Raise `InvalidQuery` if `query` is over the limits or does not fit its entity."""
+        """Raise `InvalidQuery` if `query` is not a `LiveQuery`, is over the limits or does
+        not fit its entity."""
+        if not isinstance(query, LiveQuery):
+            raise InvalidQuery("query", query, "must be a LiveQuery")
         check_cost(query, self.deps.limits)
         check_against(self.specs, query)
 
@@ -266,9 +243,11 @@ class Gateway:
         """
         if self._closed:
             raise ClosedError(f"gateway {self.id} is closed")
-        if not tenant:
-            raise InvalidQuery("tenant", tenant, "must not be empty")
+        check_key_name("tenant", tenant, InvalidQuery)
+        if sub_id is not None:
+            check_key_name("sub_id", sub_id, InvalidQuery)
         self.check_query(query)
+        check_key_name("entity", query.entity, InvalidQuery)
         sid = sub_id or uuid.uuid4().hex
         if sid in self._subs:
             raise InvalidQuery("sub_id", sid, "already subscribed on this gateway")
@@ -292,7 +271,7 @@ class Gateway:
             await self._request(sid, OP_SUBSCRIBE, 0)
         except BaseException:
             self._subs.pop(sid, None)
-            with contextlib.suppress(Exception):
+            with logged(f"gateway {self.id}: removing the registration of {sid}"):
                 await self.deps.registry.delete(sid, self.id)
             raise
         return sub
@@ -329,7 +308,7 @@ class Gateway:
         if st is None:
             return
         del self._subs[sub_id]
-        st.sub.mark_closed()
+        st.sub.mark_closed("unsubscribed")
         await self.deps.registry.delete(sub_id, self.id)
         target = await self._owner(st.reg)
         if target:
@@ -352,7 +331,7 @@ class Gateway:
         """Every open subscription of this gateway."""
         return [st.sub for st in self._subs.values()]
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GatewayStatus:
         """Subscriptions held and frame counters."""
         return {"gateway": self.id, "subscriptions": len(self._subs), **self.counters}
 
@@ -376,7 +355,7 @@ class Gateway:
         st = self._subs.pop(sub_id, None)
         if st is not None:
             self.counters["taken_over"] += 1
-            st.sub.mark_closed()
+            st.sub.mark_closed("taken over by another gateway (resumed there)")
 
     async def _owner(self, reg: Registration) -> str:
         return owner(reg.partition, await self.deps.members.live_shards())
@@ -447,9 +426,12 @@ class Gateway:
             is_reset = entry[3]["op"] == "reset"
             verdict = st.fence.check(entry[1], entry[2], is_reset)
             if verdict != "ok":
-                self.counters["stale" if verdict == "stale" else "gaps"] += 1
-                if verdict == "gap":  # a frame is missing (or a new owner's reset was lost)
-                    self._spawn(self.resync(sid), "gateway-resync")
+                if verdict == "stale":
+                    self.counters["stale"] += 1
+                else:
+                    self.counters["gaps"] += 1
+                if verdict == "gap" and not self._closed:  # a frame is missing (or a
+                    self._tasks.spawn(self.resync(sid), "gateway-resync")  # reset was lost)
                 continue
             if is_reset:
                 st.rev = entry[4] if len(entry) > 4 else 0

@@ -1,4 +1,4 @@
-"""Every Redis key and stream name the tier uses, in one place (DESIGN §3, §7b).
+"""Every Redis key and stream name the tier uses, in one place (docs/redis.md#key-names).
 
 The four seed names are contracts other languages compute too:
 `lq:events:{p}`, `lq:ctrl:{shard}`, `lq:delta:{gateway}`, `lq:shard:{shard}`.
@@ -7,7 +7,7 @@ by choosing different prefixes.
 
 Two forms, one code path (`Keys(prefix, cluster=…)`):
 
-* **standalone** (the default; DESIGN's names): `lq:events:17`,
+* **standalone** (the default): `lq:events:17`,
   `lq:row:acme:asset:a1`, `lq:shard:shard-0`, …
 * **cluster** (Redis Cluster): every key of one (tenant, entity) — row
   hashes, live ids, value and sort indexes, index counts — and its
@@ -21,7 +21,8 @@ Two forms, one code path (`Keys(prefix, cluster=…)`):
   streams and the resume secret are single keys and keep their names.
 
 The tag is always the first `{` of a key, so tenants, entities and ids may
-contain braces; the prefix may not (`Keys` refuses one that does).
+contain braces; the prefix may not, nor a `:` (`Keys` refuses one that does:
+`PREFIX_PATTERN`), so the prefixes of two tiers can never overlap.
 
 What Redis Cluster costs: the registry and the live sets live in one slot
 (one master serves them), and a feed cannot read many partitions in one
@@ -31,21 +32,45 @@ XREAD (`RedisFeed` reads each partition's stream on its own).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from raycluster.errors import InvalidQuery, InvalidRow
+from raycluster.livequery.models import check_name
 
 from .routing import partition_of
 
 __all__ = (
     "DEFAULT_KEYS",
     "DEFAULT_PREFIX",
+    "PREFIX_PATTERN",
     "Keys",
+    "check_key_name",
     "ctrl_stream",
     "delta_channel",
     "event_stream",
     "heartbeat_key",
+    "prefix_error",
     "row_prefix",
 )
 
 DEFAULT_PREFIX = "lq"
+PREFIX_PATTERN = r"^[^{}:]+$"
+"""What a key prefix may be: non-empty, without `:` or braces.
+
+Every key is the prefix, then `:` (or, for a control-plane key in cluster
+form, the prefix in braces, then `:`), so the text before a key's first `:`
+names its tier: two tiers with different prefixes never share a key. A
+prefix holding `:` could overlap another (`app` and `app:row`), and a brace
+would move a key's hash tag."""
+
+
+def prefix_error(prefix: object) -> str | None:
+    """Why `prefix` cannot be a key prefix, or None if it can."""
+    if not isinstance(prefix, str) or not prefix:
+        return "must be a non-empty string"
+    if any(ch in prefix for ch in "{}:"):
+        return "must not contain ':', '{' or '}' (prefixes could overlap)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +81,8 @@ class Keys:
     cluster: bool = False
 
     def __post_init__(self) -> None:
-        if not self.prefix or "{" in self.prefix or "}" in self.prefix:
-            raise ValueError(f"key prefix {self.prefix!r} must be non-empty, without '{{' or '}}'")
+        if prefix_error(self.prefix) is not None:
+            raise ValueError(f"key prefix {self.prefix!r}: {prefix_error(self.prefix)}")
 
     # -- how the two forms differ -------------------------------------------------------
 
@@ -199,6 +224,18 @@ class Keys:
     def edge_resume_secret(self) -> str:
         """The edges' shared resume-token secret (set once, never expires)."""
         return f"{self.prefix}:edge:resume_secret"
+
+
+def check_key_name(
+    field: str, value: Any, error: type[InvalidRow] | type[InvalidQuery] = InvalidRow
+) -> None:
+    """Raise `error` naming `field` unless `value` can name a tenant, an entity or a row
+    id in a key: a non-empty string of valid Unicode; a tenant or an entity also
+    without ':' (key names join them with ':', so one inside would collide:
+    tenant `a:b` of entity `c` is tenant `a` of entity `b:c`)."""
+    check_name(field, value, error)
+    if field in ("tenant", "entity") and ":" in value:
+        raise error(field, value, "must not contain ':'")
 
 
 def row_prefix(keys: Keys, tenant: str, entity: str) -> str:

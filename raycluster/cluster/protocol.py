@@ -1,20 +1,18 @@
-"""What gateways and shards say to each other: controls, registrations, frames.
+"""What gateways and shards say to each other: controls and registrations.
 
 Controls go gateway → shard on the shard's control stream. Frames go shard →
-gateway in batches; on the wire a batch is a list of `[sub_id, seq, epoch,
-delta, rev]` entries (`delta` is a `LiveDelta` as a JSON object; `rev` the
-revision of the subscription's query the frame belongs to), so a batch for
-many subscriptions costs one message.
+gateway in batches, in the format of `raycluster.wire` (re-exported here).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from raycluster.errors import RegistrationConflict
-from raycluster.livequery import Cursor, LiveDelta, LiveQuery
+from raycluster.livequery import Cursor, LiveQuery
+from raycluster.wire import GatewayDelta, WireFrame
 
 from .routing import partition_of
 
@@ -37,7 +35,6 @@ OP_REANCHOR = "reanchor"
 OP_RESYNC = "resync"  # the gateway saw a seq gap: resend reset + window
 
 Transport = Literal["ray", "redis", "memory"]
-WireFrame = list[Any]  # [sub_id, seq, epoch, delta-as-dict, rev]
 
 
 class Registration(BaseModel):
@@ -102,13 +99,3 @@ class Control(BaseModel):
     limit: int | None = None
     rev: int = 0
     hops: int = Field(0, description="How often shards forwarded it (bounded, no loops).")
-
-
-class GatewayDelta(BaseModel):
-    """One frame of one subscription, as a gateway hands it to its consumer."""
-
-    model_config = ConfigDict(frozen=True)
-    sub_id: str
-    seq: int = Field(description="Contiguous per subscription and epoch.")
-    epoch: int = Field(description="Fencing epoch of the partition claim that sent it.")
-    delta: LiveDelta

@@ -1,8 +1,9 @@
-"""Partition routing and rendezvous (HRW) ownership — bit-exact contracts (DESIGN §3).
+"""Partition routing and rendezvous (HRW) ownership — bit-exact contracts.
 
 Every node computes the same answers from the live set alone: no
 coordinator. Removing a shard moves only the partitions it owned; adding one
 moves only the partitions it wins.
+See docs/architecture.md#routing.
 """
 
 from __future__ import annotations

@@ -13,20 +13,25 @@ partition never interleave in a client's stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol, TypedDict
 
-from pydantic import BaseModel, Field
-
-from raycluster._tasks import cancel_and_wait
-from raycluster.livequery import Engine, EntitySpec, Frame, Refiller, Snapshotter, Subscription
+from raycluster._tasks import TaskSet, cancel_and_wait, checkpoint, every, logged
+from raycluster.livequery import (
+    Engine,
+    EngineSubscription,
+    EntitySpec,
+    Frame,
+    Refiller,
+    Snapshotter,
+)
 
 from ._rwlock import RWLock
+from .options import ShardOptions
 from .ports import ControlBus, DeltaBus, Fencing, Membership, PartitionFeed, SubscriptionRegistry
 from .protocol import (
     OP_REANCHOR,
@@ -39,7 +44,15 @@ from .protocol import (
 )
 from .routing import owned_by, owner
 
-__all__ = ("Shard", "ShardDeps", "ShardOptions", "Store", "owned_partitions")
+__all__ = (
+    "Shard",
+    "ShardCounters",
+    "ShardDeps",
+    "ShardOptions",
+    "ShardStatus",
+    "Store",
+    "owned_partitions",
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +64,6 @@ FLUSH_RETRY_S = 0.2  # a failed delta send (or flush step) is retried after this
 
 class Store(Snapshotter, Refiller, Protocol):
     """A row store that answers both snapshots and refills."""
-
-
-class ShardOptions(BaseModel):
-    """Loop cadences and bounds of a shard."""
-
-    heartbeat_interval_s: float = Field(1.0, gt=0, description="Heartbeat period (< TTL).")
-    ownership_interval_s: float = Field(0.5, gt=0, description="Ownership reconcile period.")
-    gateway_check_interval_s: float = Field(5.0, gt=0, description="Dead-gateway sweep period.")
-    flush_interval_ms: float = Field(2.0, ge=0, description="Frames wait this long to batch.")
-    max_batch_frames: int = Field(2000, gt=0, description="Frames per delta message at most.")
-    max_pending_frames: int = Field(
-        100_000, gt=0, description="Frames queued per gateway before its subs are resynced."
-    )
-    cushion: int = Field(8, ge=0, description="Rows kept past each window.")
 
 
 @dataclass
@@ -93,6 +92,43 @@ def _owned(shard_id: str, live: tuple[str, ...]) -> frozenset[int]:
     return owned_by(shard_id, live) if shard_id in live else frozenset()
 
 
+class ShardCounters(TypedDict):
+    """A shard's event counters (since it started)."""
+
+    claims: int
+    releases: int
+    controls: int
+    control_errors: int
+    dropped_controls: int
+    forwarded_controls: int
+    overflow_resyncs: int
+    send_errors: int
+    gateway_sweeps: int
+    conflicts: int  # a control or registration disagreed with what is served
+    handovers: int  # a sub moved to the gateway that took it over (a resume)
+    flush_errors: int  # a flusher step failed outside its send (logged; resynced)
+    feed_gaps: int  # events lost between writes and this shard (trim, Redis failover)
+    gap_repairs: int  # re-reads of every view after feed gaps
+    flusher_restarts: int  # a flusher task ended unexpectedly and was started again
+
+
+class ShardStatus(ShardCounters):
+    """What `Shard.status()` reports (a plain dict: it crosses Ray and JSON as one)."""
+
+    shard: str
+    partitions: list[int]  # owned now
+    epochs: dict[int, int]  # fencing epoch of each owned partition
+    subscriptions: int
+    views: int  # distinct live views (shared by identical queries)
+    changes: int  # changes matched so far
+    frames: int  # frames produced so far
+    resets: dict[str, int]  # resets sent, by cause
+    lag_ms: int  # write → match delay of the newest change matched
+    pending_frames: int  # queued for gateways
+    batches_sent: int
+    uptime_s: float
+
+
 class _Served:
     """A subscription this shard serves."""
 
@@ -104,7 +140,7 @@ class _Served:
         self.epoch = epoch
         self.seq = 0
         self.sort = list(reg.query.sort)
-        self.sub: Subscription | None = None
+        self.sub: EngineSubscription | None = None
 
 
 @dataclass
@@ -134,13 +170,14 @@ class Shard:
         self.epochs: dict[int, int] = {}
         self.served: dict[str, _Served] = {}
         self._outboxes: dict[str, _Outbox] = {}
+        self._flushers = TaskSet(f"shard {shard_id}: flushers")  # one per outbox
         # Ownership changes run alone; controls run together (ordered per subscription).
         self._lock = RWLock()
         self._missing_gateways: set[str] = set()
         self._live: list[str] = []  # the live set of the last reconcile
         self._gap = asyncio.Event()  # set by `feed_gap`
         self._started = time.monotonic()
-        self.counters: dict[str, int] = {
+        self.counters: ShardCounters = {
             "claims": 0,
             "releases": 0,
             "controls": 0,
@@ -168,10 +205,11 @@ class Shard:
         await self.deps.members.heartbeat(self.id)
         await self.engine.start()
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._every(self.opts.heartbeat_interval_s, self._heartbeat))
-                tg.create_task(self._every(self.opts.ownership_interval_s, self.reconcile))
-                tg.create_task(self._every(self.opts.gateway_check_interval_s, self._sweep))
+            who, o = f"shard {self.id}", self.opts
+            async with asyncio.TaskGroup() as tg:  # controls and gap repairs end it if they fail
+                tg.create_task(every(o.heartbeat_interval_s, self._heartbeat, f"{who}: heartbeat"))
+                tg.create_task(every(o.ownership_interval_s, self.reconcile, f"{who}: reconcile"))
+                tg.create_task(every(o.gateway_check_interval_s, self._sweep, f"{who}: sweep"))
                 tg.create_task(self._serve_controls())
                 tg.create_task(self._repair_gaps())
         finally:
@@ -179,24 +217,13 @@ class Shard:
 
     async def stop(self) -> None:
         """Leave the live set now so other shards take over without waiting for the TTL."""
-        with contextlib.suppress(Exception):
+        with logged(f"shard {self.id}: leaving the live set"):
             await asyncio.wait_for(self.deps.members.leave(self.id), 5)
 
     async def _shutdown(self) -> None:
         self._closing = True  # flushers are not restarted from here on
-        await cancel_and_wait([ob.task for ob in self._outboxes.values()])
+        await self._flushers.aclose()
         await self.engine.aclose()
-
-    async def _every(self, interval_s: float, step: Any) -> None:
-        # One failing step is logged and retried next period; it never halts the loop.
-        while True:
-            try:
-                await step()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("shard %s: %s failed", self.id, getattr(step, "__name__", step))
-            await asyncio.sleep(interval_s)
 
     def feed_gap(self, stream: str, position: str) -> None:
         """The feed found events missing from `stream` (trimmed unread, or lost by a
@@ -206,6 +233,7 @@ class Shard:
 
     async def _repair_gaps(self) -> None:
         while True:
+            checkpoint()
             await self._gap.wait()
             self._gap.clear()
             try:
@@ -333,7 +361,7 @@ class Shard:
         if served is not None and served.sub is not None:
             await served.sub.close()
 
-    def _sink(self, sub: Subscription, frames: list[Frame]) -> None:
+    def _sink(self, sub: EngineSubscription, frames: list[Frame]) -> None:
         served = self.served.get(sub.id)
         if served is not None and served.sub is sub:
             self._emit(served, frames)
@@ -366,17 +394,16 @@ class Shard:
         return ob
 
     def _start_flusher(self, ob: _Outbox) -> None:
-        ob.task = asyncio.create_task(self._flush_loop(ob), name=f"flush-{ob.gateway_id}")
+        ob.task = self._flushers.spawn(self._flush_loop(ob), f"flush-{ob.gateway_id}")
         ob.task.add_done_callback(functools.partial(self._flusher_done, ob))
 
     def _flusher_done(self, ob: _Outbox, task: asyncio.Task[None]) -> None:
-        # A flusher only ends by cancellation; if it ended otherwise, delivery to
-        # its gateway would stop for good: log, count and start it again.
+        # A flusher only ends by cancellation; if it ended otherwise (its task set
+        # logged why), delivery to its gateway would stop for good: count and restart.
         if task.cancelled() or self._closing or self._outboxes.get(ob.gateway_id) is not ob:
             return
         self.counters["flusher_restarts"] += 1
-        log.error("shard %s: flusher of %s ended; restarting it", self.id, ob.gateway_id,
-                  exc_info=task.exception())  # fmt: skip
+        log.error("shard %s: flusher of %s ended; restarting it", self.id, ob.gateway_id)
         self._resync_gateway(ob)
         self._start_flusher(ob)
 
@@ -389,6 +416,7 @@ class Shard:
     async def _flush_loop(self, ob: _Outbox) -> None:
         delay_s = self.opts.flush_interval_ms / 1000
         while True:
+            checkpoint()
             await ob.ready.wait()
             ob.ready.clear()
             if delay_s and len(ob.frames) < self.opts.max_batch_frames:
@@ -434,25 +462,22 @@ class Shard:
         bus = self.deps.control
         slots = asyncio.Semaphore(CONTROL_CONCURRENCY)
         last: dict[str, asyncio.Task[None]] = {}  # per subscription: its latest control
-        running: set[asyncio.Task[None]] = set()
+        running = TaskSet(f"shard {self.id}: controls")
 
         def done(task: asyncio.Task[None], sub_id: str) -> None:
             slots.release()
-            running.discard(task)
             if last.get(sub_id) is task:
                 del last[sub_id]
 
         try:
             async for msg_id, control in bus.controls(self.id):
                 await slots.acquire()
-                task = asyncio.create_task(
-                    self._one_control(msg_id, control, last.get(control.sub_id))
-                )
+                before = last.get(control.sub_id)
+                task = running.spawn(self._one_control(msg_id, control, before), "control")
                 last[control.sub_id] = task
-                running.add(task)
                 task.add_done_callback(functools.partial(done, sub_id=control.sub_id))
         finally:
-            await cancel_and_wait(list(running))
+            await running.aclose()
 
     async def _one_control(
         self, msg_id: str, control: Control, before: asyncio.Task[None] | None
@@ -554,12 +579,12 @@ class Shard:
                 ob = self._outboxes.pop(g, None)
                 if ob is not None:
                     await cancel_and_wait([ob.task])
-                    with contextlib.suppress(Exception):
+                    with logged(f"shard {self.id}: dropping the delta channel of {g}"):
                         await self.deps.delta[ob.transport].drop(g)
 
     # -- status ------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ShardStatus:
         """What an operator sees: partitions, subscriptions, views, counters."""
         st = self.engine.stats
         return {

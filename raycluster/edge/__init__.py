@@ -1,6 +1,6 @@
 """The edge: live queries for browsers and other clients over SSE and WebSocket.
 
-The wire contract is `raycluster/edge/PROTOCOL.md`. `create_app` builds the
+The wire contract is `docs/edge-protocol.md`. `create_app` builds the
 Starlette application over an external gateway (`raycluster.connect`),
 `run_edge` serves it with uvicorn, `EdgeClient` is the Python client,
 `sign_token` makes a signed bearer token, `EdgeSettings` is the `edge:`
@@ -13,10 +13,12 @@ and is imported on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from raycluster._lazy import lazy_attributes
+from raycluster.config import EdgeSettings
 
 from .auth import sign_token
-from .settings import EdgeSettings
 
 if TYPE_CHECKING:
     from .app import create_app
@@ -27,10 +29,4 @@ __all__ = ("EdgeClient", "EdgeSettings", "create_app", "run_edge", "sign_token")
 
 _LAZY = {"create_app": ".app", "EdgeClient": ".client", "run_edge": ".server"}
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)

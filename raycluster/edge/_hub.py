@@ -17,9 +17,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from raycluster._tasks import TaskSet, cancel_and_wait
+from raycluster.config import EdgeSettings
 from raycluster.livequery import DeltaOp, LiveDelta
 
-from .settings import EdgeSettings
 from .tokens import ResumeTokens
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class EdgeSub:
         return self.sub.id
 
     def token(self, epoch: int, seq: int) -> str:
-        """The resume token of frame (`epoch`, `seq`) (PROTOCOL.md, Resume)."""
+        """The resume token of frame (`epoch`, `seq`) (docs/edge-protocol.md, Resume)."""
         if self._mac[0] != epoch:
             self._mac = (epoch, self._tokens.mac(self.conn.tenant, self.id, epoch))
         return f"{self.id}.{epoch}.{seq}.{self._mac[1]}"
@@ -73,7 +74,7 @@ class EdgeSub:
     def start(self) -> None:
         """Queue what already arrived (the first window), then pump the rest."""
         self.take(self.sub.drain())
-        self.pump = asyncio.create_task(self._pump(), name=f"edge-pump-{self.id}")
+        self.pump = self.hub.tasks.spawn(self._pump(), f"edge-pump-{self.id}")
 
     def mark(self, message: dict[str, Any]) -> None:
         """Queue a control message after the frames already queued (WS replies)."""
@@ -134,8 +135,7 @@ class EdgeSub:
         except Exception:
             log.warning("edge: unsubscribing %s failed", self.id, exc_info=True)
         if self.pump is not None:
-            self.pump.cancel()
-            await asyncio.wait([self.pump])  # its own cancel; ours still propagates
+            await cancel_and_wait([self.pump])
         self.conn.wake.set()
 
 
@@ -181,6 +181,7 @@ class Hub:
         self.tenant_conns: Counter[str] = Counter()
         self.closing = False
         self.counters: Counter[str] = Counter()
+        self.tasks = TaskSet("edge")  # every subscription's pump
 
     def open_conn(self, tenant: str, kind: str) -> Conn | None:
         """A new connection, or None if the tenant is at its connection limit."""
@@ -263,6 +264,10 @@ class Hub:
             old.conn.end("replaced")
         await old.close()
         return True
+
+    async def aclose(self) -> None:
+        """Stop every subscription's pump (the server has stopped serving)."""
+        await self.tasks.aclose()
 
     def shutdown(self) -> None:
         """Ask every connection to end with reason `shutdown` (safe from a signal handler)."""

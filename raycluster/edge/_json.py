@@ -17,10 +17,10 @@ from typing import Any
 
 from starlette.requests import Request
 
+from raycluster.config import EdgeSettings
 from raycluster.livequery.models import unstorable
 
 from .errors import Invalid, RequestTimeout, TooLarge
-from .settings import EdgeSettings
 
 __all__ = ("parse_json", "read_json")
 

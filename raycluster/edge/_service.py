@@ -21,14 +21,13 @@ from starlette.requests import HTTPConnection
 
 from raycluster._connect import RemoteGateway
 from raycluster.client import Subscription
-from raycluster.config import TierSettings
+from raycluster.config import EdgeSettings, TierSettings
 from raycluster.errors import InvalidQuery, RegistrationConflict
 from raycluster.livequery import Cursor, LiveQuery, query_cost
 
 from ._hub import Conn, EdgeSub, Hub
 from .auth import AuthError, authenticate
 from .errors import UNAVAILABLE, LimitExceeded, NotFound
-from .settings import EdgeSettings
 from .tokens import ResumeTokens, load_secret
 
 __all__ = ("EdgeService",)

@@ -1,6 +1,6 @@
 """`create_app`: the edge's Starlette application, assembled from its parts.
 
-The wire contract is `raycluster/edge/PROTOCOL.md`. The parts: `sse` (the
+The wire contract is `docs/edge-protocol.md`. The parts: `sse` (the
 SSE transport), `ws` (the WebSocket transport), `side` (reanchor, resync,
 delete), `health` (health, metrics, the demo page), `errors` (one table
 from exceptions to statuses, used by both transports), over one
@@ -9,8 +9,9 @@ from exceptions to statuses, used by both transports), over one
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -49,7 +50,14 @@ def create_app(gateway: RemoteGateway, settings: TierSettings) -> Starlette:
         WebSocketRoute("/v1/live/ws", bind(ws.websocket)),
         Mount("/static", StaticFiles(directory=health.STATIC, check_dir=False), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers=exception_handlers())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await svc.hub.aclose()  # the pumps of subscriptions still open at shutdown
+
+    app = Starlette(routes=routes, exception_handlers=exception_handlers(), lifespan=lifespan)
     app.state.hub = svc.hub
+    app.state.metrics = health.metrics_registry(svc)
     app.state.service = svc
     return app

@@ -1,4 +1,4 @@
-"""`EdgeClient`: a Python client of the edge over SSE or WebSocket (PROTOCOL.md).
+"""`EdgeClient`: a Python client of the edge over SSE or WebSocket (docs/edge-protocol.md).
 
 `subscribe` returns the same `raycluster.client.Subscription` the tier
 returns: `rows` kept current, async iteration of frames, `reanchor`, `close`.
@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import httpx
@@ -24,11 +24,12 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from raycluster._tasks import Backoff, TaskSet, checkpoint, logged
 from raycluster.client import Subscription
 from raycluster.client.fence import Fence
-from raycluster.cluster.protocol import GatewayDelta
 from raycluster.errors import ClosedError, InvalidQuery, RayclusterError, UnavailableError
 from raycluster.livequery import Cursor, LiveDelta, LiveQuery
+from raycluster.wire import GatewayDelta
 
 __all__ = ("EdgeClient", "EdgeRequestError")
 
@@ -70,15 +71,21 @@ def _raise_for(status: int, body: Any, under: str | None = None) -> None:
     raise EdgeRequestError(status, error, detail)
 
 
-async def _cancel(*tasks: asyncio.Task[Any]) -> None:
-    """Cancel `tasks` and wait for them; a cancel of the caller still propagates."""
-    for t in tasks:
-        t.cancel()
-    if tasks:
-        await asyncio.wait(tasks)
-    for t in tasks:
-        if not t.cancelled() and t.exception() is not None:
-            log.debug("edge client task ended with an error", exc_info=t.exception())
+async def _reconnecting(
+    c: EdgeClient, closing: Callable[[], bool], attempt: Callable[[], Awaitable[bool | None]]
+) -> None:
+    """Run `attempt` until `closing()` or it returns None (give up); wait with backoff
+    between attempts, from the minimum again after one that connected (True)."""
+    backoff = Backoff(c.reconnect_min_s, c.reconnect_max_s)
+    while not closing():
+        checkpoint()
+        ran = await attempt()
+        if ran is None or closing():
+            return
+        if ran:
+            backoff.reset()
+        c.reconnects += 1
+        await backoff.sleep()
 
 
 class _Stream:
@@ -90,7 +97,7 @@ class _Stream:
         self.fence = Fence()
         self.token: str | None = None
         self.applied = asyncio.Event()  # set whenever a frame was applied
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskSet("edge client")  # its connection's runner, resync requests
 
     def frame(self, seq: int, epoch: int, delta: dict[str, Any], token: str | None) -> None:
         d = LiveDelta.model_validate(delta)
@@ -100,7 +107,8 @@ class _Stream:
             return  # a test simulating a lost frame
         verdict = self.fence.check(seq, epoch, d.op == "reset")
         if verdict == "gap":
-            self.spawn(self.resync(self.sub.id))
+            if not self.tasks.closed:
+                self.tasks.spawn(self.resync(self.sub.id), "edge-client-resync")
             return
         if verdict == "stale":
             return
@@ -125,16 +133,6 @@ class _Stream:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.applied.wait(), remaining)
 
-    def spawn(self, coro: Any) -> None:
-        t = asyncio.create_task(coro)
-        self._tasks.add(t)
-        t.add_done_callback(self._reap)
-
-    def _reap(self, t: asyncio.Task[Any]) -> None:
-        self._tasks.discard(t)
-        if not t.cancelled() and t.exception() is not None:
-            log.warning("edge client: background request failed: %s", t.exception())
-
     async def reanchor(self, sub_id: str, cursor: Cursor | None, limit: int) -> None:
         raise NotImplementedError
 
@@ -145,7 +143,7 @@ class _Stream:
         raise NotImplementedError
 
     async def stop_tasks(self) -> None:
-        await _cancel(*self._tasks)
+        await self.tasks.aclose()
 
 
 class _SSE(_Stream):
@@ -154,12 +152,11 @@ class _SSE(_Stream):
     def __init__(self, client: EdgeClient, query: LiveQuery) -> None:
         super().__init__(client, query)
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.runner: asyncio.Task[None] | None = None
         self.closing = False
 
     async def open(self) -> Subscription:
         first = self.sub.next_reset()
-        self.runner = asyncio.create_task(self._run(), name="edge-client-sse")
+        self.tasks.spawn(self._run(), "edge-client-sse")
         try:
             await self.ready
             await first
@@ -169,29 +166,25 @@ class _SSE(_Stream):
         return self.sub
 
     async def _run(self) -> None:
-        c = self.client
-        delay = c.reconnect_min_s
         try:
-            while not self.closing:
-                try:
-                    await self._once()
-                    delay = c.reconnect_min_s  # a stream ran: start backing off afresh
-                except (httpx.HTTPError, OSError, UnavailableError) as e:
-                    if not self.ready.done():  # 503 or unreachable: retried once it ran
-                        err = e if isinstance(e, UnavailableError) else None
-                        self.ready.set_exception(err or UnavailableError(f"edge: {e}"))
-                        return
-                except RayclusterError as e:
-                    if not self.ready.done():
-                        self.ready.set_exception(e)
-                    return  # refused (auth, validation): reconnecting cannot help
-                if self.closing:
-                    return
-                c.reconnects += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, c.reconnect_max_s)
+            await _reconnecting(self.client, lambda: self.closing, self._attempt)
         finally:
-            self.sub.mark_closed()
+            self.sub.mark_closed("the edge stream ended")
+
+    async def _attempt(self) -> bool | None:
+        try:
+            await self._once()
+            return True
+        except (httpx.HTTPError, OSError, UnavailableError) as e:
+            if not self.ready.done():  # 503 or unreachable: retried once it ran
+                err = e if isinstance(e, UnavailableError) else None
+                self.ready.set_exception(err or UnavailableError(f"edge: {e}"))
+                return None
+            return False
+        except RayclusterError as e:
+            if not self.ready.done():
+                self.ready.set_exception(e)
+            return None  # refused (auth, validation): reconnecting cannot help
 
     async def _once(self) -> None:
         c = self.client
@@ -256,8 +249,6 @@ class _SSE(_Stream):
     async def _stop(self) -> None:
         self.closing = True
         self.client._sse.discard(self)
-        if self.runner is not None:
-            await _cancel(self.runner)
         await self.stop_tasks()
 
 
@@ -279,7 +270,7 @@ class _WSSub(_Stream):
 
     async def unsubscribe(self, sub_id: str) -> None:
         self.conn.subs.pop(self.cid, None)
-        with contextlib.suppress(Exception):
+        with logged(f"edge client: unsubscribing {sub_id}"):
             await asyncio.wait_for(
                 self.conn.request(self.cid, {"op": "unsubscribe", "id": self.cid}), 10
             )
@@ -295,14 +286,15 @@ class _WS:
         self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.ws: ClientConnection | None = None
         self.runner: asyncio.Task[None] | None = None
+        self.tasks = TaskSet("edge client websocket")
         self.connected = asyncio.Event()
         self.closing = False
         self.failure: BaseException | None = None
         self._ids = itertools.count(1)
 
     async def start(self) -> None:
-        self.runner = asyncio.create_task(self._run(), name="edge-client-ws")
-        waiter = asyncio.create_task(self.connected.wait())
+        self.runner = self.tasks.spawn(self._run(), "edge-client-ws")
+        waiter = self.tasks.spawn(self.connected.wait(), "edge-client-ws-connected")
         await asyncio.wait({waiter, self.runner}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         if not self.connected.is_set():
@@ -324,37 +316,32 @@ class _WS:
             raise  # unreachable: _raise_for always raises
 
     async def _run(self) -> None:
-        c = self.client
-        delay = c.reconnect_min_s
         try:
-            while not self.closing:
-                try:
-                    self.ws = await self._connect()
-                except (OSError, TimeoutError, ConnectionClosed) as e:
-                    if not self.connected.is_set():
-                        self.failure = UnavailableError(f"edge: {e}")
-                        return
-                except RayclusterError as e:
-                    self.failure = e
-                    return
-                else:
-                    again = self.connected.is_set()
-                    self.connected.set()
-                    delay = c.reconnect_min_s
-                    if again:
-                        await self._resubscribe()
-                    await self._read(self.ws)
-                if self.closing:
-                    return
-                c.reconnects += 1
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, c.reconnect_max_s)
+            await _reconnecting(self.client, lambda: self.closing, self._attempt)
         finally:
             for s in self.subs.values():
-                s.sub.mark_closed()
+                s.sub.mark_closed("the edge websocket closed")
             for f in self.waiting.values():
                 if not f.done():
                     f.set_exception(ClosedError("edge websocket closed"))
+
+    async def _attempt(self) -> bool | None:
+        try:
+            self.ws = await self._connect()
+        except (OSError, TimeoutError, ConnectionClosed) as e:
+            if not self.connected.is_set():
+                self.failure = UnavailableError(f"edge: {e}")
+                return None
+            return False
+        except RayclusterError as e:
+            self.failure = e
+            return None
+        again = self.connected.is_set()
+        self.connected.set()
+        if again:
+            await self._resubscribe()
+        await self._read(self.ws)
+        return True
 
     async def _resubscribe(self) -> None:
         for s in list(self.subs.values()):
@@ -417,10 +404,9 @@ class _WS:
     async def aclose(self) -> None:
         self.closing = True
         if self.ws is not None:
-            with contextlib.suppress(Exception):
+            with logged("edge client: closing the websocket"):
                 await asyncio.wait_for(self.ws.close(), 5)
-        if self.runner is not None:
-            await _cancel(self.runner)
+        await self.tasks.aclose()
         for s in list(self.subs.values()):
             await s.stop_tasks()
 
@@ -481,13 +467,13 @@ class EdgeClient:
     async def aclose(self) -> None:
         """Close every subscription and connection."""
         for s in list(self._sse):
-            with contextlib.suppress(Exception):
+            with logged(f"edge client: closing {s.sub.id}"):
                 await s.sub.close()
             await s._stop()
         self._sse.clear()
         if self._ws is not None:
             for w in list(self._ws.subs.values()):
-                with contextlib.suppress(Exception):
+                with logged(f"edge client: closing {w.sub.id}"):
                     await asyncio.wait_for(w.sub.close(), 5)
             await self._ws.aclose()
             self._ws = None

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raycluster._connect import RemoteGateway, connect
-from raycluster._tasks import cancel_and_wait
+from raycluster._tasks import TaskSet, cancel_and_wait, checkpoint, logged
 from raycluster._wiring import Closers, redis_shard
 from raycluster.cluster import Shard, owned_by
 from raycluster.config import TierSettings
@@ -133,6 +133,7 @@ class WebDemo:
         self._serving: asyncio.Task[None] | None = None
         self._writing: asyncio.Task[None] | None = None
         self._hub: Any = None
+        self._tasks = TaskSet("web demo")  # shards, the web server, the writer
         self._rnd = random.Random(seed + 1)
         self._next_number = 10_000
 
@@ -243,7 +244,7 @@ class WebDemo:
         settings = self._settings = demo_settings(url, self.token, self.tenant)
         for i in range(self.shard_count):
             shard, closers = redis_shard(f"web-{i}", url, settings)
-            task = asyncio.create_task(shard.run(), name=f"webdemo-shard-{i}")
+            task = self._tasks.spawn(shard.run(), f"webdemo-shard-{i}")
             self._shards.append((shard, closers, task))
         self._writer = Writer.from_url(url, entities=settings.entities, settings=settings.redis)
         seed = demo_rows(self.seed_count, self.seed)
@@ -265,10 +266,10 @@ class WebDemo:
             timeout_graceful_shutdown=2,
         )
         self._server = _Server(config, self._hub)
-        self._serving = asyncio.create_task(self._serve(), name="webdemo-uvicorn")
+        self._serving = self._tasks.spawn(self._serve(), "webdemo-uvicorn")
         await self._until(self._listening, "the web server to listen")
         if self.rate > 0:
-            self._writing = asyncio.create_task(self._write_loop(), name="webdemo-writer")
+            self._writing = self._tasks.spawn(self._write_loop(), "webdemo-writer")
 
     @property
     def _where(self) -> str:
@@ -304,6 +305,7 @@ class WebDemo:
         period_s = 1.0 / self.rate
         next_at = time.monotonic()
         while True:
+            checkpoint()
             try:
                 await self.write_one()
             except asyncio.CancelledError:
@@ -334,7 +336,7 @@ class WebDemo:
                 await cancel_and_wait([self._serving])
             self._serving = None
         if self._gateway is not None:
-            with contextlib.suppress(Exception):
+            with logged("web demo: closing the gateway"):
                 await asyncio.wait_for(self._gateway.aclose(), _STOP_TIMEOUT_S)
             self._gateway = None
         for shard, closers, task in reversed(self._shards):
@@ -342,6 +344,7 @@ class WebDemo:
             await cancel_and_wait([task], _STOP_TIMEOUT_S)
             await closers.aclose()
         self._shards.clear()
+        await self._tasks.aclose()
         if self._writer is not None:
             await self._writer.aclose()
             self._writer = None

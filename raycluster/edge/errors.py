@@ -2,7 +2,7 @@
 
 `failure(exc)` maps any exception to an `EdgeError` (status, error, detail);
 the HTTP exception handlers and the WebSocket reader both use it, so a
-failure answers the same on either transport (PROTOCOL.md, Errors):
+failure answers the same on either transport (docs/edge-protocol.md, Errors):
 
 | raised                                         | status | error          |
 |------------------------------------------------|--------|----------------|

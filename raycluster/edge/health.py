@@ -1,16 +1,19 @@
-"""`/healthz`, `/metrics` (Prometheus text) and the demo page `/`."""
+"""`/healthz`, `/metrics` (Prometheus text, by `prometheus_client`) and the demo page `/`."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from ._service import EdgeService
 
-__all__ = ("STATIC", "healthz", "index", "metrics")
+__all__ = ("STATIC", "EdgeCollector", "healthz", "index", "metrics", "metrics_registry")
 
 STATIC = Path(__file__).resolve().parent / "static"
 _HEALTH_TIMEOUT_S = 5.0
@@ -33,65 +36,72 @@ async def healthz(svc: EdgeService, request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-async def metrics(svc: EdgeService, request: Request) -> Response:
-    """Connections, subscriptions and counters of the edge and its gateway."""
-    hub = svc.hub
-    c = hub.counters
-    lines = [
-        "# HELP raycluster_edge_connections Open client connections.",
-        "# TYPE raycluster_edge_connections gauge",
-    ]
-    for kind in ("sse", "ws"):
-        n = sum(1 for x in hub.conns if x.kind == kind)
-        lines.append(f'raycluster_edge_connections{{transport="{kind}"}} {n}')
-    lines += [
-        "# HELP raycluster_edge_connections_opened_total Connections accepted.",
-        "# TYPE raycluster_edge_connections_opened_total counter",
-    ]
-    for kind in ("sse", "ws"):
-        n = c[f"connections_opened_{kind}"]
-        lines.append(f'raycluster_edge_connections_opened_total{{transport="{kind}"}} {n}')
-    simple = [
-        ("subscriptions", "gauge", "Open subscriptions.", len(hub.subs)),
-        ("frames_sent_total", "counter", "Frames written to clients.", c["frames_sent"]),
-        ("slow_consumer_resets_total", "counter",
-         "Backlogs replaced by a reset and the current window.", c["slow_consumer_resets"]),
-        ("frames_replaced_total", "counter",
-         "Queued frames dropped in favour of such a reset.", c["frames_replaced"]),
-        ("slow_consumer_disconnects_total", "counter",
-         "Clients disconnected for not reading.", c["slow_consumer_disconnects"]),
-        ("resume_refused_total", "counter",
-         "Resume tokens that did not verify for the tenant (a fresh sub instead).",
-         c["resume_refused"]),
-        ("resume_conflicts_total", "counter",
-         "Verified resume tokens whose sub id the tier refused (a fresh sub instead).",
-         c["resume_conflicts"]),
-    ]  # fmt: skip
-    for name, kind, text, value in simple:
-        lines += [
-            f"# HELP raycluster_edge_{name} {text}",
-            f"# TYPE raycluster_edge_{name} {kind}",
-            f"raycluster_edge_{name} {value}",
-        ]
-    lines += [
-        "# HELP raycluster_edge_auth_failures_total Requests refused by auth.",
-        "# TYPE raycluster_edge_auth_failures_total counter",
-    ]
-    for status in (401, 403):
-        lines.append(
-            f'raycluster_edge_auth_failures_total{{status="{status}"}} '
-            f"{c[f'auth_failures_{status}']}"
+class EdgeCollector:
+    """The edge's and its gateway's counters as Prometheus metrics (read at each scrape)."""
+
+    def __init__(self, svc: EdgeService) -> None:
+        self.svc = svc
+
+    def collect(self) -> Iterator[Metric]:
+        """What `/metrics` shows: connections, subscriptions, frames, resets, auth, gateway."""
+        hub = self.svc.hub
+        c = hub.counters
+        conns = GaugeMetricFamily(
+            "raycluster_edge_connections", "Open client connections.", labels=["transport"]
         )
-    gs = svc.gateway.status()
-    for key, value in gs.items():
-        if isinstance(value, int) and key != "subscriptions":
-            name = f"raycluster_gateway_{key}_total"
-            lines += [f"# TYPE {name} counter", f"{name} {value}"]
-    lines += [
-        "# TYPE raycluster_gateway_subscriptions gauge",
-        f"raycluster_gateway_subscriptions {gs.get('subscriptions', 0)}",
-    ]
-    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8")
+        opened = CounterMetricFamily(
+            "raycluster_edge_connections_opened", "Connections accepted.", labels=["transport"]
+        )
+        for kind in ("sse", "ws"):
+            conns.add_metric([kind], sum(1 for x in hub.conns if x.kind == kind))
+            opened.add_metric([kind], c[f"connections_opened_{kind}"])
+        yield conns
+        yield opened
+        yield GaugeMetricFamily(
+            "raycluster_edge_subscriptions", "Open subscriptions.", value=len(hub.subs)
+        )
+        for name, text in _EDGE_COUNTERS:
+            yield CounterMetricFamily(f"raycluster_edge_{name}", text, value=c[name])
+        auth = CounterMetricFamily(
+            "raycluster_edge_auth_failures", "Requests refused by auth.", labels=["status"]
+        )
+        for status in (401, 403):
+            auth.add_metric([str(status)], c[f"auth_failures_{status}"])
+        yield auth
+        gs = self.svc.gateway.status()
+        yield GaugeMetricFamily(
+            "raycluster_gateway_subscriptions",
+            "Subscriptions held by the edge's gateway.",
+            value=gs.get("subscriptions", 0),
+        )
+        for key, value in gs.items():
+            if isinstance(value, int) and key != "subscriptions":
+                yield CounterMetricFamily(f"raycluster_gateway_{key}", f"Gateway counter {key}.",
+                                          value=value)  # fmt: skip
+
+
+_EDGE_COUNTERS = (
+    ("frames_sent", "Frames written to clients."),
+    ("slow_consumer_resets", "Backlogs replaced by a reset and the current window."),
+    ("frames_replaced", "Queued frames dropped in favour of such a reset."),
+    ("slow_consumer_disconnects", "Clients disconnected for not reading."),
+    ("resume_refused", "Resume tokens that did not verify for the tenant (a fresh sub instead)."),
+    ("resume_conflicts",
+     "Verified resume tokens whose sub id the tier refused (a fresh sub instead)."),
+)  # fmt: skip
+
+
+def metrics_registry(svc: EdgeService) -> CollectorRegistry:
+    """A registry of this edge's metrics alone (several edges may share a process)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EdgeCollector(svc))
+    return registry
+
+
+async def metrics(svc: EdgeService, request: Request) -> Response:
+    """Connections, subscriptions and counters of the edge and its gateway (Prometheus text)."""
+    registry = request.app.state.metrics
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def index(svc: EdgeService, request: Request) -> Response:

@@ -9,13 +9,12 @@ from typing import Any
 import uvicorn
 
 from raycluster._connect import connect
-from raycluster.config import TierSettings
+from raycluster.config import EdgeSettings, TierSettings
 from raycluster.errors import RayclusterError
 from raycluster.livequery import tune_gc
 
 from ._hub import Hub
 from .app import create_app
-from .settings import EdgeSettings
 
 __all__ = ("run_edge", "serve", "ws_max_size", "ws_protocol")
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import secrets
 from typing import NamedTuple
 
 from pydantic import SecretStr
 
 from raycluster.config import TierSettings
-from raycluster.redis._client import ClientComponent
-from raycluster.redis.errors import RedisUnavailable, translate_errors
+from raycluster.redis import SharedSecrets
 
 __all__ = ("Resume", "ResumeTokens", "load_secret")
 
@@ -73,19 +71,6 @@ class ResumeTokens:
         return Resume(sid, int(epoch), int(seq))
 
 
-class _SecretStore(ClientComponent):
-    client_name = "raycluster-edge"
-
-    async def get_or_create(self) -> bytes:
-        key = self.keys.edge_resume_secret()
-        with translate_errors("edge resume secret"):
-            await self._client.set(key, secrets.token_urlsafe(32), nx=True)
-            value = await self._client.get(key)
-        if not value:
-            raise RedisUnavailable(f"edge resume secret: {key} vanished after SET NX")
-        return value if isinstance(value, bytes) else str(value).encode()
-
-
 async def load_secret(settings: TierSettings, redis_url: str | None) -> bytes:
     """`edge.resume_secret`, else the tier's shared one in Redis (created if absent).
 
@@ -96,5 +81,5 @@ async def load_secret(settings: TierSettings, redis_url: str | None) -> bytes:
     configured: SecretStr | None = settings.edge.resume_secret
     if configured is not None:
         return configured.get_secret_value().encode()
-    async with _SecretStore.from_url(redis_url, settings=settings.redis) as store:
-        return await store.get_or_create()
+    async with SharedSecrets.from_url(redis_url, settings=settings.redis) as store:
+        return await store.get_or_create(settings.redis.keys.edge_resume_secret())

@@ -4,7 +4,7 @@ Depends on pydantic only; no Redis, no Ray.
 """
 
 from ._gc import tune_gc
-from .engine import Engine, EngineStats, Subscription
+from .engine import Engine, EngineStats, EngineSubscription
 from .filter import Predicate, compile_predicate, indexable_terms
 from .index import PredicateIndex
 from .limits import QueryLimits, check_cost, query_cost
@@ -49,6 +49,7 @@ __all__ = (
     "DeltaOp",
     "Engine",
     "EngineStats",
+    "EngineSubscription",
     "EntitySpec",
     "Entry",
     "Feed",
@@ -67,7 +68,6 @@ __all__ = (
     "Snapshotter",
     "SortKey",
     "StreamSet",
-    "Subscription",
     "Window",
     "and_",
     "check_cost",
@@ -94,3 +94,17 @@ __all__ = (
     "sort_key_of",
     "tune_gc",
 )
+
+
+def __getattr__(name: str) -> object:
+    if name == "Subscription":  # the old name of EngineSubscription (one release)
+        import warnings
+
+        warnings.warn(
+            "raycluster.livequery.Subscription is now EngineSubscription "
+            "(raycluster.Subscription is the client's)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return EngineSubscription
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

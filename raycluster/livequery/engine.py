@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from raycluster._tasks import cancel_and_wait
+from raycluster._tasks import Backoff, TaskSet, checkpoint
 from raycluster.errors import ClosedError, InvalidQuery
 
 from .filter import compile_predicate, indexable_terms
@@ -41,19 +41,22 @@ from .models import (
     Row,
     Snapshot,
     check_against,
+    check_depth,
+    check_name,
 )
 from .order import cursor_key, key_fn
 from .ports import Feed, Refiller, Snapshotter, pos_key
 from .window import Entry, Frame, StreamSet, Window
 
-__all__ = ("Engine", "EngineStats", "Subscription")
+__all__ = ("Engine", "EngineStats", "EngineSubscription")
 
 log = logging.getLogger(__name__)
 
-LoadKind = Literal["initial", "refill", "reconcile"]
-Sink = Callable[["Subscription", list[Frame]], None]
+LoadKind = Literal["initial", "refill", "reconcile", "reset"]
+Sink = Callable[["EngineSubscription", list[Frame]], None]
 _ZERO = (0, 0)
-_RETRY_MAX_S = 2.0  # ceiling of the backoff between failed refills
+_RETRY_MIN_S = 0.05  # first backoff after a failed read (or a failed reset)
+_RETRY_MAX_S = 2.0  # ceiling of the backoff between failed reads
 
 
 class EngineStats:
@@ -64,12 +67,14 @@ class EngineStats:
         self.frames = 0
         self.loads = 0
         self.load_errors = 0
+        # Changes a view (or a subscriber's sink) failed on: each such view is
+        # reset from the store (`resets["error"]`), the others got the change.
         self.dispatch_errors = 0
         self.lag_ms = 0  # write → dispatch delay of the last change of the last batch
-        self.resets: dict[str, int] = {"overflow": 0, "reanchor": 0, "reconcile": 0}
+        self.resets: dict[str, int] = {"overflow": 0, "reanchor": 0, "reconcile": 0, "error": 0}
 
 
-class Subscription:
+class EngineSubscription:
     """One subscriber's live window.
 
     `snapshot` is the window when it was (re)anchored; iterating yields every
@@ -101,9 +106,9 @@ class Subscription:
         self._view: _View | None = None
 
     def __repr__(self) -> str:
-        return f"<Subscription {self.id} {self.tenant}/{self.query.entity}>"
+        return f"<EngineSubscription {self.id} {self.tenant}/{self.query.entity}>"
 
-    def __aiter__(self) -> Subscription:
+    def __aiter__(self) -> EngineSubscription:
         return self
 
     async def __anext__(self) -> LiveDelta:
@@ -173,7 +178,7 @@ class _View:
         self.tenant = tenant
         self.query = query
         self.shape = query.shape()
-        self.subs: list[Subscription] = []
+        self.subs: list[EngineSubscription] = []
         self.waiting = 0  # subscribers waiting for the initial load
         self.loading = False
         self.dropped = False
@@ -181,6 +186,7 @@ class _View:
         self.loaded: tuple[Snapshot, int, LoadKind] | None = None
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None
+        self.errors = 0  # consecutive failed resets (their backoff grows)
         group = engine._groups[(tenant, query.entity)]
         self.index = group.index
         sort = list(query.sort)
@@ -218,7 +224,11 @@ class _View:
         subs = self.subs
         self.engine.stats.frames += len(out) * len(subs)
         for sub in subs:
-            sub._push(out)
+            try:
+                sub._push(out)
+            except Exception:
+                # One subscriber's sink failing must not keep the frames from the others.
+                self.engine._sink_failed(sub)
 
 
 class _Group:
@@ -266,8 +276,8 @@ class Engine:
         self._pos: dict[str, tuple[int, int]] = {}
         self._loading: set[_View] = set()
         self._parked: list[_View] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._subs: dict[str, Subscription] = {}
+        self._tasks = TaskSet("live-query engine")  # the feed pump and the store reads
+        self._subs: dict[str, EngineSubscription] = {}
         self._ids = itertools.count(1)
         self._tick: asyncio.Future[None] | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -288,7 +298,7 @@ class Engine:
         if self._closed:
             raise ClosedError("engine is closed")
         if self._pump is None:
-            self._pump = asyncio.create_task(self._run_pump(), name="livequery-pump")
+            self._pump = self._tasks.spawn(self._run_pump(), "livequery-pump")
             self._pump.add_done_callback(lambda _: self._notify())
         # Return once the feed reported where it starts: every write after
         # start() returns is then delivered.
@@ -297,7 +307,11 @@ class Engine:
         self._raise_if_pump_died()
 
     def check_query(self, query: LiveQuery) -> None:
-        """Raise `InvalidQuery` if `query` does not fit the declared entities."""
+        """Raise `InvalidQuery` if `query` is not a `LiveQuery` or does not fit the
+        declared entities (groups nested deeper than `MAX_DEPTH` included)."""
+        if not isinstance(query, LiveQuery):
+            raise InvalidQuery("query", query, "must be a LiveQuery")
+        check_depth(query.where)
         check_against(self.specs, query)
 
     async def subscribe(
@@ -307,18 +321,21 @@ class Engine:
         *,
         sub_id: str | None = None,
         sink: Sink | None = None,
-    ) -> Subscription:
+    ) -> EngineSubscription:
         """Register a live query; returns once its snapshot is ready.
 
         Raises `InvalidQuery` (nothing registered) for a query that does not
         fit, and the store's error if the initial read fails.
         """
-        await self.start()
+        check_name("tenant", tenant, InvalidQuery)
+        if sub_id is not None:
+            check_name("sub_id", sub_id, InvalidQuery)
         self.check_query(query)
+        await self.start()
         sid = sub_id if sub_id is not None else f"sub-{next(self._ids)}"
         if sid in self._subs:
             raise InvalidQuery("sub_id", sid, "already subscribed")
-        sub = Subscription(self, sid, tenant, query, self.buffer, sink)
+        sub = EngineSubscription(self, sid, tenant, query, self.buffer, sink)
         self._subs[sid] = sub
         try:
             await self._attach(sub)
@@ -327,7 +344,7 @@ class Engine:
             raise
         return sub
 
-    def subscriptions(self) -> list[Subscription]:
+    def subscriptions(self) -> list[EngineSubscription]:
         """Every open subscription."""
         return list(self._subs.values())
 
@@ -366,14 +383,14 @@ class Engine:
         self._closed = True
         for sub in list(self._subs.values()):
             self._close_sub(sub)
-        await cancel_and_wait([self._pump, *self._tasks])
-        self._tasks.clear()
+        await self._tasks.aclose()
 
     # -- feed --------------------------------------------------------------------
 
     async def _run_pump(self) -> None:
         dispatch = self._dispatch
         async for batch in self.feed.batches():
+            checkpoint()
             for ch in batch.changes:
                 try:
                     dispatch(ch)
@@ -396,9 +413,48 @@ class Engine:
 
     def _dispatch(self, ch: Change) -> None:
         group = self._groups.get((ch.tenant, ch.entity))
-        if group is not None:
-            for view in group.index.candidates(ch.agg_id, ch.row):
+        if group is None:
+            return
+        try:
+            views = group.index.candidates(ch.agg_id, ch.row)
+        except Exception:
+            log.exception("candidate lookup of %s failed; trying every view", ch.agg_id)
+            views = list(group.views.values())  # a view ignores a change that is not its
+        for view in views:
+            try:
                 view.on_change(ch)
+            except Exception:
+                # Every other view still gets the change; this one is re-read.
+                self.stats.dispatch_errors += 1
+                log.exception(
+                    "view %s failed on %s/%s %s; resetting it from the store",
+                    view.shape, ch.tenant, ch.entity, ch.agg_id,
+                )  # fmt: skip
+                self._reset(view)
+
+    def _reset(self, view: _View) -> None:
+        """Re-read a view that failed: its subscribers get a `reset` and the true window.
+
+        Until the read is merged the view parks changes as for any read, so
+        nothing written meanwhile is lost. Repeated failures back off.
+        """
+        if view.dropped:
+            return
+        self.stats.resets["error"] += 1
+        view.errors += 1
+        if view in self._parked:
+            self._parked.remove(view)
+        view.loaded = None
+        delay_s = min(_RETRY_MIN_S * 2 ** (view.errors - 1), _RETRY_MAX_S)
+        self._start_load(view, "reset", delay_s if view.errors > 1 else 0.0)
+
+    def _sink_failed(self, sub: EngineSubscription) -> None:
+        self.stats.dispatch_errors += 1
+        log.exception("delivering to %s failed; resending its window", sub.id)
+        try:
+            sub._send_reset()
+        except Exception:
+            log.exception("resending the window of %s failed", sub.id)
 
     def _raise_if_pump_died(self) -> None:
         p = self._pump
@@ -422,7 +478,7 @@ class Engine:
 
     # -- views -------------------------------------------------------------------
 
-    async def _attach(self, sub: Subscription) -> None:
+    async def _attach(self, sub: EngineSubscription) -> None:
         key = (sub.tenant, sub.query.entity)
         group = self._groups.get(key)
         if group is None:
@@ -451,7 +507,7 @@ class Engine:
         sub._view = view
         sub.snapshot = view.state.visible()
 
-    def _detach(self, sub: Subscription) -> None:
+    def _detach(self, sub: EngineSubscription) -> None:
         view = sub._view
         sub._view = None
         if view is None:
@@ -477,7 +533,9 @@ class Engine:
             self._parked.remove(view)
         self._notify()
 
-    async def _reanchor(self, sub: Subscription, cursor: Cursor | None, limit: int) -> list[Row]:
+    async def _reanchor(
+        self, sub: EngineSubscription, cursor: Cursor | None, limit: int
+    ) -> list[Row]:
         if sub.closed:
             raise ClosedError(f"subscription {sub.id} is closed")
         query = sub.query.moved(cursor, limit)
@@ -496,7 +554,7 @@ class Engine:
         sub._send_reset()
         return sub.snapshot
 
-    def _close_sub(self, sub: Subscription) -> None:
+    def _close_sub(self, sub: EngineSubscription) -> None:
         if sub.closed:
             return
         sub.closed = True
@@ -506,24 +564,20 @@ class Engine:
 
     # -- store reads -------------------------------------------------------------
 
-    def _start_load(self, view: _View, kind: LoadKind) -> None:
+    def _start_load(self, view: _View, kind: LoadKind, delay_s: float = 0.0) -> None:
         view.loading = True
         view.pending = []
         self._loading.add(view)
         view.index.loading.add(view)
-        task = asyncio.create_task(self._load(view, kind), name=f"livequery-{kind}")
-        self._tasks.add(task)
-        task.add_done_callback(self._reap)
+        self._tasks.spawn(self._load(view, kind, delay_s), f"livequery-{kind}")
 
-    def _reap(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("live-query load task failed", exc_info=task.exception())
-
-    async def _load(self, view: _View, kind: LoadKind) -> None:
+    async def _load(self, view: _View, kind: LoadKind, wait_s: float = 0.0) -> None:
         q, state = view.query, view.state
-        delay_s = 0.05
+        if wait_s:
+            await asyncio.sleep(wait_s)
+        backoff = Backoff(_RETRY_MIN_S, _RETRY_MAX_S)
         while not view.dropped:
+            checkpoint()
             try:
                 if kind == "refill":
                     assert isinstance(state, Window)
@@ -545,8 +599,7 @@ class Engine:
                     self._fail(view, e)
                     return
                 log.warning("%s read for %s failed (%r); retrying", kind, view.shape, e)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, _RETRY_MAX_S)
+                await backoff.sleep()
         else:
             return
         if view.dropped:
@@ -567,15 +620,25 @@ class Engine:
         self._notify()
 
     def _unpark(self) -> None:
-        still: list[_View] = []
-        for view in self._parked:
-            assert view.loaded is not None
-            snap = view.loaded[0]
-            if self._pos.get(snap.source, _ZERO) >= pos_key(snap.watermark):
+        parked, self._parked = self._parked, []
+        for view in parked:
+            if view.loaded is None or view.dropped:  # reset or dropped meanwhile
+                continue
+            snap, _, kind = view.loaded
+            if self._pos.get(snap.source, _ZERO) < pos_key(snap.watermark):
+                self._parked.append(view)
+                continue
+            try:
                 self._finish(view)
-            else:
-                still.append(view)
-        self._parked = still
+            except Exception as e:
+                self.stats.dispatch_errors += 1
+                if kind == "initial":
+                    log.exception("view %s failed on its first read", view.shape)
+                    view.state.clear()
+                    self._fail(view, e)
+                else:
+                    log.exception("view %s failed merging a read; resetting it", view.shape)
+                    self._reset(view)
 
     def _finish(self, view: _View) -> None:
         assert view.loaded is not None
@@ -589,6 +652,8 @@ class Engine:
         view.index.loading.discard(view)
         out: list[Frame] = []
         later: list[Change] = []
+        if kind == "reset":
+            state.clear()  # what it held is suspect: start again from the read alone
         state.trimming = False  # the read starts at the horizon it was asked for
         for ch in pending:
             if pos_key(ch.stream_id) <= mark:
@@ -614,8 +679,15 @@ class Engine:
         state.trim()
         for ch in later:
             state.apply(ch.agg_id, ch.version, ch.row, ch.stream_id, ch.at, out)
+        view.errors = 0
         if kind == "initial":
             view.ready.set()
+        elif kind == "reset":
+            for sub in list(view.subs):
+                try:
+                    sub._send_reset()  # the window as it is now, later changes included
+                except Exception:
+                    self._sink_failed(sub)
         elif out:
             view.emit(out)
         if state.wants_refill():

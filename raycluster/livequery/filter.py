@@ -15,7 +15,7 @@ from re._casefix import _EXTRA_CASES  # the letters IGNORECASE equates beyond lo
 from types import CodeType
 from typing import Any
 
-from .models import Cond
+from .models import Cond, check_depth
 
 __all__ = ("Predicate", "compile_predicate", "indexable_terms", "like_matcher")
 
@@ -255,6 +255,13 @@ def _general(segs: list[_Seg], flags: int) -> Callable[[str], bool]:
     return match
 
 
+def _type_of(v: Any) -> str:
+    """A query constant's type class: `b` bool, `n` number, `s` string."""
+    if isinstance(v, bool):
+        return "b"
+    return "s" if isinstance(v, str) else "n"
+
+
 class _Gen:
     def __init__(self) -> None:
         self.consts: dict[str, Any] = {}
@@ -279,32 +286,78 @@ class _Gen:
             return f"({get} is None)"
         if op == "is_not_null":
             return f"({get} is not None)"
-        if op == "eq":
-            return f"({get} == {self.const(c.value)})"
-        if op == "in":
-            return f"({get} in {self.const(frozenset(c.values or ()))})"
-        v = self.var()
-        if op == "not_in":
-            test = f"{v} not in {self.const(frozenset(c.values or ()))}"
-        elif op in ("like", "ilike"):
+        if op in ("like", "ilike"):
             m = like_matcher(str(c.value), ignore_case=op == "ilike")
-            test = f"{self.const(m)}({v})"
-        else:
-            test = f"{v} {_CMP[op]} {self.const(c.value)}"
-        return f"(({v} := {get}) is not None and {test})"
+            return f"{self.const(m)}({get})"  # a matcher is false on anything but a str
+        v = self.var()
+        if op in ("in", "not_in"):
+            return self._member(op, get, v, c.values or [])
+        k, kind = self.const(c.value), _type_of(c.value)
+        # A term compares values of its constant's type class only: on another
+        # type it is false (`ne` true: that value is decidably not equal).
+        if op == "eq":
+            if kind == "s":
+                return f"({get} == {k})"  # a str equals only a str
+            if kind == "b":
+                return f"({get} is {k})"
+            return f"(({v} := {get}) == {k} and {v}.__class__ is not bool)"
+        if op == "ne":
+            if kind == "s":
+                return f"(({v} := {get}) is not None and {v} != {k})"
+            if kind == "b":
+                return f"(({v} := {get}) is not None and {v} is not {k})"
+            return f"(({v} := {get}) is not None and ({v} != {k} or {v}.__class__ is bool))"
+        cmp = f"{v} {_CMP[op]} {k}"
+        if kind == "s":
+            return f"(isinstance({v} := {get}, str) and {cmp})"
+        if kind == "b":
+            return f"(({v} := {get}).__class__ is bool and {cmp})"
+        return f"(isinstance({v} := {get}, _num) and {v}.__class__ is not bool and {cmp})"
+
+    def _member(self, op: str, get: str, v: str, values: list[Any]) -> str:
+        """`in`/`not_in`: one set per type class of the values, each tested on its class."""
+        by: dict[str, set[Any]] = {}
+        for x in values:
+            by.setdefault(_type_of(x), set()).add(x)
+        parts = []
+        for kind, xs in sorted(by.items()):
+            k = self.const(frozenset(xs))
+            if kind == "s":
+                parts.append(f"{v} in {k}")  # a str equals only a str
+            elif kind == "b":
+                parts.append(f"({v} in {k} and {v}.__class__ is bool)")
+            else:
+                parts.append(f"({v} in {k} and {v}.__class__ is not bool)")
+        if op == "in" and len(by) == 1:  # the common case, without the null test
+            kind = next(iter(by))
+            k = f"_k{len(self.consts) - 1}"
+            if kind == "s":
+                return f"({get} in {k})"
+            test = "is" if kind == "b" else "is not"
+            return f"(({v} := {get}) in {k} and {v}.__class__ {test} bool)"
+        body = " or ".join(parts)
+        if op == "in":
+            return f"(({v} := {get}) is not None and ({body}))"
+        return f"(({v} := {get}) is not None and not ({body}))"
 
 
 def compile_predicate(where: Sequence[Cond]) -> Predicate:
     """Compile an AND of conditions into `pred(row) -> bool` (cached by shape).
 
-    SQL semantics: a null (or missing) value satisfies only `is_null`;
-    `ne`/`not_in`/comparisons are false on null. A value of the wrong type
-    for its comparison makes the row not match rather than raising.
+    Semantics (docs/semantics.md): a null (or missing) value satisfies only
+    `is_null`; `ne`/`not_in` are false on null. A term compares only values
+    of one type class (booleans, numbers, strings): `eq`, `in`, the
+    comparisons and `like` are false on a value of another type, `ne` and
+    `not_in` true. So an `or_` never depends on the order of its members.
+    Groups may nest `MAX_DEPTH` deep (deeper raises `InvalidQuery`).
     """
     if not where:
         return _true
+    check_depth(where)
     gen = _Gen()
     body = " and ".join(gen.expr(c) for c in where)
+    # Rows hold scalars (every store and feed refuses anything else); an
+    # unhashable value met by an `in` anyway makes the row not match.
     src = (
         "def _pred(r):\n"
         "    g = r.get\n"
@@ -320,11 +373,14 @@ def compile_predicate(where: Sequence[Cond]) -> Predicate:
         if len(_CODE) >= _CODE_MAX:
             _CODE.pop(next(iter(_CODE)))
         code = _CODE[src] = compile(src, "<live-query filter>", "exec")
-    scope: dict[str, Any] = {"__builtins__": {"TypeError": TypeError}}
+    scope: dict[str, Any] = {"__builtins__": _BUILTINS, "_num": (int, float)}
     scope.update(gen.consts)
     exec(code, scope)
     pred: Predicate = scope["_pred"]
     return pred
+
+
+_BUILTINS = {"TypeError": TypeError, "bool": bool, "isinstance": isinstance, "str": str}
 
 
 def _true(row: dict[str, Any]) -> bool:
@@ -336,7 +392,12 @@ _CODE_MAX = 4096
 
 
 def indexable_terms(where: Sequence[Cond]) -> list[tuple[str, frozenset[Any]]]:
-    """Top-level `eq`/`in` conjuncts as (column, accepted values): what an index can use."""
+    """Top-level `eq`/`in` conjuncts as (column, accepted values): what an index can use.
+
+    The sets use Python's equality, under which `True == 1 == 1.0`: a lookup
+    by them finds every row the term accepts, and may find a few more (a
+    `true` for `1`), which the predicate then refuses.
+    """
     terms: dict[str, frozenset[Any]] = {}
     for c in where:
         if c.op not in ("eq", "in") or c.column is None:

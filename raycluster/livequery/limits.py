@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from raycluster.errors import InvalidQuery
 
-from .models import Cond, LiveQuery
+from .models import MAX_DEPTH, Cond, LiveQuery
 
 __all__ = ("QueryLimits", "check_cost", "query_cost")
 
@@ -35,10 +35,10 @@ class QueryLimits(BaseModel):
     max_depth: int = Field(
         16,
         gt=0,
-        le=64,
+        le=MAX_DEPTH,
         description="How deep `or`/`and` groups may nest (a group in `where` is depth 1). "
-        "At most 64: a registration is stored as JSON, and the JSON parser that reads it "
-        "back refuses nesting much deeper than that.",
+        f"At most {MAX_DEPTH}, what any query may nest (`MAX_DEPTH`): a registration is "
+        "stored as JSON, and the JSON parser that reads it back refuses nesting much deeper.",
     )
     max_string_length: int = Field(
         1024,

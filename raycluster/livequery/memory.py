@@ -14,13 +14,26 @@ import asyncio
 import heapq
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
-from raycluster.errors import ConflictError, InvalidQuery
+from raycluster.errors import ConflictError, InvalidRow
 
 from .filter import compile_predicate, indexable_terms
-from .models import Change, Cursor, EntitySpec, LiveQuery, Row, Snapshot, trusted
+from .models import (
+    Change,
+    Cursor,
+    EntitySpec,
+    LiveQuery,
+    Row,
+    Snapshot,
+    check_against,
+    check_expected,
+    check_free_row,
+    check_name,
+    check_read,
+    trusted,
+)
 from .order import cursor_key, cursor_of, key_fn
 from .ports import FeedBatch, pos_key
 
@@ -102,16 +115,28 @@ class MemoryStore:
         tenant: str,
         entity: str,
         agg_id: str,
-        row: dict[str, Any],
+        row: Mapping[str, Any],
         *,
         expected_version: int | None = None,
     ) -> int:
-        """Store `row` as the new state of `agg_id`; return its new version."""
+        """Store `row` as the new state of `agg_id`; return its new version.
+
+        Checked as `Writer.upsert` checks (`InvalidRow` naming the field;
+        nothing written): names are non-empty strings, `row` an object of
+        scalars fitting the entity's spec (if declared), `expected_version`
+        None or an int >= 0 (else `ConflictError` when it differs).
+        """
+        self._check_names(tenant, entity, agg_id)
+        check_expected(expected_version)
         spec = self.specs.get(entity)
         if spec is not None:
-            spec.check_row(row)
-        row = dict(row)
-        return self._write(tenant, entity, agg_id, row, expected_version)
+            if not isinstance(row, Mapping):
+                raise InvalidRow("row", row, "must be an object (a delete is `delete`)")
+            vals = dict(row)
+            spec.check_row(vals)
+        else:
+            vals = check_free_row(row)
+        return self._write(tenant, entity, agg_id, vals, expected_version)
 
     def delete(
         self, tenant: str, entity: str, agg_id: str, *, expected_version: int | None = None
@@ -119,12 +144,25 @@ class MemoryStore:
         """Delete `agg_id`; return the version the delete was written at.
 
         Deleting a row that does not exist writes nothing and returns its
-        current version (0 if it never existed).
+        current version (0 if it never existed). Arguments are checked as in
+        `upsert`.
         """
+        self._check_names(tenant, entity, agg_id)
+        check_expected(expected_version)
         t = self._tables.get((tenant, entity))
         if t is None or agg_id not in t.rows:
-            return t.tombs.get(agg_id, 0) if t is not None else 0
+            current = t.tombs.get(agg_id, 0) if t is not None else 0
+            if expected_version is not None and expected_version != current:
+                raise ConflictError(agg_id, expected_version, current)
+            return current
         return self._write(tenant, entity, agg_id, None, expected_version)
+
+    def _check_names(self, tenant: Any, entity: Any, agg_id: Any = "-") -> None:
+        check_name("tenant", tenant, InvalidRow)
+        check_name("entity", entity, InvalidRow)
+        check_name("agg_id", agg_id, InvalidRow)
+        if self.specs and entity not in self.specs:
+            raise InvalidRow("entity", entity, "unknown entity")
 
     def _table(self, tenant: str, entity: str) -> _Table:
         t = self._tables.get((tenant, entity))
@@ -179,12 +217,14 @@ class MemoryStore:
         return version
 
     def get(self, tenant: str, entity: str, agg_id: str) -> tuple[int, dict[str, Any]] | None:
-        """The (version, row) of `agg_id`, or None."""
+        """The (version, row) of `agg_id`, or None (names checked as in `upsert`)."""
+        self._check_names(tenant, entity, agg_id)
         t = self._tables.get((tenant, entity))
         return t.rows.get(agg_id) if t is not None else None
 
     def rows(self, tenant: str, entity: str) -> dict[str, tuple[int, dict[str, Any]]]:
         """Every row of one (tenant, entity): id → (version, row). A copy."""
+        self._check_names(tenant, entity)
         t = self._tables.get((tenant, entity))
         return dict(t.rows) if t is not None else {}
 
@@ -192,21 +232,24 @@ class MemoryStore:
 
     async def snapshot(self, tenant: str, query: LiveQuery, limit: int) -> Snapshot:
         """The first `limit` matches strictly after `query.cursor`."""
+        check_read(tenant, query, None, limit)
         return self.read(tenant, query, query.cursor, limit)
 
     async def refill(
         self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int
     ) -> Snapshot:
         """The first `limit` matches strictly after `after` (or `query.cursor`)."""
+        check_read(tenant, query, after, limit)
         return self.read(tenant, query, after if after is not None else query.cursor, limit)
 
     def read(self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int) -> Snapshot:
-        """Synchronous keyset read: matches strictly after `after`, in total order."""
-        spec = self.specs.get(query.entity)
-        if spec is not None:
-            spec.check_query(query)
-        if limit <= 0:
-            raise InvalidQuery("limit", limit, "must be greater than 0")
+        """Synchronous keyset read: matches strictly after `after`, in total order.
+
+        Bad arguments raise `InvalidQuery` naming them (`check_read`), as does
+        a query that does not fit the declared entities.
+        """
+        check_read(tenant, query, after, limit)
+        check_against(self.specs, query)
         t = self._tables.get((tenant, query.entity))
         table = t.rows if t is not None else {}
         pred = compile_predicate(query.where)

@@ -12,15 +12,25 @@ import enum
 import json
 import math
 import typing
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from raycluster.errors import InvalidQuery, InvalidRow
 
 __all__ = (
     "COND_OPS",
+    "MAX_DEPTH",
     "Change",
     "ColumnType",
     "Cond",
@@ -34,11 +44,17 @@ __all__ = (
     "Snapshot",
     "SortKey",
     "and_",
+    "check_depth",
+    "check_expected",
+    "check_free_row",
+    "check_name",
+    "check_read",
     "eq",
     "gt",
     "gte",
     "ilike",
     "in_",
+    "invalid_query",
     "is_not_null",
     "is_null",
     "like",
@@ -46,6 +62,7 @@ __all__ = (
     "lte",
     "ne",
     "not_in",
+    "not_scalar",
     "or_",
     "printable",
     "trusted",
@@ -68,11 +85,21 @@ _GROUP_OPS = frozenset({"or", "and"})
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
+_INT_MIN, _INT_MAX = -(2**63), 2**63
+MAX_DEPTH = 64
+"""How deep `or`/`and` groups may nest in any query (a group in `where` is depth 1).
+
+Every store and engine accepts this depth; the tier's `QueryLimits.max_depth`
+may only lower it. (A registration is stored as JSON, and the JSON parser
+that reads it back refuses nesting much deeper.)"""
+
+
 def unstorable(v: Any) -> str | None:
     """Why `v` could not be stored as JSON and read back unchanged, or None if it can.
 
     A string must be valid Unicode (no lone surrogate: UTF-8 cannot encode
-    it), a float finite (JSON has no NaN or infinity).
+    it), a float finite (JSON has no NaN or infinity), an int within 64 bits
+    (what every store orders exactly, and what other languages read back).
     """
     if isinstance(v, str):
         if not v.isascii():
@@ -80,9 +107,56 @@ def unstorable(v: Any) -> str | None:
                 v.encode()
             except UnicodeEncodeError:
                 return "not valid Unicode (lone surrogate)"
-    elif isinstance(v, float) and not math.isfinite(v):
-        return "not a finite number"
+    elif isinstance(v, float):
+        if not math.isfinite(v):
+            return "not a finite number"
+    elif isinstance(v, int) and not _INT_MIN <= v < _INT_MAX:
+        return "outside the 64-bit integer range"
     return None
+
+
+def not_scalar(v: Any) -> str | None:
+    """Why `v` is not a value a row or a query may hold, or None if it is one.
+
+    A value is null, a boolean, a number (a 64-bit int or a finite float) or
+    a string of valid Unicode.
+    """
+    if v is not None and not isinstance(v, str | int | float):
+        return "must be a string, number, boolean or null"
+    return unstorable(v)
+
+
+def check_name(field: str, value: Any, error: type[InvalidQuery] | type[InvalidRow]) -> None:
+    """Raise `error` naming `field` unless `value` is a non-empty string of valid Unicode.
+
+    For tenants, entities and row ids: None is not the name "None", 5 is not "5".
+    """
+    if not isinstance(value, str) or not value:
+        raise error(field, value, "must be a non-empty string")
+    if (why := unstorable(value)) is not None:
+        raise error(field, value, why)
+
+
+def check_free_row(row: Any, field: str = "row") -> dict[str, Any]:
+    """A row of an undeclared entity as a dict, or `InvalidRow` naming the bad field.
+
+    It must be an object whose keys are strings of valid Unicode and whose
+    values are scalars (`not_scalar`): no nesting, nothing that cannot be
+    stored and read back.
+    """
+    if not isinstance(row, Mapping):
+        raise InvalidRow(field, row, "must be an object (a delete is `delete`)")
+    vals = dict(row)
+    for col, v in vals.items():
+        if not isinstance(col, str):
+            why: str | None = "column names are strings"
+        elif (why := unstorable(col)) is not None:
+            why = f"column name {why}"
+        else:
+            why = not_scalar(v)
+        if why is not None:
+            raise InvalidRow(f"{field}.{printable(col)}", v, why)
+    return vals
 
 
 def printable(name: Any) -> str:
@@ -138,32 +212,58 @@ class Cond(BaseModel):
 
 
 def _check_cond(c: Cond, at: str) -> None:
-    """Raise `InvalidQuery` unless `c` carries exactly what its operator needs."""
-    if c.op in _GROUP_OPS:
-        if not c.args:
-            raise InvalidQuery(f"{at}.args", c.args, f"`{c.op}` needs at least one condition")
+    """Raise `InvalidQuery` unless `c` carries exactly what its operator needs.
+
+    A field the operator does not take must be absent (or null): `eq` takes
+    one `value`, `in`/`not_in` a list of `values`, `is_null`/`is_not_null`
+    neither, `or`/`and` only `args`.
+    """
+    op = c.op
+    if op in _GROUP_OPS:
         if c.column is not None:
-            raise InvalidQuery(f"{at}.column", c.column, f"`{c.op}` takes no column")
+            raise InvalidQuery(f"{at}.column", c.column, f"`{op}` takes no column")
+        _takes_no(c, at, "value", "values")
+        if not isinstance(c.args, list) or not c.args:
+            raise InvalidQuery(f"{at}.args", c.args, f"`{op}` needs at least one condition")
+        for i, a in enumerate(c.args):
+            if not isinstance(a, Cond):
+                raise InvalidQuery(f"{at}.args.{i}", a, "must be a condition")
         return
-    if not c.column:
-        raise InvalidQuery(f"{at}.column", c.column, f"`{c.op}` needs a column")
+    if not isinstance(c.column, str) or not c.column:
+        raise InvalidQuery(f"{at}.column", c.column, f"`{op}` needs a column (a non-empty string)")
     if c.args is not None:
-        raise InvalidQuery(f"{at}.args", c.args, f"`{c.op}` takes no nested conditions")
-    if c.op in _LIST_OPS:
-        if not c.values:
-            raise InvalidQuery(f"{at}.values", c.values, f"`{c.op}` needs at least one value")
+        raise InvalidQuery(f"{at}.args", c.args, f"`{op}` takes no nested conditions")
+    if op in _LIST_OPS:
+        _takes_no(c, at, "value")
+        if not isinstance(c.values, list) or not c.values:
+            why = f"`{op}` needs a list of at least one value"
+            raise InvalidQuery(f"{at}.values", c.values, why)
         if any(v is None for v in c.values):
             raise InvalidQuery(f"{at}.values", c.values, "null never matches; use is_null")
-    elif c.op in _COMPARE_OPS:
+    elif op in _COMPARE_OPS:
+        _takes_no(c, at, "values")
         if c.value is None:
-            raise InvalidQuery(f"{at}.value", c.value, f"`{c.op}` with null; use is_null")
-        if c.op in ("like", "ilike") and not isinstance(c.value, str):
-            raise InvalidQuery(f"{at}.value", c.value, f"`{c.op}` needs a string pattern")
+            raise InvalidQuery(f"{at}.value", c.value, f"`{op}` with null; use is_null")
+        if op in ("like", "ilike") and not isinstance(c.value, str):
+            raise InvalidQuery(f"{at}.value", c.value, f"`{op}` needs a string pattern")
+    else:
+        _takes_no(c, at, "value", "values")
     # Inside validation the fields' own validators have checked these already;
     # the constructors (`eq`, …) come here first.
-    for field, v in [("column", c.column), *_operands(c)]:
-        if (why := unstorable(v)) is not None:
-            raise InvalidQuery(f"{at}.{field}", v, why)
+    bad = unstorable(c.column)
+    if bad is not None:
+        raise InvalidQuery(f"{at}.column", c.column, bad)
+    for field, v in _operands(c):
+        bad = not_scalar(v)
+        if bad is not None:
+            raise InvalidQuery(f"{at}.{field}", v, bad)
+
+
+def _takes_no(c: Cond, at: str, *fields: str) -> None:
+    for field in fields:
+        v = getattr(c, field)
+        if v is not None:
+            raise InvalidQuery(f"{at}.{field}", v, f"`{c.op}` takes no `{field}`")
 
 
 def _operands(c: Cond) -> list[tuple[str, Any]]:
@@ -171,6 +271,35 @@ def _operands(c: Cond) -> list[tuple[str, Any]]:
     if c.values is None:
         return [("value", c.value)]
     return [(f"values.{i}", v) for i, v in enumerate(c.values)]
+
+
+def _depth(c: Cond) -> int:
+    """How deep groups nest in `c` (a condition 0, a group of conditions 1); iterative."""
+    most = 0
+    stack = [(c, 0)]
+    while stack:
+        x, d = stack.pop()
+        if x.args is not None:
+            d += 1
+            most = max(most, d)
+            stack += [(a, d) for a in x.args if isinstance(a, Cond)]
+    return most
+
+
+def check_depth(where: Iterable[Cond], at: str = "where") -> None:
+    """Raise `InvalidQuery` naming the first group nested deeper than `MAX_DEPTH`.
+
+    Iterative, so a query built without validation, nested any depth, is
+    refused rather than overflowing a stack (or Python's parser, which the
+    filter compiler uses).
+    """
+    stack = [(c, f"{at}.{i}", 1) for i, c in reversed(list(enumerate(where)))]
+    while stack:
+        c, path, d = stack.pop()
+        if c.args is not None:
+            if d > MAX_DEPTH:
+                raise InvalidQuery(path, d, f"groups nest at most {MAX_DEPTH} deep")
+            stack += [(a, f"{path}.args.{i}", d + 1) for i, a in reversed(list(enumerate(c.args)))]
 
 
 def _cond(op: CondOp, column: str | None = None, **kw: Any) -> Cond:
@@ -181,45 +310,52 @@ def _cond(op: CondOp, column: str | None = None, **kw: Any) -> Cond:
 
 
 def eq(column: str, value: Scalar) -> Cond:
-    """`column = value`."""
+    """`column = value` (false when the column holds another type, or null)."""
     return _cond("eq", column, value=value)
 
 
 def ne(column: str, value: Scalar) -> Cond:
-    """`column <> value` (false on null)."""
+    """`column <> value`: true for a value of another type, false on null."""
     return _cond("ne", column, value=value)
 
 
 def gt(column: str, value: Scalar) -> Cond:
-    """`column > value`."""
+    """`column > value` (false when the column holds another type, or null)."""
     return _cond("gt", column, value=value)
 
 
 def gte(column: str, value: Scalar) -> Cond:
-    """`column >= value`."""
+    """`column >= value` (false when the column holds another type, or null)."""
     return _cond("gte", column, value=value)
 
 
 def lt(column: str, value: Scalar) -> Cond:
-    """`column < value`."""
+    """`column < value` (false when the column holds another type, or null)."""
     return _cond("lt", column, value=value)
 
 
 def lte(column: str, value: Scalar) -> Cond:
-    """`column <= value`."""
+    """`column <= value` (false when the column holds another type, or null)."""
     return _cond("lte", column, value=value)
+
+
+def _value_list(op: str, values: Any) -> list[Any]:
+    if isinstance(values, set | frozenset):
+        return sorted(values, key=repr)
+    if isinstance(values, list | tuple):
+        return list(values)
+    # A string is not a list of its characters.
+    raise InvalidQuery("where.values", values, f"`{op}` needs a list of values")
 
 
 def in_(column: str, values: list[Scalar] | tuple[Scalar, ...] | set[Scalar]) -> Cond:
     """`column IN (values…)`; an empty list is an error."""
-    vals = sorted(values, key=repr) if isinstance(values, set) else list(values)
-    return _cond("in", column, values=vals)
+    return _cond("in", column, values=_value_list("in", values))
 
 
 def not_in(column: str, values: list[Scalar] | tuple[Scalar, ...] | set[Scalar]) -> Cond:
-    """`column NOT IN (values…)` (false on null)."""
-    vals = sorted(values, key=repr) if isinstance(values, set) else list(values)
-    return _cond("not_in", column, values=vals)
+    """`column NOT IN (values…)`: true for a value of another type, false on null."""
+    return _cond("not_in", column, values=_value_list("not_in", values))
 
 
 def like(column: str, pattern: str) -> Cond:
@@ -243,12 +379,25 @@ def is_not_null(column: str) -> Cond:
 
 
 def _group(op: CondOp, conds: tuple[Cond | list[Cond], ...]) -> Cond:
-    args = [and_(*c) if isinstance(c, list) else c for c in conds]
+    args: list[Any] = []
+    for i, c in enumerate(conds):
+        if isinstance(c, list):
+            c = and_(*c)
+        if not isinstance(c, Cond):
+            raise InvalidQuery(f"where.args.{i}", c, "must be a condition (or a list of them)")
+        args.append(c)
+    depth = 1 + max((_depth(a) for a in args), default=0)
+    if depth > MAX_DEPTH:
+        raise InvalidQuery("where", depth, f"groups nest at most {MAX_DEPTH} deep")
     return _cond(op, None, args=args)
 
 
 def or_(*conds: Cond | list[Cond]) -> Cond:
-    """Any of `conds`; a list inside stands for the AND of its members."""
+    """Any of `conds`; a list inside stands for the AND of its members.
+
+    A member that cannot be decided (it compares a value of another type) is
+    false on its own: the order of the members never changes the answer.
+    """
     return _group("or", conds)
 
 
@@ -268,10 +417,18 @@ class LiveQuery(BaseModel):
     cursor: Cursor | None = Field(None, description="Start strictly after this position.")
     mode: Literal["maintained", "streamed"] = Field("maintained", description="Delivery mode.")
 
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _no_bool_limit(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # pydantic would take True for 1
+            raise InvalidQuery("limit", v, "must be an integer")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> LiveQuery:
         if self.limit <= 0:
             raise InvalidQuery("limit", self.limit, "must be greater than 0")
+        check_depth(self.where)
         if self.cursor is not None:
             want = len(self.sort) + 1
             if len(self.cursor.values) != want:
@@ -289,10 +446,30 @@ class LiveQuery(BaseModel):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
     def moved(self, cursor: Cursor | None, limit: int) -> LiveQuery:
-        """The same query at another keyset position and size (validated: a bad limit raises)."""
+        """The same query at another keyset position and size.
+
+        Raises `InvalidQuery` naming `cursor` or `limit` when they do not fit.
+        """
+        if cursor is not None and not isinstance(cursor, Cursor):
+            raise InvalidQuery("cursor", cursor, "must be a Cursor or None")
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise InvalidQuery("limit", limit, "must be an integer")
         fields = self.model_dump()
         fields.update(cursor=cursor.model_dump() if cursor is not None else None, limit=limit)
-        return LiveQuery.model_validate(fields)
+        try:
+            return LiveQuery.model_validate(fields)
+        except ValidationError as e:
+            raise invalid_query(e) from e
+
+
+def invalid_query(e: ValidationError) -> InvalidQuery:
+    """pydantic's error about a query as `InvalidQuery` (its first error, its field path)."""
+    err = e.errors()[0]
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, InvalidQuery):
+        return cause
+    where = ".".join(str(x) for x in err["loc"]) or "query"
+    return InvalidQuery(where, err.get("input"), err["msg"])
 
 
 class DeltaOp(enum.StrEnum):
@@ -308,7 +485,7 @@ class DeltaOp(enum.StrEnum):
 
 
 class LiveDelta(BaseModel):
-    """One change to a client's list (see DESIGN §1 for each op)."""
+    """One change to a client's list (each op: docs/architecture.md#what-a-client-gets)."""
 
     model_config = ConfigDict(frozen=True)
     op: DeltaOp
@@ -334,7 +511,7 @@ class Row(BaseModel):
 
 
 class Change(BaseModel):
-    """One write, as the feed delivers it (DESIGN §4 event fields)."""
+    """One write, as the feed delivers it (event fields: docs/redis.md#events)."""
 
     model_config = ConfigDict(frozen=True)
     tenant: str
@@ -440,6 +617,36 @@ class EntitySpec(BaseModel):
         for field, v in _operands(c):
             if v is not None and not _fits(kind, v):
                 raise InvalidQuery(f"{at}.{field}", v, f"expected {kind} for {col!r}")
+
+
+def check_expected(expected: Any) -> None:
+    """Raise `InvalidRow` unless an expected version is None or an int >= 0."""
+    if expected is not None and (
+        isinstance(expected, bool) or not isinstance(expected, int) or expected < 0
+    ):
+        raise InvalidRow("expected_version", expected, "must be an int >= 0")
+
+
+def check_read(tenant: Any, query: Any, after: Any, limit: Any) -> None:
+    """Raise `InvalidQuery` naming the argument of a store read that does not fit.
+
+    `tenant` a non-empty string, `query` a `LiveQuery` (groups at most
+    `MAX_DEPTH` deep), `after` None or a `Cursor` of one value per sort key
+    then the id, `limit` an int > 0.
+    """
+    check_name("tenant", tenant, InvalidQuery)
+    if not isinstance(query, LiveQuery):
+        raise InvalidQuery("query", query, "must be a LiveQuery")
+    check_depth(query.where)
+    if after is not None:
+        if not isinstance(after, Cursor):
+            raise InvalidQuery("after", after, "must be a Cursor or None")
+        want = len(query.sort) + 1
+        if len(after.values) != want or not isinstance(after.values[-1], str):
+            why = f"needs {want} values (one per sort key, then the id, a string)"
+            raise InvalidQuery("after.values", after.values, why)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise InvalidQuery("limit", limit, "must be an integer greater than 0")
 
 
 def check_against(specs: dict[str, EntitySpec], query: LiveQuery) -> None:

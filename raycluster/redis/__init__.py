@@ -2,37 +2,49 @@
 
 Implements the core's ports (`Snapshotter`, `Refiller`, `Feed`) and the
 cluster's (membership, control bus, delta bus, registry) over one Redis 6.2+
-server, with redis-py's asyncio client. `local_redis()` starts a private
-server for tests and for a tier with no Redis configured;
+server or a Redis Cluster, with redis-py's asyncio client. `local_redis()`
+starts a private server for tests and for a tier with no Redis configured;
 `local_redis_cluster()` a private Redis Cluster for tests and the demo.
+
+Importing the package loads only its settings (pydantic); everything else
+(redis-py, the scripts, the local server launchers) loads on first use of
+its name.
 """
 
-from .buses import (
-    BusStats,
-    ControlMessage,
-    ControlPairs,
-    ControlStream,
-    DeltaStream,
-    RedisControlBus,
-    RedisDeltaBus,
-)
-from .errors import RedisCommandError, RedisUnavailable
-from .feed import FeedStats, RedisFeed
-from .fencing import RedisFencing
-from .local import (
-    LocalRedis,
-    LocalRedisError,
-    local_redis,
-    local_redis_for_process,
-    redis_server_binary,
-    redis_url_or_local,
-)
-from .local_cluster import ClusterNode, LocalRedisCluster, local_redis_cluster
-from .membership import RedisMembership
-from .registry import RedisRegistry, Registration
+from typing import TYPE_CHECKING
+
+from raycluster._lazy import lazy_attributes
+
 from .settings import RedisSettings
-from .store import RedisStore
-from .writer import Outcome, Writer
+
+if TYPE_CHECKING:
+    from ._client import make_client
+    from .buses import (
+        BusStats,
+        ControlMessage,
+        ControlPairs,
+        ControlStream,
+        DeltaStream,
+        RedisControlBus,
+        RedisDeltaBus,
+    )
+    from .errors import RedisCommandError, RedisUnavailable
+    from .feed import FeedStats, RedisFeed
+    from .fencing import RedisFencing
+    from .local import (
+        LocalRedis,
+        LocalRedisError,
+        local_redis,
+        local_redis_for_process,
+        redis_server_binary,
+        redis_url_or_local,
+    )
+    from .local_cluster import ClusterNode, LocalRedisCluster, local_redis_cluster
+    from .membership import RedisMembership
+    from .registry import RedisRegistry, Registration
+    from .secrets import SharedSecrets
+    from .store import RedisStore
+    from .writer import Outcome, Writer
 
 __all__ = (
     "BusStats",
@@ -57,10 +69,46 @@ __all__ = (
     "RedisStore",
     "RedisUnavailable",
     "Registration",
+    "SharedSecrets",
     "Writer",
     "local_redis",
     "local_redis_cluster",
     "local_redis_for_process",
+    "make_client",
     "redis_server_binary",
     "redis_url_or_local",
 )
+
+_LAZY = {
+    "make_client": "._client",
+    "BusStats": ".buses",
+    "ControlMessage": ".buses",
+    "ControlPairs": ".buses",
+    "ControlStream": ".buses",
+    "DeltaStream": ".buses",
+    "RedisControlBus": ".buses",
+    "RedisDeltaBus": ".buses",
+    "RedisCommandError": ".errors",
+    "RedisUnavailable": ".errors",
+    "FeedStats": ".feed",
+    "RedisFeed": ".feed",
+    "RedisFencing": ".fencing",
+    "LocalRedis": ".local",
+    "LocalRedisError": ".local",
+    "local_redis": ".local",
+    "local_redis_for_process": ".local",
+    "redis_server_binary": ".local",
+    "redis_url_or_local": ".local",
+    "ClusterNode": ".local_cluster",
+    "LocalRedisCluster": ".local_cluster",
+    "local_redis_cluster": ".local_cluster",
+    "RedisMembership": ".membership",
+    "RedisRegistry": ".registry",
+    "Registration": ".registry",
+    "SharedSecrets": ".secrets",
+    "RedisStore": ".store",
+    "Outcome": ".writer",
+    "Writer": ".writer",
+}
+
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Self
@@ -22,7 +21,6 @@ from .errors import UNREACHABLE
 from .settings import RedisSettings
 
 __all__ = (
-    "Backoff",
     "Client",
     "ClientComponent",
     "ClusterClient",
@@ -93,11 +91,21 @@ Client = aioredis.Redis | RedisCluster
 
 
 def _command_retry(settings: RedisSettings) -> Retry:
-    """A command client's retry of a dropped connection (with backoff)."""
+    """A command client's retry of a dropped connection (with backoff).
+
+    A timeout is not retried: a server that accepts but never answers would
+    make a command wait `command_retries + 1` timeouts (the cluster client
+    does not retry one either). Nor is a refused password: a retry sends the
+    same one.
+    """
     backoff = ExponentialWithJitterBackoff(
         base=settings.reconnect_min_s, cap=settings.reconnect_max_s
     )
-    return Retry(backoff, settings.command_retries)
+    return Retry(backoff, settings.command_retries, is_retryable=_retryable)
+
+
+def _retryable(error: Exception) -> bool:
+    return not isinstance(error, rx.TimeoutError | rx.AuthenticationError)
 
 
 class ClusterClient(RedisCluster):
@@ -147,7 +155,12 @@ class ClusterClient(RedisCluster):
             try:
                 return await super(ClusterClient, self).initialize(*args, **kw)
             except rx.RedisClusterException as e:
-                if isinstance(e.__cause__, UNREACHABLE):
+                cause = e.__cause__
+                if isinstance(cause, rx.AuthenticationError):  # its own error: not "unavailable"
+                    raise rx.AuthenticationError(str(cause)) from e
+                if isinstance(cause, rx.TimeoutError):
+                    raise rx.TimeoutError(str(e)) from e  # (not retried)
+                if isinstance(cause, UNREACHABLE):
                     raise rx.ConnectionError(str(e)) from e
                 raise
 
@@ -155,7 +168,7 @@ class ClusterClient(RedisCluster):
             return self
         for node in self.nodes_manager.nodes_cache.values():  # (a refresh may drop some)
             self._known[id(node)] = node
-        return await self.retry.call_with_retry(once, _no_op, _not_a_timeout)
+        return await self.retry.call_with_retry(once, _no_op, _retryable)
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -233,10 +246,6 @@ _CLUSTER_CONNECTIONS: dict[Any, type[Connection]] = {
 
 async def _no_op(error: Exception) -> None:
     pass
-
-
-def _not_a_timeout(error: Exception) -> bool:
-    return not isinstance(error, rx.TimeoutError)
 
 
 _STREAM_READS = frozenset({"XREAD", "XREADGROUP"})
@@ -321,25 +330,6 @@ def make_client(
         **_connection_class(url),
     )
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
-
-
-class Backoff:
-    """Exponential backoff with jitter between reconnect attempts."""
-
-    def __init__(self, min_s: float, max_s: float) -> None:
-        self.min_s = min_s
-        self.max_s = max_s
-        self._next_s = min_s
-
-    def reset(self) -> None:
-        """After a success: the next failure waits the minimum again."""
-        self._next_s = self.min_s
-
-    async def sleep(self) -> None:
-        """Wait the current delay (with jitter), then double it up to the ceiling."""
-        delay_s = self._next_s * (0.5 + random.random() / 2)
-        self._next_s = min(self._next_s * 2, self.max_s)
-        await asyncio.sleep(delay_s)
 
 
 async def interruptible(coro: Awaitable[Any], wake: asyncio.Event) -> tuple[bool, Any]:

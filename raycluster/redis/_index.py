@@ -32,13 +32,12 @@ from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple
 
 from raycluster.cluster.keys import Keys
-from raycluster.livequery.models import EntitySpec, Scalar, unstorable
+from raycluster.livequery.models import EntitySpec, Scalar
 
 __all__ = (
     "LEX_NULL",
     "Layout",
     "canon",
-    "check_scalar",
     "count_field",
     "eq_ranges",
     "lex_encode",
@@ -54,7 +53,8 @@ def canon(v: Scalar) -> str:
     """The canonical text of a value in a value-index key.
 
     Values Python considers equal (True, 1, 1.0) share one text, so an index
-    lookup finds exactly what the compiled predicate would accept.
+    lookup finds every row the compiled predicate accepts (and, for a `true`
+    among numbers, a few it refuses: a bool is not a number).
     """
     if v is None:
         return "null"
@@ -95,7 +95,8 @@ def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
 
 def eq_ranges(how: str, values: Iterable[Any]) -> list[tuple[bytes, bytes]]:
     """Range bounds, in a column index of kind `how`, holding every row whose value
-    equals (Python `==`) one of `values`, and nothing else (but float-equal ints).
+    equals one of `values`, and few others (the predicate refuses those): ints
+    equal as doubles (beyond 2**53), `true` beside `1` in a filter index.
 
     `how`: `n` numeric sort index (ZRANGEBYSCORE), `l` lexical sort index or
     `f` filter index (both ZRANGEBYLEX). A value that no row of that index
@@ -164,8 +165,8 @@ class Layout:
         self._fast = {c: _FAST_TYPES[t] for c, t in spec.columns.items()}
 
     def valid(self, row: dict[str, Any]) -> bool:
-        """True when `row` surely passes `EntitySpec.check_row` and `check_scalar`
-        (plain types, ASCII strings, finite floats, 64-bit ints); False: check slowly."""
+        """True when `row` surely passes `EntitySpec.check_row` (plain types, ASCII
+        strings, finite floats, 64-bit ints); False: check slowly."""
         fast = self._fast
         for col, v in row.items():
             t = type(v)
@@ -195,7 +196,7 @@ class Layout:
         plan = self._plans.get(tenant)
         if plan is None:
             plan = self._plan(tenant)
-        if not plan:
+        if not plan or not ids:  # (a call of deletes only has no rows)
             return [b""] * len(ids), []
         idbs = [i.encode() for i in ids]
         n = len(idbs)
@@ -271,12 +272,3 @@ def _mp_array(n: int) -> bytes:
     if n < 0x10000:
         return b"\xdc" + n.to_bytes(2, "big")
     return b"\xdd" + n.to_bytes(4, "big")
-
-
-def check_scalar(v: Any) -> str | None:
-    """Why a value cannot be stored, or None when it can."""
-    if v is not None and not isinstance(v, str | int | float):
-        return "must be a string, number, boolean or null"
-    if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
-        return "outside the 64-bit integer range"
-    return unstorable(v)

@@ -29,10 +29,11 @@ from typing import Any, Self, TypeVar
 import redis.exceptions as rx
 from pydantic import BaseModel, ValidationError
 
+from raycluster._tasks import Backoff, checkpoint
 from raycluster.cluster.protocol import Control
 
-from ._client import Backoff, ReadGate, interruptible, make_client, resolve_url
-from .errors import UNREACHABLE, translate_errors
+from ._client import ReadGate, interruptible, make_client, resolve_url
+from .errors import REFUSED, UNREACHABLE, refused, translate_errors
 from .settings import RedisSettings
 
 __all__ = (
@@ -107,6 +108,15 @@ class _Bus:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    async def _append(self, stream: str, field: bytes, payload: str, maxlen: int, to: str) -> str:
+        """XADD one message (bounded `maxlen ~`) to `stream`; its stream id."""
+        with translate_errors(f"send to {to}"):
+            sid: Any = await self._client.xadd(
+                stream, {field: payload}, maxlen=maxlen, approximate=True
+            )
+        self.stats.sent += 1
+        return str(sid.decode())
 
     async def aclose(self) -> None:
         """Close every reader this bus opened, then the connections."""
@@ -184,6 +194,7 @@ class ControlStream(_Reader):
 
     async def __anext__(self) -> ControlMessage:
         while not self._buf:
+            checkpoint()
             if self._closed:
                 raise StopAsyncIteration
             async with self._gate.busy():
@@ -217,6 +228,8 @@ class ControlStream(_Reader):
             if done and resp:
                 await self._take(resp[0][1])
             self._backoff.reset()
+        except REFUSED as e:
+            raise refused(f"read {self._key}", e) from e
         except UNREACHABLE as e:  # (first: a cluster between masters answers ResponseErrors)
             # Entries delivered on the lost connection are pending now: re-read them.
             self._pending_from = "0"
@@ -328,15 +341,8 @@ class RedisControlBus(_Bus):
     ) -> str:
         """`send_control`, returning the message's stream id."""
         body = _json(control if isinstance(control, BaseModel) else dict(control))
-        with translate_errors(f"send control to {shard_id}"):
-            sid: Any = await self._client.xadd(
-                self.keys.ctrl_stream(shard_id),
-                {_BODY: body},
-                maxlen=self.settings.ctrl_maxlen,
-                approximate=True,
-            )
-        self.stats.sent += 1
-        return str(sid.decode())
+        stream = self.keys.ctrl_stream(shard_id)
+        return await self._append(stream, _BODY, body, self.settings.ctrl_maxlen, shard_id)
 
     def control(self, shard_id: str, *, consumer: str | None = None) -> ControlStream:
         """The control messages of `shard_id` as `ControlMessage`s (body: the JSON object).
@@ -398,6 +404,7 @@ class DeltaStream(_Reader):
 
     async def __anext__(self) -> list[Any]:
         while not self._buf:
+            checkpoint()
             if self._closed:
                 raise StopAsyncIteration
             async with self._gate.busy():
@@ -422,6 +429,8 @@ class DeltaStream(_Reader):
                 self._wake,
             )
             self._backoff.reset()
+        except REFUSED as e:
+            raise refused(f"read {self._key}", e) from e
         except UNREACHABLE as e:
             await self._lost(e)
             return
@@ -458,16 +467,9 @@ class RedisDeltaBus(_Bus):
 
     async def send_id(self, gateway_id: str, frames: Sequence[Any]) -> str:
         """`send`, returning the batch's stream id."""
+        stream = self.keys.delta_channel(gateway_id)
         payload = _json(list(frames))
-        with translate_errors(f"send deltas to {gateway_id}"):
-            sid: Any = await self._client.xadd(
-                self.keys.delta_channel(gateway_id),
-                {_FRAMES: payload},
-                maxlen=self.settings.delta_maxlen,
-                approximate=True,
-            )
-        self.stats.sent += 1
-        return str(sid.decode())
+        return await self._append(stream, _FRAMES, payload, self.settings.delta_maxlen, gateway_id)
 
     async def drop(self, gateway_id: str) -> None:
         """Delete a gateway's delta stream (it closed, or it is gone for good)."""

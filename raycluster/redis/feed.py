@@ -15,20 +15,20 @@ jump in that number means the stream was trimmed past this feed's position
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from raycluster._tasks import cancel_and_wait
+from raycluster._tasks import Backoff, TaskSet, checkpoint
 from raycluster.cluster.routing import PARTITIONS
 from raycluster.errors import ClosedError
 from raycluster.livequery.models import Change, trusted
 from raycluster.livequery.ports import FeedBatch, pos_key
 
-from ._client import Backoff, ReadGate, interruptible, make_client, resolve_url
-from .errors import UNREACHABLE, translate_errors
+from ._client import ReadGate, interruptible, make_client, resolve_url
+from ._rows import decode_row
+from .errors import REFUSED, UNREACHABLE, refused, translate_errors
 from .scripts import STREAM_HEAD
 from .settings import RedisSettings
 
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _OPS = {b"upsert": "upsert", b"delete": "delete"}
-# json.loads(bytes) sniffs the encoding on every call; rows are UTF-8 by contract.
-_json_decode = json.JSONDecoder().decode
 
 
 @dataclass(slots=True)
@@ -89,8 +87,8 @@ class RedisFeed:
         self._closed = False
         self._gate = ReadGate(self._blocking)
         # Redis Cluster: one reader per stream hands its entries over here.
-        self._tails: dict[str, asyncio.Task[None]] = {}
-        self._retired: set[asyncio.Task[None]] = set()  # tails of removed streams, ending
+        self._tails: dict[str, asyncio.Task[None]] = {}  # by stream (those ending are in
+        self._tail_tasks = TaskSet("feed")  # `_tail_tasks` until they have ended)
         self._arrived: list[tuple[str, list[Any], asyncio.Event]] = []
         self._arrival = asyncio.Event()
 
@@ -117,9 +115,7 @@ class RedisFeed:
         """Stop: a reader's iteration ends; connections are closed."""
         self._closed = True
         self._changed.set()
-        await cancel_and_wait(
-            [*self._tails.values(), *self._retired], self.settings.socket_timeout_s
-        )
+        await self._tail_tasks.aclose(self.settings.socket_timeout_s)
         await self._gate.close(self.settings.socket_timeout_s)
         await self._client.aclose()
 
@@ -156,6 +152,7 @@ class RedisFeed:
             await self._retrying(self._resolve_missing)
             yield FeedBatch([], dict(self._pos))
             while not self._closed:
+                checkpoint()
                 batch = await self._next_batch()
                 if batch is not None:
                     yield batch
@@ -203,10 +200,13 @@ class RedisFeed:
     async def _retrying(self, step: Callable[[], Awaitable[_T]]) -> _T:
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         while True:
+            checkpoint()
             if self._closed:
                 raise ClosedError("feed is closed")
             try:
                 return await step()
+            except REFUSED as e:
+                raise refused("feed", e) from e
             except UNREACHABLE as e:
                 self.stats.reconnects += 1
                 log.warning("feed: Redis unavailable (%s); retrying", e)
@@ -218,6 +218,7 @@ class RedisFeed:
             return await self._next_gathered()
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         while not self._closed:
+            checkpoint()
             self._changed.clear()
             streams = dict(self._pos)
             try:
@@ -234,6 +235,8 @@ class RedisFeed:
                         ),
                         self._changed,
                     )
+            except REFUSED as e:
+                raise refused("feed", e) from e
             except UNREACHABLE as e:
                 self.stats.reconnects += 1
                 log.warning("feed: read failed (%s); reconnecting", e)
@@ -249,18 +252,18 @@ class RedisFeed:
     async def _next_gathered(self) -> FeedBatch | None:
         """Redis Cluster: what the per-stream readers read since the last batch (an
         empty batch after a block time with none, or at once when the set changed)."""
+        if self._closed:
+            return None
         self._changed.clear()
         for key in self._tails.keys() - self._pos.keys():
-            tail = self._tails.pop(key)
-            tail.cancel()  # its handed-over entries are dropped by _decode
-            self._retired.add(tail)
-            tail.add_done_callback(self._retired.discard)
+            self._tails.pop(key).cancel()  # its handed-over entries are dropped by _decode
         for key, task in list(self._tails.items()):
             if task.done() and not task.cancelled() and task.exception() is not None:
                 del self._tails[key]
                 raise task.exception()  # type: ignore[misc]  # what a read raises, as one XREAD
         for key in self._pos.keys() - self._tails.keys():
-            self._tails[key] = task = asyncio.create_task(self._tail(key, self._pos[key]))
+            task = self._tail_tasks.spawn(self._tail(key, self._pos[key]), f"feed-tail-{key}")
+            self._tails[key] = task
             task.add_done_callback(lambda _: self._arrival.set())
         if not self._arrived:
             self._arrival.clear()
@@ -285,10 +288,13 @@ class RedisFeed:
         pos, taken = start, asyncio.Event()
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         while not self._closed:
+            checkpoint()
             try:
                 resp: Any = await self._blocking.xread(
                     {key: pos}, count=self.settings.feed_count, block=self.settings.feed_block_ms
                 )
+            except REFUSED as e:
+                raise refused("feed", e) from e
             except UNREACHABLE as e:
                 self.stats.reconnects += 1
                 log.warning("feed: read of %s failed (%s); reconnecting", key, e)
@@ -355,7 +361,7 @@ def _int(raw: Any) -> int | None:
 
 
 def _change(source: str, sid: str, f: dict[bytes, bytes] | None) -> Change | None:
-    """Decode one event (DESIGN §4), or None if it is malformed."""
+    """Decode one event (fields: docs/redis.md#events), or None if it is malformed."""
     if not f:
         return None
     try:
@@ -365,8 +371,8 @@ def _change(source: str, sid: str, f: dict[bytes, bytes] | None) -> Change | Non
         tenant, entity, agg_id = f[b"t"].decode(), f[b"e"].decode(), f[b"id"].decode()
         row = None
         if op == "upsert":
-            row = _json_decode(f[b"row"].decode())
-            if not isinstance(row, dict):
+            row = decode_row(f[b"row"])
+            if row is None:
                 return None
         elif op is None:
             return None

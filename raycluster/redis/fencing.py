@@ -1,8 +1,9 @@
-"""`RedisFencing`: the per-partition epoch counters that fence ownership changes (DESIGN §5).
+"""`RedisFencing`: the per-partition epoch counters that fence ownership changes.
 
 A shard that gains partition p claims it (INCR `Keys.epoch(p)`) and stamps
 every frame with that epoch; gateways drop frames older than the newest
 `reset` they saw, so a former owner can never interleave with the new one.
+See docs/architecture.md#ownership-and-fencing.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
+from urllib.parse import quote
 
 import redis
 import redis.exceptions as rx
@@ -105,6 +106,7 @@ class LocalRedis:
     With `cluster_node_timeout_ms` it is a Redis Cluster node (`nodes.conf`
     in its directory; a chosen port has a free bus port, port + 10000) that
     holds no slots until told to: `LocalRedisCluster` forms clusters of them.
+    With `password` the server requires it (`requirepass`); `url` carries it.
     """
 
     def __init__(
@@ -118,7 +120,11 @@ class LocalRedis:
         startup_timeout_s: float = 10.0,
         extra_args: Sequence[str] = (),
         cluster_node_timeout_ms: int | None = None,
+        password: str | None = None,
     ) -> None:
+        if password is not None and (not password or any(c in password for c in " \n\r")):
+            raise LocalRedisError("password must be non-empty, without spaces or newlines")
+        self.password = password
         if cluster_node_timeout_ms is not None and cluster_node_timeout_ms <= 0:
             raise LocalRedisError(
                 f"cluster_node_timeout_ms must be positive, got {cluster_node_timeout_ms!r}"
@@ -157,7 +163,9 @@ class LocalRedis:
 
     @property
     def url(self) -> str:
-        """`redis://127.0.0.1:PORT/0`."""
+        """`redis://127.0.0.1:PORT/0` (with a password: `redis://:PASSWORD@127.0.0.1:PORT/0`)."""
+        if self.password is not None:
+            return f"redis://:{quote(self.password, safe='')}@{_HOST}:{self.port}/0"
         return f"redis://{_HOST}:{self.port}/0"
 
     @property
@@ -208,6 +216,7 @@ class LocalRedis:
             "--logfile", str(log),
             "--loglevel", "warning",
             *self._cluster_args(),
+            *(["--requirepass", self.password] if self.password is not None else []),
             *self.extra_args,
         ]  # fmt: skip
         # Output goes to the log file once the server runs; only startup errors reach the pipe.
@@ -246,10 +255,9 @@ class LocalRedis:
             "--cluster-node-timeout", str(self.cluster_node_timeout_ms),
         ]  # fmt: skip
 
-    @staticmethod
-    def _answers_as(pid: int, port: int) -> bool:
+    def _answers_as(self, pid: int, port: int) -> bool:
         # Only a server reporting *our* child's pid counts: never talk on to a stranger.
-        client = _admin_client(port, connect_timeout_s=0.2, timeout_s=1)
+        client = _admin_client(port, connect_timeout_s=0.2, timeout_s=1, password=self.password)
         try:
             info = client.info("server")
             return int(info.get("process_id", -1)) == pid
@@ -294,7 +302,12 @@ class LocalRedis:
 
 
 def _admin_client(
-    port: int, *, connect_timeout_s: float, timeout_s: float, decode: bool = False
+    port: int,
+    *,
+    connect_timeout_s: float,
+    timeout_s: float,
+    decode: bool = False,
+    password: str | None = None,
 ) -> redis.Redis:
     """A client of one of our local servers that never retries: the callers poll.
 
@@ -308,6 +321,7 @@ def _admin_client(
         socket_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         decode_responses=decode,
+        password=password,
     )
 
 

@@ -1,4 +1,4 @@
-"""`RedisRegistry`: the durable record of every subscription (DESIGN §5, "registry first").
+"""`RedisRegistry`: the durable record of every subscription (docs/architecture.md#registry-first).
 
 One hash per subscription (`Keys.registration`: `json` — the
 `cluster.protocol.Registration` —, `p` partition, `gw` gateway) and two index

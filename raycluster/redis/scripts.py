@@ -9,8 +9,8 @@ Redis Cluster: the write scripts get every key the client can compute in KEYS
 (row hashes, live ids, stream, index counts, event counter); the index keys
 come inside the entries (the new ones from the client, the old ones from the
 row's stored `ix`), and READ builds row keys from a prefix. All of them belong
-to one (tenant, entity), and in their cluster form (`Keys(cluster=True)`,
-DESIGN §7b) they and the partition's stream and event counter share the
+to one (tenant, entity), and in their cluster form (`Keys(cluster=True)`;
+docs/redis.md#redis-cluster) they and the partition's stream and event counter share the
 partition's hash tag, so each call touches one slot (keys not in KEYS are
 then in the slot of those that are, which Redis Cluster allows).
 
@@ -114,38 +114,83 @@ local function reindex(old_blob, new_blob, agg_id, adds)
     if adds then mark_missing(new, old, agg_id, true) end
   end
 end
--- One write of a row whose state is `cur` (its HMGET v ix); `adds` as in reindex.
--- Returns status (`ok` | `conflict` | `noop`), version, stream id.
+-- A call first reads and plans, then checks every key it is about to write
+-- (`check_types`), and only then writes (`commit`, `finish`): a call that fails
+-- (a key of another type, a corrupt counter) fails before it wrote anything.
+-- Row states as the call's planned writes leave them (an id written twice in
+-- one call meets its first write), read with HMGET on first use.
+local states = {}
+local function state_of(row_key)
+  local s = states[row_key]
+  if not s then s = call('HMGET', row_key, 'v', 'ix'); states[row_key] = s end
+  return s
+end
+-- The planned writes, in order: {row key, op, version, id, row, entries, event number}.
+local planned = {}
+-- The partition's event counter (a call that cannot read it writes nothing).
+local function read_seq()
+  local t = call('TYPE', seq_key)['ok']
+  local x = (t == 'none' and 0) or (t == 'string' and tonumber(call('GET', seq_key)))
+  if not x then error(seq_key .. ' holds no event counter (a ' .. t .. '); nothing written') end
+  return x
+end
+-- Plan one write of a row whose state is `cur` (its HMGET v ix); `adds` as in
+-- reindex. Returns status (`ok` | `conflict` | `noop`) and version.
 local function write(row_key, cur, op, expected, agg_id, row, new_blob, adds)
   local version = tonumber(cur[1] or '0')
   if expected ~= '' and tonumber(expected) ~= version then
-    return 'conflict', version, ''
+    return 'conflict', version
   end
   -- A live row always has `ix` (possibly empty); a deleted one keeps only `v`.
   if op == 'delete' and not cur[2] then
-    return 'noop', version, ''
+    return 'noop', version
   end
   if op == 'delete' then new_blob = '' end
   reindex(cur[2], new_blob, agg_id, adds)
   version = version + 1
   local v = tostring(version)
-  if not n then n = tonumber(call('GET', seq_key) or '0') end
+  if not n then n = read_seq() end
   n = n + 1
-  local live, sid = zsets[ids_key], nil
+  local live = zsets[ids_key]
   if not live then live = {}; zsets[ids_key] = live end
-  if op == 'delete' then
-    call('HSET', row_key, 'v', v)
-    call('HDEL', row_key, 'row', 'ix')
-    live[agg_id] = false
-    sid = call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
-      'v', v, 'op', 'delete', 'at', now_ms, 'n', n)
-  else
-    call('HSET', row_key, 'v', v, 'row', row, 'ix', new_blob)
-    live[agg_id] = '0'
-    sid = call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
-      'v', v, 'op', 'upsert', 'row', row, 'at', now_ms, 'n', n)
+  live[agg_id] = op ~= 'delete' and '0'
+  planned[#planned + 1] = {row_key, op, v, agg_id, row, new_blob, n}
+  states[row_key] = {v, op ~= 'delete' and new_blob}
+  return 'ok', version
+end
+-- An error message if a key the call writes holds another type than its
+-- commands need (`extra`: more sorted sets), else nil.
+local function check_types(extra)
+  local want = {[ids_key] = 'zset', [stream_key] = 'stream', [counts_key] = 'hash',
+    [seq_key] = 'string'}
+  for key in pairs(zsets) do want[key] = 'zset' end
+  for key in pairs(sets) do want[key] = 'set' end
+  for _, key in ipairs(extra or {}) do want[key] = 'zset' end
+  for key, t in pairs(want) do
+    local got = call('TYPE', key)['ok']
+    if got ~= 'none' and got ~= t then
+      return 'WRONGTYPE ' .. key .. ' holds a ' .. got .. ', not a ' .. t .. '; nothing written'
+    end
   end
-  return 'ok', version, sid
+  return nil
+end
+-- Make the planned writes: each row's hash and its event. Returns the stream ids.
+local function commit()
+  local sids = {}
+  for i, w in ipairs(planned) do
+    local row_key, op, v, agg_id, row, blob, en = w[1], w[2], w[3], w[4], w[5], w[6], w[7]
+    if op == 'delete' then
+      call('HSET', row_key, 'v', v)
+      call('HDEL', row_key, 'row', 'ix')
+      sids[i] = call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
+        'v', v, 'op', 'delete', 'at', now_ms, 'n', en)
+    else
+      call('HSET', row_key, 'v', v, 'row', row, 'ix', blob)
+      sids[i] = call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
+        'v', v, 'op', 'upsert', 'row', row, 'at', now_ms, 'n', en)
+    end
+  end
+  return sids
 end
 -- `cmd key args…`, a few thousand arguments per call (Lua's stack bound).
 local function bulk(cmd, key, args)
@@ -188,9 +233,15 @@ WRITE = (
     + r"""
 ids_key, stream_key, counts_key, seq_key = KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 tenant, entity, maxlen = ARGV[3], ARGV[4], ARGV[7]
-local status, version, sid = write(KEYS[1], call('HMGET', KEYS[1], 'v', 'ix'), ARGV[1],
+local status, version = write(KEYS[1], state_of(KEYS[1]), ARGV[1],
   ARGV[2], ARGV[5], ARGV[6], ARGV[8] or '', true)
-finish()
+local sid = ''
+if status == 'ok' then
+  local err = check_types()
+  if err then return redis.error_reply(err) end
+  sid = commit()[1]
+  finish()
+end
 return {status, version, sid}
 """
 )
@@ -223,8 +274,15 @@ partition's hash tag on Redis Cluster.
 
 Returns `{status, version, stream id}`: `ok` (written at `version`),
 `conflict` (expected version differs; `version` is the current one, nothing
-written) or `noop` (delete of a missing row; nothing written). The event's
-fields are DESIGN §4's (`t e id v op row at`) plus `n`, the partition's
+written) or `noop` (delete of a missing row; nothing written).
+
+It checks before it writes: it reads the row and the event counter, then asks
+the type of every key it is about to write (row hash, live ids, stream,
+index-count hash, counter, each index key). A key that holds another type (a
+stray key, or another tier's under an overlapping prefix) makes it return
+an error reply naming the key, with nothing written; so does a counter that
+is not a number. The event's
+fields are `t e id v op row at n` (docs/redis.md#events); `n` is the partition's
 event counter, by which a reader detects a trimmed gap. The stream is trimmed
 (`XTRIM MAXLEN ~`) once per call, after its events.
 """
@@ -239,16 +297,15 @@ local groups_at = 4 + 5 * nw -- the grouped entries, if given, start here
 -- With grouped entries, read every row first: if the writes are upserts of distinct
 -- ids and none conflicts, these are the states the writes meet, and the groups add
 -- every new entry (a live row's dropped entries are still marked for removal).
-local curs, adds = {}, true
+local adds = true
 if #ARGV >= groups_at then
   adds = false
   local seen = {}
   for i = 1, nw do
     local j = 4 + (i - 1) * 5
     local id, expected = ARGV[j + 2], ARGV[j + 1]
-    local cur = call('HMGET', KEYS[i + 4], 'v', 'ix')
-    curs[i] = cur
-    if seen[id] or ARGV[j] ~= 'upsert' then curs, adds = {}, true; break end
+    local cur = state_of(KEYS[i + 4])
+    if seen[id] or ARGV[j] ~= 'upsert' then adds = true; break end
     seen[id] = true
     if expected ~= '' and tonumber(expected) ~= tonumber(cur[1] or '0') then adds = true end
   end
@@ -257,28 +314,43 @@ local statuses, out = {}, {''}
 if adds then
   for i = 1, nw do
     local j = 4 + (i - 1) * 5
-    local cur = curs[i] or call('HMGET', KEYS[i + 4], 'v', 'ix')
-    local status, version = write(KEYS[i + 4], cur, ARGV[j], ARGV[j + 1], ARGV[j + 2],
-      ARGV[j + 3], ARGV[j + 4], adds)
+    local status, version = write(KEYS[i + 4], state_of(KEYS[i + 4]), ARGV[j], ARGV[j + 1],
+      ARGV[j + 2], ARGV[j + 3], ARGV[j + 4], adds)
     statuses[#statuses + 1] = string.sub(status, 1, 1)
     out[#out + 1] = version
   end
+  if #planned > 0 then
+    local err = check_types()
+    if err then return redis.error_reply(err) end
+    commit()
+  end
 else
   -- `write`'s step for an upsert known to succeed, lean: it runs for every row.
-  n = tonumber(call('GET', seq_key) or '0')
-  local live = {}
+  n = read_seq()
+  local live, vs, groups = {}, {}, {}
   for i = 1, nw do
     local j = 4 + (i - 1) * 5
-    local cur, agg_id, row, blob = curs[i], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4]
+    local cur, agg_id, blob = states[KEYS[i + 4]], ARGV[j + 2], ARGV[j + 4]
     if cur[2] then reindex(cur[2], blob, agg_id, false) end
     local version = tonumber(cur[1] or '0') + 1
-    local v = tostring(version)
-    n = n + 1
-    call('HSET', KEYS[i + 4], 'v', v, 'row', row, 'ix', blob)
-    call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
-      'v', v, 'op', 'upsert', 'row', row, 'at', now_ms, 'n', n)
+    vs[i] = tostring(version)
     live[2 * i - 1] = '0'; live[2 * i] = agg_id
     out[i + 1] = version
+  end
+  local i = groups_at
+  while i <= #ARGV do
+    groups[#groups + 1] = ARGV[i]
+    i = i + 2 + 2 * tonumber(ARGV[i + 1])
+  end
+  local err = check_types(groups)
+  if err then return redis.error_reply(err) end
+  for i = 1, nw do
+    local j = 4 + (i - 1) * 5
+    local agg_id, row, v = ARGV[j + 2], ARGV[j + 3], vs[i]
+    n = n + 1
+    call('HSET', KEYS[i + 4], 'v', v, 'row', row, 'ix', ARGV[j + 4])
+    call('XADD', stream_key, '*', 't', tenant, 'e', entity, 'id', agg_id,
+      'v', v, 'op', 'upsert', 'row', row, 'at', now_ms, 'n', n)
   end
   statuses[1] = string.rep('o', nw)
   bulk('ZADD', ids_key, live)
@@ -319,7 +391,9 @@ Otherwise it ignores them, so sending them never changes the outcome.
 
 Returns `{statuses, version…}`: `statuses` has one letter per write, `o` ok,
 `c` conflict, `n` noop (as `WRITE`'s statuses), then each write's version
-(the written one, or the current one when nothing was written).
+(the written one, or the current one when nothing was written). As `WRITE`,
+it reads and checks every key before its first write: an error reply means
+nothing of the call was written.
 
 Cost: per row one HMGET, one HSET (and an HDEL on delete) and one XADD; the
 index changes of the whole call are applied once per key at the end (one

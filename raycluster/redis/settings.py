@@ -18,7 +18,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from raycluster.cluster.keys import DEFAULT_PREFIX, Keys
+from raycluster.cluster.keys import DEFAULT_PREFIX, PREFIX_PATTERN, Keys
 
 __all__ = ("ENV_PREFIX", "RedisSettings", "redis_env")
 
@@ -60,8 +60,9 @@ class RedisSettings(BaseModel):
     key_prefix: str = Field(
         DEFAULT_PREFIX,
         min_length=1,
-        pattern=r"^[^{}]+$",
-        description="Prefix of every key (two tiers can share one Redis); no braces.",
+        pattern=PREFIX_PATTERN,
+        description="Prefix of every key (two tiers can share one Redis); no ':' and no braces,"
+        " so two prefixes never overlap.",
     )
     heartbeat_ttl_s: float = Field(
         5.0, gt=0, description="A shard or gateway is live this long after its last heartbeat."

@@ -27,30 +27,38 @@ to `all`: a plan can be slow, never wrong.
 from __future__ import annotations
 
 import heapq
-import json
+import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from raycluster.cluster.keys import row_prefix
+from raycluster.cluster.keys import check_key_name, row_prefix
 from raycluster.cluster.routing import partition_of
 from raycluster.errors import InvalidQuery
 from raycluster.livequery.filter import compile_predicate, indexable_terms
-from raycluster.livequery.models import Cursor, EntitySpec, LiveQuery, Row, Snapshot, trusted
+from raycluster.livequery.models import (
+    Cursor,
+    EntitySpec,
+    LiveQuery,
+    Row,
+    Snapshot,
+    check_read,
+    trusted,
+)
 from raycluster.livequery.order import cursor_key, cursor_of, key_fn
 
 from ._client import Client, ClientComponent
 from ._index import LEX_NULL, canon, count_field, eq_ranges, lex_encode, score_text
+from ._rows import decode_row
 from .errors import translate_errors
 from .scripts import READ
 
 __all__ = ("RedisStore",)
 
 _Table = dict[str, tuple[int, dict[str, Any]]]
-# json.loads(bytes) sniffs the encoding on every call; rows are UTF-8 by contract.
-_json_decode = json.JSONDecoder().decode
+log = logging.getLogger(__name__)
 _GROWTH = 4  # a walk that came up short reads this many times more rows next time
 _SMALL_SET = 256  # a value set this small is always read directly
 
@@ -98,30 +106,43 @@ class RedisStore(ClientComponent):
     async def snapshot(self, tenant: str, query: LiveQuery, limit: int) -> Snapshot:
         """The first `limit` matches strictly after `query.cursor`, in total order,
         with the stream position they reflect (atomic with respect to writers)."""
+        check_read(tenant, query, None, limit)
         return await self.read(tenant, query, query.cursor, limit)
 
     async def refill(
         self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int
     ) -> Snapshot:
         """The first `limit` matches strictly after `after` (None: `query.cursor`)."""
+        check_read(tenant, query, after, limit)
         return await self.read(tenant, query, after if after is not None else query.cursor, limit)
 
     async def read(
         self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int
     ) -> Snapshot:
-        """Keyset read: the first `limit` matches strictly after `after`, in total order."""
+        """Keyset read: the first `limit` matches strictly after `after`, in total order.
+
+        Bad arguments raise `InvalidQuery` naming them before anything is read
+        (`check_read`; a tenant or entity holding ':' too), as does a query
+        that does not fit a declared entity.
+        """
+        check_read(tenant, query, after, limit)
+        check_key_name("tenant", tenant, InvalidQuery)
+        check_key_name("entity", query.entity, InvalidQuery)
         spec = self.specs.get(query.entity)
         if spec is not None:
             spec.check_query(query)
-        if limit <= 0:
-            raise InvalidQuery("limit", limit, "must be greater than 0")
         with translate_errors(f"read {tenant}/{query.entity}"):
             return await self._read(tenant, query, after, limit)
 
     # -- whole tables --------------------------------------------------------------
 
     async def rows_at(self, tenant: str, entity: str) -> tuple[_Table, str]:
-        """Every live row (id → (version, row)) and the stream position they reflect."""
+        """Every live row (id → (version, row)) and the stream position they reflect.
+
+        A bad tenant or entity raises `InvalidQuery` naming it.
+        """
+        check_key_name("tenant", tenant, InvalidQuery)
+        check_key_name("entity", entity, InvalidQuery)
         with translate_errors(f"rows {tenant}/{entity}"):
             mark, _, _, raw = await self._call(tenant, entity, ["all"])
         return {i: (v, r) for i, v, r in _decode(raw)}, mark
@@ -270,7 +291,13 @@ class RedisStore(ClientComponent):
                 walk = ("n", self.keys.sort_num(tenant, entity, col))
             elif int(res[i + 1]) == total:
                 walk = ("l", self.keys.sort_lex(tenant, entity, col))
-            if walk is not None and after is not None and not _start_ok(walk[0], after):
+            spec = self.specs.get(entity)
+            declared = spec is not None and col in spec.columns
+            if (
+                walk is not None
+                and after is not None
+                and not _start_ok(walk[0], after, sort[0].desc, declared=declared)
+            ):
                 walk = None
         if best is not None:
             # A walk expects to read limit / selectivity rows (the term's values
@@ -314,19 +341,36 @@ class RedisStore(ClientComponent):
 
 
 def _decode(raw: list[Any]) -> Iterable[tuple[str, int, dict[str, Any]]]:
-    loads = _json_decode
     for j in range(0, len(raw), 3):
-        yield raw[j].decode(), int(raw[j + 1]), loads(raw[j + 2].decode())
+        row = decode_row(raw[j + 2])
+        if row is None:  # another program stored what no reader can order: skipped
+            log.warning("store: skipped malformed row %r", raw[j])
+            continue
+        yield raw[j].decode(), int(raw[j + 1]), row
 
 
-def _start_ok(kind: str, after: Cursor) -> bool:
-    """Whether the cursor's first value fits the sort index's kind."""
+def _start_ok(kind: str, after: Cursor, desc: bool, *, declared: bool) -> bool:
+    """Whether a walk may start at the cursor's first value (else read every row).
+
+    It may when no row after the cursor lies before that value in the index.
+    A sort index holds one type class and nulls: a lexical one strings, a
+    numeric one either booleans or numbers. So a cursor value of the index's
+    class starts it; one of another class sits outside the index in the total
+    order (false < true < numbers < strings < null) and is read in full. A
+    store that does not know the column's type cannot tell booleans from
+    numbers in a numeric index; a number still starts an ascending walk (every
+    boolean is before it) and a boolean a descending one (every number is).
+    """
     v = after.values[0]
     if kind == "i" or v is None:
         return True
     if kind == "l":
         return isinstance(v, str)
-    return isinstance(v, int | float)
+    if isinstance(v, str):
+        return False
+    if declared:
+        return True  # the query's check made the cursor fit the column's type
+    return desc if isinstance(v, bool) else not desc
 
 
 def _walk_start(kind: str, sort: list[Any], after: Cursor | None) -> str | bytes:

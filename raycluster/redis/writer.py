@@ -9,13 +9,13 @@ from typing import Any, Literal, NamedTuple
 
 from redis.asyncio.cluster import RedisCluster
 
-from raycluster.cluster.keys import row_prefix
+from raycluster.cluster.keys import check_key_name, row_prefix
 from raycluster.cluster.routing import partition_of
 from raycluster.errors import ConflictError, InvalidRow
-from raycluster.livequery.models import EntitySpec, printable, unstorable
+from raycluster.livequery.models import EntitySpec, check_expected, check_free_row
 
 from ._client import Client, ClientComponent, ClusterClient
-from ._index import Layout, check_scalar
+from ._index import Layout
 from .errors import translate_errors
 from .scripts import WRITE, WRITE_MANY
 
@@ -76,16 +76,6 @@ class Outcome(NamedTuple):
     """The version written (`ok`), else the row's current one (nothing written)."""
 
 
-def _check_name(field: str, value: Any) -> None:
-    if not isinstance(value, str) or not value:
-        raise InvalidRow(field, value, "must be a non-empty string")
-    if (why := unstorable(value)) is not None:
-        raise InvalidRow(field, value, why)
-    if field != "agg_id" and ":" in value:
-        # Key names join tenant and entity with ':' — one inside would collide.
-        raise InvalidRow(field, value, "must not contain ':'")
-
-
 async def _send_pipelined(conn: Any, commands: Iterator[list[Any]], in_flight: int) -> list[Any]:
     """`Writer._pipelined` on one connection (the caller disconnects it on an error)."""
     replies: list[Any] = []
@@ -141,9 +131,11 @@ class Writer(ClientComponent):
         """Store `row` as the state of `agg_id`; return its new version.
 
         With `expected_version`, write only if the row's current version is
-        that (0: never written) — else `ConflictError`, nothing written.
+        that (0: never written) — else `ConflictError`, nothing written. A
+        `row` that is not an object (None included: a delete is `delete`) is
+        `InvalidRow`, nothing written.
         """
-        keys, args = self._prepare(tenant, entity, agg_id, row, expected_version)
+        keys, args = self._prepare(tenant, entity, agg_id, row, expected_version, delete=False)
         with translate_errors(f"upsert {tenant}/{entity}/{agg_id}"):
             res = await self._script(keys=keys, args=args)
         return self._outcome(agg_id, expected_version, res)
@@ -157,7 +149,7 @@ class Writer(ClientComponent):
         (0 if it never existed). `expected_version` as in `upsert` (checked
         first, so a stale delete of a missing row is a conflict too).
         """
-        keys, args = self._prepare(tenant, entity, agg_id, None, expected_version)
+        keys, args = self._prepare(tenant, entity, agg_id, None, expected_version, delete=True)
         with translate_errors(f"delete {tenant}/{entity}/{agg_id}"):
             res = await self._script(keys=keys, args=args)
         return self._outcome(agg_id, expected_version, res)
@@ -165,14 +157,23 @@ class Writer(ClientComponent):
     async def upsert_many(self, tenant: str, entity: str, rows: _Rows) -> list[int]:
         """Upsert many rows of one (tenant, entity), pipelined; their new versions, in order.
 
-        Every row is validated before any is sent (`InvalidRow` naming
-        `rows.{i}.…`; nothing written). An id given twice is written twice,
-        in order. Otherwise as `write_many`.
+        `rows` maps ids to rows, or is an iterable of (id, row) pairs. Every
+        row is validated before any is sent (`InvalidRow` naming `rows.{i}…`;
+        nothing written); a row is an object, never None. An id given twice
+        is written twice, in order. Otherwise as `write_many`.
         """
-        items = list(rows.items()) if isinstance(rows, Mapping) else list(rows)
-        replies = await self._write_many(
-            tenant, entity, [(agg_id, row, None) for agg_id, row in items], "rows", deletes=False
-        )
+        if isinstance(rows, Mapping):
+            items = list(rows.items())
+        elif isinstance(rows, str | bytes) or not isinstance(rows, Iterable):
+            raise InvalidRow("rows", rows, "must be a mapping or an iterable of (id, row) pairs")
+        else:
+            items = list(rows)
+        writes: list[Write] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, tuple | list) or len(item) != 2:
+                raise InvalidRow(f"rows.{i}", item, "must be an (id, row) pair")
+            writes.append((item[0], item[1], None))
+        replies = await self._write_many(tenant, entity, writes, "rows", deletes=False)
         versions: list[int] = []
         for reply in replies:  # no expected versions: every status is `o`
             versions += reply[1:]
@@ -195,14 +196,23 @@ class Writer(ClientComponent):
         call) awaiting their reply; a failure part-way raises, the calls
         acknowledged before it written and the outcome of later ones unknown.
         """
-        replies = await self._write_many(tenant, entity, list(writes), "writes", deletes=True)
+        if isinstance(writes, str | bytes) or not isinstance(writes, Iterable):
+            raise InvalidRow("writes", writes, "must be an iterable of writes")
+        checked: list[Write] = []
+        for i, w in enumerate(writes):
+            if not isinstance(w, tuple | list) or len(w) != 3:
+                why = "must be an (id, row or None, expected version or None) triple"
+                raise InvalidRow(f"writes.{i}", w, why)
+            checked.append((w[0], w[1], w[2]))
+        replies = await self._write_many(tenant, entity, checked, "writes", deletes=True)
         out: list[Outcome] = []
         for statuses, *versions in replies:
             out.extend(map(Outcome, map(_STATUS.__getitem__, statuses), versions))
         return out
 
     async def get(self, tenant: str, entity: str, agg_id: str) -> tuple[int, dict[str, Any]] | None:
-        """The (version, row) of a live row, or None."""
+        """The (version, row) of a live row, or None (names checked as `upsert` checks them)."""
+        self._check_names(tenant, entity, agg_id)
         with translate_errors(f"get {tenant}/{entity}/{agg_id}"):
             v, raw = await self._client.hmget(self.keys.row(tenant, entity, agg_id), ["v", "row"])
         if raw is None:
@@ -211,20 +221,27 @@ class Writer(ClientComponent):
 
     async def version(self, tenant: str, entity: str, agg_id: str) -> int:
         """The row's current version (kept after a delete; 0 if never written)."""
+        self._check_names(tenant, entity, agg_id)
         with translate_errors(f"version {tenant}/{entity}/{agg_id}"):
             v = await self._client.hget(self.keys.row(tenant, entity, agg_id), "v")
         return int(v or 0)
 
     # -- internals ---------------------------------------------------------------
 
-    def _target(self, tenant: str, entity: str) -> tuple[Layout | None, list[str], str]:
-        """The checked (tenant, entity)'s layout, its fixed keys (live ids, stream,
-        index counts, event counter) and the prefix of its row keys."""
-        _check_name("tenant", tenant)
-        _check_name("entity", entity)
+    def _check_names(self, tenant: Any, entity: Any, agg_id: Any = "-") -> Layout | None:
+        """Raise `InvalidRow` naming a bad tenant, entity or id; the entity's layout."""
+        check_key_name("tenant", tenant)
+        check_key_name("entity", entity)
+        check_key_name("agg_id", agg_id)
         layout = self.layouts.get(entity)
         if layout is None and self.layouts:
             raise InvalidRow("entity", entity, "unknown entity")
+        return layout
+
+    def _target(self, tenant: str, entity: str) -> tuple[Layout | None, list[str], str]:
+        """The checked (tenant, entity)'s layout, its fixed keys (live ids, stream,
+        index counts, event counter) and the prefix of its row keys."""
+        layout = self._check_names(tenant, entity)
         p = partition_of(tenant, entity)
         fixed = [
             self.keys.table(tenant, entity),
@@ -239,29 +256,17 @@ class Writer(ClientComponent):
         layout: Layout | None, agg_id: str, row: Any, expected: int | None, *, delete: bool
     ) -> dict[str, Any] | None:
         """The row as a dict once every check passed (None for a delete)."""
-        _check_name("agg_id", agg_id)
-        if expected is not None and (
-            isinstance(expected, bool) or not isinstance(expected, int) or expected < 0
-        ):
-            raise InvalidRow("expected_version", expected, "must be an int >= 0")
+        check_key_name("agg_id", agg_id)
+        check_expected(expected)
         if delete:
             return None
         if not isinstance(row, Mapping):
-            raise InvalidRow("row", row, "must be an object")
+            raise InvalidRow("row", row, "must be an object (a delete is `delete`)")
         vals = dict(row)
-        if layout is not None:
-            if layout.valid(vals):
-                return vals  # plain values of declared columns: the checks below pass
+        if layout is None:
+            return check_free_row(vals)
+        if not layout.valid(vals):  # plain values of declared columns pass the check below
             layout.spec.check_row(vals)
-        for col, v in vals.items():
-            if not isinstance(col, str):
-                why: str | None = "column names are strings"
-            elif (why := unstorable(col)) is not None:
-                why = f"column name {why}"
-            else:
-                why = check_scalar(v)
-            if why is not None:
-                raise InvalidRow(f"row.{printable(col)}", v, why)
         return vals
 
     @staticmethod
@@ -281,13 +286,15 @@ class Writer(ClientComponent):
         agg_id: str,
         row: Mapping[str, Any] | None,
         expected: int | None,
+        *,
+        delete: bool,
     ) -> tuple[list[str], list[str | bytes | int]]:
-        """The WRITE script's KEYS and ARGV of one checked write (row None: delete)."""
+        """The WRITE script's KEYS and ARGV of one checked write."""
         layout, fixed, prefix = self._target(tenant, entity)
-        vals = self._check(layout, agg_id, row, expected, delete=row is None)
+        vals = self._check(layout, agg_id, row, expected, delete=delete)
         row_json, entries = self._encode(layout, tenant, agg_id, vals)
         args: list[str | bytes | int] = [
-            "delete" if row is None else "upsert",
+            "delete" if delete else "upsert",
             "" if expected is None else str(expected),
             tenant,
             entity,

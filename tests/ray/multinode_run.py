@@ -61,6 +61,7 @@ from ray_procs import head_args
 
 import raycluster
 from raycluster import LiveQuery, RemoteGateway, SortKey, Subscription, Tier, eq
+from raycluster._tasks import checkpoint
 from raycluster.redis import LocalRedis, RedisRegistry
 
 SCENARIOS = ("spread", "shard_node", "gateway_node", "controller_node")
@@ -126,6 +127,7 @@ class World:
 
         async def loop() -> None:
             while True:
+                checkpoint()  # Python 3.11's wait_for (in redis-py) may lose our cancel
                 await self.write(1)
                 await asyncio.sleep(0.05)
 
@@ -134,7 +136,8 @@ class World:
             yield
         finally:
             task.cancel()
-            await asyncio.wait([task])
+            done, _ = await asyncio.wait([task], timeout=STEP_TIMEOUT_S)
+            assert done, "the writer did not stop after its cancellation"
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
 
@@ -237,7 +240,16 @@ async def controller_node(w: World) -> None:
 # -- driver -------------------------------------------------------------------------
 
 
+def _dump_tasks() -> None:
+    """Where every asyncio task waits (a hang's cause; faulthandler shows only threads)."""
+    print("asyncio tasks:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def run(results: dict[str, Any], out: Path) -> None:
+    asyncio.get_running_loop().call_later(STACKS_AFTER_S - 5, _dump_tasks)
     steps: dict[str, Callable[[World], Awaitable[None]]] = {
         "spread": spread,
         "shard_node": shard_node,

@@ -1,7 +1,7 @@
 """Helpers of the Ray tier: fast tier settings, running tiers, waiting, brute-force truth.
 
-The truth is computed from scratch from what the test wrote (DESIGN §1, §8),
-never with the engine's own filter or order code.
+The truth is computed from scratch from what the test wrote (docs/architecture.md,
+docs/semantics.md), never with the engine's own filter or order code.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ async def wait_for(
 
 
 def _cond_holds(c: Cond, row: Mapping[str, Any]) -> bool:
-    """SQL semantics, written from DESIGN §8 (not the engine's compiler)."""
+    """SQL semantics, written from docs/semantics.md (not the engine's compiler)."""
     if c.op == "and":
         return all(_cond_holds(a, row) for a in c.args or ())
     if c.op == "or":

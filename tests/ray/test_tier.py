@@ -252,7 +252,8 @@ async def test_gateway_that_stalled_past_its_ttl_restores_its_subscriptions(
             return not await registry.by_gateway(remote.id)
 
         await wait_for(swept, HEARTBEAT_TTL_S + 10, what="the lapsed gateway's subs swept")
-        remote.gateway._spawn(remote.gateway._heartbeats(), "gateway-heartbeat")
+        gw = remote.gateway
+        gw._tasks.every(gw.opts.heartbeat_interval_s, gw._heartbeat, "gateway-heartbeat")
 
         async def live_again() -> bool:
             return remote.id in await members.live_gateways()

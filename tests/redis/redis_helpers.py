@@ -115,7 +115,7 @@ async def commands_run(admin: Any) -> set[str]:
     return {name for stats in per_node.values() for name in stats}
 
 
-# -- an oracle written from DESIGN §8, sharing no code with the core -----------------
+# -- an oracle written from docs/semantics.md, sharing no code with the core -----------------
 
 
 def _like(s: str, pattern: str, ignore_case: bool) -> bool:
@@ -133,8 +133,18 @@ def _like(s: str, pattern: str, ignore_case: bool) -> bool:
     return re.fullmatch("".join(out), s, flags) is not None
 
 
+def _kind(v: Any) -> int:
+    """A value's type class in the documented order: booleans, numbers, strings."""
+    return 0 if isinstance(v, bool) else 2 if isinstance(v, str) else 1
+
+
+def _eq(a: Any, b: Any) -> bool:
+    return _kind(a) == _kind(b) and a == b
+
+
 def o_match(c: Cond, row: Mapping[str, Any]) -> bool:
-    """Whether `row` satisfies one condition (SQL null semantics)."""
+    """Whether `row` satisfies one condition (SQL null semantics; a term compares
+    values of one type class: false on another type, but `ne`/`not_in` true)."""
     if c.op == "or":
         return any(o_match(a, row) for a in c.args or ())
     if c.op == "and":
@@ -147,12 +157,16 @@ def o_match(c: Cond, row: Mapping[str, Any]) -> bool:
     if v is None:
         return False
     if c.op == "in":
-        return v in (c.values or [])
+        return any(_eq(v, x) for x in c.values or [])
     if c.op == "not_in":
-        return v not in (c.values or [])
+        return not any(_eq(v, x) for x in c.values or [])
     if c.op in ("like", "ilike"):
-        return _like(v, str(c.value), c.op == "ilike")
+        return isinstance(v, str) and _like(v, str(c.value), c.op == "ilike")
     x = c.value
+    if c.op == "ne":
+        return not _eq(v, x)
+    if _kind(v) != _kind(x):
+        return False
     return {
         "eq": v == x,
         "ne": v != x,
@@ -170,6 +184,8 @@ def _cmp_vals(a: Any, b: Any, desc: bool) -> int:
         return -1 if desc else 1
     if b is None:
         return 1 if desc else -1
+    # false < true < numbers < strings
+    a, b = (_kind(a), a), (_kind(b), b)
     r = (a > b) - (a < b)
     return -r if desc else r
 
@@ -205,7 +221,7 @@ def o_top(rows: RowMap, q: LiveQuery) -> list[tuple[str, int, dict[str, Any]]]:
 def apply_frames(
     lst: list[tuple[str, int, dict[str, Any]]], frames: Sequence[LiveDelta]
 ) -> list[tuple[str, int, dict[str, Any]]]:
-    """A maintained-mode client: apply frames to its list (DESIGN §1)."""
+    """A maintained-mode client: apply frames to its list (ops: docs/architecture.md)."""
     for f in frames:
         if f.op == DeltaOp.RESET:
             lst.clear()
@@ -235,3 +251,21 @@ async def stream_entries(client: Any, key: str) -> list[tuple[str, dict[str, str
     """Every entry of a stream, decoded."""
     raw: Any = await client.xrange(key)
     return [(i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in raw]
+
+
+async def snapshot_keys(admin: Any) -> dict[bytes, Any]:
+    """Every key and its content: proves 'nothing written'."""
+    out: dict[bytes, Any] = {}
+    for key in sorted(await all_keys(admin)):
+        kind = (await admin.type(key)).decode()
+        if kind == "hash":
+            out[key] = await admin.hgetall(key)
+        elif kind == "set":
+            out[key] = await admin.smembers(key)
+        elif kind == "zset":
+            out[key] = await admin.zrange(key, 0, -1, withscores=True)
+        elif kind == "stream":
+            out[key] = await admin.xrange(key)
+        else:
+            out[key] = await admin.get(key)
+    return out

@@ -357,8 +357,8 @@ async def test_reads_exact_on_rows_of_the_earlier_layout(
 
 
 async def test_eq_on_the_filter_index_and_numbers(redis_url: str, settings: RedisSettings) -> None:
-    """Ranges find exactly the values Python calls equal (1 == 1.0 == True), and
-    nothing for a value of another type."""
+    """Ranges (and the filter) find exactly the equal values: 1 == 1.0, but a bool
+    is not a number (true is not 1), and nothing for a value of another type."""
     spec = SPEC.model_copy(update={"sortable": ["name"]})
     rows = {
         "a1": {"n": 1, "temp": 1.0, "on": True, "kind": "1"},
@@ -385,5 +385,16 @@ async def test_eq_on_the_filter_index_and_numbers(redis_url: str, settings: Redi
             assert (await store._plan("acme", q, None, 10)).mode == "range"
             snap = await store.snapshot("acme", q, 10)
             values = [cond.value] if cond.op == "eq" else cond.values or []
-            want = [i for i, row in rows.items() if any(row.get(cond.column) == v for v in values)]
+            want = [
+                i for i, row in rows.items() if any(_equal(row.get(cond.column), v) for v in values)
+            ]
             assert [r.agg_id for r in snap.rows] == want, cond
+
+
+def _equal(a: object, b: object) -> bool:
+    """Equal values of one type class (booleans, numbers, strings); null equals nothing."""
+
+    def kind(v: object) -> str:
+        return "bool" if isinstance(v, bool) else "str" if isinstance(v, str) else "number"
+
+    return a is not None and b is not None and kind(a) == kind(b) and a == b

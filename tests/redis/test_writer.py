@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_helpers import all_keys, db_size, stream_entries
+from redis_helpers import all_keys, db_size, snapshot_keys, stream_entries
 
 from raycluster.cluster.keys import Keys
 from raycluster.cluster.routing import partition_of
@@ -37,24 +37,6 @@ async def writer(redis_url: str, settings: RedisSettings) -> Any:
         yield w
 
 
-async def _snapshot_keys(admin: Client) -> dict[bytes, Any]:
-    """Every key and its content: proves 'nothing written'."""
-    out: dict[bytes, Any] = {}
-    for key in sorted(await all_keys(admin)):
-        kind = (await admin.type(key)).decode()
-        if kind == "hash":
-            out[key] = await admin.hgetall(key)
-        elif kind == "set":
-            out[key] = await admin.smembers(key)
-        elif kind == "zset":
-            out[key] = await admin.zrange(key, 0, -1, withscores=True)
-        elif kind == "stream":
-            out[key] = await admin.xrange(key)
-        else:
-            out[key] = await admin.get(key)
-    return out
-
-
 async def test_versions_increase_and_survive_delete(writer: Writer) -> None:
     assert await writer.upsert("acme", "asset", "a1", {"name": "x"}) == 1
     assert await writer.upsert("acme", "asset", "a1", {"name": "y"}) == 2
@@ -73,9 +55,9 @@ async def test_delete_of_missing_row_writes_nothing(
     assert await admin.exists(keys.event_stream(P)) == 0
     await writer.upsert("acme", "asset", "a1", {"name": "x"})
     await writer.delete("acme", "asset", "a1")
-    before = await _snapshot_keys(admin)
+    before = await snapshot_keys(admin)
     assert await writer.delete("acme", "asset", "a1") == 2
-    assert await _snapshot_keys(admin) == before
+    assert await snapshot_keys(admin) == before
 
 
 async def test_event_format_and_stream(writer: Writer, admin: Client, keys: Keys) -> None:
@@ -127,12 +109,12 @@ async def test_bad_rows_rejected_naming_the_field(
     writer: Writer, admin: Client, row: Any, field: str
 ) -> None:
     await writer.upsert("acme", "asset", "a1", {"name": "ok"})
-    before = await _snapshot_keys(admin)
+    before = await snapshot_keys(admin)
     with pytest.raises(InvalidRow) as info:
         await writer.upsert("acme", "asset", "a1", row)
     assert info.value.field == field
     assert field in str(info.value)
-    assert await _snapshot_keys(admin) == before
+    assert await snapshot_keys(admin) == before
 
 
 @pytest.mark.parametrize(
@@ -155,13 +137,13 @@ async def test_bad_names_rejected(
 
 async def test_optimistic_concurrency(writer: Writer, admin: Client) -> None:
     assert await writer.upsert("acme", "asset", "a1", {"name": "x"}, expected_version=0) == 1
-    before = await _snapshot_keys(admin)
+    before = await snapshot_keys(admin)
     with pytest.raises(ConflictError) as info:
         await writer.upsert("acme", "asset", "a1", {"name": "y"}, expected_version=0)
     assert (info.value.expected, info.value.actual) == (0, 1)
     with pytest.raises(ConflictError):
         await writer.delete("acme", "asset", "a1", expected_version=5)
-    assert await _snapshot_keys(admin) == before
+    assert await snapshot_keys(admin) == before
     assert await writer.upsert("acme", "asset", "a1", {"name": "y"}, expected_version=1) == 2
     assert await writer.delete("acme", "asset", "a1", expected_version=2) == 3
 
@@ -416,7 +398,7 @@ async def test_a_row_that_cannot_be_read_back_writes_nothing(
     entities = [SPEC] if declared else []
     async with Writer.from_url(redis_url, entities=entities, settings=settings) as w:
         await w.upsert("acme", "asset", "a0", {"name": "ok"})
-        before = await _snapshot_keys(admin)
+        before = await snapshot_keys(admin)
         with pytest.raises(InvalidRow) as info:
             await w.upsert(tenant, "asset", agg_id, row)
         assert info.value.field == field
@@ -424,14 +406,14 @@ async def test_a_row_that_cannot_be_read_back_writes_nothing(
         with pytest.raises(InvalidRow) as info:
             await w.upsert_many(tenant, "asset", [("a2", {"name": "fine"}), (agg_id, row)])
         assert info.value.field == (field if field == "tenant" else f"rows.1.{field}")
-        assert await _snapshot_keys(admin) == before
+        assert await snapshot_keys(admin) == before
 
 
 async def _state(admin: Client, prefix: str) -> dict[bytes, Any]:
     """Every key under `prefix:`, named and valued without the prefix; streams
     without their entry ids and write times."""
     out = {}
-    for key, value in (await _snapshot_keys(admin)).items():
+    for key, value in (await snapshot_keys(admin)).items():
         if not key.startswith(f"{prefix}:".encode()):
             continue
         if isinstance(value, list) and value and isinstance(value[0][1], dict):  # a stream

@@ -1,4 +1,6 @@
-"""A brute-force oracle for the live-query core, written from DESIGN §1 and §8.
+"""A brute-force oracle for the live-query core, written from docs/architecture.md
+(what a client gets) and docs/semantics.md (the order across value types,
+comparisons across types).
 
 Nothing here uses the engine's own filter or order code: the point is to
 catch bugs in it. Also the reference clients that apply frames to a list.
@@ -16,6 +18,7 @@ __all__ = (
     "Rev",
     "apply_maintained",
     "apply_streamed",
+    "o_class",
     "o_compile",
     "o_key",
     "o_like",
@@ -81,8 +84,28 @@ def o_like(s: str, pattern: str, *, ignore_case: bool) -> bool:
     return reach[-1]
 
 
+def o_class(v: Any) -> int:
+    """A non-null value's type class, in the documented order: booleans 0, numbers 1,
+    strings 2 (a bool is not a number; ints and floats are both numbers)."""
+    if isinstance(v, bool):
+        return 0
+    if isinstance(v, int | float):
+        return 1
+    if isinstance(v, str):
+        return 2
+    raise AssertionError(f"not a scalar: {v!r}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    return o_class(a) == o_class(b)
+
+
 def o_compile(c: Cond) -> Callable[[Mapping[str, Any]], bool]:
-    """One condition as a closure (SQL null semantics), for speed in the oracle."""
+    """One condition as a closure, for speed in the oracle.
+
+    SQL null semantics; a comparison between values of two type classes
+    cannot be made: false for `eq`, `in`, `<`…, `like`, true for `ne`, `not_in`.
+    """
     op = c.op
     if op in ("and", "or"):
         subs = [o_compile(a) for a in c.args or ()]
@@ -98,21 +121,21 @@ def o_compile(c: Cond) -> Callable[[Mapping[str, Any]], bool]:
     values = list(c.values or ())
     test: Callable[[Any], bool]
     if op == "eq":
-        test = lambda v: v == value  # noqa: E731
+        test = lambda v: _same(v, value) and v == value  # noqa: E731
     elif op == "ne":
-        test = lambda v: v != value  # noqa: E731
+        test = lambda v: not (_same(v, value) and v == value)  # noqa: E731
     elif op == "gt":
-        test = lambda v: v > value  # noqa: E731
+        test = lambda v: _same(v, value) and v > value  # noqa: E731
     elif op == "gte":
-        test = lambda v: v >= value  # noqa: E731
+        test = lambda v: _same(v, value) and v >= value  # noqa: E731
     elif op == "lt":
-        test = lambda v: v < value  # noqa: E731
+        test = lambda v: _same(v, value) and v < value  # noqa: E731
     elif op == "lte":
-        test = lambda v: v <= value  # noqa: E731
+        test = lambda v: _same(v, value) and v <= value  # noqa: E731
     elif op == "in":
-        test = lambda v: any(v == x for x in values)  # noqa: E731
+        test = lambda v: any(_same(v, x) and v == x for x in values)  # noqa: E731
     elif op == "not_in":
-        test = lambda v: all(v != x for x in values)  # noqa: E731
+        test = lambda v: not any(_same(v, x) and v == x for x in values)  # noqa: E731
     elif op in ("like", "ilike"):
         pat, ic = str(value), op == "ilike"
         test = lambda v: isinstance(v, str) and o_like(v, pat, ignore_case=ic)  # noqa: E731
@@ -156,13 +179,15 @@ class Rev:
 
 
 def o_key(values: Sequence[Any], sort: Sequence[SortKey], agg_id: str) -> tuple[Any, ...]:
-    """Total-order key: per key (null last asc, first desc), then id ascending."""
+    """Total-order key: per key (null last asc, first desc; false < true < numbers <
+    strings ascending), then id ascending."""
     parts: list[Any] = []
     for k, v in zip(sort, values, strict=True):
+        typed = None if v is None else (o_class(v), v)
         if k.desc:
-            parts.append((1, Rev(v)) if v is not None else (0, 0))
+            parts.append((1, Rev(typed)) if v is not None else (0, 0))
         else:
-            parts.append((0, v) if v is not None else (1, 0))
+            parts.append((0, typed) if v is not None else (1, 0))
     parts.append(agg_id)
     return tuple(parts)
 

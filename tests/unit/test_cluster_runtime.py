@@ -1,4 +1,6 @@
-"""Shard and Gateway runtimes in memory (DESIGN §3-5): snapshot, failover, fencing, liveness.
+"""Shard and Gateway runtimes in memory: snapshot, failover, fencing, liveness.
+
+What is expected: docs/architecture.md (data path; control, ownership and failover).
 
 Every test runs a small cluster on the in-memory buses (`cluster_harness`),
 injects one fault, waits on conditions (never fixed sleeps) and checks each

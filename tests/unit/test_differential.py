@@ -3,12 +3,14 @@
 Random workloads (upserts, deletes, re-inserts, subscribes, reanchors and
 closes over many query shapes) run against `Engine` + `MemoryStore`. After
 every `settle()` each subscriber's frames are applied to a client list, which
-must equal the oracle's answer computed from `store.rows()` (DESIGN §1, §8).
+must equal the oracle's answer computed from `store.rows()`
+(docs/architecture.md, docs/semantics.md).
 
 Two schedules: *sequential* (writes happen between settles, so every store
 read sees the feed caught up) and *concurrent* (the test yields between
 writes, store reads return after a few loop turns, and subscribes run in the
-background) which exercises the gapless handoff of DESIGN §4.
+background) which exercises the gapless handoff
+(docs/architecture.md#gapless-handoff).
 
 A failure names the seed, schedule, cushion, buffer and operation index.
 `await run_workload(seed, ops, concurrent=…)` replays it: a sequential run
@@ -30,12 +32,12 @@ from raycluster.livequery import (
     Cond,
     Cursor,
     Engine,
+    EngineSubscription,
     EntitySpec,
     LiveQuery,
     MemoryStore,
     Snapshot,
     SortKey,
-    Subscription,
     and_,
     eq,
     gt,
@@ -98,6 +100,77 @@ WHERES: list[list[Cond]] = [
     [ilike("name", "É%")],
 ]
 
+
+@dataclass(frozen=True)
+class Schema:
+    """What a workload writes and asks: columns, their values, its where clauses."""
+
+    specs: list[EntitySpec]
+    domain: dict[str, list[Any]]
+    wheres: list[list[Cond]]
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.domain)
+
+
+DECLARED = Schema([SPEC], DOMAIN, WHERES)
+
+# An undeclared entity: any scalar in any column. `m` and `x` mix every type (ints
+# and floats that are equal, ints beyond 2**53, bools beside 0 and 1, strings of
+# digits), so every comparison and sort meets values of other types.
+MIXED_DOMAIN: dict[str, list[Any]] = {
+    "kind": ["pump", "valve", "fan", 1, True],
+    "m": [
+        False,
+        True,
+        -1,
+        0,
+        1,
+        1.0,
+        2.5,
+        2**53,
+        2**53 + 1,
+        float(2**53),
+        2**63 - 1,
+        -(2**63),
+        "",
+        "a",
+        "1",
+        "b",
+        "é",
+        "True",
+    ],
+    "x": [0, 1, True, False, "0", "1", 0.5, -0.0],
+    "n": [-2, 0, 1, 1.5, 3],
+}
+MIXED_WHERES: list[list[Cond]] = [
+    [],
+    [eq("m", 1)],
+    [eq("m", True)],
+    [eq("m", "a")],
+    [ne("m", 1)],
+    [ne("x", False)],
+    [gt("m", 0)],
+    [gte("m", False)],
+    [lt("m", "b")],
+    [lte("m", 2**53)],
+    [in_("m", [1, "a", True])],
+    [in_("x", [0, "0"])],
+    [not_in("m", [0, "", False])],
+    [or_(gt("m", 0), eq("kind", "pump"))],
+    [or_(eq("kind", "pump"), gt("m", 0))],
+    [or_(lt("m", "b"), gt("m", 1)), ne("kind", "fan")],
+    [or_([gt("x", 0), lt("n", 2)], like("m", "%a%"))],
+    [like("m", "_"), is_not_null("x")],
+    [ilike("kind", "P%")],
+    [is_null("m")],
+    [and_(gte("n", 0), lte("n", 1.5)), or_(is_null("x"), eq("x", True))],
+    [eq("m", 2**53 + 1)],
+    [gt("m", float(2**53))],
+]
+MIXED = Schema([], MIXED_DOMAIN, MIXED_WHERES)
+
 DEFAULT_OPS = 12_500  # store writes per run; 8 sequential runs make 100,000
 CONCURRENT_OPS = 6_000
 
@@ -106,7 +179,7 @@ CONCURRENT_OPS = 6_000
 class Tracked:
     """One live subscription and the client list its frames build."""
 
-    sub: Subscription
+    sub: EngineSubscription
     query: LiveQuery
     joined: int  # every write after this op index must reach a streamed client
     maintained: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -152,8 +225,10 @@ class LaggyStore:
 class Workload:
     """One seeded run; `run()` raises `pytest.fail` with replay details on divergence."""
 
-    def __init__(self, seed: int, ops: int, *, concurrent: bool) -> None:
+    def __init__(self, seed: int, ops: int, *, concurrent: bool, schema: Schema = DECLARED) -> None:
         self.seed = seed
+        self.schema = schema
+        self.columns = schema.columns
         self.budget = ops
         self.concurrent = concurrent
         self.rng = random.Random(seed)
@@ -162,13 +237,13 @@ class Workload:
         self.cushion = (seed * 2 + 2 if concurrent else seed) % 9
         self.buffer = rng.choice([1024, 1024, 1024, 12])
         self.pool = [f"r{i:03d}" for i in range(rng.choice([40, 80, 120]))]
-        self.store = MemoryStore([SPEC])
+        self.store = MemoryStore(schema.specs)
         self.engine: Engine | None = None
         self.ops = 0
         self.last_write: dict[str, int] = {}
         self.deleted: list[str] = []
         self.subs: list[Tracked] = []
-        self.pending: list[tuple[asyncio.Task[Subscription], LiveQuery]] = []
+        self.pending: list[tuple[asyncio.Task[EngineSubscription], LiveQuery]] = []
         self.boundary: list[str] = []
         self.shape_no = seed * 7
         self.checks = 0
@@ -176,10 +251,10 @@ class Workload:
     # -- random data -------------------------------------------------------------
 
     def value(self, col: str) -> Any:
-        return None if self.rng.random() < 0.15 else self.rng.choice(DOMAIN[col])
+        return None if self.rng.random() < 0.15 else self.rng.choice(self.schema.domain[col])
 
     def row(self) -> dict[str, Any]:
-        return {c: self.value(c) for c in COLUMNS if self.rng.random() >= 0.05}
+        return {c: self.value(c) for c in self.columns if self.rng.random() >= 0.05}
 
     def cursor(self, sort: list[SortKey]) -> Cursor | None:
         rng = self.rng
@@ -198,9 +273,11 @@ class Workload:
     def query(self) -> LiveQuery:
         rng = self.rng
         self.shape_no += 1
-        where = WHERES[self.shape_no % len(WHERES)]
+        wheres = self.schema.wheres
+        where = wheres[self.shape_no % len(wheres)]
         nkeys = rng.choice([0, 1, 1, 1, 2, 2, 2, 3, 3]) if rng.random() < 0.95 else 0
-        sort = [SortKey(column=c, desc=rng.random() < 0.5) for c in rng.sample(COLUMNS, nkeys)]
+        cols = rng.sample(self.columns, nkeys)
+        sort = [SortKey(column=c, desc=rng.random() < 0.5) for c in cols]
         limit = rng.randint(1, 8) if rng.random() < 0.6 else rng.randint(1, 50)
         mode = "streamed" if rng.random() < 0.2 else "maintained"
         return LiveQuery(
@@ -252,7 +329,7 @@ class Workload:
             del new[rng.choice(list(new))]
             return new
         # Change one or two columns: sort-key or not, depending on the query it hits.
-        for col in rng.sample(COLUMNS, rng.choice([1, 1, 2])):
+        for col in rng.sample(self.columns, rng.choice([1, 1, 2])):
             new[col] = self.value(col)
         return new
 
@@ -292,6 +369,7 @@ class Workload:
     def replay(self) -> str:
         return (
             f"replay: seed={self.seed} concurrent={self.concurrent} cushion={self.cushion} "
+            f"schema={'mixed' if self.schema is MIXED else 'declared'} "
             f"buffer={self.buffer} after op {self.ops} (check {self.checks})"
         )
 
@@ -367,7 +445,12 @@ class Workload:
         if self.concurrent:
             lag = LaggyStore(self.store, random.Random(self.seed + 1))
             engine = Engine(
-                lag, lag, self.store, cushion=self.cushion, buffer=self.buffer, entities=[SPEC]
+                lag,
+                lag,
+                self.store,
+                cushion=self.cushion,
+                buffer=self.buffer,
+                entities=self.schema.specs,
             )
         else:
             engine = Engine(
@@ -376,7 +459,7 @@ class Workload:
                 self.store,
                 cushion=self.cushion,
                 buffer=self.buffer,
-                entities=[SPEC],
+                entities=self.schema.specs,
             )
         self.engine = engine
         try:
@@ -403,6 +486,9 @@ class Workload:
                     await self.check()
                     until_check = rng.randint(1, 20)
             await self.check()
+            stats = engine.stats
+            if stats.dispatch_errors or stats.load_errors or stats.resets["error"]:
+                pytest.fail(f"engine errors {vars(stats)}\n{self.replay()}")
         finally:
             await engine.aclose()
 
@@ -412,9 +498,9 @@ def _first_difference(a: list[Any], b: list[Any]) -> int:
     return next((i for i in range(n) if a[i] != b[i]), n)
 
 
-async def run_workload(seed: int, ops: int, *, concurrent: bool) -> int:
+async def run_workload(seed: int, ops: int, *, concurrent: bool, schema: Schema = DECLARED) -> int:
     """Run one seeded workload; returns how many store writes it made."""
-    w = Workload(seed, ops, concurrent=concurrent)
+    w = Workload(seed, ops, concurrent=concurrent, schema=schema)
     await w.run()
     return w.ops
 
@@ -427,6 +513,15 @@ async def test_sequential_matches_oracle(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(6))
 async def test_concurrent_matches_oracle(seed: int) -> None:
     assert await run_workload(seed, CONCURRENT_OPS, concurrent=True) >= CONCURRENT_OPS
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("concurrent", [False, True], ids=["sequential", "concurrent"])
+async def test_mixed_value_types_match_oracle(seed: int, concurrent: bool) -> None:
+    """An undeclared entity whose columns mix bools, ints, floats, strings and nulls:
+    every window follows the documented cross-type order and comparison rules."""
+    ops = CONCURRENT_OPS if concurrent else DEFAULT_OPS // 2
+    assert await run_workload(seed, ops, concurrent=concurrent, schema=MIXED) >= ops
 
 
 @pytest.mark.long

@@ -1,4 +1,6 @@
-"""The engine's ops and edges, one behaviour per test (DESIGN §1, §4, §7, §8).
+"""The engine's ops and edges, one behaviour per test.
+
+What is expected: docs/architecture.md and docs/semantics.md.
 
 Each test drives `Engine` over a `MemoryStore` (or a thin wrapper around it
 that delays or fails reads) and checks the frames a subscriber gets and that
@@ -22,13 +24,13 @@ from raycluster.livequery import (
     Cursor,
     DeltaOp,
     Engine,
+    EngineSubscription,
     EntitySpec,
     LiveDelta,
     LiveQuery,
     MemoryStore,
     Snapshot,
     SortKey,
-    Subscription,
     eq,
     gt,
     ilike,
@@ -117,7 +119,7 @@ def ops(frames: list[LiveDelta]) -> list[tuple[Any, ...]]:
 class Client:
     """A maintained-mode client: the snapshot, then every frame applied."""
 
-    def __init__(self, sub: Subscription) -> None:
+    def __init__(self, sub: EngineSubscription) -> None:
         self.sub = sub
         self.rows: list[tuple[str, dict[str, Any]]] = [(r.agg_id, r.vals) for r in sub.snapshot]
 
@@ -502,7 +504,7 @@ async def test_bad_reanchor_cursor_keeps_the_window() -> None:
     async with running() as (store, engine):
         seed_rows(store, 3)
         sub = await engine.subscribe(T, q(limit=2))
-        with pytest.raises(ValidationError):
+        with pytest.raises(InvalidQuery, match=r"cursor\.values"):
             await sub.reanchor(Cursor(values=["r01"]), 2)
         assert engine.view_count() == 1
         store.upsert(T, E, "a", {"n": -1})
@@ -558,7 +560,8 @@ class GatedStore:
 async def test_change_after_the_snapshot_read_is_not_lost(mode: str, where: list[Any]) -> None:
     """A write that lands after the snapshot's watermark, while the read is in flight.
 
-    DESIGN §4: the view applies every event after the snapshot's position.
+    docs/architecture.md#gapless-handoff: the view applies every event after the
+    snapshot's position.
     """
     store = MemoryStore()
     gated = GatedStore(store)
@@ -691,7 +694,7 @@ async def test_subscribe_while_writes_happen_concurrently(seed: int, lag: bool) 
                     await asyncio.sleep(0)
 
         task = asyncio.create_task(writer())
-        subs: list[Subscription] = []
+        subs: list[EngineSubscription] = []
         for query in HANDOFF_QUERIES:
             for _ in range(rng.randint(0, 6)):
                 await asyncio.sleep(0)

@@ -1,4 +1,4 @@
-"""Filter compilation and total order against the oracle (DESIGN §8)."""
+"""Filter compilation and total order against the oracle (docs/semantics.md)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,14 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     ),
     "b": st.booleans(),
 }
+# A value of any type: what a column of an undeclared entity may hold.
+ANY: st.SearchStrategy[Any] = st.one_of(
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from([-1.5, 0.0, 1.0, 2.0, 2**53, 2**53 + 1, float(2**53), 2**63 - 1, -(2**63)]),
+    st.text(alphabet="ab1%_", max_size=2),
+)
+VALUES["m"] = ANY
 PATTERNS = st.text(alphabet="ab%_\\.(A", max_size=5)
 
 rows = st.fixed_dictionaries({}, optional={c: st.none() | v for c, v in VALUES.items()})
@@ -59,10 +67,13 @@ rows = st.fixed_dictionaries({}, optional={c: st.none() | v for c, v in VALUES.i
 
 def _leaves(col: str, value: st.SearchStrategy[Any]) -> list[st.SearchStrategy[Cond]]:
     c = st.just(col)
-    out = [st.builds(f, c, value) for f in (eq, ne, gt, gte, lt, lte)]
-    out += [st.builds(f, c, st.lists(value, min_size=1, max_size=3)) for f in (in_, not_in)]
+    # Operands of the column's type, and of any type (a comparison across types).
+    out: list[st.SearchStrategy[Cond]] = []
+    for operand in (value, ANY):
+        out += [st.builds(f, c, operand) for f in (eq, ne, gt, gte, lt, lte)]
+        out += [st.builds(f, c, st.lists(operand, min_size=1, max_size=3)) for f in (in_, not_in)]
     out += [st.builds(is_null, c), st.builds(is_not_null, c)]
-    if col == "s":
+    if col in ("s", "m"):
         out += [st.builds(like, c, PATTERNS), st.builds(ilike, c, PATTERNS)]
     return out
 

@@ -1,4 +1,4 @@
-"""DESIGN §3 routing vectors and HRW properties."""
+"""Routing vectors and HRW properties (docs/architecture.md#routing)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A sub id stays its tenant's (DESIGN §7 "Clients are hostile"), in the runtimes.
+"""A sub id stays its tenant's (docs/architecture.md#hostile-clients), in the runtimes.
 
 The registry refuses another tenant's registration under a taken sub id, a
 shard never changes the tenant or gateway of a sub it serves on the word of a

@@ -1,5 +1,5 @@
 // livequery.js: a dependency-free browser client of the raycluster edge protocol
-// (raycluster/edge/PROTOCOL.md). ES module; also published as `globalThis.raycluster`.
+// (docs/edge-protocol.md). ES module; also published as `globalThis.raycluster`.
 //
 //   import { LiveQueryClient } from "/static/livequery.js";
 //   const client = new LiveQueryClient(location.origin, token);

@@ -1,0 +1,73 @@
+"""Run by test_tier_close.py in a process of its own (it shuts its Ray down).
+
+Starts a local Ray and a tier on a private Redis, opens three subscriptions
+with readers iterating them, then ends the tier as `MODE` says (`aclose`,
+`stop`, or `ray.shutdown()` with the tier still running), waits for the
+readers, shuts Ray down, keeps the event loop running 10 s more and prints
+what it saw as JSON: why each subscription ended, whether Ray stayed down,
+and which tasks were still alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+import ray
+
+from raycluster import LiveQuery, SortKey, Tier, TierSettings
+from raycluster.redis import LocalRedis
+
+QUIET_S = 10.0  # after ray.shutdown(): nothing may start Ray again within this
+
+
+async def run(mode: str) -> dict[str, object]:
+    me = asyncio.current_task()
+    with LocalRedis() as srv:
+        name = f"close-{uuid.uuid4().hex[:6]}"
+        settings = TierSettings.load(
+            None, name=name, namespace=name, shards=1, gateways=2, start_timeout_s=60,
+            redis={"redis_url": srv.url, "key_prefix": name},
+        )  # fmt: skip
+        tier = await asyncio.to_thread(Tier.start, settings)
+        writer = tier.writer()
+        await writer.upsert("acme", "asset", "a1", {"name": "one"})
+        query = LiveQuery(entity="asset", sort=[SortKey(column="name")], limit=5)
+        subs = [await tier.subscribe("acme", query) for _ in range(3)]
+
+        async def read(sub: object) -> int:
+            n = 0
+            async for _ in sub:  # type: ignore[attr-defined]
+                n += 1
+            return n
+
+        readers = [asyncio.create_task(read(s)) for s in subs]
+        await asyncio.sleep(0.5)
+        if mode == "aclose":
+            await tier.aclose()
+        elif mode == "stop":
+            tier.stop()  # the sync call, from the event loop's thread
+        else:
+            ray.shutdown()  # the tier is not stopped: its streams fail
+        _, pending = await asyncio.wait(readers, timeout=60)
+        await writer.aclose()
+        if mode != "shutdown":
+            ray.shutdown()
+        t0 = time.monotonic()
+        await asyncio.sleep(QUIET_S)
+        return {
+            "readers_ended": not pending,
+            "reasons": [s.close_reason for s in subs],
+            "ray_down_s": None if ray.is_initialized() else round(time.monotonic() - t0, 1),
+            "tasks": sorted(t.get_name() for t in asyncio.all_tasks() if t is not me),
+        }
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(asyncio.run(run(sys.argv[1]))), flush=True)
