@@ -197,6 +197,16 @@ class TierSettings(BaseSettings):
         description="Ray resources each in-cluster gateway asks for (as "
         "`controller_resources`). Gateways are spread over the nodes that have them.",
     )
+    ingester_num_cpus: float = Field(
+        0.0,
+        ge=0,
+        description="CPUs the Postgres ingester actor reserves (with a `postgres:` section).",
+    )
+    ingester_resources: dict[str, float] | None = Field(
+        None,
+        description="Ray resources the Postgres ingester actor asks for (as "
+        "`controller_resources`); None: the controller's, so it runs beside the controller.",
+    )
     spread_shards: bool = Field(
         True,
         description="Place shards with Ray's SPREAD strategy (over as many nodes as have "

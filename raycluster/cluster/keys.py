@@ -162,6 +162,11 @@ class Keys:
         """Hash: source `source`'s progress (its copy, generation, confirmed position)."""
         return f"{self.prefix}:src:{source}"
 
+    def source_status(self, source: str) -> str:
+        """String (JSON): the status source `source`'s running ingester published; it
+        expires a few publishing intervals after the last (so a stopped one disappears)."""
+        return f"{self.prefix}:src:{source}:status"
+
     def source_tenants(self, source: str, entity: str) -> str:
         """Set: every tenant source `source` has written rows of `entity` for (a superset)."""
         return f"{self.prefix}:src:{source}:tenants:{entity}"

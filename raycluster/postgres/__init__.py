@@ -1,17 +1,19 @@
 """The Postgres source: follows a publication through a logical replication slot and
 writes every change through the Redis write path (docs/postgres.md).
 
-Importing this package is light (the settings and errors only): the ingester,
-which needs psycopg2 (the `[postgres]` extra), and the local server helper
-load on first use (`raycluster.postgres.Ingester`).
+Importing this package is light (the settings, errors and status only): the
+ingester, which needs psycopg2 (the `[postgres]` extra), and the local server
+helper load on first use (`raycluster.postgres.Ingester`).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from raycluster._lazy import lazy_attributes
 
 from .errors import (
+    PostgresAuthFailed,
     PostgresSourceError,
     PostgresUnavailable,
     ResyncNeeded,
@@ -22,6 +24,7 @@ from .errors import (
     UnsupportedRowValue,
 )
 from .settings import PostgresSettings, TableSource, masked_dsn
+from .status import IngesterStatus, describe_ingester
 
 if TYPE_CHECKING:
     from .ingester import Ingester, drop_slot
@@ -29,8 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = (
     "Ingester",
+    "IngesterStatus",
     "LocalPostgres",
     "LocalPostgresError",
+    "PostgresAuthFailed",
     "PostgresSettings",
     "PostgresSourceError",
     "PostgresUnavailable",
@@ -41,6 +46,7 @@ __all__ = (
     "SourceConfigError",
     "TableSource",
     "UnsupportedRowValue",
+    "describe_ingester",
     "drop_slot",
     "local_postgres",
     "masked_dsn",
@@ -54,11 +60,4 @@ _LAZY = {
     "local_postgres": ".local",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, globals(), _LAZY)

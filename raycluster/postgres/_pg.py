@@ -9,6 +9,7 @@ imported here only (the package's `__init__` stays light).
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -18,7 +19,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from pydantic import SecretStr
 
-from .errors import PostgresUnavailable, SlotBusy, SlotLost
+from .errors import PostgresAuthFailed, PostgresUnavailable, SlotBusy, SlotLost
 
 __all__ = (
     "SESSION_OPTIONS",
@@ -67,6 +68,9 @@ def translate(what: str) -> Iterator[None]:
             raise SlotLost(f"{what}: {_first_line(e)}") from e
         raise
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+        if _AUTH_FAILED.search(str(e)):
+            raise PostgresAuthFailed(f"{what}: Postgres refused the credentials "
+                                     f"({_auth_line(e)})") from e  # fmt: skip
         raise PostgresUnavailable(f"{what}: Postgres unavailable ({_first_line(e)})") from e
     except psycopg2.Error as e:
         # No SQLSTATE: libpq lost the connection (a crashed server ends a replication
@@ -74,6 +78,18 @@ def translate(what: str) -> Iterator[None]:
         if e.pgcode is None or e.pgcode[:2] in ("08", "57"):
             raise PostgresUnavailable(f"{what}: Postgres unavailable ({_first_line(e)})") from e
         raise
+
+
+# libpq's messages when the server refuses a login (they carry no SQLSTATE).
+_AUTH_FAILED = re.compile(
+    r"authentication failed|no password supplied|no pg_hba\.conf entry|password is required"
+)
+
+
+def _auth_line(e: BaseException) -> str:
+    """The FATAL line of a refused login (`password authentication failed for user …`)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if _AUTH_FAILED.search(ln)]
+    return (lines[0] if lines else _first_line(e)).removeprefix("FATAL:").strip()
 
 
 def _first_line(e: BaseException) -> str:

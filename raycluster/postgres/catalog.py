@@ -19,7 +19,7 @@ from typing import Any
 
 from raycluster.livequery.models import EntitySpec
 
-from ._pg import translate
+from ._pg import quote_ident, translate
 from .errors import SchemaChanged, SourceConfigError
 from .pgoutput import Relation
 from .settings import PostgresSettings, TableSource
@@ -169,6 +169,15 @@ def _check_server(cur: Any) -> None:
         )
     if encoding != "UTF8":
         raise SourceConfigError("postgres.dsn", f"the database's encoding is {encoding}, not UTF8")
+    cur.execute(
+        "SELECT current_user, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user"
+    )
+    role, may_replicate = cur.fetchone()
+    if not may_replicate:
+        raise SourceConfigError(
+            "postgres.dsn",
+            f"role {role!r} may not stream changes: ALTER ROLE {quote_ident(role)} REPLICATION",
+        )
 
 
 def _publication(cur: Any, name: str) -> dict[str, Any]:
@@ -220,6 +229,11 @@ def _plan(
             f"{at}.table",
             f"{t.qualified} is partitioned: create the publication WITH "
             "(publish_via_partition_root = true) so its changes name the table",
+        )
+    cur.execute("SELECT has_table_privilege(%s::oid, 'SELECT')", (relid,))
+    if not cur.fetchone()[0]:
+        raise SourceConfigError(
+            f"{at}.table", f"the role may not read {t.qualified}: GRANT SELECT ON it to the role"
         )
     row_filter = _publication_member(cur, pub, t, at)
 

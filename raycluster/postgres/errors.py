@@ -1,6 +1,7 @@
 """Errors of the Postgres source: one subclass per failure mode.
 
-Fatal ones (`SourceConfigError`, `SchemaChanged`, `UnsupportedRowValue`) stop
+Fatal ones (`SourceConfigError`, `SchemaChanged`, `UnsupportedRowValue`,
+`PostgresAuthFailed`) stop
 the ingester: retrying cannot help until a person acts. The others are
 retried with backoff (`PostgresUnavailable`, `SlotBusy`) or make the ingester
 copy the tables again (`SlotLost`, `ResyncNeeded`).
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from raycluster.errors import RayclusterError, UnavailableError
+from raycluster.errors import AuthenticationError, RayclusterError, UnavailableError
 
 __all__ = (
+    "PostgresAuthFailed",
     "PostgresSourceError",
     "PostgresUnavailable",
     "ResyncNeeded",
@@ -77,6 +79,11 @@ class UnsupportedRowValue(PostgresSourceError):
 
 class PostgresUnavailable(PostgresSourceError, UnavailableError):
     """Raised when Postgres cannot be reached or the connection was lost (retried)."""
+
+
+class PostgresAuthFailed(PostgresSourceError, AuthenticationError):
+    """Raised when Postgres refuses the DSN's credentials (or `pg_hba.conf` has no entry
+    for them). Not retried: fix the DSN or the server, then start again."""
 
 
 class SlotBusy(PostgresSourceError):

@@ -32,8 +32,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
+import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,17 +44,18 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from raycluster._tasks import cancel_and_wait
+from raycluster._tasks import Backoff, TaskSet, cancel_and_wait, checkpoint, logged
 from raycluster.cluster.routing import PARTITIONS
 from raycluster.livequery.models import EntitySpec
-from raycluster.redis._client import ClusterClient, make_client
+from raycluster.redis import make_client
 from raycluster.redis.errors import RedisUnavailable
 from raycluster.redis.settings import RedisSettings
-from raycluster.redis.source import SourceWrite, SourceWriter
+from raycluster.redis.source import SourceStatus, SourceWrite, SourceWriter
 
 from ._pg import connect, connect_replication, quote_ident, slot_info, translate
 from .catalog import TablePlan, fingerprint, plan_tables
 from .errors import (
+    PostgresAuthFailed,
     PostgresSourceError,
     PostgresUnavailable,
     ResyncNeeded,
@@ -76,6 +79,7 @@ from .pgoutput import (
     parse_lsn,
 )
 from .settings import PostgresSettings, masked_dsn
+from .status import STATUS_TTL_INTERVALS, IngesterStatus
 from .values import UnsupportedValue
 
 __all__ = ("Ingester", "drop_slot", "position")
@@ -180,62 +184,106 @@ class Ingester:
         self._pending = 0  # changes read, not yet applied
         self._in_txn = False  # the reader holds part of a transaction
         self._closed = asyncio.Event()
+        self._ready = asyncio.Event()  # past its config checks (or stopped)
+        self._failure: PostgresSourceError | None = None
+        self._runner: asyncio.Task[Any] | None = None
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self._status = SourceStatus(self._client, settings=rs)
+        self._who = f"{socket.gethostname()}:{os.getpid()}"
         self._rcur: Any = None
         self._started = time.monotonic()
 
     # -- public ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Ingest until `aclose()`; reconnect with backoff on lost connections."""
+        """Ingest until `aclose()` or cancellation; reconnect with backoff on lost
+        connections. Publishes `status()` to Redis every `status_interval_s` meanwhile
+        (`SourceStatus`), and a last time when it ends."""
         s = self.settings
-        delay = s.reconnect_min_s
+        self._runner = asyncio.current_task()
+        tasks = TaskSet(f"ingest {s.slot}")
+        tasks.every(s.status_interval_s, self._publish, "status")
+        try:
+            await self._retrying()
+        except asyncio.CancelledError:
+            # aclose()'s own cancellation ends run() normally; any other propagates.
+            me = asyncio.current_task()
+            if self._closed.is_set() and me is not None and me.uncancel() == 0:
+                return
+            raise
+        finally:
+            if self._state != "failed":
+                self._state = "stopped"
+            self._ready.set()
+            await tasks.aclose()
+            with logged(f"ingest {s.slot}: publishing its last status"):
+                await asyncio.wait_for(self._publish(), s.connect_timeout_s)
+
+    async def _retrying(self) -> None:
+        s = self.settings
+        backoff = self._backoff
         force_copy = False
         while not self._closed.is_set():
+            checkpoint()
             try:
                 await self._session(force_copy)
                 force_copy = False
-            except (SchemaChanged, UnsupportedRowValue) as e:
+                continue
+            except (SchemaChanged, UnsupportedRowValue, PostgresAuthFailed) as e:
                 self._fail(e)
                 raise
-            except PostgresSourceError as e:
+            except (SlotBusy, SlotLost, ResyncNeeded, PostgresUnavailable) as e:
+                self._error = str(e)
                 if isinstance(e, SlotBusy):
                     self._state, wait = "waiting", s.slot_busy_retry_s
+                    self._ready.set()  # it runs: as the slot's standby
                     log.info("ingest %s: slot busy, waiting: %s", s.slot, e)
-                elif isinstance(e, SlotLost | ResyncNeeded):
-                    log.warning("ingest %s: %s; copying the tables again", s.slot, e)
-                    self._state, wait, force_copy = "recopying", 0.0, True
-                    delay = s.reconnect_min_s
                 elif isinstance(e, PostgresUnavailable):
                     self._reconnecting(e)
-                    wait, delay = delay, min(delay * 2, s.reconnect_max_s)
-                else:  # SourceConfigError and the like
-                    self._fail(e)
-                    raise
-                self._error = str(e)
+                    wait = backoff.next_delay_s()
+                else:
+                    log.warning("ingest %s: %s; copying the tables again", s.slot, e)
+                    self._state, wait, force_copy = "recopying", 0.0, True
+                    backoff.reset()
+            except PostgresSourceError as e:  # SourceConfigError and the like
+                self._fail(e)
+                raise
             except RedisUnavailable as e:
                 self._reconnecting(e)
-                wait, delay = delay, min(delay * 2, s.reconnect_max_s)
-            else:
-                continue
-            with contextlib.suppress(TimeoutError):
+                wait = backoff.next_delay_s()
+            with contextlib.suppress(TimeoutError):  # (the wait ends early on aclose())
                 await asyncio.wait_for(self._closed.wait(), wait)
-        self._state = "stopped"
+
+    async def ready(self) -> None:
+        """Return once the ingester runs: it checked its config against the database
+        and copies, streams or waits for its slot (or retries a lost connection).
+        Raises the error that stopped it, if it stopped for good."""
+        await self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
 
     async def aclose(self) -> None:
-        """Stop `run()` (its session's connections close) and close the Redis client."""
+        """Stop `run()` (its connections close; what is in Redis stays exact) and close
+        the Redis client. Idempotent."""
         self._closed.set()
+        runner = self._runner
+        if runner is not None and runner is not asyncio.current_task():
+            await cancel_and_wait([runner], self.settings.connect_timeout_s)
         await self._client.aclose()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> IngesterStatus:
         """Where the ingester is: state, confirmed slot position, lag, rates, counters.
 
         `lag_bytes` is the server's WAL position (as of its last message)
         minus `synced_lsn`; `lag_s` how long ago the oldest transaction
         not yet in Redis committed (0 when none is waiting); `synced_lsn`
-        the position before which every committed transaction is in Redis.
+        the position before which every committed transaction is in Redis;
+        `rows_per_s` the rows written (copied or streamed) per second over
+        the last 10 s.
         """
         now = time.monotonic()
         st = self._stats
+        st.sample(now)
         lag_s = 0.0
         if self._pending_ts:
             lag_s = max(0.0, time.time() - (_PG_EPOCH_S + self._pending_ts[0] / 1e6))
@@ -244,6 +292,7 @@ class Ingester:
             "slot": self.settings.slot,
             "publication": self.settings.publication,
             "dsn": masked_dsn(self.settings.dsn),
+            "ingester": self._who,
             "generation": self._generation,
             "confirmed_lsn": format_lsn(self._confirmed),
             "received_lsn": format_lsn(self._received),
@@ -263,7 +312,18 @@ class Ingester:
             "reconnects": st.reconnects,
             "error": self._error,
             "uptime_s": round(now - self._started, 1),
+            "updated_at": round(time.time(), 3),
         }
+
+    async def _publish(self) -> None:
+        """Put `status()` in Redis (expiring after a few intervals); a standby (waiting
+        for the slot, or not yet past its start) only where no other ingester's is."""
+        st = self.status()
+        standby = st["state"] in ("starting", "waiting")
+        await self._status.publish(
+            self.settings.slot, st, ttl_s=STATUS_TTL_INTERVALS * self.settings.status_interval_s,
+            if_absent=standby,
+        )  # fmt: skip
 
     def caught_up(self, lsn: int) -> bool:
         """Whether every transaction committed before WAL position `lsn` is in Redis."""
@@ -277,12 +337,14 @@ class Ingester:
 
     # -- one session: connect, copy if needed, stream ----------------------------------
 
-    def _fail(self, e: BaseException) -> None:
-        self._state, self._error = "failed", str(e)
+    def _fail(self, e: PostgresSourceError) -> None:
+        self._state, self._error, self._failure = "failed", str(e), e
+        self._ready.set()
         log.error("ingest %s: stopped: %s", self.settings.slot, e)
 
     def _reconnecting(self, e: BaseException) -> None:
         self._state, self._error = "reconnecting", str(e)
+        self._ready.set()  # it runs, and retries
         self._stats.reconnects += 1
         log.warning("ingest %s: %s; reconnecting", self.settings.slot, e)
 
@@ -293,6 +355,7 @@ class Ingester:
         try:
             plans = await asyncio.to_thread(plan_tables, conn, s, self._declared)
             self._use_plans(plans)
+            self._ready.set()
             rconn = await asyncio.to_thread(connect_replication, s.dsn, s.connect_timeout_s)
             rcur = rconn.cursor()
             sysid = await asyncio.to_thread(_identify, rcur)
@@ -315,7 +378,7 @@ class Ingester:
             self._rcur = None
             for c in (rconn, conn):
                 if c is not None:
-                    with contextlib.suppress(Exception):
+                    with logged(f"ingest {s.slot}: closing a Postgres connection"):
                         c.close()
 
     def _use_plans(self, plans: list[TablePlan]) -> None:
@@ -363,13 +426,8 @@ class Ingester:
         return None
 
     async def _redis_run_id(self) -> str | None:
-        if isinstance(self._client, ClusterClient):
-            return None  # one per node: not checked on Redis Cluster
-        try:
-            info: Any = await self._client.info("server")
-        except Exception as e:
-            raise RedisUnavailable(f"INFO: {e}") from e
-        return str(info.get("run_id")) if info.get("run_id") else None
+        assert self._writer is not None
+        return await self._writer.server_run_id()  # None on Redis Cluster: not checked
 
     # -- the copy ------------------------------------------------------------------------
 
@@ -413,7 +471,7 @@ class Ingester:
             with translate("copy"):
                 await asyncio.to_thread(copy_conn.commit)
         finally:
-            with contextlib.suppress(Exception):
+            with logged(f"ingest {s.slot}: closing the copy's connection"):
                 copy_conn.close()
         for plan in plans:
             for tenant in await writer.tenants(plan.entity):
@@ -456,6 +514,7 @@ class Ingester:
             await asyncio.to_thread(cur.execute, sql)
         try:
             while True:
+                checkpoint()
                 with translate(f"copy {plan.name}"):
                     rows = await asyncio.to_thread(cur.fetchmany, s.copy_rows)
                 if not rows:
@@ -477,7 +536,7 @@ class Ingester:
                 await writer.set_owners(plan.entity, owners)
                 self._stats.copied_rows += len(writes)
         finally:
-            with contextlib.suppress(Exception):
+            with logged(f"ingest {s.slot}: closing the copy's cursor of {plan.name}"):
                 cur.close()
 
     # -- the stream ----------------------------------------------------------------------
@@ -496,22 +555,17 @@ class Ingester:
             )
         self._rcur = rcur
         self._state, self._error = "streaming", None
+        self._backoff.reset()
         queue: asyncio.Queue[_Txn | None] = asyncio.Queue(maxsize=8)
         log.info("ingest %s: streaming from %s", s.slot, format_lsn(start or self._confirmed))
-        tasks = [
-            asyncio.create_task(self._read(rcur, queue), name="ingest-read"),
-            asyncio.create_task(self._apply_loop(rcur, queue), name="ingest-apply"),
-            asyncio.create_task(self._closed.wait(), name="ingest-close"),
-        ]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            # Reading and applying run until one fails (its error ends the session) or
+            # aclose(); either way the other is cancelled.
+            await _race(self._read(rcur, queue), self._apply_loop(rcur, queue),
+                        self._closed.wait())  # fmt: skip
         finally:
-            await cancel_and_wait(tasks)
             self._pending, self._in_txn = 0, False
             self._pending_ts.clear()
-        for t in done:
-            if not t.cancelled() and t.exception() is not None:
-                raise t.exception()  # type: ignore[misc]
 
     async def _read(self, rcur: Any, queue: asyncio.Queue[_Txn | None]) -> None:
         """Read messages, decode them into transactions (parts of `batch_changes`
@@ -527,6 +581,7 @@ class Ingester:
         data_wal_end: int | None = None  # the cursor's wal_end right after a data message
         try:
             while True:
+                checkpoint()
                 with translate("replication stream"):
                     msg = rcur.read_message()
                 if msg is None:
@@ -621,6 +676,7 @@ class Ingester:
     async def _apply_loop(self, rcur: Any, queue: asyncio.Queue[_Txn | None]) -> None:
         limit = self.settings.batch_changes
         while True:
+            checkpoint()
             batch = [await queue.get()]
             size = len(batch[0].changes) if batch[0] else 0
             while size < limit and not queue.empty():
@@ -825,6 +881,35 @@ def _row(
 
 def _as_text(value: str | None, cur: Any) -> str | None:
     return value
+
+
+async def _race(*coros: Coroutine[Any, Any, object]) -> None:
+    """Run `coros` until the first ends, cancel the others, and raise the first error.
+
+    Each runs guarded (its error kept, not raised into the group): on Python
+    3.11 a TaskGroup whose child fails while the group is already exiting
+    leaves its parent task cancelling for good (fixed in 3.12), and the
+    ingester's next `checkpoint()` would end it.
+    """
+    errors: list[Exception] = []
+
+    async def guarded(coro: Coroutine[Any, Any, object]) -> None:
+        try:
+            await coro
+        except Exception as e:
+            errors.append(e)
+
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(guarded(c)) for c in coros]
+
+        def cancel_rest(_: asyncio.Task[None]) -> None:
+            for t in tasks:
+                t.cancel()
+
+        for t in tasks:
+            t.add_done_callback(cancel_rest)
+    if errors:
+        raise errors[0]
 
 
 def _identify(rcur: Any) -> str:

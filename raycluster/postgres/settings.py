@@ -11,10 +11,9 @@ line (`masked_dsn` gives a loggable form without the password).
 
 from __future__ import annotations
 
-import re
-from urllib.parse import urlsplit, urlunsplit
-
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from raycluster._urls import mask_url
 
 __all__ = ("PostgresSettings", "TableSource", "masked_dsn")
 
@@ -37,7 +36,11 @@ class TableSource(BaseModel):
         description="The table, `schema.name` or `name` (schema public); names as Postgres "
         "stores them (unquoted identifiers are lower case).",
     )
-    entity: str = Field(min_length=1, description="The tier entity its rows become.")
+    entity: str = Field(
+        min_length=1,
+        pattern=r"^[^:]+$",
+        description="The tier entity its rows become (no ':': it is part of key names).",
+    )
     tenant_column: str = Field(
         min_length=1,
         description="Column holding the row's tenant (its text). Rows whose tenant is NULL, "
@@ -125,9 +128,23 @@ class PostgresSettings(BaseModel):
         2.0, gt=0, description="How often an ingester waiting for a busy slot tries again."
     )
     connect_timeout_s: float = Field(10.0, gt=0, description="Postgres connect timeout.")
+    status_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the ingester publishes its status to Redis (read by "
+        "`raycluster status`, the edge's /metrics and the tier's status); it expires after "
+        "five intervals without one.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PostgresSettings:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(
+                f"reconnect_max_s: must be at least reconnect_min_s ({self.reconnect_min_s:g}) "
+                f"(got {self.reconnect_max_s:g})"
+            )
+        if not self.dsn.get_secret_value().strip():
+            raise ValueError("dsn: must not be empty")
         seen_tables: set[str] = set()
         seen_entities: set[str] = set()
         for i, t in enumerate(self.tables):
@@ -144,19 +161,7 @@ class PostgresSettings(BaseModel):
         return next((t for t in self.tables if t.entity == entity), None)
 
 
-_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
 def masked_dsn(dsn: str | SecretStr) -> str:
-    """The DSN with its password replaced by `***` (URL or key=value form): safe to log."""
-    text = dsn.get_secret_value() if isinstance(dsn, SecretStr) else dsn
-    if "://" in text:
-        parts = urlsplit(text)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, host = netloc.rpartition("@")
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
-        query = _PASSWORD_KV.sub(r"\1***", parts.query.replace("&", " ")).replace(" ", "&")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-    return _PASSWORD_KV.sub(r"\1***", text)
+    """The DSN with its credentials replaced by `***` (URL or key=value form): safe to
+    show or log (`raycluster._urls.mask_url`, as every URL the tier shows)."""
+    return mask_url(dsn.get_secret_value() if isinstance(dsn, SecretStr) else dsn)

@@ -429,12 +429,28 @@ maxlen = ARGV[3]
 local wm = ''
 if mode == 's' then wm = call('GET', wm_key) or '' end
 local top, applied, skipped, same, more = wm, 0, 0, 0, 0
+-- A row's state (`states`, as `write` keeps it) and its JSON as the call's planned
+-- writes leave them (false: not live), read with one HMGET on first use.
+local rows = {}
+local function current(row_key)
+  local s = states[row_key]
+  if not s then
+    local r = call('HMGET', row_key, 'v', 'ix', 'row')
+    s = {r[1], r[2]}
+    states[row_key] = s
+    rows[row_key] = r[3]
+  end
+  return s, rows[row_key]
+end
+-- Plan every group's writes (reads only), keeping each group's own plan.
+local groups, stamps = {}, {}
 local k, a = 4, 5
 for _ = 1, tonumber(ARGV[4]) do
   ids_key, counts_key = KEYS[k], KEYS[k + 1]
   tenant, entity = ARGV[a], ARGV[a + 1]
   local prefix, nw = ARGV[a + 2], tonumber(ARGV[a + 3])
   k, a = k + 2, a + 4
+  planned, sets, zsets, counts = {}, {}, {}, {}
   for _ = 1, nw do
     local pos, op, id, row, blob = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
     local row_key = KEYS[k]
@@ -442,19 +458,21 @@ for _ = 1, tonumber(ARGV[4]) do
     if more == 1 or (mode == 's' and not newer(pos, wm)) then
       skipped = skipped + 1
     elseif op == 'u' then
-      local cur = call('HMGET', row_key, 'v', 'ix', 'row')
-      if cur[3] == row and cur[2] == blob then
+      local cur, stored = current(row_key)
+      if stored == row and cur[2] == blob then
         same = same + 1
       else
         write(row_key, cur, 'upsert', '', id, row, blob, true)
+        rows[row_key] = row
         applied = applied + 1
       end
-      if mode == 'c' then call('HSET', row_key, 'g', gen) end
+      if mode == 'c' then stamps[#stamps + 1] = row_key end
       if newer(pos, top) then top = pos end
     elseif op == 'd' then
-      local cur = call('HMGET', row_key, 'v', 'ix')
+      local cur = current(row_key)
       if cur[2] then
         write(row_key, cur, 'delete', '', id, '', '', true)
+        rows[row_key] = false
         applied = applied + 1
       else
         same = same + 1
@@ -465,16 +483,34 @@ for _ = 1, tonumber(ARGV[4]) do
       local live = call('ZRANGE', ids_key, 0, most - 1)
       for _, rid in ipairs(live) do
         local rk = prefix .. rid
-        write(rk, call('HMGET', rk, 'v', 'ix'), 'delete', '', rid, '', '', true)
+        write(rk, current(rk), 'delete', '', rid, '', '', true)
+        rows[rk] = false
         applied = applied + 1
       end
       -- `blob` '1': the last truncate of its partition at `pos`: then record `pos`.
       if #live >= most then more = 1 elseif blob == '1' and newer(pos, top) then top = pos end
     end
   end
-  finish()
-  sets, zsets, counts = {}, {}, {}
+  groups[#groups + 1] = {ids_key, counts_key, tenant, entity, planned, sets, zsets, counts}
 end
+local function use(g)
+  ids_key, counts_key, tenant, entity = g[1], g[2], g[3], g[4]
+  planned, sets, zsets, counts = g[5], g[6], g[7], g[8]
+end
+-- Check every key the call writes, then write.
+for _, g in ipairs(groups) do
+  use(g)
+  if #planned > 0 then
+    local err = check_types()
+    if err then return redis.error_reply(err) end
+  end
+end
+for _, g in ipairs(groups) do
+  use(g)
+  commit()
+  finish()
+end
+for _, row_key in ipairs(stamps) do call('HSET', row_key, 'g', gen) end
 if mode == 's' and top ~= wm then call('SET', wm_key, top) end
 return {applied, skipped, same, more}
 """
@@ -506,6 +542,11 @@ Returns `{applied, skipped, unchanged, more}`: writes that changed a row,
 writes skipped as already applied, writes that found the row as it would
 leave it, and `1` when a truncate stopped after *m* rows (call it again; its
 position is recorded once it finds no more).
+
+As `WRITE`, it reads and plans every write of every group first, then checks
+the type of every key it is about to write, and only then writes: an error
+reply (a key of another type, a corrupt counter) means nothing of the call
+was written, the watermark included.
 """
 
 SOURCE_SWEEP = (
@@ -518,10 +559,16 @@ local live = call('ZRANGEBYLEX', ids_key, ARGV[6], '+', 'LIMIT', 0, tonumber(ARG
 local deleted = 0
 for _, id in ipairs(live) do
   local rk = prefix .. id
-  if call('HGET', rk, 'g') ~= gen then
-    write(rk, call('HMGET', rk, 'v', 'ix'), 'delete', '', id, '', '', true)
+  local r = call('HMGET', rk, 'v', 'ix', 'g')
+  if r[3] ~= gen then
+    write(rk, {r[1], r[2]}, 'delete', '', id, '', '', true)
     deleted = deleted + 1
   end
+end
+if #planned > 0 then
+  local err = check_types()
+  if err then return redis.error_reply(err) end
+  commit()
 end
 finish()
 return {deleted, #live, live[#live] or ''}
@@ -536,7 +583,8 @@ with its event, as `WRITE` deletes. KEYS: 1 live-id set; 2 partition stream;
 MAXLEN; 4 row-key prefix; 5 generation; 6 start (ZRANGEBYLEX bound: `-`,
 then `(` + the last id of the previous call); 7 how many live ids to look at.
 Returns `{deleted, looked at, last id looked at}` (fewer looked at than
-asked: done).
+asked: done). It checks every key's type before its first write, as `WRITE`
+does (an error reply: nothing deleted).
 """
 
 READ = r"""

@@ -36,12 +36,12 @@ import redis.exceptions as rx
 from raycluster.cluster.routing import partition_of
 from raycluster.errors import InvalidRow
 
-from ._client import ClusterClient
+from ._client import ClientComponent, ClusterClient
 from .errors import RedisCommandError, translate_errors
 from .scripts import SOURCE_APPLY, SOURCE_SWEEP
 from .writer import Writer, _row_json
 
-__all__ = ("ApplyStats", "SourceWrite", "SourceWriter")
+__all__ = ("ApplyStats", "SourceStatus", "SourceWrite", "SourceWriter")
 
 _SWEEP_IDS = 1000  # live ids one sweep call looks at
 _SHA = {s: hashlib.sha1(s.encode()).hexdigest() for s in (SOURCE_APPLY, SOURCE_SWEEP)}
@@ -194,6 +194,16 @@ class SourceWriter(Writer):
         with translate_errors("source state"):
             mapping: dict[Any, Any] = dict(fields)
             await self._client.hset(self.keys.source_state(self.source), mapping=mapping)
+
+    async def server_run_id(self) -> str | None:
+        """The Redis server's run id (a new one after every restart); None on Redis
+        Cluster (each node has its own)."""
+        if isinstance(self._client, ClusterClient):
+            return None
+        with translate_errors("INFO server"):
+            info: Any = await self._client.info("server")
+        run_id = info.get("run_id")
+        return str(run_id) if run_id else None
 
     async def add_tenants(self, entity: str, tenants: Iterable[str]) -> None:
         """Record that the source writes rows of `entity` for `tenants`."""
@@ -363,3 +373,39 @@ class SourceWriter(Writer):
                 *(self._pipelined(commands(part), _IN_FLIGHT, part[0].args[1]) for part in parts)
             )
             return [r for res in results for r in res]
+
+
+class SourceStatus(ClientComponent):
+    """The status a source's running process publishes, readable by any process of the
+    tier (the controller, `raycluster status`, the edge's /metrics).
+
+    One JSON string per source (`Keys.source_status`) with a TTL: a process
+    that stops publishing disappears once it expires.
+    """
+
+    client_name = "raycluster-source-status"
+
+    async def publish(
+        self, source: str, status: Mapping[str, Any], *, ttl_s: float, if_absent: bool = False
+    ) -> bool:
+        """Store `status` for `ttl_s`; with `if_absent`, only where no other status is
+        (a standby does not hide the active one's). Whether it was stored."""
+        key = self.keys.source_status(source)
+        with translate_errors(f"source status {source}"):
+            done = await self._client.set(
+                key, json.dumps(status, default=str), px=max(1, round(ttl_s * 1000)),
+                nx=if_absent,
+            )  # fmt: skip
+        return bool(done)
+
+    async def read(self, source: str) -> dict[str, Any] | None:
+        """The last status published for `source` (None: none, or it expired)."""
+        with translate_errors(f"source status {source}"):
+            raw = await self._client.get(self.keys.source_status(source))
+        if raw is None:
+            return None
+        try:
+            status = json.loads(raw)
+        except ValueError:
+            return None  # not one of ours: nothing to report
+        return status if isinstance(status, dict) else None

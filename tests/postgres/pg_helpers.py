@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg2
 
-from raycluster.livequery import Cond, DeltaOp, EntitySpec, LiveDelta, LiveQuery, Subscription
+from raycluster.livequery import Cond, DeltaOp, EngineSubscription, EntitySpec, LiveDelta, LiveQuery
 from raycluster.postgres.ingester import Ingester
 from raycluster.postgres.pgoutput import parse_lsn
 from raycluster.postgres.settings import PostgresSettings
@@ -92,7 +92,7 @@ async def synced(status: Callable[[], dict[str, Any]], db: Db, timeout_s: float 
 class Client:
     """A maintained-mode subscriber's list, rebuilt only from its snapshot and frames."""
 
-    def __init__(self, tenant: str, sub: Subscription) -> None:
+    def __init__(self, tenant: str, sub: EngineSubscription) -> None:
         self.tenant = tenant
         self.sub = sub
         self.items: list[tuple[str, int, dict[str, Any]]] = [

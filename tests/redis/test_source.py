@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from redis_helpers import stream_entries
+from redis_helpers import snapshot_keys, stream_entries
 
 from raycluster.cluster.routing import partition_of
 from raycluster.errors import InvalidRow
 from raycluster.livequery import EntitySpec
-from raycluster.redis import RedisSettings, RedisStore
+from raycluster.redis import RedisCommandError, RedisSettings, RedisStore
 from raycluster.redis.source import SourceWrite, SourceWriter
 
 pytestmark = pytest.mark.redis
@@ -154,5 +154,51 @@ async def test_scripts_are_loaded_again_after_a_flush(
         assert stats.applied == 1
         await admin.script_flush()
         assert await sw.sweep(1, "acme", "item") == 2
+    finally:
+        await sw.aclose()
+
+
+@pytest.mark.parametrize(
+    ("how", "victim"),
+    [(how, victim)
+     for how in ("apply", "copy", "truncate", "sweep")
+     for victim in ("stream", "ids of the second group", "index", "watermark")
+     if victim != "watermark" or how in ("apply", "truncate")],  # (copy, sweep: none)
+)  # fmt: skip
+async def test_a_source_call_that_meets_a_key_of_another_type_writes_nothing(
+    redis_url: str, settings: RedisSettings, admin: Any, victim: str, how: str
+) -> None:
+    """The source scripts plan, check every key they write, then write (as WRITE does)."""
+    sw = SourceWriter.from_url(redis_url, settings=settings, entities=[SPEC], source="s5")
+    try:
+        # Two tenants of one partition: one call, two groups.
+        other = next(t for t in (f"t{i}" for i in range(3000))
+                     if partition_of(t, "item") == partition_of("acme", "item"))  # fmt: skip
+        await sw.apply([up(pos(1, 1), "acme", "a", name="x", n=1),
+                        up(pos(1, 2), other, "a", name="y", n=2)], atomic_writes=10)  # fmt: skip
+        keys, p = settings.keys, partition_of("acme", "item")
+        key = {
+            "stream": keys.event_stream(p),
+            "ids of the second group": keys.table(other, "item"),
+            "index": keys.sort_lex(other, "item", "name"),
+            "watermark": keys.source_position("s5", p),
+        }[victim]
+        await admin.delete(key)
+        await admin.hset(key, "f", "v")
+        before = await snapshot_keys(admin)
+        with pytest.raises(RedisCommandError) as info:
+            if how == "apply":
+                await sw.apply([up(pos(2, 1), "acme", "b", name="z"), rm(pos(2, 2), other, "a"),
+                                up(pos(2, 3), other, "c", name="w")], atomic_writes=10)  # fmt: skip
+            elif how == "copy":
+                await sw.copy(3, [up("", "acme", "b", name="z"), up("", other, "c", name="w")],
+                              atomic_writes=10)  # fmt: skip
+            elif how == "truncate":
+                # (one call per tenant: a truncate lands in steps)
+                await sw.truncate(pos(2, 1), "item", [other], chunk=10)
+            else:
+                await sw.sweep(3, other, "item")
+        assert key in str(info.value) or "WRONGTYPE" in str(info.value)
+        assert await snapshot_keys(admin) == before
     finally:
         await sw.aclose()
