@@ -90,7 +90,7 @@ class Tier:
             max_restarts=-1,
             num_cpus=0,
             resources=dict(settings.controller_resources),
-        ).remote(settings.model_dump_json(), url)
+        ).remote(settings.model_dump_json(), url, _dsn(settings))
         report = on_progress or LogProgress()
         try:
             info = _started(controller.start.remote(shards), settings, deadline, report)
@@ -117,6 +117,8 @@ class Tier:
                 time.monotonic() - t0, p["desired"], p["live"], p["pending"], p["failed"],
                 free, total,
             )  # fmt: skip
+            if p.get("fatal"):  # waiting cannot help (the ingester refused its config, …)
+                raise snap.error(self.name, snap.elapsed_s)
             if remaining <= 0:
                 raise snap.error(self.name, timeout_s)
             report(snap)
@@ -264,6 +266,12 @@ def _started(
         if remaining <= 0:
             raise snap.error(settings.name, settings.start_timeout_s)
         report(snap)
+
+
+def _dsn(settings: TierSettings) -> str | None:
+    """The Postgres source's DSN: the controller's own argument (the settings JSON
+    carries it masked)."""
+    return settings.postgres.dsn.get_secret_value() if settings.postgres is not None else None
 
 
 def _teardown(controller: Any) -> None:

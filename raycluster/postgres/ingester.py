@@ -186,6 +186,7 @@ class Ingester:
         self._closed = asyncio.Event()
         self._ready = asyncio.Event()  # past its config checks (or stopped)
         self._failure: PostgresSourceError | None = None
+        self._last_error: BaseException | None = None
         self._runner: asyncio.Task[Any] | None = None
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._status = SourceStatus(self._client, settings=rs)
@@ -267,7 +268,7 @@ class Ingester:
         the Redis client. Idempotent."""
         self._closed.set()
         runner = self._runner
-        if runner is not None and runner is not asyncio.current_task():
+        if runner is not None and not runner.done() and runner is not asyncio.current_task():
             await cancel_and_wait([runner], self.settings.connect_timeout_s)
         await self._client.aclose()
 
@@ -320,6 +321,8 @@ class Ingester:
         for the slot, or not yet past its start) only where no other ingester's is."""
         st = self.status()
         standby = st["state"] in ("starting", "waiting")
+        if self._state == "reconnecting" and isinstance(self._last_error, RedisUnavailable):
+            return  # Redis is away (run() says so, and retries): nowhere to publish
         await self._status.publish(
             self.settings.slot, st, ttl_s=STATUS_TTL_INTERVALS * self.settings.status_interval_s,
             if_absent=standby,
@@ -343,7 +346,7 @@ class Ingester:
         log.error("ingest %s: stopped: %s", self.settings.slot, e)
 
     def _reconnecting(self, e: BaseException) -> None:
-        self._state, self._error = "reconnecting", str(e)
+        self._state, self._error, self._last_error = "reconnecting", str(e), e
         self._ready.set()  # it runs, and retries
         self._stats.reconnects += 1
         log.warning("ingest %s: %s; reconnecting", self.settings.slot, e)

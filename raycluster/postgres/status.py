@@ -54,10 +54,11 @@ def lsn_number(text: str) -> int:
     return (int(hi, 16) << 32) | int(lo or "0", 16)
 
 
-def describe_ingester(st: Mapping[str, Any] | None) -> str:
-    """One line for a terminal: slot, state, confirmed position, lag, rows/s (and the error)."""
+def describe_ingester(st: Mapping[str, Any] | None, slot: str = "?") -> str:
+    """One line for a terminal: slot, state, confirmed position, lag, rows/s (and the error);
+    for no status (None), that none reports on `slot`."""
     if st is None:
-        return "ingester: none reporting"
+        return f"ingester {slot}: none reporting (while none runs, Postgres keeps the slot's WAL)"
     line = (
         f"ingester {st.get('slot', '?')}: {st.get('state', '?')}, confirmed "
         f"{st.get('confirmed_lsn', '?')}, lag {st.get('lag_bytes', 0)} bytes / "

@@ -29,6 +29,7 @@ class Db:
     """One autocommit connection to a test's database."""
 
     def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
         self.conn = psycopg2.connect(dsn, options="-c TimeZone=UTC -c extra_float_digits=3")
         self.conn.autocommit = True
 

@@ -1,26 +1,23 @@
-"""Random SQL on Postgres, live windows over Redis: every window equals Postgres' own
-`SELECT … WHERE … ORDER BY … COLLATE "C" LIMIT n` whenever the ingester caught up.
+"""The differential workload over Postgres: two tables, random SQL, random queries.
 
-Two tables: `asset`, keyed by its id alone (deletes and tenant moves need the
-tenant looked up), and `site`, keyed by (tenant, code). The workload inserts,
-updates (values, ids, tenants, nothing at all), deletes, runs multi-row
-transactions, TRUNCATEs, and writes large TOASTed values that later updates
-leave unchanged.
+`asset` is keyed by its id alone (deletes and tenant moves need the tenant
+looked up), `site` by (tenant, code). The workload inserts, updates (values,
+ids, tenants, nothing at all), deletes, runs multi-row transactions,
+TRUNCATEs, and writes large TOASTed values that later updates leave
+unchanged. Used by tests/postgres/test_pg_differential.py (windows over
+Redis) and tests/ray/test_postgres_tier.py (in-cluster and external
+subscriptions through a tier on Ray).
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 from typing import Any
 
-import pytest
-from pg_helpers import Client, Db, sql_window, synced
+from pg_helpers import Db
 
-from raycluster.cluster.routing import partition_of
 from raycluster.livequery import (
     Cond,
-    Engine,
     EntitySpec,
     LiveQuery,
     SortKey,
@@ -35,11 +32,8 @@ from raycluster.livequery import (
     ne,
     or_,
 )
-from raycluster.postgres.ingester import Ingester
 from raycluster.postgres.settings import PostgresSettings, TableSource
-from raycluster.redis import RedisFeed, RedisSettings, RedisStore
-
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+from raycluster.redis import RedisSettings
 
 ASSET = EntitySpec(
     name="asset",
@@ -228,64 +222,6 @@ def rand_query(rng: random.Random) -> LiveQuery:
     return LiveQuery(entity="asset", where=where, sort=sort, limit=rng.randint(1, 15))
 
 
-def check_windows(db: Db, clients: list[Client]) -> int:
-    for c in clients:
-        c.catch_up()
-        q = c.sub.query
-        table, spec, id_col = (
-            ("asset", ASSET, "id") if q.entity == "asset" else ("site", SITE, "code")
-        )
-        want = sql_window(db, table, spec, "tenant", id_col, c.tenant, q)
-        got = [agg_id for agg_id, _, _ in c.items]
-        assert got == want, (c.tenant, q.model_dump(exclude_defaults=True), got, want,
-                             sql_rows(db, table, got + want), c.items)  # fmt: skip
-    return len(clients)
-
-
-@pytest.mark.timeout(180)
-async def test_windows_equal_postgres(db_dsn: str, slot: str, redis_url: str) -> None:
-    rng = random.Random(19)
-    db = Db(db_dsn)
-    db.run(SCHEMA)
-    work = Workload(db, rng)
-    work.round(300)  # rows before the ingester starts: the initial copy
-    rs = quick_redis()
-    entities = [ASSET, SITE]
-    ing = Ingester(settings(db_dsn, slot, batch_changes=50, atomic_writes=7), redis_url,
-                   redis_settings=rs, entities=entities)  # fmt: skip
-    task = asyncio.create_task(ing.run())
-    partitions = {partition_of(t, e) for t in TENANTS for e in ("asset", "site")}
-    store = RedisStore.from_url(redis_url, entities=entities, settings=rs)
-    feed = RedisFeed.from_url(redis_url, partitions=partitions, settings=rs)
-    clients: list[Client] = []
-    compared = 0
-    try:
-        await synced(ing.status, db)
-        async with Engine(store, store, feed, cushion=3, entities=entities) as engine:
-            for rnd in range(12):
-                for _ in range(4):
-                    tenant = rng.choice(TENANTS)
-                    clients.append(Client(tenant, await engine.subscribe(tenant, rand_query(rng))))
-                if rnd == 7:
-                    work.truncate()
-                work.round(120)
-                await synced(ing.status, db)
-                await engine.settle()
-                compared += check_windows(db, clients)
-            assert engine.stats.dispatch_errors == 0 and engine.stats.load_errors == 0
-        assert feed.stats.malformed == 0 and feed.stats.gaps == 0
-        st = ing.status()
-        assert st["state"] == "streaming" and st["truncates"] == 1 and st["skipped"] == 0
-        assert st["unchanged"] > 0  # the no-op updates wrote nothing
-        assert compared > 200
-    finally:
-        await ing.aclose()
-        await task
-        await feed.aclose()
-        await store.aclose()
-        db.close()
-
-
-def sql_rows(db: Db, table: str, ids: list[str]) -> list[tuple[Any, ...]]:
-    key = "id" if table == "asset" else "code"
-    return db.rows(f"SELECT * FROM {table} WHERE {key}::text = ANY(%s)", [ids])
+def window_of(q: LiveQuery) -> tuple[str, EntitySpec, str]:
+    """The table, entity and id column a query of the workload reads."""
+    return ("asset", ASSET, "id") if q.entity == "asset" else ("site", SITE, "code")
