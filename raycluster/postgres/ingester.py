@@ -89,6 +89,7 @@ log = logging.getLogger(__name__)
 _PG_EPOCH_S = 946_684_800  # 2000-01-01 in Unix time: Postgres timestamps count from it
 _TRUNCATE_CHUNK = 1000  # rows one truncate call deletes
 _RATE_WINDOW_S = 10.0  # rows/s is measured over this long
+_YIELD_EVERY = 256  # messages the reader decodes before it lets the applier run
 _UNKNOWN = object()  # a tenant the change does not name (looked up in the owner map)
 _PROTO = {"proto_version": "1"}
 
@@ -134,17 +135,23 @@ class _Stats:
         self.reconnects = 0
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
 
+    @property
+    def written(self) -> int:
+        """Rows written to Redis: streamed writes that changed a row, and copied rows."""
+        return self.applied + self.copied_rows
+
     def sample(self, now: float) -> None:
-        self._samples.append((now, self.applied))
+        self._samples.append((now, self.written))
         while self._samples and self._samples[0][0] < now - _RATE_WINDOW_S:
             self._samples.popleft()
 
     def rate(self, now: float) -> float:
+        """Rows written per second over the samples of the last `_RATE_WINDOW_S`."""
         if len(self._samples) < 2:
             return 0.0
         t0, n0 = self._samples[0]
         span = max(now - t0, 1e-3)
-        return (self.applied - n0) / span
+        return (self.written - n0) / span
 
 
 class Ingester:
@@ -185,6 +192,7 @@ class Ingester:
         self._in_txn = False  # the reader holds part of a transaction
         self._closed = asyncio.Event()
         self._ready = asyncio.Event()  # past its config checks (or stopped)
+        self._room = asyncio.Event()  # set by the applier whenever it took changes
         self._failure: PostgresSourceError | None = None
         self._last_error: BaseException | None = None
         self._runner: asyncio.Task[Any] | None = None
@@ -538,6 +546,7 @@ class Ingester:
                 await writer.copy(gen, writes, atomic_writes=s.atomic_writes)
                 await writer.set_owners(plan.entity, owners)
                 self._stats.copied_rows += len(writes)
+                self._stats.sample(time.monotonic())
         finally:
             with logged(f"ingest {s.slot}: closing the copy's cursor of {plan.name}"):
                 cur.close()
@@ -559,7 +568,7 @@ class Ingester:
         self._rcur = rcur
         self._state, self._error = "streaming", None
         self._backoff.reset()
-        queue: asyncio.Queue[_Txn | None] = asyncio.Queue(maxsize=8)
+        queue: asyncio.Queue[_Txn | None] = asyncio.Queue()  # (bounded by _hand_over)
         log.info("ingest %s: streaming from %s", s.slot, format_lsn(start or self._confirmed))
         try:
             # Reading and applying run until one fails (its error ends the session) or
@@ -574,70 +583,70 @@ class Ingester:
         """Read messages, decode them into transactions (parts of `batch_changes`
         changes for large ones), hand them to the applier."""
         loop = asyncio.get_running_loop()
-        readable = asyncio.Event()
         fd = rcur.connection.fileno()
-        loop.add_reader(fd, readable.set)
         txn: _Txn | None = None
         index = 0
         interval = self.settings.feedback_interval_s
         limit = self.settings.batch_changes
         data_wal_end: int | None = None  # the cursor's wal_end right after a data message
-        try:
-            while True:
-                checkpoint()
+        turn = 0
+        while True:
+            turn += 1
+            if turn % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # the applier's replies and the next calls go on
+            try:
+                msg = rcur.read_message()
+            except psycopg2.Error:  # (translated only when raised: a `with` per message costs)
                 with translate("replication stream"):
-                    msg = rcur.read_message()
-                if msg is None:
-                    readable.clear()
-                    with translate("replication stream"):
-                        msg = rcur.read_message()
-                if msg is None:
-                    # A keepalive moved the cursor's wal_end since the last data message:
-                    # the server has sent everything before it.
-                    wal_end = int(rcur.wal_end or 0)
-                    if txn is None and wal_end != data_wal_end:
-                        self._received = max(self._received, wal_end)
-                    try:
-                        await asyncio.wait_for(readable.wait(), interval)
-                    except TimeoutError:
-                        if self._pending == 0:
-                            # Idle: ask for a keepalive, so received_lsn follows the server.
-                            with translate("feedback"):
-                                rcur.send_feedback(reply=True)
+                    raise
+            if msg is None:
+                # A keepalive moved the cursor's wal_end since the last data message:
+                # the server has sent everything before it.
+                wal_end = int(rcur.wal_end or 0)
+                if txn is None and wal_end != data_wal_end:
+                    self._received = max(self._received, wal_end)
+                checkpoint()
+                if not await _readable(loop, fd, interval) and self._pending == 0:
+                    # Idle: ask for a keepalive, so received_lsn follows the server.
+                    with translate("feedback"):
+                        rcur.send_feedback(reply=True)
+                continue
+            data_wal_end = int(rcur.wal_end or 0)
+            m = decode(bytes(msg.payload))
+            if isinstance(m, Begin):
+                txn = _Txn(m.final_lsn, 0, m.commit_ts_us)
+                index = 0
+                self._in_txn = True
+            elif isinstance(m, Commit):
+                if txn is None:
                     continue
-                data_wal_end = int(rcur.wal_end or 0)
-                m = decode(bytes(msg.payload))
-                if isinstance(m, Begin):
-                    txn = _Txn(m.final_lsn, 0, m.commit_ts_us)
-                    index = 0
-                    self._in_txn = True
-                elif isinstance(m, Commit):
-                    if txn is None:
-                        continue
-                    txn.end_lsn, txn.final = m.end_lsn, True
-                    await self._hand_over(queue, txn)
-                    txn, self._in_txn = None, False
-                    self._received = max(self._received, m.end_lsn)
-                elif isinstance(m, Relation):
-                    self._follow(m)
-                elif isinstance(m, Insert | Update | Delete | Truncate):
-                    if txn is None:
-                        continue
-                    index += 1
-                    ch = self._change(m, index)
-                    if ch is not None:
-                        txn.changes.append(ch)
-                        if len(txn.changes) >= limit:
-                            part = _Txn(txn.commit_lsn, 0, txn.commit_ts_us, txn.changes)
-                            txn.changes = []
-                            await self._hand_over(queue, part)
-        finally:
-            loop.remove_reader(fd)
+                txn.end_lsn, txn.final = m.end_lsn, True
+                await self._hand_over(queue, txn)
+                txn, self._in_txn = None, False
+                self._received = max(self._received, m.end_lsn)
+            elif isinstance(m, Relation):
+                self._follow(m)
+            elif isinstance(m, Insert | Update | Delete | Truncate):
+                if txn is None:
+                    continue
+                index += 1
+                ch = self._change(m, index)
+                if ch is not None:
+                    txn.changes.append(ch)
+                    if len(txn.changes) >= limit:
+                        part = _Txn(txn.commit_lsn, 0, txn.commit_ts_us, txn.changes)
+                        txn.changes = []
+                        await self._hand_over(queue, part)
 
     async def _hand_over(self, queue: asyncio.Queue[_Txn | None], txn: _Txn) -> None:
+        """Queue `txn` for the applier; wait while two batches' worth of changes wait."""
+        checkpoint()
+        while self._pending >= 2 * self.settings.batch_changes:
+            self._room.clear()
+            await self._room.wait()
         self._pending += len(txn.changes) + 1
         self._pending_ts.append(txn.commit_ts_us)
-        await queue.put(txn)
+        queue.put_nowait(txn)
 
     def _follow(self, rel: Relation) -> None:
         plan = self._by_relid.get(rel.relid)
@@ -691,6 +700,7 @@ class Ingester:
             ends = [t.end_lsn for t in txns if t.final]
             done = sum(len(t.changes) + 1 for t in txns)
             self._pending -= done
+            self._room.set()
             for _ in txns:
                 self._pending_ts.popleft()
             if ends:
@@ -884,6 +894,29 @@ def _row(
 
 def _as_text(value: str | None, cur: Any) -> str | None:
     return value
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, fd: int, timeout_s: float) -> bool:
+    """Wait until `fd` is readable (True) or `timeout_s` passed (False).
+
+    The reader is registered only while waiting: a level-triggered reader left
+    on a socket with unread data would wake the loop on every turn (a busy
+    loop while the applier waits on Redis).
+    """
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await asyncio.wait_for(ready, timeout_s)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
 
 
 async def _race(*coros: Coroutine[Any, Any, object]) -> None:

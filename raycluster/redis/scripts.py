@@ -451,11 +451,14 @@ for _ = 1, tonumber(ARGV[4]) do
   local prefix, nw = ARGV[a + 2], tonumber(ARGV[a + 3])
   k, a = k + 2, a + 4
   planned, sets, zsets, counts = {}, {}, {}, {}
+  -- A group's positions ascend: once one is after the watermark, so are the rest.
+  local fresh, last = mode ~= 's', nil
   for _ = 1, nw do
     local pos, op, id, row, blob = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
     local row_key = KEYS[k]
     k, a = k + 1, a + 5
-    if more == 1 or (mode == 's' and not newer(pos, wm)) then
+    if not fresh and more == 0 then fresh = newer(pos, wm) end
+    if more == 1 or not fresh then
       skipped = skipped + 1
     elseif op == 'u' then
       local cur, stored = current(row_key)
@@ -467,7 +470,7 @@ for _ = 1, tonumber(ARGV[4]) do
         applied = applied + 1
       end
       if mode == 'c' then stamps[#stamps + 1] = row_key end
-      if newer(pos, top) then top = pos end
+      last = pos
     elseif op == 'd' then
       local cur = current(row_key)
       if cur[2] then
@@ -477,7 +480,7 @@ for _ = 1, tonumber(ARGV[4]) do
       else
         same = same + 1
       end
-      if newer(pos, top) then top = pos end
+      last = pos
     else -- 't': delete up to `row` live rows of the (tenant, entity)
       local most = tonumber(row)
       local live = call('ZRANGE', ids_key, 0, most - 1)
@@ -488,9 +491,10 @@ for _ = 1, tonumber(ARGV[4]) do
         applied = applied + 1
       end
       -- `blob` '1': the last truncate of its partition at `pos`: then record `pos`.
-      if #live >= most then more = 1 elseif blob == '1' and newer(pos, top) then top = pos end
+      if #live >= most then more = 1 elseif blob == '1' then last = pos end
     end
   end
+  if mode == 's' and last and newer(last, top) then top = last end
   groups[#groups + 1] = {ids_key, counts_key, tenant, entity, planned, sets, zsets, counts}
 end
 local function use(g)
@@ -529,14 +533,15 @@ KEYS: 1 the partition's watermark `Keys.source_position(source, p)`; 2 the
 partition stream; 3 its event counter; then per group (one tenant and
 entity): its live-id set, its index-count hash, then one row hash per write.
 ARGV: 1 mode, `s` stream (positions checked, the watermark raised to the
-largest applied) or `c` copy (no positions; each upserted row's hash gets
-field `g` = ARGV 2); 2 copy generation; 3 stream MAXLEN; 4 number of groups;
-then per group: tenant, entity, row-key prefix, number of writes, then per
-write: position, op, id, row JSON, index entries. Ops: `u` upsert, `d`
-delete, `t` truncate (the row JSON field holds a count *m*: delete up to *m*
-live rows of the group; a truncate is the only write of its call, and its
-entries field is `1` when, done, it records its position: the truncates of
-several tenants of one partition at one position record it with the last).
+largest applied; a group's positions must ascend) or `c` copy (no positions;
+each upserted row's hash gets field `g` = ARGV 2); 2 copy generation; 3
+stream MAXLEN; 4 number of groups; then per group: tenant, entity, row-key
+prefix, number of writes, then per write: position, op, id, row JSON, index
+entries. Ops: `u` upsert, `d` delete, `t` truncate (the row JSON field holds
+a count *m*: delete up to *m* live rows of the group; a truncate is the only
+write of its call, and its entries field is `1` when, done, it records its
+position: the truncates of several tenants of one partition at one position
+record it with the last).
 
 Returns `{applied, skipped, unchanged, more}`: writes that changed a row,
 writes skipped as already applied, writes that found the row as it would

@@ -24,10 +24,11 @@ the partition stream: shards see them unchanged), with what a source needs:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -80,7 +81,7 @@ class ApplyStats:
 
 class _Call(NamedTuple):
     partition: int
-    args: list[Any]  # the EVALSHA command, without its name and sha
+    build: Callable[[], list[Any]]  # the EVALSHA arguments after the sha (built when sent)
 
 
 class SourceWriter(Writer):
@@ -143,7 +144,7 @@ class SourceWriter(Writer):
                     tenant, entity, prefix, 1, pos, "t", "", str(chunk), record,
                 ]  # fmt: skip
                 while True:
-                    stats, more = await self._run([_Call(p, args)])
+                    stats, more = await self._run([_Call(p, functools.partial(list, args))])
                     total += stats.applied
                     if not more:
                         break
@@ -262,22 +263,51 @@ class SourceWriter(Writer):
         self, writes: Sequence[SourceWrite], mode: str, generation: str, atomic_writes: int
     ) -> list[_Call]:
         """The script calls of a batch: per partition, chunks of `atomic_writes` writes
-        in position order, each grouped by (tenant, entity)."""
-        per_partition: dict[int, list[tuple[int, SourceWrite]]] = defaultdict(list)
+        in position order, each grouped by (tenant, entity).
+
+        Every write is checked here, before anything is sent (`InvalidRow`); a call's
+        arguments are encoded when it is sent, so Redis runs one call while the next
+        is encoded.
+        """
+        per_partition: dict[int, list[tuple[SourceWrite, dict[str, Any] | None]]]
+        per_partition = defaultdict(list)
+        layouts: dict[tuple[str, str], Any] = {}
         for i, w in enumerate(writes):
-            per_partition[partition_of(w.tenant, w.entity)].append((i, w))
+            target = (w.tenant, w.entity)
+            if target not in layouts:
+                layouts[target] = self._target(w.tenant, w.entity)[0]
+            layout, row, agg_id = layouts[target], w.row, w.agg_id
+            # The common case, checked inline (what `_check` would pass, for less).
+            if (
+                type(row) is dict and layout is not None and type(agg_id) is str
+                and agg_id and agg_id.isascii() and layout.valid(row)
+            ):  # fmt: skip
+                vals: dict[str, Any] | None = row.copy()
+            else:
+                try:
+                    vals = self._check(layout, agg_id, row, None, delete=row is None)
+                except InvalidRow as e:
+                    raise InvalidRow(f"writes.{i}.{e.field}", e.value, e.reason) from e
+            per_partition[partition_of(w.tenant, w.entity)].append((w, vals))
         calls: list[_Call] = []
         for p, ws in per_partition.items():
             for start in range(0, len(ws), atomic_writes):
-                calls.append(self._call(p, ws[start : start + atomic_writes], mode, generation))
+                part = ws[start : start + atomic_writes]
+                calls.append(_Call(p, functools.partial(self._call, p, part, mode, generation)))
         return calls
 
     def _call(
-        self, p: int, part: list[tuple[int, SourceWrite]], mode: str, generation: str
-    ) -> _Call:
-        groups: dict[tuple[str, str], list[tuple[int, SourceWrite]]] = defaultdict(list)
+        self,
+        p: int,
+        part: list[tuple[SourceWrite, dict[str, Any] | None]],
+        mode: str,
+        generation: str,
+    ) -> list[Any]:
+        """One script call's arguments (after the sha) for checked writes of partition `p`."""
+        groups: dict[tuple[str, str], list[tuple[SourceWrite, dict[str, Any] | None]]]
+        groups = defaultdict(list)
         for item in part:
-            groups[(item[1].tenant, item[1].entity)].append(item)
+            groups[(item[0].tenant, item[0].entity)].append(item)
         keys: list[str] = [self.keys.source_position(self.source, p), "", ""]
         argv: list[Any] = [mode, generation, self.settings.events_maxlen, len(groups)]
         for (tenant, entity), items in groups.items():
@@ -285,26 +315,19 @@ class SourceWriter(Writer):
             keys[1], keys[2] = fixed[1], fixed[3]
             keys += (fixed[0], fixed[2])
             argv += (tenant, entity, prefix, len(items))
-            checked = []
-            for i, w in items:
-                try:
-                    checked.append(self._check(layout, w.agg_id, w.row, None, delete=w.row is None))
-                except InvalidRow as e:
-                    raise InvalidRow(f"writes.{i}.{e.field}", e.value, e.reason) from e
-            live = [(w.agg_id, vals) for (_, w), vals in zip(items, checked, strict=True)
-                    if vals is not None]  # fmt: skip
+            live = [(w.agg_id, vals) for w, vals in items if vals is not None]
             blobs = iter(
                 layout.entries_many(tenant, [a for a, _ in live], [v for _, v in live])[0]
                 if layout is not None and live
                 else [b""] * len(live)
             )
-            for (_, w), vals in zip(items, checked, strict=True):
+            for w, vals in items:
                 keys.append(prefix + w.agg_id)
                 if vals is None:
                     argv += (w.pos, "d", w.agg_id, "", b"")
                 else:
                     argv += (w.pos, "u", w.agg_id, _row_json(vals), next(blobs))
-        return _Call(p, [len(keys), *keys, *argv])
+        return [len(keys), *keys, *argv]
 
     async def _load(self, script: str) -> str:
         """The script's SHA1, loaded (on every master) once since the last NOSCRIPT."""
@@ -358,7 +381,7 @@ class SourceWriter(Writer):
     async def _send(self, calls: list[_Call], sha: str) -> list[Any]:
         def commands(part: list[_Call]) -> Iterator[list[Any]]:
             for c in part:
-                yield ["EVALSHA", sha, *c.args]
+                yield ["EVALSHA", sha, *c.build()]
 
         with translate_errors(f"source apply ({len(calls)} calls)"):
             if not isinstance(self._client, ClusterClient):
@@ -368,10 +391,11 @@ class SourceWriter(Writer):
             per_p: dict[int, list[_Call]] = defaultdict(list)
             for c in calls:
                 per_p[c.partition].append(c)
-            parts = list(per_p.values())
             results = await asyncio.gather(
-                *(self._pipelined(commands(part), _IN_FLIGHT, part[0].args[1]) for part in parts)
-            )
+                *(self._pipelined(commands(part), _IN_FLIGHT,
+                                  self.keys.source_position(self.source, p))
+                  for p, part in per_p.items())
+            )  # fmt: skip
             return [r for res in results for r in res]
 
 
