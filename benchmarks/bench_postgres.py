@@ -16,7 +16,9 @@
   an in-cluster subscription of a tier on a local Ray with the ingester actor:
   100 live windows; a writer process commits one-row UPDATEs (each moves a
   row inside a window: one frame) at the rate; latency is a frame's receive
-  time minus its transaction's commit time (both this machine's clock).
+  time minus its transaction's commit time (both this machine's clock), split
+  at the change's write time in Redis into the ingester's hop and the tier's.
+  Once per in-cluster transport (`gateway_transport`: `ray`, `redis`).
 
 Medians of `--runs`. Prints a table and writes benchmarks/results/bench_postgres.json.
 """
@@ -265,6 +267,7 @@ async def latency_run(tier: Any, dsn: str, rate: float, seconds: float, run: int
                       sort=[SortKey(column="name")], limit=10)  # fmt: skip
         subs.append(await tier.subscribe(LAT_TENANT, q))
     received: dict[str, float] = {}
+    in_redis: dict[str, float] = {}  # the event's write time (the script's clock), seconds
     tag = f"r{run}-"
 
     async def consume(sub: Any) -> None:
@@ -272,6 +275,7 @@ async def latency_run(tier: Any, dsn: str, rate: float, seconds: float, run: int
             row = f.delta.row
             if row is not None and str(row.get("name", "")).startswith(f"m{tag}"):
                 received.setdefault(row["name"], time.time())
+                in_redis.setdefault(row["name"], (f.delta.at or 0) / 1000)
 
     readers = [asyncio.create_task(consume(s)) for s in subs]
     spec = json.dumps({"dsn": dsn, "rate": rate, "seconds": seconds, "seed": run, "tag": tag})
@@ -289,12 +293,17 @@ async def latency_run(tier: Any, dsn: str, rate: float, seconds: float, run: int
     for s in subs:
         await s.close()
     lat = [(received[name] - t) * 1000 for name, t in commits.items() if name in received]
+    # The two hops: commit -> in Redis (the ingester), in Redis -> client (the tier).
+    hop1 = [(in_redis[n] - t) * 1000 for n, t in commits.items() if n in in_redis]
+    hop2 = [(received[n] - in_redis[n]) * 1000 for n in commits if n in in_redis]
     return {"p50": pct(lat, 0.5), "p99": pct(lat, 0.99), "frames": len(lat),
+            "ingest_p50": pct(hop1, 0.5), "ingest_p99": pct(hop1, 0.99),
+            "tier_p50": pct(hop2, 0.5), "tier_p99": pct(hop2, 0.99),
             "commits": len(commits), "rate": result["rate"]}  # fmt: skip
 
 
 async def latency_section(
-    pg: LocalPostgres, redis_url: str, rate: float, seconds: float, runs: int
+    pg: LocalPostgres, redis_url: str, rate: float, seconds: float, runs: int, transport: str
 ) -> dict[str, Any]:
     import ray
 
@@ -312,6 +321,7 @@ async def latency_section(
     ray.init(num_cpus=4, include_dashboard=False, namespace="raycluster-bench")
     settings = TierSettings.load(
         name=name.replace("_", "-"), shards=1, gateways=1, shard_num_cpus=0.5,
+        gateway_transport=transport,
         entities=[ASSET.model_dump()],
         postgres={**source(dsn, f"s_{name}"), "status_interval_s": 1.0},
         redis={"redis_url": redis_url, "key_prefix": name, "heartbeat_ttl_s": 2.0},
@@ -327,10 +337,15 @@ async def latency_section(
         await tier.aclose()
         ray.shutdown()
         await asyncio.to_thread(drop_db, pg, name)
+    med = statistics.median
     return {
-        "benchmark": f"commit -> in-cluster client frame @ {rate:g} tx/s",
-        "p50_ms": statistics.median(r["p50"] for r in res),
-        "p99_ms": statistics.median(r["p99"] for r in res),
+        "benchmark": f"commit -> in-cluster client frame @ {rate:g} tx/s, {transport} transport",
+        "p50_ms": med(r["p50"] for r in res),
+        "p99_ms": med(r["p99"] for r in res),
+        "ingest_hop_ms": f"{med(r['ingest_p50'] for r in res):.1f}/"
+        f"{med(r['ingest_p99'] for r in res):.1f}",
+        "tier_hop_ms": f"{med(r['tier_p50'] for r in res):.1f}/"
+        f"{med(r['tier_p99'] for r in res):.1f}",
         "rate": statistics.median(r["rate"] for r in res),
         "frames": f"{min(r['frames'] for r in res)}/{res[0]['commits']}",
         "target": "p99 <= 20 ms",
@@ -339,7 +354,8 @@ async def latency_section(
 
 
 COLUMNS = ["benchmark", "commit_rows_per_s", "ingest_rows_per_s", "ratio", "drain_rows_per_s",
-           "p50_ms", "p99_ms", "rate", "frames", "target", "runs", "error"]  # fmt: skip
+           "p50_ms", "p99_ms", "ingest_hop_ms", "tier_hop_ms", "rate", "frames", "target",
+           "runs", "error"]  # fmt: skip
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -368,12 +384,16 @@ async def main(args: argparse.Namespace) -> None:
             except Exception as e:
                 rows_out.append({"benchmark": "ingest", "error": f"{type(e).__name__}: {e}"[:200]})
             report("bench_postgres", rows_out, COLUMNS)
-        if not args.only or "latency" in args.only:
+        for transport in args.transport or ["ray", "redis"]:
+            if args.only and "latency" not in args.only:
+                break
             try:
-                rows_out.append(await latency_section(
-                    pg, url, args.rate, 3.0 if args.quick else 10.0, args.runs))  # fmt: skip
+                seconds = 3.0 if args.quick else 10.0
+                rows_out.append(
+                    await latency_section(pg, url, args.rate, seconds, args.runs, transport)
+                )
             except Exception as e:
-                rows_out.append({"benchmark": "latency",
+                rows_out.append({"benchmark": f"latency, {transport} transport",
                                  "error": f"{type(e).__name__}: {e}"[:200]})  # fmt: skip
             report("bench_postgres", rows_out, COLUMNS)
     finally:
@@ -392,4 +412,9 @@ if __name__ == "__main__":
     ap.add_argument("--tx-rows", type=int, default=100, help="rows per transaction (ingest)")
     ap.add_argument("--rate", type=float, default=1000.0, help="transactions/s (latency)")
     ap.add_argument("--only", action="append", help="ingest or latency")
+    ap.add_argument(
+        "--transport", action="append", choices=["ray", "redis"],
+        help="in-cluster gateways' transport (gateway_transport) of the latency runs "
+        "(default: both)",
+    )  # fmt: skip
     asyncio.run(main(ap.parse_args()))

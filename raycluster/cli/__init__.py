@@ -269,6 +269,11 @@ def _demo(args: argparse.Namespace) -> int:
         from raycluster._jobs import demo
     except ImportError as e:
         raise _need("ray", e) from e
+    if args.postgres:
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError as e:
+            raise _need("postgres", e) from e
     if args.rate is None:
         args.rate = DEMO_RATE
     return demo(args)
