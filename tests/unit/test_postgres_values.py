@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
+from raycluster.livequery import LiveQuery, SortKey, eq, gt, in_, is_null, or_
 from raycluster.postgres.settings import PostgresSettings, TableSource, masked_dsn
+from raycluster.postgres.sql import window_sql
+from raycluster.postgres.status import describe_ingester, lsn_number
 from raycluster.postgres.values import (
     BOOL,
     DATE,
@@ -94,3 +99,54 @@ def test_settings_refuse_two_tables_for_one_entity() -> None:
                          tables=[t, t.model_copy(update={"table": "b"})])  # fmt: skip
     with pytest.raises(ValidationError):
         PostgresSettings(dsn="x", publication="p", slot="Bad-Slot", tables=[t])
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"reconnect_min_s": 2.0, "reconnect_max_s": 1.0}, "reconnect_max_s"),
+        ({"dsn": "  "}, "dsn"),
+        ({"batch_changes": 0}, "batch_changes"),
+        ({"status_interval_s": 0}, "status_interval_s"),
+        ({"unknown_key": 1}, "unknown_key"),
+        ({"tables": [{"table": "t", "entity": "a:b", "tenant_column": "c"}]}, "entity"),
+        ({"tables": [{"table": "t", "entity": "e", "tenant_column": "c", "extra": 1}]}, "extra"),
+    ],
+)
+def test_settings_refuse_bad_values_naming_the_field(changes: dict[str, Any], field: str) -> None:
+    base: dict[str, Any] = {
+        "dsn": "postgresql://db/app", "publication": "p",
+        "tables": [{"table": "t", "entity": "e", "tenant_column": "c"}],
+    }  # fmt: skip
+    with pytest.raises(ValidationError, match=field):
+        PostgresSettings(**{**base, **changes})
+
+
+def test_status_lines_and_positions() -> None:
+    assert lsn_number("0/0") == 0 and lsn_number("1/10") == 2**32 + 16
+    st = {"slot": "s", "state": "streaming", "confirmed_lsn": "0/1A", "lag_bytes": 12,
+          "lag_s": 0.5, "rows_per_s": 100.0, "error": None}  # fmt: skip
+    assert describe_ingester(st) == (
+        "ingester s: streaming, confirmed 0/1A, lag 12 bytes / 0.5 s, 100 rows/s"
+    )
+    failed = {**st, "state": "failed", "error": "table public.t: gone"}
+    assert describe_ingester(failed).endswith("; last error: table public.t: gone")
+    assert describe_ingester(None, "s").startswith("ingester s: none reporting")
+
+
+def test_window_sql_is_postgres_own_query_of_the_window() -> None:
+    table = TableSource(table="app.asset", entity="asset", tenant_column="org", id_column="id")
+    q = LiveQuery(
+        entity="asset",
+        where=[eq("kind", "pump"), or_(gt("temp", 5), is_null("temp")), in_("site", ["n", "s"])],
+        sort=[SortKey(column="name", desc=True), SortKey(column="temp")],
+        limit=7,
+    )
+    sql, params = window_sql(q, table, "acme", {"name", "kind", "site"})
+    assert sql == (
+        'SELECT "id"::text FROM "app"."asset" WHERE "org"::text = %s AND '
+        '"kind" COLLATE "C" = %s AND ("temp" > %s OR "temp" IS NULL) AND '
+        '"site" COLLATE "C" = ANY(%s) ORDER BY "name" COLLATE "C" DESC NULLS FIRST, '
+        '"temp" ASC NULLS LAST, "id"::text COLLATE "C" LIMIT 7'
+    )
+    assert params == ["acme", "pump", 5, ["n", "s"]]
