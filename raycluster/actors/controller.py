@@ -383,7 +383,8 @@ class Controller:
             pass
 
     async def status(self) -> TierStatus:
-        """Live shards, partitions each owns, subscriptions, frames/s, lag."""
+        """Live shards, partitions each owns, subscriptions, frames/s, lag, and the Postgres
+        ingester's status (with a `postgres:` section)."""
         live = await self._members.live_shards()
 
         async def one(sid: str, h: Any) -> tuple[str, ShardActorStatus | ShardUnreachable]:

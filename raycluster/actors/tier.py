@@ -141,7 +141,9 @@ class Tier:
         return cls(controller, info)
 
     def status(self) -> TierStatus:
-        """Live shards, partitions each owns, subscriptions, frames/s, lag."""
+        """Live shards, partitions each owns, subscriptions, frames/s, lag; with a
+        `postgres:` section, the ingester's status (`ingester`: state, confirmed slot
+        position, lag in bytes and seconds, rows/s)."""
         status: TierStatus = self._call("status")
         return status
 
