@@ -195,7 +195,7 @@ class Ingester:
         self._room = asyncio.Event()  # set by the applier whenever it took changes
         # Per entity, the tenants this session recorded in Redis (`SourceWriter.add_tenants`).
         self._tenants: dict[str, set[str]] = collections.defaultdict(set)
-        self._failure: PostgresSourceError | None = None
+        self._failure: Exception | None = None
         self._last_error: BaseException | None = None
         self._runner: asyncio.Task[Any] | None = None
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
@@ -262,6 +262,9 @@ class Ingester:
             except RedisUnavailable as e:
                 self._reconnecting(e)
                 wait = backoff.next_delay_s()
+            except Exception as e:  # a bug, or Redis refusing a write (a key of another type)
+                self._fail(e)
+                raise
             with contextlib.suppress(TimeoutError):  # (the wait ends early on aclose())
                 await asyncio.wait_for(self._closed.wait(), wait)
 
@@ -333,10 +336,13 @@ class Ingester:
         standby = st["state"] in ("starting", "waiting")
         if self._state == "reconnecting" and isinstance(self._last_error, RedisUnavailable):
             return  # Redis is away (run() says so, and retries): nowhere to publish
-        await self._status.publish(
-            self.settings.slot, st, ttl_s=STATUS_TTL_INTERVALS * self.settings.status_interval_s,
-            if_absent=standby,
-        )  # fmt: skip
+        try:
+            await self._status.publish(
+                self.settings.slot, st,
+                ttl_s=STATUS_TTL_INTERVALS * self.settings.status_interval_s, if_absent=standby,
+            )  # fmt: skip
+        except RedisUnavailable as e:  # (run() notices the outage itself, and says so)
+            log.info("ingest %s: status not published: %s", self.settings.slot, e)
 
     def caught_up(self, lsn: int) -> bool:
         """Whether every transaction committed before WAL position `lsn` is in Redis."""
@@ -350,10 +356,14 @@ class Ingester:
 
     # -- one session: connect, copy if needed, stream ----------------------------------
 
-    def _fail(self, e: PostgresSourceError) -> None:
+    def _fail(self, e: Exception) -> None:
         self._state, self._error, self._failure = "failed", str(e), e
         self._ready.set()
-        log.error("ingest %s: stopped: %s", self.settings.slot, e)
+        if isinstance(e, PostgresSourceError):
+            log.error("ingest %s: stopped: %s", self.settings.slot, e)
+        else:
+            log.error("ingest %s: stopped: %s: %s", self.settings.slot, type(e).__name__, e,
+                      exc_info=e)  # fmt: skip
 
     def _reconnecting(self, e: BaseException) -> None:
         self._state, self._error, self._last_error = "reconnecting", str(e), e

@@ -10,14 +10,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from harness import ITEM, SCHEMA, Items, Windows, item_settings, quick_redis
 from pg_helpers import Db, synced, wait_for
 
+from raycluster.cluster.routing import partition_of
 from raycluster.livequery import EntitySpec
 from raycluster.postgres.errors import SchemaChanged, SourceConfigError, UnsupportedRowValue
 from raycluster.postgres.ingester import Ingester
 from raycluster.postgres.settings import TableSource
-from raycluster.redis import LocalRedisCluster, RedisSettings
+from raycluster.redis import LocalRedisCluster, RedisCommandError, RedisSettings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -134,6 +136,45 @@ async def test_an_unstorable_value_stops_the_ingester_naming_it(
     finally:
         await ing.aclose()
         db.close()
+
+
+async def test_a_key_of_another_type_stops_the_ingester_with_nothing_lost(
+    running: tuple[Db, Ingester], redis_url: str
+) -> None:
+    """A stray key where a write goes (another tier under an overlapping prefix, a
+    person): the script refuses before writing, the ingester stops naming the key,
+    the transaction is not confirmed; once the key is gone, a new ingester applies it."""
+    db, ing = running
+    rs = quick_redis()
+    task = asyncio.create_task(ing.run())
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        db.run("INSERT INTO item VALUES (1, 'acme', 'a', 1)")
+        await synced(ing.status, db)
+        stream = rs.keys.event_stream(partition_of("acme", "item"))
+        await client.delete(stream)
+        await client.hset(stream, "stray", "1")
+        db.run("INSERT INTO item VALUES (2, 'acme', 'b', 2)")
+        with pytest.raises(RedisCommandError) as e:
+            await asyncio.wait_for(task, 30)
+        assert stream in str(e.value)
+        st = ing.status()
+        assert st["state"] == "failed" and stream in st["error"]
+        assert not await client.exists(rs.keys.row("acme", "item", "2"))
+        await ing.aclose()
+
+        await client.delete(stream)
+        again = Ingester(ing.settings, redis_url, redis_settings=rs, entities=[ITEM])
+        task = asyncio.create_task(again.run())
+        try:
+            await synced(again.status, db)
+            assert await client.hget(rs.keys.row("acme", "item", "2"), "v") == b"1"
+        finally:
+            await again.aclose()
+            await task
+    finally:
+        await ing.aclose()
+        await client.aclose()
 
 
 async def test_a_second_ingester_waits_for_the_slot(db_dsn: str, slot: str, redis_url: str) -> None:
