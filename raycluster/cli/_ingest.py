@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from raycluster._tasks import cancel_and_wait, logged
+from raycluster._tasks import TaskSet, cancel_and_wait, logged
 from raycluster._urls import mask_url
 from raycluster.postgres import (
     PostgresSettings,
@@ -76,30 +76,40 @@ def ingest(
           f"{masked_dsn(pg.dsn)} -> {mask_url(redis_url)}", file=out, flush=True)  # fmt: skip
 
     async def main() -> None:
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        tasks = TaskSet("ingest")  # the status lines, the stop
+
+        stopping = False
+
+        def stop() -> None:
+            nonlocal stopping
+            if not stopping and not tasks.closed:  # (a second signal changes nothing)
+                stopping = True
+                tasks.spawn(ingester.aclose(), "ingest-stop")  # run() then returns
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stop)
         if seconds is not None:
-            loop.call_later(seconds, stop.set)
-        run = asyncio.create_task(ingester.run(), name=f"ingest-{pg.slot}")
-        stopper = asyncio.create_task(stop.wait(), name="ingest-stop")
-        try:
-            while True:
-                done, _ = await asyncio.wait(
-                    {run, stopper}, timeout=status_every_s or None,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )  # fmt: skip
-                if done:
-                    break
+            loop.call_later(seconds, stop)
+        if status_every_s:
+
+            async def line() -> None:
                 print(describe_ingester(ingester.status()), file=out, flush=True)
+
+            tasks.every(status_every_s, line, "status", delay_s=status_every_s)
+        # Until stop() (its aclose() ends run() normally) or an error it cannot retry past.
+        run = asyncio.create_task(ingester.run(), name=f"ingest-{pg.slot}")
+        try:
+            await asyncio.wait({run})
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+            await tasks.aclose(STOP_TIMEOUT_S)
+            if not run.done():  # (this command itself was cancelled)
+                await cancel_and_wait([run], STOP_TIMEOUT_S)
             with logged(f"ingest {pg.slot}: stopping"):
                 await asyncio.wait_for(ingester.aclose(), STOP_TIMEOUT_S)
-            await cancel_and_wait([t for t in (run, stopper) if not t.done()])
-        if not run.cancelled():
+        if not run.cancelled():  # (cancelled: stopped while it was ending anyway)
             run.result()  # the error that stopped it, if any
 
     # The error that stops the ingester is this command's one line: not logged too.
