@@ -13,20 +13,19 @@ private Redis) and are written with plain SQL; the tier follows it through
 its ingester actor, which is killed mid-way instead of a shard, and every
 window is checked against Postgres' own ORDER BY … COLLATE "C" LIMIT.
 
-Same as `raycluster demo` (the code is `raycluster._jobs.demo`).
+Runs `raycluster demo` (the code is `raycluster._jobs.demo`): a bad config or a failure
+is one line `raycluster: error: …`, exit 2 or 1 (docs/cli.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from raycluster._jobs import add_demo_args, demo
+from raycluster.cli import main
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_demo_args(ap)
-    raise SystemExit(demo(ap.parse_args()))
+    # Through the command line: a bad config or a failure is one line, as there.
+    raise SystemExit(main(["demo", *sys.argv[1:]]))

@@ -7,20 +7,19 @@ seconds, and blocks. `ray job stop` (SIGTERM) or Ctrl-C stops every actor of
 the tier before exiting. With no Redis configured, a private local server
 lives as long as this job (single-node use only).
 
-Same as `raycluster serve` (the code is `raycluster._jobs.serve`).
+Runs `raycluster serve` (the code is `raycluster._jobs.serve`): a bad config or a failure
+is one line `raycluster: error: …`, exit 2 or 1 (docs/cli.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from raycluster._jobs import add_serve_args, serve
+from raycluster.cli import main
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_serve_args(ap)
-    raise SystemExit(serve(ap.parse_args()))
+    # Through the command line: a bad config or a failure is one line, as there.
+    raise SystemExit(main(["serve", *sys.argv[1:]]))

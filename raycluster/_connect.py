@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from raycluster._urls import mask_url
 from raycluster._wiring import Closers, redis_gateway
 from raycluster.client import Subscription
 from raycluster.cluster import Gateway
@@ -85,18 +86,5 @@ _SCHEMES = ("redis", "rediss", "unix")
 
 def _check_url(url: object) -> None:
     if not isinstance(url, str) or urlsplit(url).scheme not in _SCHEMES:
-        shown = _without_password(url) if isinstance(url, str) else repr(url)
+        shown = mask_url(url) if isinstance(url, str) else repr(url)
         raise ConfigError("redis_url", f"{shown} is not a redis://, rediss:// or unix:// URL")
-
-
-def _without_password(url: str) -> str:
-    """`url` with any password replaced by `***` (for messages)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rpartition("@")[2]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        return "(unparsable URL)"

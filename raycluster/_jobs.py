@@ -106,23 +106,28 @@ def _show(label: str, ids: list[str]) -> None:
     print(f"  {label:<24} {' '.join(ids)}", flush=True)
 
 
-def demo(args: argparse.Namespace) -> int:
-    """Run the main job (see `jobs/demo.py`); 0 when every window was exact at the end."""
-    return asyncio.run(_demo(args))
+def demo(args: argparse.Namespace, settings: TierSettings | None = None) -> int:
+    """Run the main job (see `jobs/demo.py`); 0 when every window was exact at the end.
+
+    `settings` (with three shards): what `--config` and the environment say,
+    loaded here when not given.
+    """
+    return asyncio.run(_demo(args, settings or TierSettings.load(args.config, shards=3)))
 
 
-async def _demo(args: argparse.Namespace) -> int:
+async def _demo(args: argparse.Namespace, settings: TierSettings) -> int:
     async with contextlib.AsyncExitStack() as stack:
-        overrides: dict[str, Any] = {"shards": 3}
         if getattr(args, "redis_cluster", False):
             from raycluster.redis import LocalRedisCluster
 
             cluster = stack.enter_context(LocalRedisCluster(masters=3))
             url = await asyncio.to_thread(cluster.start)
-            print(f"local Redis Cluster: {len(cluster.urls)} masters, seed {url}", flush=True)
-            overrides["redis"] = {"redis_url": url, "redis_cluster": True}
+            print(f"local Redis Cluster: {len(cluster.urls)} masters, seed {mask_url(url)}",
+                  flush=True)  # fmt: skip
+            redis = {**settings.redis.model_dump(), "redis_url": url, "redis_cluster": True}
+            settings = TierSettings.model_validate({**settings.model_dump(), "redis": redis})
         if not getattr(args, "postgres", False):
-            return await _Demo(TierSettings.load(args.config, **overrides), args).run()
+            return await _Demo(settings, args).run()
         from raycluster.postgres import local_postgres
 
         server = await stack.enter_async_context(local_postgres())
@@ -130,8 +135,8 @@ async def _demo(args: argparse.Namespace) -> int:
         stack.callback(db.close)
         print(f"local PostgreSQL on port {server.port}: table {PG_TABLE}, publication "
               f"{PG_PUBLICATION}", flush=True)  # fmt: skip
-        overrides["postgres"] = db.source()
-        return await _PostgresDemo(TierSettings.load(args.config, **overrides), args, db).run()
+        settings = TierSettings.model_validate({**settings.model_dump(), "postgres": db.source()})
+        return await _PostgresDemo(settings, args, db).run()
 
 
 DEMO_QUERIES = {
@@ -495,13 +500,15 @@ class _Stop(BaseException):
     """Raised in the main thread by SIGTERM/SIGINT: unwinds a start or the serve loop."""
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, settings: TierSettings | None = None) -> int:
     """Start (or re-adopt) the tier and block, printing status lines, until SIGTERM/SIGINT.
 
     While actors are pending, prints what is ready, what waits on which
     resources and what the cluster has free; past `start_timeout_s` the start
     fails (`NotReadyError`, exit 1). Every actor of the tier is stopped before
     this returns, however it ends (a signal during the start included).
+    `settings`: what `--config` and the environment say, loaded here when not
+    given.
     """
     import ray
 
@@ -509,7 +516,7 @@ def serve(args: argparse.Namespace) -> int:
     from raycluster.actors.attach import attach_ray
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    settings = TierSettings.load(args.config)
+    settings = settings or TierSettings.load(args.config)
     # First: ray.init installs a SIGTERM handler of its own. RAY_ADDRESS, else the
     # local cluster, else a new local instance; an unreachable address fails in seconds.
     if os.environ.get("RAY_ADDRESS"):

@@ -18,30 +18,63 @@ in the environment give cushion 16 and ownership_interval_s 2.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
+from raycluster._section import SECTION_CONFIG, Section
 from raycluster.cluster.options import GatewayOptions, ShardOptions
-from raycluster.errors import ConfigError, InvalidQuery
+from raycluster.cluster.routing import PARTITIONS
+from raycluster.errors import ConfigError, InvalidArgument
 from raycluster.livequery import EntitySpec, QueryLimits
 from raycluster.postgres.settings import PostgresSettings
 from raycluster.redis.settings import ENV_PREFIX, RedisSettings, redis_env
 
-__all__ = ("HEAD_NODE", "EdgeSettings", "TierSettings")
+__all__ = (
+    "HEAD_NODE",
+    "MAX_GATEWAYS",
+    "MAX_SHARDS",
+    "EdgeSettings",
+    "TierSettings",
+    "check_shard_count",
+    "unknown_env_names",
+)
 
 # Ray gives the head node one unit of this resource: asking for a sliver of it
 # places an actor on the head (as the Ray docs recommend for driver-side actors).
 HEAD_NODE = {"node:__internal_head__": 0.001}
+
+# A shard beyond the 256th could own no partition; the bound also keeps a typo
+# (`shards: 100000`) from asking the controller for that many actors.
+MAX_SHARDS = PARTITIONS
+MAX_GATEWAYS = 64  # in-cluster gateway actors; one per node is plenty
+# Ray counts resources in units of 1/10000 (a smaller non-zero amount is refused).
+RESOURCE_PRECISION = 0.0001
+# Environment names with the prefix that are not settings (read by the command line).
+OTHER_ENV_NAMES = frozenset({"RAYCLUSTER_CONFIG"})
+
+
+def check_shard_count(n: object, field: str = "shards") -> int:
+    """`n` if it is a shard count a tier can run: an int (not a bool) from 0 to
+    `MAX_SHARDS`; `InvalidArgument` naming `field` otherwise (`tier.scale(2.5)`)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise InvalidArgument(field, n, f"must be a whole number (an int), not {type(n).__name__}")
+    if not 0 <= n <= MAX_SHARDS:
+        raise InvalidArgument(field, n, f"must be from 0 to {MAX_SHARDS}")
+    return n
 
 
 _YAML_PATH: ContextVar[Path | None] = ContextVar("raycluster_yaml_path", default=None)
@@ -52,13 +85,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
     `OSError` when the file cannot be read.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(str(path), f"not UTF-8 text ({e.reason} at line {line})") from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
+        if isinstance(e, yaml.reader.ReaderError):  # a character YAML refuses (a NUL, …)
+            where = f" at line {text.count(chr(10), 0, e.position) + 1}"
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or type(e).__name__
         raise ConfigError(str(path), f"not valid YAML: {problem}{where}") from e
     if data is None:
         return {}
@@ -90,7 +130,84 @@ class _RedisFlatEnv(_MappingSource):
         return {"redis": found} if found else {}
 
 
-class EdgeSettings(BaseModel):
+class _EnvNames(_MappingSource):
+    """Contributes nothing; refuses a `RAYCLUSTER_*` variable that names no setting."""
+
+    def __call__(self) -> dict[str, Any]:
+        unknown = unknown_env_names()
+        if unknown:
+            raise ConfigError(
+                None,
+                f"{', '.join(unknown)}: not a setting (a typo?): the names are "
+                "RAYCLUSTER_<FIELD>, RAYCLUSTER_<SECTION>__<FIELD> and the flat Redis names "
+                "(docs/configuration.md)",
+            )
+        return {}
+
+
+def unknown_env_names(environ: dict[str, str] | None = None) -> list[str]:
+    """The `RAYCLUSTER_*` variables (any case) that name no setting, sorted.
+
+    Known: `RAYCLUSTER_<FIELD>` for a field of `TierSettings` or of the Redis
+    section, `RAYCLUSTER_<FIELD>__…` for a field of `TierSettings` (the
+    section then refuses an unknown key itself), and `OTHER_ENV_NAMES`.
+    """
+    env = os.environ if environ is None else environ
+    prefix = ENV_PREFIX.lower()
+    fields = {f.lower() for f in TierSettings.model_fields}
+    flat = {f.lower() for f in RedisSettings.model_fields}
+    other = {n.lower() for n in OTHER_ENV_NAMES}
+    unknown = []
+    for name in env:
+        low = name.lower()
+        if not low.startswith(prefix) or low in other:
+            continue
+        rest = low[len(prefix) :]
+        head, nested, _ = rest.partition("__")
+        if not (head in fields if nested else rest in fields | flat):
+            unknown.append(name)
+    return sorted(unknown)
+
+
+def _env_error(e: SettingsError) -> ConfigError:
+    """`SettingsError` (an environment value that is not JSON) as a `ConfigError` naming it."""
+    m = re.search(r'field "([^"]+)"', str(e))
+    field = m.group(1).lower() if m else ""
+    names = sorted(
+        n for n in os.environ if n.lower().startswith((ENV_PREFIX + field).lower()) and field
+    )
+    bad = [n for n in names if not _is_json(os.environ[n])] or names
+    cause = e.__cause__
+    why = f"not valid JSON ({cause})" if isinstance(cause, json.JSONDecodeError) else str(e)
+    return ConfigError(None, f"{', '.join(bad) or 'a variable'}: {why}")
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_resources(resources: dict[str, float]) -> dict[str, float]:
+    """Ray resources an actor asks for: named, not CPU/GPU (their own fields), not below
+    Ray's precision; `ValueError` naming the entry otherwise."""
+    for name, amount in resources.items():
+        if not name.strip():
+            raise ValueError("a resource name must not be empty")
+        if name in ("CPU", "GPU"):
+            raise ValueError(f"{name}: not a custom resource (CPUs are the *_num_cpus fields)")
+        if amount < 0:
+            raise ValueError(f"{name}: must be 0 or more (got {amount:g})")
+        if 0 < amount < RESOURCE_PRECISION:
+            raise ValueError(
+                f"{name}: Ray counts resources in units of {RESOURCE_PRECISION:g} (got {amount:g})"
+            )
+    return resources
+
+
+class EdgeSettings(Section):
     """Where the edge listens, who may use it, and how much one client may hold.
 
     Limits bound memory: a connection holds at most
@@ -165,17 +282,24 @@ class TierSettings(BaseSettings):
     """Everything a tier needs: Ray placement, Redis, loop cadences, entities."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+        **SECTION_CONFIG, env_prefix=ENV_PREFIX, env_nested_delimiter="__"
     )
 
     name: str = Field("raycluster", min_length=1, description="Actor-name prefix of the tier.")
     namespace: str = Field("raycluster", min_length=1, description="Ray namespace.")
-    shards: int = Field(3, ge=0, description="Desired number of shard actors.")
+    shards: int = Field(
+        3,
+        ge=0,
+        le=MAX_SHARDS,
+        description=f"Desired number of shard actors (at most {MAX_SHARDS}, the partitions: a "
+        "shard beyond them would own none).",
+    )
     gateways: int = Field(
         2,
         ge=0,
+        le=MAX_GATEWAYS,
         description="In-cluster gateway actors (0 CPUs each). With two or more, a driver "
-        "whose gateway dies moves its subscriptions to another at once.",
+        f"whose gateway dies moves its subscriptions to another at once. At most {MAX_GATEWAYS}.",
     )
     shard_num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per shard actor.")
     shard_resources: dict[str, float] = Field(
@@ -243,14 +367,42 @@ class TierSettings(BaseSettings):
         "raise an error naming the resources missing.",
     )
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except SettingsError as e:
+            raise _env_error(e) from e
+
+    @field_validator("shards", "gateways", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a whole number, not {value}")
+        return value
+
+    @field_validator(
+        "shard_resources", "controller_resources", "gateway_resources", "ingester_resources"
+    )
+    @classmethod
+    def _resources(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        return _check_resources(value) if value is not None else None
+
     @model_validator(mode="after")
     def _check(self) -> TierSettings:
-        if self.shard.heartbeat_interval_s >= self.redis.heartbeat_ttl_s:
-            raise InvalidQuery(
-                "shard.heartbeat_interval_s",
-                self.shard.heartbeat_interval_s,
-                f"must be below redis.heartbeat_ttl_s ({self.redis.heartbeat_ttl_s})",
-            )
+        ttl = self.redis.heartbeat_ttl_s
+        for section in ("shard", "gateway"):
+            interval = getattr(self, section).heartbeat_interval_s
+            if interval >= ttl:
+                raise ValueError(
+                    f"{section}.heartbeat_interval_s: must be below redis.heartbeat_ttl_s "
+                    f"({ttl:g}), or a live {section} expires between two heartbeats "
+                    f"(got {interval:g})"
+                )
+        seen: set[str] = set()
+        for i, entity in enumerate(self.entities):
+            if entity.name in seen:
+                raise ValueError(f"entities.{i}.name: {entity.name!r} is declared twice")
+            seen.add(entity.name)
         return self
 
     @classmethod
@@ -262,8 +414,10 @@ class TierSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """init > env (`__` nesting) > flat Redis env names > YAML > defaults, per field."""
+        """init > env (`__` nesting) > flat Redis env names > YAML > defaults, per field;
+        first, a `RAYCLUSTER_*` variable that names no setting is refused."""
         return (
+            _EnvNames(settings_cls),
             init_settings,
             env_settings,
             _RedisFlatEnv(settings_cls),
@@ -275,9 +429,10 @@ class TierSettings(BaseSettings):
         """Settings from `overrides`, the environment and the YAML file `path` (optional).
 
         Precedence is per field, nested fields included (module docstring).
-        Raises `OSError` if the file cannot be read, `ConfigError` (naming the
-        file) if it is not a YAML mapping, pydantic's `ValidationError` for a
-        bad value.
+        Raises `OSError` if the file cannot be read, `ConfigError` if it is
+        not a UTF-8 YAML mapping (naming the file) or if a `RAYCLUSTER_*`
+        variable names no setting or holds bad JSON (naming the variable),
+        pydantic's `ValidationError` for a bad value or an unknown key.
         """
         token = _YAML_PATH.set(Path(path) if path is not None else None)
         try:

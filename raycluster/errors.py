@@ -63,12 +63,19 @@ class InvalidQuery(_FieldError):
 
 
 class ConfigError(RayclusterError, ValueError):
-    """Raised when a config file cannot be used (not YAML, not a mapping); names the file."""
+    """Raised when the settings cannot be read: a config file that is not UTF-8 YAML or not
+    a mapping (names the file, `path`), or a `RAYCLUSTER_*` environment variable that names
+    no setting or holds bad JSON (`path` None; the reason names the variable)."""
 
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(self, path: str | None, reason: str) -> None:
         self.path = path
         self.reason = reason
-        super().__init__(f"config {path}: {reason}")
+        super().__init__(
+            f"config {path}: {reason}" if path is not None else f"environment: {reason}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
 
 
 class InvalidRow(_FieldError):
@@ -158,11 +165,14 @@ class NotReadyError(RayclusterError):
         self.missing = missing
         self.available = available
         self.total = total
-        not_ready = sorted({*pending, *failed})
-        parts = [f"tier {tier!r}: {', '.join(not_ready)} not ready after {timeout_s:g} s"]
+        not_ready = _listed({*pending, *failed})
+        parts = [f"tier {tier!r}: {not_ready} not ready after {timeout_s:g} s"]
         if missing:
             need = ", ".join(f"{r} {v:g}" for r, v in sorted(missing.items()))
-            demands = "; ".join(f"{a} needs {d}" for a, d in sorted(pending.items()))
+            demands = "; ".join(
+                f"{names} {'needs' if n == 1 else 'each need'} {d}"
+                for names, n, d in self.pending_groups(pending)
+            )
             parts.append(f"missing resources: {need} ({demands}; free {available} of {total})")
         for aid, err in sorted(failed.items()):
             parts.append(f"{aid}: {err}")
@@ -177,3 +187,35 @@ class NotReadyError(RayclusterError):
             (self.tier, self.timeout_s, self.pending, self.failed, self.missing,
              self.available, self.total),
         )  # fmt: skip
+
+    @staticmethod
+    def pending_groups(
+        pending: dict[str, dict[str, float]],
+    ) -> list[tuple[str, int, dict[str, float]]]:
+        """`(actors, how many, demand)` naming what pending actors wait for: one per actor,
+        or, past `MAX_LISTED` actors, one per distinct demand (`shard-2, … and 246 more`)."""
+        ids = sorted(pending, key=_natural)
+        if len(ids) <= MAX_LISTED:
+            return [(aid, 1, pending[aid]) for aid in ids]
+        groups: dict[str, tuple[list[str], dict[str, float]]] = {}
+        for aid in ids:
+            key = repr(sorted(pending[aid].items()))
+            groups.setdefault(key, ([], pending[aid]))[0].append(aid)
+        return [(_listed(names), len(names), demand) for names, demand in groups.values()]
+
+
+MAX_LISTED = 8  # a message names this many actors, then says how many more
+
+
+def _natural(aid: str) -> tuple[str, int]:
+    """Sort key: `shard-2` before `shard-10`."""
+    prefix, _, number = aid.rpartition("-")
+    return (prefix, int(number)) if number.isdigit() else (aid, -1)
+
+
+def _listed(ids: Any) -> str:
+    """`a, b, c` in natural order; past `MAX_LISTED`, the first ones and how many more."""
+    names = sorted(ids, key=_natural)
+    if len(names) <= MAX_LISTED:
+        return ", ".join(names)
+    return f"{', '.join(names[:MAX_LISTED])} and {len(names) - MAX_LISTED} more"

@@ -22,7 +22,7 @@ from typing import Any, TypedDict
 import ray
 
 from raycluster._tasks import TaskSet, every, logged
-from raycluster.config import TierSettings
+from raycluster.config import MAX_SHARDS, TierSettings, check_shard_count
 from raycluster.postgres import IngesterStatus, PostgresSourceError
 from raycluster.redis import RedisMembership, SourceStatus, make_client
 
@@ -94,6 +94,10 @@ class Controller:
         self._desired_key = keys.tier_shard_count(self.settings.name)
         self._ids_key = keys.tier_shard_ids(self.settings.name)
         self._last: tuple[float, int, int] | None = None
+        self._loaded = False  # the count stored in Redis was read (once, before acting)
+        self._scale_calls = 0  # scale() calls so far (the newest one applies its count)
+        self._incoming: int | None = None  # the count of a scale() waiting for the lock
+        self._stopping = False  # stop() began: no actor is created any more
         self._lock = asyncio.Lock()
         self._started = asyncio.Event()
         self._ready: dict[str, asyncio.Task[Any]] = {}  # actor id -> its readiness call
@@ -123,19 +127,36 @@ class Controller:
             await self._reconcile()
 
     async def _load(self) -> None:
+        """Once, before this incarnation first acts: the count stored in Redis, if any.
+
+        Afterwards the count in memory is the newest (`scale` and `start`
+        persist it); reading Redis again could undo a `scale` under way.
+        """
+        if self._loaded:
+            return
         stored = await self._redis.get(self._desired_key)
-        if stored is not None:
-            self.desired = int(stored)
+        self._loaded = True
+        if stored is None:
+            return
+        try:
+            self.desired = check_shard_count(int(stored))
+        except ValueError:  # not an int, or out of range (InvalidArgument)
+            log.error(
+                "controller: ignoring the stored shard count %r (not a count from 0 to %d); "
+                "keeping %d", stored, MAX_SHARDS, self.desired,
+            )  # fmt: skip
+            await self._redis.set(self._desired_key, self.desired)
 
     async def start(self, shards: int | None = None) -> dict[str, Any]:
         """Bring the tier to its desired size, re-adopting actors that exist; returns at once.
 
         The count is `shards` if given (persisted), else the one in Redis (a
         tier scaled and re-adopted keeps its scale), else the settings'. Poll
-        `progress()` to see the actors become ready.
+        `progress()` to see the actors become ready. A bad `shards` raises
+        `InvalidArgument` before anything changes.
         """
-        if shards is not None and shards < 0:
-            raise ValueError(f"shards: must be 0 or more (got {shards})")
+        if shards is not None:
+            check_shard_count(shards)
         async with self._lock:
             await self._load()
             if shards is not None:
@@ -282,7 +303,10 @@ class Controller:
         """Make the actors match `desired` (the caller holds the lock).
 
         A new shard id goes into the Redis set before its actor is created, so
-        whoever reads the set later finds every shard that may run.
+        whoever reads the set later finds every shard that may run. Actors are
+        created one at a time, and creation stops as soon as a `scale` to
+        fewer shards arrives or `stop()` begins: neither waits for creations
+        it made pointless.
         """
         want = shard_ids(self.desired)
         recorded = await self._recorded()
@@ -290,10 +314,14 @@ class Controller:
         if new:
             await self._redis.sadd(self._ids_key, *new)
         for gid in gateway_ids(self.settings.gateways):
+            if self._stopping:
+                return
             if gid not in self.gateways:
                 self.gateways[gid] = await asyncio.to_thread(self._gateway, gid)
             self._watch(gid, self.gateways[gid])
-        for sid in want:
+        for i, sid in enumerate(want):
+            if self._stopping or (self._incoming is not None and i >= self._incoming):
+                return  # stop(), or a scale() to fewer shards, takes over
             if sid not in self.shards:
                 self.shards[sid] = await asyncio.to_thread(self._shard, sid)
             self._watch(sid, self.shards[sid])
@@ -313,13 +341,23 @@ class Controller:
 
     async def scale(self, n: int) -> dict[str, Any]:
         """Run exactly `n` shards: persist `n`, start new ones, stop the highest-numbered
-        extra ones; returns `progress()` at once (new shards may still be starting)."""
-        if n < 0:
-            raise ValueError(f"shards: must be 0 or more (got {n})")
+        extra ones; returns `progress()` at once (new shards may still be starting).
+
+        A bad `n` raises `InvalidArgument` before anything changes. The newest
+        call wins: a reconcile under way stops creating shards at once, and
+        calls that queued behind it apply only the newest count.
+        """
+        check_shard_count(n)
+        self._scale_calls += 1
+        mine = self._scale_calls
+        self._incoming = n
         async with self._lock:
-            self.desired = n
-            await self._redis.set(self._desired_key, n)
-            await self._reconcile()
+            if mine == self._scale_calls:  # else a newer call applies its own count
+                self._incoming = None
+                self._loaded = True  # an explicit count: the stored one no longer matters
+                self.desired = n
+                await self._redis.set(self._desired_key, n)
+                await self._reconcile()
         self._started.set()
         return await self.progress()
 
@@ -457,6 +495,7 @@ class Controller:
         Afterwards no actor of the tier runs or heartbeats, and its state in
         Redis is gone (a later `start` begins from the settings).
         """
+        self._stopping = True
         await self._tasks.aclose()
         async with self._lock:
             await self._retire_ingester()  # first: it writes to what the others serve

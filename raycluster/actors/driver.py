@@ -25,6 +25,8 @@ from raycluster.client import Subscription
 from raycluster.errors import ClosedError, UnavailableError
 from raycluster.livequery import Cursor, LiveQuery
 
+from .remote import call
+
 __all__ = ("DriverSubscriptions", "GatewayStream")
 
 log = logging.getLogger("raycluster.actors.tier")
@@ -194,13 +196,15 @@ class DriverSubscriptions:
     async def _attach(self, stream: GatewayStream, sub: Subscription, *, moved: bool) -> None:
         """Subscribe `sub` (its query, under an id the gateway mints) through `stream`."""
         # The id first: frames are routed by it, and the first window may come at once.
-        sub.rebind(await stream.gateway.new_sub_id.remote(sub.tenant, stream.id))
+        sub.rebind(await call(stream.gateway.new_sub_id.remote(sub.tenant, stream.id)))
         first = sub.next_reset()
         stream.attach(sub, moved=moved)
         self._where[sub.id] = stream
         try:
-            await stream.gateway.subscribe.remote(
-                sub.tenant, sub.query.model_dump_json(), sub.id, stream.id
+            await call(
+                stream.gateway.subscribe.remote(
+                    sub.tenant, sub.query.model_dump_json(), sub.id, stream.id
+                )
             )
             await first
         except BaseException:
@@ -231,7 +235,7 @@ class DriverSubscriptions:
         """Move a subscription's window (through the gateway holding it now)."""
         cursor_json = cursor.model_dump_json() if cursor is not None else None
         s, tenant = self._holder(sub_id)
-        await s.gateway.reanchor.remote(sub_id, tenant, cursor_json, limit)
+        await call(s.gateway.reanchor.remote(sub_id, tenant, cursor_json, limit))
 
     async def unsubscribe(self, sub_id: str) -> None:
         """End a subscription on its gateway (a gone gateway took it with it)."""
@@ -253,7 +257,7 @@ class DriverSubscriptions:
     async def resync(self, sub_id: str) -> None:
         """Ask for a fresh window of a subscription."""
         s, tenant = self._holder(sub_id)
-        await s.gateway.resync.remote(sub_id, tenant)
+        await call(s.gateway.resync.remote(sub_id, tenant))
 
     # -- a lost gateway ------------------------------------------------------------
 

@@ -45,7 +45,8 @@ class StartProgress:
 
     def describe(self) -> str:
         """One line: live, pending and on what, failed, free of total."""
-        pending = ", ".join(f"{a} {d}" for a, d in sorted(self.pending.items())) or "none"
+        groups = NotReadyError.pending_groups(self.pending)
+        pending = ", ".join(f"{names} {d}" for names, _, d in groups) or "none"
         line = (
             f"{len(self.live)} ready ({', '.join(self.live) or 'none'}); pending: {pending}; "
             f"free {self.available} of {self.total}"

@@ -13,7 +13,7 @@ import ray
 
 from raycluster._tasks import logged
 from raycluster.client import Subscription
-from raycluster.config import TierSettings
+from raycluster.config import TierSettings, check_shard_count
 from raycluster.errors import RayclusterError
 from raycluster.livequery import LiveQuery
 from raycluster.redis import Writer, local_redis_for_process
@@ -22,6 +22,7 @@ from .controller import Controller, TierStatus
 from .driver import DriverSubscriptions
 from .names import controller_name, gateway_name
 from .progress import LogProgress, StartProgress, cluster_resources
+from .remote import get
 
 __all__ = ("StartProgress", "Tier")
 
@@ -59,11 +60,16 @@ class Tier:
 
         The shard count is `shards` if given, else the one a running (or
         re-adopted) tier persisted in Redis (`tier.scale`), else the config's.
+        A bad `shards` raises `InvalidArgument` before anything is started.
         While actors are pending, `on_progress` gets a `StartProgress` about
-        twice a second (default: logged). After `start_timeout_s` without every
-        actor ready, or on Ctrl-C / any error meanwhile, everything of the
-        tier is stopped (controller included) and the error raised:
-        `NotReadyError` names the missing resources.
+        twice a second (default: logged).
+
+        After `start_timeout_s` (of `config`) without every actor ready, or on
+        Ctrl-C / any error meanwhile, what the call started is stopped and the
+        error raised (`NotReadyError` names the missing resources): a tier
+        that was not running is stopped entirely, controller included; a
+        running tier it re-adopted goes back to its previous shard count and
+        keeps serving.
 
         With no Redis URL configured, a private `redis-server` is started that
         lives as long as this driver process (fine on one machine; on a
@@ -73,6 +79,8 @@ class Tier:
             settings = config
         else:
             settings = TierSettings.load(config)
+        if shards is not None:
+            check_shard_count(shards)
         if redis_url is not None:
             redis = settings.redis.model_copy(update={"redis_url": redis_url})
             settings = TierSettings.model_validate({**settings.model_dump(), "redis": redis})
@@ -81,8 +89,10 @@ class Tier:
         )
         if not ray.is_initialized():
             ray.init(namespace=settings.namespace)
-        deadline = time.monotonic() + settings.start_timeout_s
-        controller = Controller.options(  # type: ignore[attr-defined]
+        timeout_s = settings.start_timeout_s
+        deadline = time.monotonic() + timeout_s
+        running = _running_controller(settings)
+        controller = running or Controller.options(  # type: ignore[attr-defined]
             name=controller_name(settings.name),
             namespace=settings.namespace,
             lifetime="detached",
@@ -92,18 +102,27 @@ class Tier:
             resources=dict(settings.controller_resources),
         ).remote(settings.model_dump_json(), url, _dsn(settings))
         report = on_progress or LogProgress()
+        before: int | None = None  # the running tier's count, to go back to
         try:
+            if running is not None:
+                progress = get(running.progress.remote(), max(deadline - time.monotonic(), 1.0))
+                before = int(progress["desired"])
             info = _started(controller.start.remote(shards), settings, deadline, report)
             tier = cls(controller, info)
-            tier._wait_ready(deadline, report)
+            tier._wait_ready(deadline, timeout_s, report)
         except BaseException:
-            _teardown(controller)
+            if running is None:
+                _teardown(controller)
+            elif before is not None:
+                _scale_back(controller, before, settings.name)
             raise
         return tier
 
-    def _wait_ready(self, deadline: float, report: Callable[[StartProgress], None]) -> None:
-        """Poll the controller until every actor is ready; `NotReadyError` at `deadline`."""
-        timeout_s = self.settings.start_timeout_s
+    def _wait_ready(
+        self, deadline: float, timeout_s: float, report: Callable[[StartProgress], None]
+    ) -> None:
+        """Poll the controller until every actor is ready; `NotReadyError` (saying
+        `timeout_s`, the caller's bound) at `deadline`."""
         t0 = deadline - timeout_s
         while True:
             remaining = deadline - time.monotonic()
@@ -133,7 +152,7 @@ class Tier:
         except ValueError as e:
             raise RayclusterError(f"no tier {name!r} runs in namespace {namespace!r}") from e
         try:
-            info = cast(dict[str, Any], ray.get(controller.info.remote(), timeout=CALL_TIMEOUT_S))
+            info = cast(dict[str, Any], get(controller.info.remote(), CALL_TIMEOUT_S))
         except ray.exceptions.GetTimeoutError as e:
             raise RayclusterError(
                 f"the controller of tier {name!r} did not answer within {CALL_TIMEOUT_S:g} s"
@@ -152,18 +171,21 @@ class Tier:
     ) -> TierStatus:
         """Run exactly `n` shards (persisted: a restarted controller keeps it); the status.
 
-        Waits for new shards as `start` does; after `start_timeout_s` (or on
-        Ctrl-C) it scales back to the previous count and raises (`NotReadyError`
-        names the missing resources).
+        `n` is an int from 0 to `MAX_SHARDS` (256); anything else raises
+        `InvalidArgument` before anything changes. Waits for new shards as
+        `start` does; after `start_timeout_s` (or on Ctrl-C, or any error) it
+        scales back to the previous count and raises (`NotReadyError` names
+        the missing resources), and the tier serves on at that count.
         """
-        deadline = time.monotonic() + self.settings.start_timeout_s
+        check_shard_count(n)
+        timeout_s = self.settings.start_timeout_s
+        deadline = time.monotonic() + timeout_s
         before = self._call("progress")["desired"]
-        self._call("scale", n)
         try:
-            self._wait_ready(deadline, on_progress or LogProgress())
+            self._call("scale", n, timeout_s=max(deadline - time.monotonic(), 1.0))
+            self._wait_ready(deadline, timeout_s, on_progress or LogProgress())
         except BaseException:
-            with logged(f"tier {self.name}: scaling back to {before} shards"):
-                ray.get(self.controller.scale.remote(before), timeout=STOP_TIMEOUT_S)
+            _scale_back(self.controller, before, self.name)
             raise
         return self.status()
 
@@ -178,7 +200,7 @@ class Tier:
         while True:
             ref = getattr(self.controller, method).remote(*args)
             try:
-                return ray.get(ref, timeout=max(deadline - time.monotonic(), 0.0))
+                return get(ref, max(deadline - time.monotonic(), 0.0))
             except ray.exceptions.ActorUnavailableError:
                 if time.monotonic() >= deadline:
                     raise
@@ -262,7 +284,7 @@ def _started(
         remaining = deadline - time.monotonic()
         done, _ = ray.wait([ref], timeout=min(0.5, max(remaining, 0.0)))
         if done:
-            return cast(dict[str, Any], ray.get(ref))
+            return cast(dict[str, Any], get(ref))
         free, total = cluster_resources(set())
         snap = StartProgress(time.monotonic() - t0, 0, [], {"controller": {}}, {}, free, total)
         if remaining <= 0:
@@ -274,6 +296,20 @@ def _dsn(settings: TierSettings) -> str | None:
     """The Postgres source's DSN: the controller's own argument (the settings JSON
     carries it masked)."""
     return settings.postgres.dsn.get_secret_value() if settings.postgres is not None else None
+
+
+def _running_controller(settings: TierSettings) -> Any:
+    """The controller of the tier `settings` names if it runs already (None if not)."""
+    try:
+        return ray.get_actor(controller_name(settings.name), namespace=settings.namespace)
+    except ValueError:
+        return None
+
+
+def _scale_back(controller: Any, n: int, tier: str) -> None:
+    """After a failed start or scale of a running tier: back to its `n` shards (bounded)."""
+    with logged(f"tier {tier}: scaling back to {n} shards"):
+        get(controller.scale.remote(n), STOP_TIMEOUT_S)
 
 
 def _teardown(controller: Any) -> None:

@@ -2,8 +2,10 @@
 
 Every expected failure prints one line, `raycluster: error: …`, on stderr and
 exits 2 when the command line is wrong (bad arguments, a query the tier
-rejects, no Redis URL, a bad config file) or 1 for anything else (no tier
-running, Redis unreachable, a bad input line). `--debug` shows tracebacks.
+rejects, no Redis URL, a bad config file or `RAYCLUSTER_*` variable) or 1 for
+anything else (no tier running, Redis or Ray unreachable, a bad input line, a
+start that timed out). `--debug` shows tracebacks. docs/cli.md lists each
+command's exits and how long each of its waits can take.
 Heavy imports (Ray, the edge's web stack) happen inside the subcommands.
 """
 
@@ -16,10 +18,10 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 from raycluster._jobs import add_demo_args, add_serve_args
-from raycluster.errors import InvalidArgument, InvalidQuery, RayclusterError
+from raycluster.errors import ConfigError, InvalidArgument, InvalidQuery, RayclusterError
 
 from ._common import (
     EXIT_RUNTIME,
@@ -29,6 +31,7 @@ from ._common import (
     load_settings,
     redis_url_of,
     setup_logging,
+    validation_line,
 )
 from ._query import describe_query, parse_sort, parse_where
 from ._table import format_status, format_table
@@ -256,6 +259,7 @@ def _need(extra: str, e: ImportError) -> CommandError:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, shards=3)  # a bad config or env: one line, exit 2
     if args.web:
         try:
             from raycluster.edge.demo import run_web_demo
@@ -276,15 +280,20 @@ def _demo(args: argparse.Namespace) -> int:
             raise _need("postgres", e) from e
     if args.rate is None:
         args.rate = DEMO_RATE
-    return demo(args)
+    return demo(args, settings)
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from raycluster.config import check_shard_count
+
+    settings = load_settings(args.config)  # a bad config or env: one line, exit 2
+    if args.shards is not None:
+        check_shard_count(args.shards, "--shards")  # InvalidArgument: exit 2
     try:
         from raycluster._jobs import serve
     except ImportError as e:
         raise _need("ray", e) from e
-    return serve(args)
+    return serve(args, settings)
 
 
 def _edge(args: argparse.Namespace) -> int:
@@ -346,11 +355,12 @@ def _write(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     url = redis_url_of(args.redis_url, settings)
     check_target(args.tenant, args.entity, settings)
+    # Bytes, decoded line by line: an invalid line is named, the lines before it written.
     if args.file == "-":
-        stream = sys.stdin
+        stream: BinaryIO = sys.stdin.buffer
     else:
         try:
-            stream = open(args.file, encoding="utf-8")  # noqa: SIM115 (closed below)
+            stream = open(args.file, "rb")  # noqa: SIM115 (closed below)
         except OSError as e:
             raise CommandError(f"cannot read {args.file}: {e.strerror or e}") from e
     progress = Progress()
@@ -371,10 +381,8 @@ def _write(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
-    except UnicodeDecodeError as e:
-        raise CommandError(f"{args.file}: not UTF-8 text ({e.reason})") from e
     finally:
-        if stream is not sys.stdin:
+        if stream is not sys.stdin.buffer:
             stream.close()
     print(summary(stats, args.tenant, args.entity, progress.elapsed_s()))
     return 0
@@ -383,10 +391,9 @@ def _write(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from raycluster._connect import connect
     from raycluster.livequery import LiveQuery
 
-    from ._watch import Screen, WatchLimits, first_window, watch
+    from ._watch import Screen, WatchLimits, run_watch
 
     settings = load_settings(args.config)
     url = redis_url_of(args.redis_url, settings)
@@ -399,11 +406,11 @@ def _watch(args: argparse.Namespace) -> int:
     except InvalidQuery as e:
         raise CommandError(str(e), EXIT_USAGE) from e
     except ValidationError as e:
-        raise CommandError(_validation_line(e), EXIT_USAGE) from e
+        raise CommandError(validation_line(e), EXIT_USAGE) from e
     if args.frames is not None and args.frames < 0:
         raise CommandError("--frames: must be 0 or more", EXIT_USAGE)
-    if args.seconds is not None and args.seconds < 0:
-        raise CommandError("--seconds: must be 0 or more", EXIT_USAGE)
+    if args.seconds is not None and not 0 <= args.seconds < float("inf"):
+        raise CommandError("--seconds: must be 0 or more (and finite)", EXIT_USAGE)
     mode = "json" if args.json else "tty" if sys.stdout.isatty() else "plain"
     screen = Screen(
         title=f"{args.tenant}/{args.entity} {describe_query(where, sort, args.limit)}",
@@ -411,20 +418,9 @@ def _watch(args: argparse.Namespace) -> int:
         mode=mode,
         declared=list(spec.columns) if spec is not None else [],
     )
-
-    async def run() -> None:
-        gateway = await connect(url, settings)
-        try:
-            sub = await first_window(gateway, args.tenant, query)
-            try:
-                await watch(sub, screen, WatchLimits(frames=args.frames, seconds=args.seconds))
-            finally:
-                await asyncio.wait_for(sub.close(), 10)
-        finally:
-            await gateway.aclose()
-
+    limits = WatchLimits(frames=args.frames, seconds=args.seconds)
     try:
-        asyncio.run(run())
+        asyncio.run(run_watch(url, settings, args.tenant, query, screen, limits))
     except InvalidQuery as e:
         raise CommandError(str(e), EXIT_USAGE) from e
     return 0
@@ -467,13 +463,6 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def _validation_line(e: Any) -> str:
-    first = e.errors()[0]
-    where = ".".join(str(x) for x in first["loc"])
-    msg = str(first["msg"]).removeprefix("Value error, ")
-    return f"{where}: {msg}" if where else msg
-
-
 def _fail(message: str, code: int) -> int:
     print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
     return code
@@ -500,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         return _fail(str(e), e.code)
-    except (InvalidQuery, InvalidArgument) as e:
+    except (InvalidQuery, InvalidArgument, ConfigError) as e:
         if debug:
             traceback.print_exc()
         return _fail(str(e), EXIT_USAGE)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, TextIO
 from raycluster.errors import ConfigError, RayclusterError
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from raycluster.config import TierSettings
 
 __all__ = (
@@ -22,7 +24,9 @@ __all__ = (
     "config_path",
     "load_settings",
     "redis_url_of",
+    "settings_error_line",
     "setup_logging",
+    "validation_line",
 )
 
 EXIT_RUNTIME = 1
@@ -53,24 +57,61 @@ def config_path(given: str | None) -> str | None:
 
 
 def load_settings(given: str | None, **overrides: object) -> TierSettings:
-    """The tier settings of `--config` (see `config_path`); a bad file is a `CommandError`."""
+    """The tier settings of `--config` (see `config_path`) and the environment.
+
+    A file that cannot be read or used, a bad value or an unknown key (in the
+    file or a `RAYCLUSTER_*` variable) is a usage `CommandError` naming it.
+    """
     from pydantic import ValidationError
 
     from raycluster.config import TierSettings
 
     path = config_path(given)
+    where = f"config {path}" if path else "settings"
     try:
         return TierSettings.load(path, **overrides)
     except OSError as e:
         raise CommandError(f"cannot read config {path}: {e.strerror or e}", EXIT_USAGE) from e
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "config"
-        raise CommandError(f"config {path}: {where}: {first['msg']}", EXIT_USAGE) from e
-    except ConfigError as e:  # already names the file
+        raise CommandError(settings_error_line(e, where), EXIT_USAGE) from e
+    except ConfigError as e:  # already names the file or the variable
         raise CommandError(_one_line(e), EXIT_USAGE) from e
     except (RayclusterError, ValueError) as e:
-        raise CommandError(f"config {path}: {_one_line(e)}", EXIT_USAGE) from e
+        raise CommandError(f"{where}: {_one_line(e)}", EXIT_USAGE) from e
+
+
+def validation_line(e: ValidationError) -> str:
+    """The first error of a pydantic `ValidationError` on one line: `field.path: why`."""
+    first = e.errors()[0]
+    where = ".".join(str(x) for x in first["loc"])
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (a typo? see docs/configuration.md)"
+    else:
+        msg = str(first["msg"]).removeprefix("Value error, ")
+    more = e.error_count() - 1
+    tail = f" (and {more} more error(s))" if more else ""
+    return (f"{where}: {msg}" if where else msg) + tail
+
+
+def settings_error_line(e: ValidationError, where: str) -> str:
+    """`validation_line`, said of the environment variable that set the field if one did."""
+    loc = [str(x) for x in e.errors()[0]["loc"]]
+    env = _env_name_of(loc)
+    return f"{f'environment ({env})' if env else where}: {validation_line(e)}"
+
+
+def _env_name_of(loc: list[str]) -> str | None:
+    """The `RAYCLUSTER_*` variable that set the field at `loc` (or a section above it)."""
+    from raycluster.redis.settings import ENV_PREFIX
+
+    names = {k.upper(): k for k in os.environ}
+    for n in range(len(loc), 0, -1):
+        nested = ENV_PREFIX + "__".join(loc[:n]).upper()
+        if nested in names:
+            return names[nested]
+    if len(loc) >= 2 and loc[0] == "redis" and (flat := ENV_PREFIX + loc[1].upper()) in names:
+        return names[flat]
+    return None
 
 
 def redis_url_of(given: str | None, settings: TierSettings) -> str:

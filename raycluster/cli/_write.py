@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from raycluster.config import TierSettings
     from raycluster.redis import Writer
 
-__all__ = ("BATCH_ROWS", "WriteStats", "parse_line", "write_lines")
+__all__ = ("BATCH_ROWS", "WriteStats", "decode_line", "parse_line", "write_lines")
 
 BATCH_ROWS = 500  # upserts per `upsert_many` call (it pipelines them in turn)
 _ALLOWED_KEYS = frozenset({"id", "row", "delete"})
@@ -56,6 +56,14 @@ def parse_line(text: str) -> tuple[str, dict[str, Any] | None]:
     if not isinstance(row, dict):
         raise ValueError(f'"row" must be an object (got {row!r})')
     return agg_id, row
+
+
+def decode_line(raw: bytes) -> str:
+    """`raw` as UTF-8 text; `ValueError` saying where it is not."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text ({e.reason} at byte {e.start + 1} of the line)") from None
 
 
 @dataclass
@@ -94,14 +102,16 @@ async def write_lines(
     writer: Writer,
     tenant: str,
     entity: str,
-    lines: Iterable[str],
+    lines: Iterable[bytes],
     progress: Progress,
     stats: WriteStats,
 ) -> None:
-    """Write every line in order, counting into `stats` as batches land.
+    """Write every line (bytes, each decoded as UTF-8) in order, counting into `stats` as
+    batches land.
 
-    A bad line raises `CommandError` naming it (exit 1); a Redis failure
-    propagates with `stats` telling how far the run got.
+    A bad line (not UTF-8, not JSON, not a row of the entity) raises
+    `CommandError` naming it (exit 1), every line before it written; a Redis
+    failure propagates with `stats` telling how far the run got.
     """
     batch: list[tuple[str, dict[str, Any]]] = []
     batch_lines: list[int] = []
@@ -138,11 +148,11 @@ async def write_lines(
         rate = stats.lines / max(progress.elapsed_s(), 1e-9)
         progress.update(f"{stats.lines:,} lines written ({rate:,.0f}/s), at line {numbers[-1]:,}")
 
-    for lineno, text in enumerate(lines, 1):
-        if not text.strip():
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
         try:
-            agg_id, row = parse_line(text)
+            agg_id, row = parse_line(decode_line(raw))
         except ValueError as e:
             await flush()
             raise CommandError(f"line {lineno}: {e}; {stats.written_note(lineno)}") from e

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from raycluster._section import Section
 
 __all__ = ("GatewayOptions", "ShardOptions")
 
 
-class ShardOptions(BaseModel):
+class ShardOptions(Section):
     """Loop cadences and bounds of a shard."""
 
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Heartbeat period (< TTL).")
@@ -21,7 +23,7 @@ class ShardOptions(BaseModel):
     cushion: int = Field(8, ge=0, description="Rows kept past each window.")
 
 
-class GatewayOptions(BaseModel):
+class GatewayOptions(Section):
     """Timeouts and bounds of a gateway."""
 
     heartbeat_interval_s: float = Field(1.0, gt=0, description="Heartbeat period (< TTL).")

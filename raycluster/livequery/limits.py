@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from raycluster._section import Section
 from raycluster.errors import InvalidQuery
 
 from .models import MAX_DEPTH, Cond, LiveQuery
@@ -20,10 +21,8 @@ from .models import MAX_DEPTH, Cond, LiveQuery
 __all__ = ("QueryLimits", "check_cost", "query_cost")
 
 
-class QueryLimits(BaseModel):
+class QueryLimits(Section):
     """Caps on one query; a query over any of them is refused with `InvalidQuery`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_terms: int = Field(
         256,

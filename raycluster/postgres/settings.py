@@ -11,16 +11,15 @@ line (`masked_dsn` gives a loggable form without the password).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
+from raycluster._section import Section
 from raycluster._urls import mask_url
 
 __all__ = ("PostgresSettings", "TableSource", "masked_dsn")
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
 
-
-class TableSource(BaseModel):
+class TableSource(Section):
     """One published table and the entity its rows become.
 
     Each row becomes the tier row `(tenant, entity, id)`: the tenant is the
@@ -28,8 +27,6 @@ class TableSource(BaseModel):
     carried are `columns`, or the entity's declared columns when the tier
     declares the entity, or else every column of the table but the tenant.
     """
-
-    model_config = _FROZEN
 
     table: str = Field(
         min_length=1,
@@ -79,7 +76,7 @@ class TableSource(BaseModel):
         return f"{self.schema_name}.{self.table_name}"
 
 
-class PostgresSettings(BaseModel):
+class PostgresSettings(Section):
     """Where the Postgres source reads (DSN, publication, slot), what it carries, and
     its pacing.
 
@@ -87,8 +84,6 @@ class PostgresSettings(BaseModel):
     publication of the tables, and a role with REPLICATION and SELECT on
     them. The ingester creates its slot itself.
     """
-
-    model_config = _FROZEN
 
     dsn: SecretStr = Field(
         description="libpq connection string or URL of the database (a secret: never shown).",
@@ -138,11 +133,6 @@ class PostgresSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> PostgresSettings:
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError(
-                f"reconnect_max_s: must be at least reconnect_min_s ({self.reconnect_min_s:g}) "
-                f"(got {self.reconnect_max_s:g})"
-            )
         if not self.dsn.get_secret_value().strip():
             raise ValueError("dsn: must not be empty")
         seen_tables: set[str] = set()

@@ -35,7 +35,11 @@ from raycluster.cluster.keys import Keys
 from raycluster.livequery.models import EntitySpec, Scalar
 
 __all__ = (
+    "FILTER",
+    "IDS",
+    "LEXICAL",
     "LEX_NULL",
+    "NUMERIC",
     "Layout",
     "canon",
     "count_field",
@@ -93,21 +97,28 @@ def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
     return b"[" + prefix, b"(" + prefix + b"\xff"
 
 
+# The column indexes a read can use; the letters are the READ script's arguments.
+NUMERIC = "n"  # a sortable number or boolean column: ZRANGEBYSCORE
+LEXICAL = "l"  # a sortable string column: ZRANGEBYLEX
+FILTER = "f"  # a filterable column that is not sortable: ZRANGEBYLEX over canonical text
+IDS = "i"  # the live-id set of a (tenant, entity): walked in id order
+
+
 def eq_ranges(how: str, values: Iterable[Any]) -> list[tuple[bytes, bytes]]:
     """Range bounds, in a column index of kind `how`, holding every row whose value
     equals one of `values`, and few others (the predicate refuses those): ints
     equal as doubles (beyond 2**53), `true` beside `1` in a filter index.
 
-    `how`: `n` numeric sort index (ZRANGEBYSCORE), `l` lexical sort index or
-    `f` filter index (both ZRANGEBYLEX). A value that no row of that index
+    `how`: `NUMERIC` sort index (ZRANGEBYSCORE), `LEXICAL` sort index or
+    `FILTER` index (both ZRANGEBYLEX). A value that no row of that index
     can equal (a string in a numeric index, a number in a lexical one) has
     no range.
     """
     out = []
     for v in values:
-        if how == "f":
+        if how == FILTER:
             out.append(prefix_range(lex_encode(canon(v))))
-        elif how == "l":
+        elif how == LEXICAL:
             if v is None:
                 out.append(prefix_range(LEX_NULL))
             elif isinstance(v, str):

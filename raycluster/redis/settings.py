@@ -14,10 +14,13 @@ few hundred entries more than its bound, never fewer.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from raycluster._section import Section
+from raycluster._urls import mask_url
 from raycluster.cluster.keys import DEFAULT_PREFIX, PREFIX_PATTERN, Keys
 
 __all__ = ("ENV_PREFIX", "RedisSettings", "redis_env")
@@ -35,15 +38,13 @@ def redis_env() -> dict[str, str]:
     return {f: env[prefix + f] for f in RedisSettings.model_fields if prefix + f in env}
 
 
-class RedisSettings(BaseModel):
+class RedisSettings(Section):
     """Connection, key prefix, TTLs and stream bounds of the Redis layer.
 
     A plain model: `RedisSettings()` is the defaults, whatever the
     environment says; `RedisSettings.from_env()` applies the flat
     `RAYCLUSTER_<FIELD>` names (`TierSettings` reads them too).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     redis_url: str | None = Field(
         None, description="Redis URL; None: the main job starts a private local server."
@@ -110,6 +111,11 @@ class RedisSettings(BaseModel):
     )
     reconnect_min_s: float = Field(0.05, gt=0, description="First backoff after a lost connection.")
     reconnect_max_s: float = Field(2.0, gt=0, description="Ceiling of the reconnect backoff.")
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # The URL may carry the password: repr (and so logs and tracebacks) masks it.
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name == "redis_url" and value else value
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Self:

@@ -50,7 +50,18 @@ from raycluster.livequery.models import (
 from raycluster.livequery.order import cursor_key, cursor_of, key_fn
 
 from ._client import Client, ClientComponent
-from ._index import LEX_NULL, canon, count_field, eq_ranges, lex_encode, score_text
+from ._index import (
+    FILTER,
+    IDS,
+    LEX_NULL,
+    LEXICAL,
+    NUMERIC,
+    canon,
+    count_field,
+    eq_ranges,
+    lex_encode,
+    score_text,
+)
 from ._rows import decode_row
 from .errors import translate_errors
 from .scripts import READ
@@ -69,9 +80,32 @@ class _Plan:
     field: str = ""  # sets: the count field
     sets: tuple[str, ...] = ()  # sets: value-set keys
     bounds: tuple[bytes, ...] = ()  # range: (min, max) pairs
-    kind: str = ""  # walk: "n" | "l" | "i"; range: "n" | "l"
+    kind: str = ""  # walk: NUMERIC | LEXICAL | IDS; range: NUMERIC | LEXICAL
     zkey: str = ""
     first_k: int = 0
+
+
+@dataclass
+class _TermSizes:
+    """How many rows each index of one `eq`/`in` term's column holds."""
+
+    numeric: int  # its numeric sort index
+    lexical: int  # its lexical sort index
+    filter: int  # its filter index
+    value_sets: int  # rows in its value sets (rows of an earlier layout)
+
+
+@dataclass
+class _IndexSizes:
+    """What a plan is chosen from: live rows, and the size of each index it could use.
+
+    An index whose size equals `rows` covers every live row (nulls included).
+    """
+
+    rows: int
+    terms: list[_TermSizes]
+    sort_numeric: int = 0  # the first sort key's numeric / lexical index
+    sort_lexical: int = 0
 
 
 class RedisStore(ClientComponent):
@@ -208,7 +242,7 @@ class RedisStore(ClientComponent):
                     key = keyfn(row, agg_id)
                     if key > floor:
                         found.append((key, agg_id, version, row))
-            if plan.mode == "walk" and nread >= k and plan.kind != "i" and last_row is not None:
+            if plan.mode == "walk" and nread >= k and plan.kind != IDS and last_row is not None:
                 # Not exhausted: only rows strictly before the last first-key value read
                 # are known to be all there is of their value.
                 first = _granule_fn(plan.kind, sort[0].column)
@@ -241,68 +275,17 @@ class RedisStore(ClientComponent):
     async def _plan(self, tenant: str, query: LiveQuery, after: Cursor | None, limit: int) -> _Plan:
         """Pick the cheapest plan from index sizes (non-atomic round trips: a stale
         estimate costs speed only, the read itself re-checks coverage)."""
-        entity, sort = query.entity, query.sort
+        entity = query.entity
         terms = indexable_terms(query.where) if self.value_index else []
-        x = self.keys
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.zcard(self.keys.table(tenant, entity))
-            counts = x.index_counts(tenant, entity)
-            for col, _ in terms:
-                pipe.zcard(x.sort_num(tenant, entity, col))
-                pipe.zcard(x.sort_lex(tenant, entity, col))
-                pipe.zcard(x.filter_index(tenant, entity, col))
-                pipe.hget(counts, count_field(col))
-            if sort and self.sort_index:
-                pipe.zcard(x.sort_num(tenant, entity, sort[0].column))
-                pipe.zcard(x.sort_lex(tenant, entity, sort[0].column))
-            res = await pipe.execute()
-        total = int(res[0])
-        if total == 0:
+        sizes = await self._index_sizes(tenant, entity, terms, query.sort)
+        if sizes.rows == 0:
             return _Plan("all")
-        candidates = []
-        for k, (col, values) in enumerate(terms):
-            c = self._term_plan(tenant, entity, col, values, res[1 + 4 * k : 5 + 4 * k], total)
-            if c is not None:
-                candidates.append(c)
-        i = 1 + 4 * len(terms)
-        best: tuple[int, _Plan] | None = None
-        if candidates:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for c in candidates:
-                    if c.mode == "sets":
-                        for key in c.sets:
-                            pipe.scard(key)
-                    else:
-                        count = pipe.zcount if c.kind == "n" else pipe.zlexcount
-                        for lo, hi in zip(c.bounds[0::2], c.bounds[1::2], strict=True):
-                            count(c.zkey, lo, hi)  # type: ignore[arg-type]
-                sizes = iter(await pipe.execute())
-            for c in candidates:
-                n = len(c.sets) if c.mode == "sets" else len(c.bounds) // 2
-                size = sum(int(next(sizes)) for _ in range(n))
-                if best is None or size < best[0]:
-                    best = (size, c)
-        walk: tuple[str, str] | None = None
-        if not sort:
-            walk = ("i", self.keys.table(tenant, entity))
-        elif self.sort_index:
-            col = sort[0].column
-            if int(res[i]) == total:
-                walk = ("n", self.keys.sort_num(tenant, entity, col))
-            elif int(res[i + 1]) == total:
-                walk = ("l", self.keys.sort_lex(tenant, entity, col))
-            spec = self.specs.get(entity)
-            declared = spec is not None and col in spec.columns
-            if (
-                walk is not None
-                and after is not None
-                and not _start_ok(walk[0], after, sort[0].desc, declared=declared)
-            ):
-                walk = None
+        best = await self._cheapest_term(tenant, entity, terms, sizes)
+        walk = self._walk(tenant, query, after, sizes)
         if best is not None:
             # A walk expects to read limit / selectivity rows (the term's values
             # spread evenly along the sort order); the sets read exactly `size`.
-            first_k = math.ceil(limit * total / max(best[0], 1) * 1.25) + 16
+            first_k = math.ceil(limit * sizes.rows / max(best[0], 1) * 1.25) + 16
         elif query.where:
             first_k = 2 * limit + 16
         else:
@@ -311,7 +294,86 @@ class RedisStore(ClientComponent):
             return best[1]
         if walk is None:
             return _Plan("all")
-        return _Plan("walk", kind=walk[0], zkey=walk[1], first_k=min(first_k, total + 1))
+        kind, zkey = walk
+        return _Plan("walk", kind=kind, zkey=zkey, first_k=min(first_k, sizes.rows + 1))
+
+    async def _index_sizes(
+        self, tenant: str, entity: str, terms: list[tuple[str, Any]], sort: list[Any]
+    ) -> _IndexSizes:
+        """One pipelined round trip: live rows, each term column's indexes, the sort's."""
+        x = self.keys
+        counts = x.index_counts(tenant, entity)
+        sorted_by = sort[0].column if sort and self.sort_index else None
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zcard(x.table(tenant, entity))
+            for col, _ in terms:
+                pipe.zcard(x.sort_num(tenant, entity, col))
+                pipe.zcard(x.sort_lex(tenant, entity, col))
+                pipe.zcard(x.filter_index(tenant, entity, col))
+                pipe.hget(counts, count_field(col))
+            if sorted_by is not None:
+                pipe.zcard(x.sort_num(tenant, entity, sorted_by))
+                pipe.zcard(x.sort_lex(tenant, entity, sorted_by))
+            res = iter(await pipe.execute())
+        sizes = _IndexSizes(int(next(res)), [])
+        for _ in terms:
+            numeric, lexical, filt, sets = (int(next(res) or 0) for _ in range(4))
+            sizes.terms.append(_TermSizes(numeric, lexical, filt, sets))
+        if sorted_by is not None:
+            sizes.sort_numeric, sizes.sort_lexical = int(next(res)), int(next(res))
+        return sizes
+
+    async def _cheapest_term(
+        self, tenant: str, entity: str, terms: list[tuple[str, Any]], sizes: _IndexSizes
+    ) -> tuple[int, _Plan] | None:
+        """The `eq`/`in` term whose index reads the fewest rows, and how many (one
+        pipelined round trip of counts); None if no term's column is covered."""
+        candidates = [
+            c
+            for (col, values), card in zip(terms, sizes.terms, strict=True)
+            if (c := self._term_plan(tenant, entity, col, values, card, sizes.rows)) is not None
+        ]
+        if not candidates:
+            return None
+        async with self._client.pipeline(transaction=False) as pipe:
+            for c in candidates:
+                if c.mode == "sets":
+                    for key in c.sets:
+                        pipe.scard(key)
+                else:
+                    count = pipe.zcount if c.kind == NUMERIC else pipe.zlexcount
+                    for lo, hi in zip(c.bounds[0::2], c.bounds[1::2], strict=True):
+                        count(c.zkey, lo, hi)  # type: ignore[arg-type]
+            counted = iter(await pipe.execute())
+        best: tuple[int, _Plan] | None = None
+        for c in candidates:
+            n = len(c.sets) if c.mode == "sets" else len(c.bounds) // 2
+            size = sum(int(next(counted)) for _ in range(n))
+            if best is None or size < best[0]:
+                best = (size, c)
+        return best
+
+    def _walk(
+        self, tenant: str, query: LiveQuery, after: Cursor | None, sizes: _IndexSizes
+    ) -> tuple[str, str] | None:
+        """The index a walk in sort order can follow (kind, key); None if none covers."""
+        entity, sort = query.entity, query.sort
+        if not sort:
+            return IDS, self.keys.table(tenant, entity)
+        if not self.sort_index:
+            return None
+        col = sort[0].column
+        if sizes.sort_numeric == sizes.rows:
+            walk = NUMERIC, self.keys.sort_num(tenant, entity, col)
+        elif sizes.sort_lexical == sizes.rows:
+            walk = LEXICAL, self.keys.sort_lex(tenant, entity, col)
+        else:
+            return None
+        spec = self.specs.get(entity)
+        declared = spec is not None and col in spec.columns
+        if after is not None and not _start_ok(walk[0], after, sort[0].desc, declared=declared):
+            return None
+        return walk
 
     def _term_plan(
         self,
@@ -319,21 +381,22 @@ class RedisStore(ClientComponent):
         entity: str,
         col: str,
         values: frozenset[Any],
-        cards: list[Any],
+        sizes: _TermSizes,
         total: int,
     ) -> _Plan | None:
-        """How to read the rows of one `eq`/`in` term, from the sizes of the column's
-        sort indexes, filter index and value-set count (`cards`); None: no index covers."""
+        """How to read the rows of one `eq`/`in` term from its column's indexes; None if
+        no index covers every live row."""
         x = self.keys
-        for how, card, key in (
-            ("n", cards[0], x.sort_num(tenant, entity, col)),
-            ("l", cards[1], x.sort_lex(tenant, entity, col)),
-            ("f", cards[2], x.filter_index(tenant, entity, col)),
+        for how, size, key in (
+            (NUMERIC, sizes.numeric, x.sort_num(tenant, entity, col)),
+            (LEXICAL, sizes.lexical, x.sort_lex(tenant, entity, col)),
+            (FILTER, sizes.filter, x.filter_index(tenant, entity, col)),
         ):
-            if int(card) == total:
+            if size == total:
                 bounds = tuple(b for r in eq_ranges(how, values) for b in r)
-                return _Plan("range", kind="n" if how == "n" else "l", zkey=key, bounds=bounds)
-        if int(cards[3] or 0) == total:
+                kind = NUMERIC if how == NUMERIC else LEXICAL  # a filter index is lexical
+                return _Plan("range", kind=kind, zkey=key, bounds=bounds)
+        if sizes.value_sets == total:
             vx = self.keys.value_index
             sets = tuple(vx(tenant, entity, col, canon(v)) for v in values)
             return _Plan("sets", field=count_field(col), sets=sets)
@@ -362,9 +425,9 @@ def _start_ok(kind: str, after: Cursor, desc: bool, *, declared: bool) -> bool:
     boolean is before it) and a boolean a descending one (every number is).
     """
     v = after.values[0]
-    if kind == "i" or v is None:
+    if kind == IDS or v is None:
         return True
-    if kind == "l":
+    if kind == LEXICAL:
         return isinstance(v, str)
     if isinstance(v, str):
         return False
@@ -376,10 +439,10 @@ def _start_ok(kind: str, after: Cursor, desc: bool, *, declared: bool) -> bool:
 def _walk_start(kind: str, sort: list[Any], after: Cursor | None) -> str | bytes:
     """The inclusive bound a walk starts from: the cursor's first-key value."""
     desc = bool(sort) and sort[0].desc
-    if kind == "i":
+    if kind == IDS:
         return b"-" if after is None else b"(" + str(after.values[-1]).encode()
     v = None if after is None else after.values[0]
-    if kind == "n":
+    if kind == NUMERIC:
         if after is None:
             return "+inf" if desc else "-inf"
         return "+inf" if v is None else score_text(v)
@@ -393,7 +456,7 @@ def _walk_start(kind: str, sort: list[Any], after: Cursor | None) -> str | bytes
 
 def _granule_fn(kind: str, column: str) -> Callable[[dict[str, Any], str], Any]:
     """A row's position in a sort index at first-key granularity (what ties share)."""
-    if kind == "n":
+    if kind == NUMERIC:
         inf = math.inf
         return lambda row, agg_id: inf if (v := row.get(column)) is None else float(v)
     return lambda row, agg_id: LEX_NULL if (v := row.get(column)) is None else lex_encode(v)

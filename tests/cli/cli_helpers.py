@@ -20,6 +20,7 @@ from raycluster.config import TierSettings
 from raycluster.redis import RedisMembership, Writer
 
 ENTITY = "asset"
+PASSWORD = "S3cretPW_xyz"  # of the private Redis of `secret_tier1`; never printed (issue 17)
 COLUMNS = {"name": "str", "kind": "str", "site": "str", "temp": "int"}
 
 

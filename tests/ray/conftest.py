@@ -17,6 +17,7 @@ import pytest
 os.environ["RAY_AUTH_MODE"] = "disabled"  # before ray.init: a local init writes a token
 
 import ray
+from ray_helpers import PASSWORD
 
 from raycluster.redis import LocalRedis
 
@@ -45,5 +46,13 @@ def ray_namespace() -> Iterator[str]:
 def redis_server() -> Iterator[LocalRedis]:
     """A private redis-server for every tier of the session (tiers use their own prefixes)."""
     with LocalRedis() as srv:
+        assert srv.port != _SYSTEM_REDIS_PORT
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def secret_redis() -> Iterator[LocalRedis]:
+    """A private redis-server that requires `PASSWORD` (its `url` carries it)."""
+    with LocalRedis(password=PASSWORD) as srv:
         assert srv.port != _SYSTEM_REDIS_PORT
         yield srv

@@ -35,6 +35,8 @@ ASSET = EntitySpec(
     max_window=200,
 )
 
+PASSWORD = "S3cretPW_ray"  # of the private Redis of `secret_redis`; never shown (issue 17)
+
 # Fast cadences: a dead shard is noticed within TTL + one ownership interval.
 HEARTBEAT_TTL_S = 2.0
 OWNERSHIP_INTERVAL_S = 0.2
