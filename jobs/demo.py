@@ -8,6 +8,11 @@ recomputation at the end. Exit status 0 means every window was exact.
 
     python jobs/demo.py [--seconds 12] [--rate 200] [--config configs/tier.yaml]
 
+With --postgres the rows live in a private PostgreSQL (started beside the
+private Redis) and are written with plain SQL; the tier follows it through
+its ingester actor, which is killed mid-way instead of a shard, and every
+window is checked against Postgres' own ORDER BY … COLLATE "C" LIMIT.
+
 Runs `raycluster demo` (the code is `raycluster._jobs.demo`): a bad config or a failure
 is one line `raycluster: error: …`, exit 2 or 1 (docs/cli.md).
 """

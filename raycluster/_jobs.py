@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -83,6 +84,12 @@ def add_demo_args(ap: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run on a private local Redis Cluster (3 masters) instead of one Redis",
     )
+    ap.add_argument(
+        "--postgres",
+        action="store_true",
+        help="keep the rows in a private PostgreSQL (started beside the private Redis), "
+        "written with plain SQL; the tier follows it through logical replication",
+    )
 
 
 def _random_asset(rnd: random.Random) -> dict[str, Any]:
@@ -109,17 +116,27 @@ def demo(args: argparse.Namespace, settings: TierSettings | None = None) -> int:
 
 
 async def _demo(args: argparse.Namespace, settings: TierSettings) -> int:
-    if not getattr(args, "redis_cluster", False):
-        return await _Demo(settings, args).run()
-    from raycluster.redis import LocalRedisCluster
+    async with contextlib.AsyncExitStack() as stack:
+        if getattr(args, "redis_cluster", False):
+            from raycluster.redis import LocalRedisCluster
 
-    with LocalRedisCluster(masters=3) as cluster:
-        url = await asyncio.to_thread(cluster.start)
-        print(f"local Redis Cluster: {len(cluster.urls)} masters, seed {mask_url(url)}",
-              flush=True)  # fmt: skip
-        redis = {**settings.redis.model_dump(), "redis_url": url, "redis_cluster": True}
-        on_cluster = TierSettings.model_validate({**settings.model_dump(), "redis": redis})
-        return await _Demo(on_cluster, args).run()
+            cluster = stack.enter_context(LocalRedisCluster(masters=3))
+            url = await asyncio.to_thread(cluster.start)
+            print(f"local Redis Cluster: {len(cluster.urls)} masters, seed {mask_url(url)}",
+                  flush=True)  # fmt: skip
+            redis = {**settings.redis.model_dump(), "redis_url": url, "redis_cluster": True}
+            settings = TierSettings.model_validate({**settings.model_dump(), "redis": redis})
+        if not getattr(args, "postgres", False):
+            return await _Demo(settings, args).run()
+        from raycluster.postgres import local_postgres
+
+        server = await stack.enter_async_context(local_postgres())
+        db = await asyncio.to_thread(_DemoDb.create, server.dsn())
+        stack.callback(db.close)
+        print(f"local PostgreSQL on port {server.port}: table {PG_TABLE}, publication "
+              f"{PG_PUBLICATION}", flush=True)  # fmt: skip
+        settings = TierSettings.model_validate({**settings.model_dump(), "postgres": db.source()})
+        return await _PostgresDemo(settings, args, db).run()
 
 
 DEMO_QUERIES = {
@@ -263,6 +280,207 @@ class _Demo:
             _show(label, sub.rows.ids)
             if sub.rows.ids != want:
                 _show("  truth", want)
+
+
+# -- the main job over Postgres ---------------------------------------------------
+
+PG_TABLE = "asset"
+PG_PUBLICATION = "raycluster_demo"
+PG_SLOT = "raycluster_demo"
+PG_TEXT_COLUMNS = ("name", "kind", "site", "owner")
+_PG_SCHEMA = f"""
+CREATE TABLE {PG_TABLE} (
+    tenant text NOT NULL, id text NOT NULL, name text, kind text, site text,
+    temp integer, owner text, PRIMARY KEY (tenant, id));
+CREATE PUBLICATION {PG_PUBLICATION} FOR TABLE {PG_TABLE};
+"""
+
+
+class _DemoDb:
+    """The demo's database on the private server: one table, its publication, and a
+    connection that writes to it with plain SQL (blocking: call it from a thread)."""
+
+    def __init__(self, dsn: str, conn: Any) -> None:
+        self.dsn = dsn
+        self.conn = conn
+
+    @classmethod
+    def create(cls, admin_dsn: str) -> _DemoDb:
+        import psycopg2
+
+        admin = psycopg2.connect(admin_dsn)
+        try:
+            admin.autocommit = True
+            with admin.cursor() as cur:
+                cur.execute("CREATE DATABASE raycluster_demo")
+        finally:
+            admin.close()
+        dsn = admin_dsn.rsplit("/", 1)[0] + "/raycluster_demo"
+        conn = psycopg2.connect(dsn)
+        with conn, conn.cursor() as cur:
+            cur.execute(_PG_SCHEMA)
+        return cls(dsn, conn)
+
+    def source(self) -> dict[str, Any]:
+        """The tier's `postgres:` section for this database."""
+        return {
+            "dsn": self.dsn, "publication": PG_PUBLICATION, "slot": PG_SLOT,
+            "tables": [{"table": PG_TABLE, "entity": "asset", "tenant_column": "tenant"}],
+        }  # fmt: skip
+
+    def transaction(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Run `statements` in one transaction."""
+        with self.conn, self.conn.cursor() as cur:
+            for sql, params in statements:
+                cur.execute(sql, params)
+
+    def query(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+
+    def wal_lsn(self) -> str:
+        """The server's current WAL position (everything committed is before it)."""
+        return str(self.query("SELECT pg_current_wal_lsn()::text")[0][0])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_UPSERT = (
+    f"INSERT INTO {PG_TABLE} (tenant, id, name, kind, site, temp, owner) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (tenant, id) DO UPDATE SET "
+    "name = EXCLUDED.name, kind = EXCLUDED.kind, site = EXCLUDED.site, temp = EXCLUDED.temp, "
+    "owner = EXCLUDED.owner"
+)
+_DELETE = f"DELETE FROM {PG_TABLE} WHERE tenant = %s AND id = %s"
+_BUMP = f"UPDATE {PG_TABLE} SET temp = %s WHERE tenant = %s AND id = %s"
+
+
+def _kill_ingester(settings: TierSettings) -> None:
+    """Kill the tier's ingester actor (Ray restarts it); blocking: run it off the loop."""
+    import ray
+
+    from raycluster.actors import ingester_name
+
+    assert settings.postgres is not None
+    name = ingester_name(settings.name, settings.postgres.slot)
+    ray.kill(ray.get_actor(name, namespace=settings.namespace), no_restart=False)
+
+
+class _PostgresDemo(_Demo):
+    """The main job with the rows in Postgres: SQL writes, the tier follows the slot."""
+
+    def __init__(self, settings: TierSettings, args: argparse.Namespace, db: _DemoDb) -> None:
+        super().__init__(settings, args)
+        self.db = db
+        self.transactions = 0
+
+    async def run(self) -> int:
+        from raycluster.postgres import describe_ingester
+        from raycluster.redis import SourceStatus
+
+        t0 = time.monotonic()
+        rows = {f"a{i:03}": _random_asset(self.rnd) for i in range(300)}
+        await asyncio.to_thread(
+            self.db.transaction, [(_UPSERT, _values(i, r)) for i, r in rows.items()]
+        )
+        tier = await asyncio.to_thread(_start_tier, self.settings)
+        sources = SourceStatus.from_url(tier.redis_url, settings=self.settings.redis)
+        remote = await connect(tier.redis_url, self.settings)
+        try:
+            st = await self._synced(sources)
+            print(f"tier up in {time.monotonic() - t0:.1f}s, redis {mask_url(tier.redis_url)}; "
+                  f"{describe_ingester(st)}", flush=True)  # fmt: skip
+            for label, q in DEMO_QUERIES.items():
+                via = remote if "external" in label else tier
+                self.subs[label] = await via.subscribe("acme", q)
+            print("initial windows (rows copied from Postgres):")
+            for label, sub in self.subs.items():
+                _show(label, sub.rows.ids)
+            await self._write_sql()
+            st = await self._synced(sources)
+            truth = {label: await self._truth(q) for label, q in DEMO_QUERIES.items()}
+            exact = await self._settled_to(truth)
+            print('final windows (truth: Postgres\' own ORDER BY … COLLATE "C" LIMIT):')
+            for label, sub in self.subs.items():
+                _show(label, sub.rows.ids)
+                if sub.rows.ids != truth[label]:
+                    _show("  postgres", truth[label])
+            print(f"summary: {self.transactions} SQL transactions ({self.written} writes), "
+                  f"{sum(len(s.rows) for s in self.subs.values())} rows held, "
+                  f"{describe_ingester(st)}, exact: {exact}")  # fmt: skip
+            for sub in self.subs.values():
+                await sub.close()
+        finally:
+            await remote.aclose()
+            await sources.aclose()
+            await tier.aclose()
+        return 0 if exact else 1
+
+    async def _synced(self, sources: Any, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Wait until the ingester holds every transaction committed so far; its status."""
+        from raycluster.postgres.status import lsn_number
+
+        want = lsn_number(await asyncio.to_thread(self.db.wal_lsn))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            st = await sources.read(PG_SLOT)
+            if st is not None and lsn_number(st["synced_lsn"]) >= want:
+                return dict(st)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the ingester did not catch up in {timeout_s:g} s: {st}")
+            await asyncio.sleep(0.1)
+
+    async def _write_sql(self) -> None:
+        """SQL transactions at `--rate` for `--seconds` (one to three writes each); the
+        ingester actor is killed a third of the way in (Ray restarts it)."""
+        last = {label: sub.rows.ids for label, sub in self.subs.items()}
+        killed = False
+        start = time.monotonic()
+        while time.monotonic() - start < self.args.seconds:
+            statements = [self._statement() for _ in range(self.rnd.randint(1, 3))]
+            await asyncio.to_thread(self.db.transaction, statements)
+            self.transactions += 1
+            self.written += len(statements)
+            if not killed and time.monotonic() - start > self.args.seconds / 3:
+                print("--- killing the ingester actor (Ray restarts it; it resumes from its "
+                      "slot) ---", flush=True)  # fmt: skip
+                await asyncio.to_thread(_kill_ingester, self.settings)
+                killed = True
+            for label, sub in self.subs.items():
+                if sub.rows.ids != last[label]:
+                    last[label] = sub.rows.ids
+                    _show(label, sub.rows.ids)
+            await asyncio.sleep(1 / self.args.rate)
+
+    def _statement(self) -> tuple[str, tuple[Any, ...]]:
+        agg_id = f"a{self.rnd.randrange(320):03}"
+        roll = self.rnd.random()
+        if roll < 0.1:
+            return _DELETE, ("acme", agg_id)
+        if roll < 0.4:
+            return _BUMP, (self.rnd.randrange(100), "acme", agg_id)
+        return _UPSERT, _values(agg_id, _random_asset(self.rnd))
+
+    async def _truth(self, q: LiveQuery) -> list[str]:
+        from raycluster.postgres.sql import window_sql
+
+        assert self.settings.postgres is not None
+        sql, params = window_sql(q, self.settings.postgres.tables[0], "acme", PG_TEXT_COLUMNS)
+        return [r[0] for r in await asyncio.to_thread(self.db.query, sql, params)]
+
+    async def _settled_to(self, truth: dict[str, list[str]]) -> bool:
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            if all(s.rows.ids == truth[k] for k, s in self.subs.items()):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+
+def _values(agg_id: str, row: dict[str, Any]) -> tuple[Any, ...]:
+    return ("acme", agg_id, row["name"], row["kind"], row["site"], row["temp"], row["owner"])
 
 
 # -- serve -------------------------------------------------------------------------

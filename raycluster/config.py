@@ -40,6 +40,7 @@ from raycluster.cluster.options import GatewayOptions, ShardOptions
 from raycluster.cluster.routing import PARTITIONS
 from raycluster.errors import ConfigError, InvalidArgument
 from raycluster.livequery import EntitySpec, QueryLimits
+from raycluster.postgres.settings import PostgresSettings
 from raycluster.redis.settings import ENV_PREFIX, RedisSettings, redis_env
 
 __all__ = (
@@ -320,6 +321,16 @@ class TierSettings(BaseSettings):
         description="Ray resources each in-cluster gateway asks for (as "
         "`controller_resources`). Gateways are spread over the nodes that have them.",
     )
+    ingester_num_cpus: float = Field(
+        0.0,
+        ge=0,
+        description="CPUs the Postgres ingester actor reserves (with a `postgres:` section).",
+    )
+    ingester_resources: dict[str, float] | None = Field(
+        None,
+        description="Ray resources the Postgres ingester actor asks for (as "
+        "`controller_resources`); None: the controller's, so it runs beside the controller.",
+    )
     spread_shards: bool = Field(
         True,
         description="Place shards with Ray's SPREAD strategy (over as many nodes as have "
@@ -341,6 +352,11 @@ class TierSettings(BaseSettings):
     )
     entities: list[EntitySpec] = Field(
         default_factory=list, description="Declared entities (empty: any entity, unchecked)."
+    )
+    postgres: PostgresSettings | None = Field(
+        None,
+        description="A Postgres source: the tables of a publication whose rows the tier "
+        "carries (docs/postgres.md). None: no source.",
     )
     metrics_interval_s: float = Field(2.0, gt=0, description="Metrics export period.")
     start_timeout_s: float = Field(
@@ -364,10 +380,12 @@ class TierSettings(BaseSettings):
             raise ValueError(f"must be a whole number, not {value}")
         return value
 
-    @field_validator("shard_resources", "controller_resources", "gateway_resources")
+    @field_validator(
+        "shard_resources", "controller_resources", "gateway_resources", "ingester_resources"
+    )
     @classmethod
-    def _resources(cls, value: dict[str, float]) -> dict[str, float]:
-        return _check_resources(value)
+    def _resources(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        return _check_resources(value) if value is not None else None
 
     @model_validator(mode="after")
     def _check(self) -> TierSettings:

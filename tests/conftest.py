@@ -15,6 +15,7 @@ TESTS = Path(__file__).resolve().parent
 FOLDER_MARKS: dict[str, tuple[str, ...]] = {
     "cli": ("redis",),
     "edge": ("redis",),
+    "postgres": ("postgres", "redis"),
     "ray": ("ray", "redis"),
     "redis": ("redis",),
 }

@@ -19,8 +19,10 @@ import contextlib
 import io
 import re
 import shlex
+import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -39,10 +41,21 @@ _CODE_SPAN = re.compile(r"`([^`]+)`")
 _PATH = re.compile(rf"(?<![\w./-])((?:{'|'.join(PATH_ROOTS)})/[\w./-]*)")
 _ENV = re.compile(r"\bRAYCLUSTER_[A-Z0-9_]+")
 _OPTION = re.compile(r"(?<![\w-])--[a-z][\w-]*")
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    """The model of a settings section (`X` or `X | None`), else None."""
+    union = isinstance(annotation, types.UnionType) or get_origin(annotation) is Union
+    for a in (annotation, *(get_args(annotation) if union else ())):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
 _SECTIONS = {
-    name: f.annotation
+    name: model
     for name, f in TierSettings.model_fields.items()
-    if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+    if (model := _section(f.annotation)) is not None
 }
 _SETTING = re.compile(rf"({'|'.join(_SECTIONS)})\.(\w+)")
 

@@ -2,7 +2,8 @@
 
 from .controller import Controller
 from .gateway import GatewayActor, RayDeltaBus
-from .names import controller_name, gateway_name, shard_name
+from .ingester import IngesterActor
+from .names import controller_name, gateway_name, ingester_name, shard_name
 from .progress import StartProgress
 from .shard import ShardActor
 from .tier import Tier
@@ -10,11 +11,13 @@ from .tier import Tier
 __all__ = (
     "Controller",
     "GatewayActor",
+    "IngesterActor",
     "RayDeltaBus",
     "ShardActor",
     "StartProgress",
     "Tier",
     "controller_name",
     "gateway_name",
+    "ingester_name",
     "shard_name",
 )

@@ -23,10 +23,12 @@ import ray
 
 from raycluster._tasks import TaskSet, every, logged
 from raycluster.config import MAX_SHARDS, TierSettings, check_shard_count
-from raycluster.redis import RedisMembership, make_client
+from raycluster.postgres import IngesterStatus, PostgresSourceError
+from raycluster.redis import RedisMembership, SourceStatus, make_client
 
 from .gateway import GatewayActor
-from .names import gateway_name, shard_name
+from .ingester import IngesterActor
+from .names import gateway_name, ingester_name, shard_name
 from .shard import ShardActor, ShardActorStatus, ShardUnreachable
 
 __all__ = ("Controller", "TierStatus")
@@ -37,6 +39,7 @@ STATUS_TIMEOUT_S = 5.0  # a shard that does not answer status in time is reporte
 ENSURE_INTERVAL_S = 5.0  # how often missing actors are re-created
 GATEWAY_MAX_CONCURRENCY = 100_000
 RETIRE_TIMEOUT_S = 15.0  # a graceful stop of one actor; then it is killed
+INGESTER = "ingester"  # the Postgres ingester's id among the tier's actors
 
 
 def shard_ids(n: int) -> list[str]:
@@ -63,23 +66,30 @@ class TierStatus(TypedDict):
     lag_ms: int  # the largest shard lag
     gateways: list[str]
     controller_node: str
+    postgres_slot: str | None  # the slot of the tier's Postgres source (None: no source)
+    # The status the slot's streaming ingester published (this tier's actor, or a
+    # `raycluster ingest`), else this tier's actor's own; None: none reports.
+    ingester: IngesterStatus | None
 
 
 @ray.remote
 class Controller:
     """Starts/scales/stops the tier's actors and reports `status()`."""
 
-    def __init__(self, settings_json: str, redis_url: str) -> None:
-        self.settings_json = settings_json
+    def __init__(self, settings_json: str, redis_url: str, postgres_dsn: str | None = None) -> None:
+        self.settings_json = settings_json  # (the Postgres DSN in it is masked)
         self.settings = TierSettings.model_validate_json(settings_json)
         self.url = redis_url
+        self._dsn = postgres_dsn
         self.desired = self.settings.shards
         self.shards: dict[str, Any] = {}
         self.gateways: dict[str, Any] = {}
+        self.ingesters: dict[str, Any] = {}  # INGESTER -> its handle (with a postgres section)
         # One client (with the configured timeouts and retries) for the live set
         # and the tier's state.
         self._redis = make_client(redis_url, self.settings.redis, name="raycluster-controller")
         self._members = RedisMembership(self._redis, settings=self.settings.redis)
+        self._sources = SourceStatus(self._redis, settings=self.settings.redis)
         keys = self.settings.redis.keys
         self._desired_key = keys.tier_shard_count(self.settings.name)
         self._ids_key = keys.tier_shard_ids(self.settings.name)
@@ -162,6 +172,9 @@ class Controller:
         if aid in self.gateways:
             cpu = {"CPU": s.gateway_num_cpus} if s.gateway_num_cpus else {}
             return {**cpu, **s.gateway_resources}
+        if aid == INGESTER:
+            cpu = {"CPU": s.ingester_num_cpus} if s.ingester_num_cpus else {}
+            return {**cpu, **self._ingester_resources()}
         cpu = {"CPU": s.shard_num_cpus} if s.shard_num_cpus else {}
         return {**cpu, **s.shard_resources}
 
@@ -178,7 +191,9 @@ class Controller:
 
     async def progress(self, wait_s: float = 0.0) -> dict[str, Any]:
         """Which actors are ready (`live`), which not (`pending`: id -> resource demand),
-        which failed their readiness call (`failed`: id -> error); `desired` shards.
+        which failed their readiness call (`failed`: id -> error); `desired` shards;
+        `fatal`: those of `failed` that cannot succeed without a person acting (the
+        Postgres ingester stopped on its config, a schema change or a bad row).
 
         Waits up to `wait_s` for a pending actor to become ready first (a long
         poll: a driver calls it in a loop without sleeping).
@@ -189,17 +204,23 @@ class Controller:
         live: list[str] = []
         pending: dict[str, dict[str, float]] = {}
         failed: dict[str, str] = {}
-        for aid, handle in [*self.gateways.items(), *self.shards.items()]:
+        fatal: dict[str, str] = {}
+        for aid, handle in [*self.gateways.items(), *self.shards.items(), *self.ingesters.items()]:
             t = self._ready.get(aid)
             if t is None or not t.done():
                 pending[aid] = self._demand(aid)
             elif not _succeeded(t):
                 err = None if t.cancelled() else t.exception()
                 failed[aid] = _describe(err) if err is not None else "its runtime stopped"
+                if isinstance(_cause(err), PostgresSourceError):
+                    fatal[aid] = failed[aid]
                 self._watch(aid, handle)
             else:
                 live.append(aid)
-        return {"desired": self.desired, "live": live, "pending": pending, "failed": failed}
+        return {
+            "desired": self.desired, "live": live, "pending": pending, "failed": failed,
+            "fatal": fatal,
+        }  # fmt: skip
 
     async def pid(self) -> int:
         """The controller's process id (which incarnation answers; operators signal it)."""
@@ -240,6 +261,21 @@ class Controller:
             get_if_exists=True, max_restarts=-1, num_cpus=cpus, resources=dict(resources), **kw,
         ).remote(aid, self.settings_json, self.url)  # fmt: skip
 
+    def _ingester_resources(self) -> dict[str, float]:
+        s = self.settings
+        placed = s.controller_resources if s.ingester_resources is None else s.ingester_resources
+        return dict(placed)
+
+    def _ingester(self) -> Any:
+        """The tier's detached, restartable ingester actor (re-adopted if it runs already)."""
+        s = self.settings
+        assert s.postgres is not None
+        return IngesterActor.options(  # type: ignore[attr-defined]
+            name=ingester_name(s.name, s.postgres.slot), namespace=s.namespace,
+            lifetime="detached", get_if_exists=True, max_restarts=-1,
+            num_cpus=s.ingester_num_cpus, resources=self._ingester_resources(),
+        ).remote(self.settings_json, self.url, self._dsn)  # fmt: skip
+
     async def _forget_dead(self) -> None:
         # A shard killed for good (not restarted by Ray) is re-created under its name.
         # All actors are asked at once: the lock is held for one timeout, not one each.
@@ -253,7 +289,7 @@ class Controller:
                 pass  # slow or restarting: leave it to Ray
             return False
 
-        for group in (self.shards, self.gateways):
+        for group in (self.shards, self.gateways, self.ingesters):
             # Not yet ready (pending placement): its readiness call is still queued.
             actors = [
                 (a, h) for a, h in group.items() if a not in self._ready or self._ready[a].done()
@@ -289,6 +325,13 @@ class Controller:
             if sid not in self.shards:
                 self.shards[sid] = await asyncio.to_thread(self._shard, sid)
             self._watch(sid, self.shards[sid])
+        if self.settings.postgres is not None:
+            if self._dsn is None:
+                log.error("controller: a postgres section but no DSN was given: no ingester")
+            else:
+                if INGESTER not in self.ingesters:
+                    self.ingesters[INGESTER] = await asyncio.to_thread(self._ingester)
+                self._watch(INGESTER, self.ingesters[INGESTER])
         extra = sorted((recorded | set(self.shards)) - set(want))
         await asyncio.gather(*(self._retire_shard(sid) for sid in extra))
 
@@ -335,6 +378,15 @@ class Controller:
         await self._members.leave(sid)
         await self._redis.srem(self._ids_key, sid)
 
+    async def _retire_ingester(self) -> None:
+        handle = self.ingesters.pop(INGESTER, None)
+        pg = self.settings.postgres
+        if handle is None and pg is not None:
+            handle = await self._lookup(ingester_name(self.settings.name, pg.slot))
+        if handle is not None:
+            await self._retire(handle, graceful=self._is_ready(INGESTER))
+        self._forget_ready(INGESTER)
+
     async def _retire_gateway(self, gid: str) -> None:
         handle = self.gateways.pop(gid, None)
         if handle is None:
@@ -369,7 +421,8 @@ class Controller:
             pass
 
     async def status(self) -> TierStatus:
-        """Live shards, partitions each owns, subscriptions, frames/s, lag."""
+        """Live shards, partitions each owns, subscriptions, frames/s, lag, and the Postgres
+        ingester's status (with a `postgres:` section)."""
         live = await self._members.live_shards()
 
         async def one(sid: str, h: Any) -> tuple[str, ShardActorStatus | ShardUnreachable]:
@@ -408,7 +461,33 @@ class Controller:
             "lag_ms": max((s["lag_ms"] or 0 for s in ok), default=0),
             "gateways": sorted(self.gateways),
             "controller_node": ray.get_runtime_context().get_node_id(),
+            "postgres_slot": self.settings.postgres.slot if self.settings.postgres else None,
+            "ingester": await self._ingester_status(),
         }
+
+    async def _ingester_status(self) -> IngesterStatus | None:
+        """The status the slot's ingester published, else this tier's actor's own (a
+        failed one stops publishing; its error stays readable here)."""
+        pg = self.settings.postgres
+        if pg is None:
+            return None
+        try:
+            published = await asyncio.wait_for(self._sources.read(pg.slot), STATUS_TIMEOUT_S)
+        except Exception as e:
+            log.warning("controller: reading the ingester's status failed: %s", _describe(e))
+            published = None
+        if published is not None:
+            return published  # type: ignore[return-value]
+        handle = self.ingesters.get(INGESTER)
+        ready = self._ready.get(INGESTER)
+        if handle is None or ready is None or not ready.done():
+            return None
+        try:
+            st: IngesterStatus = await asyncio.wait_for(handle.status.remote(), STATUS_TIMEOUT_S)
+        except Exception as e:
+            log.info("controller: the ingester's status: %s", _describe(e))
+            return None
+        return st
 
     async def stop(self) -> None:
         """Stop every gateway and every recorded shard (gracefully, then for good).
@@ -419,6 +498,7 @@ class Controller:
         self._stopping = True
         await self._tasks.aclose()
         async with self._lock:
+            await self._retire_ingester()  # first: it writes to what the others serve
             recorded = await self._recorded()
             gids = set(self.gateways) | set(gateway_ids(self.settings.gateways))
             await asyncio.gather(*(self._retire_gateway(gid) for gid in sorted(gids)))
@@ -429,8 +509,16 @@ class Controller:
             await self._redis.aclose()
 
 
+def _cause(e: BaseException | None) -> BaseException | None:
+    """The exception an actor raised, out of the Ray error that carries it."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, BaseException) else e
+
+
 def _describe(e: BaseException) -> str:
-    """`Type: first line of the message` (just the type when the message is empty)."""
+    """`Type: first line of the message` (just the type when the message is empty); for
+    an error an actor raised, the actor's own error."""
+    e = _cause(e) or e
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ("controller_name", "gateway_name", "shard_name")
+__all__ = ("controller_name", "gateway_name", "ingester_name", "shard_name")
 
 
 def controller_name(tier: str) -> str:
@@ -18,3 +18,8 @@ def shard_name(tier: str, shard_id: str) -> str:
 def gateway_name(tier: str, gateway_id: str) -> str:
     """The actor of one in-cluster gateway."""
     return f"{tier}:gateway:{gateway_id}"
+
+
+def ingester_name(tier: str, slot: str) -> str:
+    """The actor of the tier's Postgres ingester of replication slot `slot`."""
+    return f"{tier}:ingester:{slot}"

@@ -100,7 +100,7 @@ class Tier:
             max_restarts=-1,
             num_cpus=0,
             resources=dict(settings.controller_resources),
-        ).remote(settings.model_dump_json(), url)
+        ).remote(settings.model_dump_json(), url, _dsn(settings))
         report = on_progress or LogProgress()
         before: int | None = None  # the running tier's count, to go back to
         try:
@@ -136,6 +136,8 @@ class Tier:
                 time.monotonic() - t0, p["desired"], p["live"], p["pending"], p["failed"],
                 free, total,
             )  # fmt: skip
+            if p.get("fatal"):  # waiting cannot help (the ingester refused its config, …)
+                raise snap.error(self.name, snap.elapsed_s)
             if remaining <= 0:
                 raise snap.error(self.name, timeout_s)
             report(snap)
@@ -158,7 +160,9 @@ class Tier:
         return cls(controller, info)
 
     def status(self) -> TierStatus:
-        """Live shards, partitions each owns, subscriptions, frames/s, lag."""
+        """Live shards, partitions each owns, subscriptions, frames/s, lag; with a
+        `postgres:` section, the ingester's status (`ingester`: state, confirmed slot
+        position, lag in bytes and seconds, rows/s)."""
         status: TierStatus = self._call("status")
         return status
 
@@ -286,6 +290,12 @@ def _started(
         if remaining <= 0:
             raise snap.error(settings.name, settings.start_timeout_s)
         report(snap)
+
+
+def _dsn(settings: TierSettings) -> str | None:
+    """The Postgres source's DSN: the controller's own argument (the settings JSON
+    carries it masked)."""
+    return settings.postgres.dsn.get_secret_value() if settings.postgres is not None else None
 
 
 def _running_controller(settings: TierSettings) -> Any:

@@ -1,4 +1,4 @@
-"""`raycluster`: the command line (demo, serve, edge, status, stop, write, watch).
+"""`raycluster`: the command line (demo, serve, edge, status, stop, write, watch, ingest).
 
 Every expected failure prints one line, `raycluster: error: …`, on stderr and
 exits 2 when the command line is wrong (bad arguments, a query the tier
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_stop,
         _add_write,
         _add_watch,
+        _add_ingest,
     ):
         add(sub, common)
     return ap
@@ -223,6 +224,31 @@ def _add_watch(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per window drawn")
 
 
+def _add_ingest(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "ingest",
+        parents=[common],
+        help="follow the config's Postgres publication into the tier's Redis (or drop its slot)",
+        description="Run the Postgres ingester of the config's postgres: section in this "
+        "process until Ctrl-C or SIGTERM (or --seconds), printing its status every "
+        "--status-every seconds (docs/postgres.md). With --drop-slot, drop its replication "
+        "slot instead (Postgres stops keeping WAL for it; the next ingester copies the "
+        "tables again).",
+    )
+    _config_arg(p)
+    _redis_arg(p)
+    p.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
+    p.add_argument(
+        "--status-every",
+        type=float,
+        default=10.0,
+        help="seconds between status lines (0: only the last)",
+    )
+    p.add_argument(
+        "--drop-slot", action="store_true", help="drop the slot and exit (no Redis needed)"
+    )
+
+
 # -- subcommands -------------------------------------------------------------------
 
 
@@ -247,6 +273,11 @@ def _demo(args: argparse.Namespace) -> int:
         from raycluster._jobs import demo
     except ImportError as e:
         raise _need("ray", e) from e
+    if args.postgres:
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError as e:
+            raise _need("postgres", e) from e
     if args.rate is None:
         args.rate = DEMO_RATE
     return demo(args, settings)
@@ -395,6 +426,26 @@ def _watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest(args: argparse.Namespace) -> int:
+    from ._common import config_path
+    from ._ingest import drop, ingest, postgres_of
+
+    settings = load_settings(args.config)
+    pg = postgres_of(settings, config_path(args.config))
+    if args.seconds is not None and args.seconds < 0:
+        raise CommandError("--seconds: must be 0 or more", EXIT_USAGE)
+    if args.status_every < 0:
+        raise CommandError("--status-every: must be 0 or more", EXIT_USAGE)
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError as e:
+        raise _need("postgres", e) from e
+    if args.drop_slot:
+        return drop(pg)
+    url = redis_url_of(args.redis_url, settings)
+    return ingest(settings, pg, url, seconds=args.seconds, status_every_s=args.status_every)
+
+
 _COMMANDS = {
     "demo": _demo,
     "serve": _serve,
@@ -403,6 +454,7 @@ _COMMANDS = {
     "stop": _stop,
     "write": _write,
     "watch": _watch,
+    "ingest": _ingest,
 }
 
 

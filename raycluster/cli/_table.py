@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from raycluster.postgres.status import describe_ingester
+
 __all__ = ("cell", "format_status", "format_table")
 
 MAX_CELL = 40  # characters of one cell before it is cut with "…"
@@ -68,10 +70,11 @@ def format_status(
     """The `raycluster status` report of one `Tier.status()` dict.
 
     One row per shard (id, alive, partitions owned, subscriptions, frames/s,
-    lag) and a totals row. Per-shard frames/s needs an earlier sample
-    (`previous`, taken `interval_s` before); without one it reads `-`. A
-    shard the controller could not reach is listed as not alive with its
-    error under the table.
+    lag) and a totals row; with a Postgres source, a line of its ingester (state,
+    confirmed slot position, lag in bytes and seconds, rows/s). Per-shard
+    frames/s needs an earlier sample (`previous`, taken `interval_s` before);
+    without one it reads `-`. A shard the controller could not reach is
+    listed as not alive with its error under the table.
     """
     live = set(status.get("live_shards", ()))
     shards: Mapping[str, Mapping[str, Any]] = status.get("shards", {})
@@ -115,6 +118,9 @@ def format_status(
     lines = [head, *table]
     if previous is not None:
         lines.append(f"changes/s {status.get('changes_per_s', 0.0):.1f}")
+    slot = status.get("postgres_slot")
+    if slot:
+        lines.append(describe_ingester(status.get("ingester"), slot))
     if errors:
         lines += ["errors:", *errors]
     return "\n".join(lines)

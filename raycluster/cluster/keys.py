@@ -151,6 +151,31 @@ class Keys:
         """Sorted set (scores 0) of `enc(canon(value)) + id` of a filterable, unsortable column."""
         return f"{self._data('fx', tenant, entity)}:{column}"
 
+    # -- sources (a Postgres publication, …): what they have applied -------------------
+
+    def source_position(self, source: str, p: int) -> str:
+        """String: the position (source order) of the last change source `source` applied
+        to partition `p`; a change at or before it is skipped, so re-applying is a no-op."""
+        return f"{self.prefix}:srcpos:{self._part(p)}:{source}"
+
+    def source_state(self, source: str) -> str:
+        """Hash: source `source`'s progress (its copy, generation, confirmed position)."""
+        return f"{self.prefix}:src:{source}"
+
+    def source_status(self, source: str) -> str:
+        """String (JSON): the status source `source`'s running ingester published; it
+        expires a few publishing intervals after the last (so a stopped one disappears)."""
+        return f"{self.prefix}:src:{source}:status"
+
+    def source_tenants(self, source: str, entity: str) -> str:
+        """Set: every tenant source `source` has written rows of `entity` for (a superset)."""
+        return f"{self.prefix}:src:{source}:tenants:{entity}"
+
+    def source_owners(self, source: str, entity: str) -> str:
+        """Hash: row id → tenant of the rows of `entity` source `source` holds (for sources
+        whose deletes name the id alone)."""
+        return f"{self.prefix}:src:{source}:owner:{entity}"
+
     # -- shards, gateways, buses ---------------------------------------------------------
 
     def ctrl_stream(self, shard: str) -> str:

@@ -35,6 +35,7 @@ def create_app(gateway: RemoteGateway, settings: TierSettings) -> Starlette:
     every stream to end with reason `shutdown` (the server calls it on SIGTERM).
     """
     svc = EdgeService(gateway, settings)
+    ingest = health.IngestCollector(svc)
 
     def bind(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         return functools.partial(handler, svc)
@@ -55,9 +56,11 @@ def create_app(gateway: RemoteGateway, settings: TierSettings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         await svc.hub.aclose()  # the pumps of subscriptions still open at shutdown
+        await ingest.aclose()
 
     app = Starlette(routes=routes, exception_handlers=exception_handlers(), lifespan=lifespan)
     app.state.hub = svc.hub
-    app.state.metrics = health.metrics_registry(svc)
+    app.state.ingest = ingest
+    app.state.metrics = health.metrics_registry(svc, ingest)
     app.state.service = svc
     return app

@@ -5,15 +5,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
+from raycluster._tasks import logged
+from raycluster.postgres.status import lsn_number
+from raycluster.redis import SourceStatus
+
 from ._service import EdgeService
 
-__all__ = ("STATIC", "EdgeCollector", "healthz", "index", "metrics", "metrics_registry")
+__all__ = (
+    "STATIC",
+    "EdgeCollector",
+    "IngestCollector",
+    "healthz",
+    "index",
+    "metrics",
+    "metrics_registry",
+)
 
 STATIC = Path(__file__).resolve().parent / "static"
 _HEALTH_TIMEOUT_S = 5.0
@@ -91,15 +104,96 @@ _EDGE_COUNTERS = (
 )  # fmt: skip
 
 
-def metrics_registry(svc: EdgeService) -> CollectorRegistry:
-    """A registry of this edge's metrics alone (several edges may share a process)."""
+class IngestCollector:
+    """The tier's Postgres ingester, as its last published status says (tiers with a
+    `postgres:` section only): whether one reports, its state, the slot position it
+    confirmed, its lag in bytes and seconds, rows/s and counters.
+
+    The status is read from Redis (`SourceStatus`) by `refresh()` before each
+    scrape: the ingester runs elsewhere (a Ray actor, `raycluster ingest`).
+    """
+
+    def __init__(self, svc: EdgeService) -> None:
+        self.svc = svc
+        pg = svc.tier_settings.postgres
+        self.slot = pg.slot if pg is not None else None
+        self.status: dict[str, Any] | None = None
+        self._reader: SourceStatus | None = None
+
+    async def refresh(self) -> None:
+        """Read the ingester's status (none reporting, or Redis down: no status)."""
+        if self.slot is None:
+            return
+        if self._reader is None:
+            s = self.svc.tier_settings
+            self._reader = SourceStatus.from_url(self.svc.gateway.redis_url, settings=s.redis)
+        try:
+            async with asyncio.timeout(_HEALTH_TIMEOUT_S):
+                self.status = await self._reader.read(self.slot)
+        except Exception:
+            self.status = None
+
+    async def aclose(self) -> None:
+        """Close its Redis client."""
+        if self._reader is not None:
+            with logged("edge: closing the ingest status reader"):
+                await self._reader.aclose()
+
+    def collect(self) -> Iterator[Metric]:
+        """The ingester's metrics, labelled by slot (nothing without a Postgres source)."""
+        if self.slot is None:
+            return
+        st, slot = self.status, [self.slot]
+
+        def gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(f"raycluster_ingest_{name}", text, labels=["slot"])
+            g.add_metric(slot, value)
+            return g
+
+        yield gauge("reporting", "1 while an ingester publishes its status", st is not None)
+        if st is None:
+            return
+        yield gauge("streaming", "1 while the ingester streams its slot",
+                    st.get("state") == "streaming")  # fmt: skip
+        yield gauge("lag_bytes", "WAL committed but not yet in Redis (bytes)",
+                    st.get("lag_bytes", 0))  # fmt: skip
+        yield gauge("lag_seconds", "Age of the oldest commit not yet in Redis",
+                    st.get("lag_s", 0.0))  # fmt: skip
+        yield gauge("rows_per_second", "Rows written to Redis per second (last 10 s)",
+                    st.get("rows_per_s", 0.0))  # fmt: skip
+        yield gauge("confirmed_lsn", "Slot position confirmed to Postgres (WAL bytes)",
+                    lsn_number(st.get("confirmed_lsn", "0/0")))  # fmt: skip
+        for name, text in _INGEST_COUNTERS:
+            c = CounterMetricFamily(f"raycluster_ingest_{name}", text, labels=["slot"])
+            c.add_metric(slot, st.get(name, 0))
+            yield c
+
+
+_INGEST_COUNTERS = (
+    ("applied", "Streamed writes that changed a row (since the ingester started)."),
+    ("copied_rows", "Rows written by initial copies."),
+    ("transactions", "Transactions applied."),
+    ("reconnects", "Lost connections to Postgres or Redis."),
+    ("copies", "Initial copies (a lost slot makes another)."),
+)
+
+
+def metrics_registry(svc: EdgeService, ingest: IngestCollector | None = None) -> CollectorRegistry:
+    """A registry of this edge's metrics alone (several edges may share a process); with
+    `ingest`, the tier's Postgres ingester's too."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EdgeCollector(svc))
+    if ingest is not None:
+        registry.register(ingest)
     return registry
 
 
 async def metrics(svc: EdgeService, request: Request) -> Response:
-    """Connections, subscriptions and counters of the edge and its gateway (Prometheus text)."""
+    """Connections, subscriptions and counters of the edge and its gateway, and the tier's
+    Postgres ingester (Prometheus text)."""
+    ingest: IngestCollector | None = getattr(request.app.state, "ingest", None)
+    if ingest is not None:
+        await ingest.refresh()
     registry = request.app.state.metrics
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

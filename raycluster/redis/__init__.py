@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .membership import RedisMembership
     from .registry import RedisRegistry, Registration
     from .secrets import SharedSecrets
+    from .source import SourceStatus, SourceWriter
     from .store import RedisStore
     from .writer import Outcome, Writer
 
@@ -70,6 +71,8 @@ __all__ = (
     "RedisUnavailable",
     "Registration",
     "SharedSecrets",
+    "SourceStatus",
+    "SourceWriter",
     "Writer",
     "local_redis",
     "local_redis_cluster",
@@ -106,6 +109,8 @@ _LAZY = {
     "RedisRegistry": ".registry",
     "Registration": ".registry",
     "SharedSecrets": ".secrets",
+    "SourceStatus": ".source",
+    "SourceWriter": ".source",
     "RedisStore": ".store",
     "Outcome": ".writer",
     "Writer": ".writer",

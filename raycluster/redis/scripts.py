@@ -23,7 +23,16 @@ row stored with them changes), the Python writer no longer sends them.
 
 from __future__ import annotations
 
-__all__ = ("HEARTBEAT", "LIVE_MEMBERS", "READ", "STREAM_HEAD", "WRITE", "WRITE_MANY")
+__all__ = (
+    "HEARTBEAT",
+    "LIVE_MEMBERS",
+    "READ",
+    "SOURCE_APPLY",
+    "SOURCE_SWEEP",
+    "STREAM_HEAD",
+    "WRITE",
+    "WRITE_MANY",
+)
 
 _WRITE_FN = r"""
 local call = redis.call
@@ -394,6 +403,193 @@ work on entries but for live rows whose entries change), then one SET of the
 event counter and one XTRIM. On the demo entity (five indexed columns) the
 ZADDs (six members per new row: five indexes and the live ids) take about
 half the server's time; see `benchmarks/bench_redis.py`.
+"""
+
+_NEWER = r"""
+-- Positions are fixed-width lowercase hex (equal lengths): compared 7 digits at a time,
+-- each chunk exact as a Lua number (no locale-dependent string comparison).
+local function newer(a, b)
+  if b == '' then return true end
+  for i = 1, #a, 7 do
+    local x, y = tonumber(string.sub(a, i, i + 6), 16), tonumber(string.sub(b, i, i + 6), 16)
+    if x ~= y then return x > y end
+  end
+  return false
+end
+"""
+
+SOURCE_APPLY = (
+    _WRITE_FN
+    + _NEWER
+    + r"""
+local wm_key = KEYS[1]
+stream_key, seq_key = KEYS[2], KEYS[3]
+local mode, gen = ARGV[1], ARGV[2]
+maxlen = ARGV[3]
+local wm = ''
+if mode == 's' then wm = call('GET', wm_key) or '' end
+local top, applied, skipped, same, more = wm, 0, 0, 0, 0
+-- A row's state (`states`, as `write` keeps it) and its JSON as the call's planned
+-- writes leave them (false: not live), read with one HMGET on first use.
+local rows = {}
+local function current(row_key)
+  local s = states[row_key]
+  if not s then
+    local r = call('HMGET', row_key, 'v', 'ix', 'row')
+    s = {r[1], r[2]}
+    states[row_key] = s
+    rows[row_key] = r[3]
+  end
+  return s, rows[row_key]
+end
+-- Plan every group's writes (reads only), keeping each group's own plan.
+local groups, stamps = {}, {}
+local k, a = 4, 5
+for _ = 1, tonumber(ARGV[4]) do
+  ids_key, counts_key = KEYS[k], KEYS[k + 1]
+  tenant, entity = ARGV[a], ARGV[a + 1]
+  local prefix, nw = ARGV[a + 2], tonumber(ARGV[a + 3])
+  k, a = k + 2, a + 4
+  planned, sets, zsets, counts = {}, {}, {}, {}
+  -- A group's positions ascend: once one is after the watermark, so are the rest.
+  local fresh, last = mode ~= 's', nil
+  for _ = 1, nw do
+    local pos, op, id, row, blob = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+    local row_key = KEYS[k]
+    k, a = k + 1, a + 5
+    if not fresh and more == 0 then fresh = newer(pos, wm) end
+    if more == 1 or not fresh then
+      skipped = skipped + 1
+    elseif op == 'u' then
+      local cur, stored = current(row_key)
+      if stored == row and cur[2] == blob then
+        same = same + 1
+      else
+        write(row_key, cur, 'upsert', '', id, row, blob, true)
+        rows[row_key] = row
+        applied = applied + 1
+      end
+      if mode == 'c' then stamps[#stamps + 1] = row_key end
+      last = pos
+    elseif op == 'd' then
+      local cur = current(row_key)
+      if cur[2] then
+        write(row_key, cur, 'delete', '', id, '', '', true)
+        rows[row_key] = false
+        applied = applied + 1
+      else
+        same = same + 1
+      end
+      last = pos
+    else -- 't': delete up to `row` live rows of the (tenant, entity)
+      local most = tonumber(row)
+      local live = call('ZRANGE', ids_key, 0, most - 1)
+      for _, rid in ipairs(live) do
+        local rk = prefix .. rid
+        write(rk, current(rk), 'delete', '', rid, '', '', true)
+        rows[rk] = false
+        applied = applied + 1
+      end
+      -- `blob` '1': the last truncate of its partition at `pos`: then record `pos`.
+      if #live >= most then more = 1 elseif blob == '1' then last = pos end
+    end
+  end
+  if mode == 's' and last and newer(last, top) then top = last end
+  groups[#groups + 1] = {ids_key, counts_key, tenant, entity, planned, sets, zsets, counts}
+end
+local function use(g)
+  ids_key, counts_key, tenant, entity = g[1], g[2], g[3], g[4]
+  planned, sets, zsets, counts = g[5], g[6], g[7], g[8]
+end
+-- Check every key the call writes, then write.
+for _, g in ipairs(groups) do
+  use(g)
+  if #planned > 0 then
+    local err = check_types()
+    if err then return redis.error_reply(err) end
+  end
+end
+for _, g in ipairs(groups) do
+  use(g)
+  commit()
+  finish()
+end
+for _, row_key in ipairs(stamps) do call('HSET', row_key, 'g', gen) end
+if mode == 's' and top ~= wm then call('SET', wm_key, top) end
+return {applied, skipped, same, more}
+"""
+)
+"""Apply a source's writes to one partition, atomically, each at most once.
+
+A *source* (the Postgres ingester) writes rows it did not validate through
+`Writer`, each at a *position* in its own change order: fixed-width
+lowercase hex, equal lengths, later changes larger. Each write is `WRITE`'s
+step (same keys, entries and events), with two differences: an upsert that
+would store the row and entries it already has writes nothing (no version,
+no event: re-applying never moves a window), and in stream mode a write at a
+position not after the partition's watermark is skipped (it was applied).
+
+KEYS: 1 the partition's watermark `Keys.source_position(source, p)`; 2 the
+partition stream; 3 its event counter; then per group (one tenant and
+entity): its live-id set, its index-count hash, then one row hash per write.
+ARGV: 1 mode, `s` stream (positions checked, the watermark raised to the
+largest applied; a group's positions must ascend) or `c` copy (no positions;
+each upserted row's hash gets field `g` = ARGV 2); 2 copy generation; 3
+stream MAXLEN; 4 number of groups; then per group: tenant, entity, row-key
+prefix, number of writes, then per write: position, op, id, row JSON, index
+entries. Ops: `u` upsert, `d` delete, `t` truncate (the row JSON field holds
+a count *m*: delete up to *m* live rows of the group; a truncate is the only
+write of its call, and its entries field is `1` when, done, it records its
+position: the truncates of several tenants of one partition at one position
+record it with the last).
+
+Returns `{applied, skipped, unchanged, more}`: writes that changed a row,
+writes skipped as already applied, writes that found the row as it would
+leave it, and `1` when a truncate stopped after *m* rows (call it again; its
+position is recorded once it finds no more).
+
+As `WRITE`, it reads and plans every write of every group first, then checks
+the type of every key it is about to write, and only then writes: an error
+reply (a key of another type, a corrupt counter) means nothing of the call
+was written, the watermark included.
+"""
+
+SOURCE_SWEEP = (
+    _WRITE_FN
+    + r"""
+ids_key, stream_key, counts_key, seq_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+tenant, entity, maxlen = ARGV[1], ARGV[2], ARGV[3]
+local prefix, gen = ARGV[4], ARGV[5]
+local live = call('ZRANGEBYLEX', ids_key, ARGV[6], '+', 'LIMIT', 0, tonumber(ARGV[7]))
+local deleted = 0
+for _, id in ipairs(live) do
+  local rk = prefix .. id
+  local r = call('HMGET', rk, 'v', 'ix', 'g')
+  if r[3] ~= gen then
+    write(rk, {r[1], r[2]}, 'delete', '', id, '', '', true)
+    deleted = deleted + 1
+  end
+end
+if #planned > 0 then
+  local err = check_types()
+  if err then return redis.error_reply(err) end
+  commit()
+end
+finish()
+return {deleted, #live, live[#live] or ''}
+"""
+)
+"""Delete the live rows of one (tenant, entity) that a source's copy did not write.
+
+After a copy (generation *g*, `SOURCE_APPLY` mode `c`), every row the copy
+wrote has `g`; a live row without it is gone from the source: deleted here,
+with its event, as `WRITE` deletes. KEYS: 1 live-id set; 2 partition stream;
+3 index-count hash; 4 event counter. ARGV: 1 tenant; 2 entity; 3 stream
+MAXLEN; 4 row-key prefix; 5 generation; 6 start (ZRANGEBYLEX bound: `-`,
+then `(` + the last id of the previous call); 7 how many live ids to look at.
+Returns `{deleted, looked at, last id looked at}` (fewer looked at than
+asked: done). It checks every key's type before its first write, as `WRITE`
+does (an error reply: nothing deleted).
 """
 
 READ = r"""

@@ -19,9 +19,11 @@ from edge_helpers import (
     sse,
     truth,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from support import unique, wait_for
 
 from raycluster.edge import sign_token
+from raycluster.postgres import PostgresSettings
 
 
 async def test_subscribe_window_then_live_frames(edge: Edge) -> None:
@@ -237,3 +239,51 @@ async def test_token_helper_round_trip() -> None:
         except exc:
             continue
         raise AssertionError(f"{bad} accepted")
+
+
+async def test_metrics_report_the_tiers_postgres_ingester(edge: Edge) -> None:
+    """With a postgres: section, /metrics shows the status the ingester publishes to Redis
+    (whoever runs it): none reporting, then its lag, rate and position."""
+    from raycluster.edge import create_app
+    from raycluster.redis import SourceStatus
+
+    slot = "edge_metrics"
+    settings = edge.settings.model_copy(
+        update={"postgres": PostgresSettings(
+            dsn="postgresql://ingest:s3cret@db/app", publication="pub", slot=slot,
+            tables=[{"table": "asset", "entity": "asset", "tenant_column": "tenant"}],
+        )}
+    )  # fmt: skip
+    app = create_app(edge.gateway, settings)
+    transport = httpx.ASGITransport(app=app)
+    status = SourceStatus.from_url(edge.settings.redis.redis_url, settings=settings.redis)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://edge") as c:
+            text = (await c.get("/metrics")).text
+            assert f'raycluster_ingest_reporting{{slot="{slot}"}} 0.0' in text
+            assert "raycluster_ingest_lag_bytes" not in text
+            published = {
+                "state": "streaming", "slot": slot, "lag_bytes": 4096, "lag_s": 0.25,
+                "rows_per_s": 1234.5, "confirmed_lsn": "1/10", "applied": 77,
+            }  # fmt: skip
+            await status.publish(slot, published, ttl_s=30)
+            text = (await c.get("/metrics")).text
+            samples = {
+                s.name: s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.labels.get("slot") == slot
+            }
+            assert samples == {
+                "raycluster_ingest_reporting": 1, "raycluster_ingest_streaming": 1,
+                "raycluster_ingest_lag_bytes": 4096, "raycluster_ingest_lag_seconds": 0.25,
+                "raycluster_ingest_rows_per_second": 1234.5,
+                "raycluster_ingest_confirmed_lsn": 2**32 + 16,
+                "raycluster_ingest_applied_total": 77, "raycluster_ingest_copied_rows_total": 0,
+                "raycluster_ingest_transactions_total": 0, "raycluster_ingest_reconnects_total": 0,
+                "raycluster_ingest_copies_total": 0,
+            }  # fmt: skip
+            assert "s3cret" not in text
+    finally:
+        await app.state.ingest.aclose()
+        await status.aclose()

@@ -24,7 +24,7 @@ from .settings import (
     OWNERSHIP_INTERVAL_S,
     fast_tier,
 )
-from .waiting import wait_for
+from .waiting import wait_for, wait_until
 
 __all__ = (
     "ATTEMPT_TIMEOUT_S",
@@ -39,4 +39,5 @@ __all__ = (
     "private_redis_cluster",
     "unique",
     "wait_for",
+    "wait_until",
 )

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ("wait_for",)
+__all__ = ("wait_for", "wait_until")
 
 
 async def wait_for(
@@ -37,6 +37,25 @@ async def wait_for(
         if time.monotonic() >= deadline:
             raise AssertionError(_timed_out(predicate, timeout_s, what, result))
         await asyncio.sleep(interval_s)
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout_s: float = 10.0,
+    *,
+    what: str | Callable[[], str] | None = None,
+    interval_s: float = 0.1,
+) -> float:
+    """`wait_for` for synchronous tests (it sleeps the thread): same rules, same failure."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return time.monotonic() - start
+        if time.monotonic() >= deadline:
+            raise AssertionError(_timed_out(predicate, timeout_s, what, result))
+        time.sleep(interval_s)
 
 
 def _timed_out(
