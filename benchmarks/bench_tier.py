@@ -2,9 +2,11 @@
 
     python benchmarks/bench_tier.py [--quick] [--runs 3]
 
-* write → client latency p50/p99 at fixed write rates, over the in-cluster
-  path (gateway actor, object-ref streams) and the Redis path (external
-  gateway reading `lq:delta:{gw}`), 100 windows;
+* write → client latency p50/p99 at fixed write rates, 100 windows, over the
+  in-cluster path (`Tier.subscribe`: the handle's own gateway in this
+  process), through a gateway actor (`subscribe(..., gateway_id=...)`:
+  object refs), and the Redis path (`raycluster.connect()`: an external
+  gateway), all in the same run;
 * the most changes/s one shard sustains with 10,000 subscriptions (each
   change renames a row inside its window: one frame per change), per path;
 * failover: a shard killed for good → every client reset by a new owner.
@@ -70,6 +72,17 @@ async def preload(w: Any, rows: int, owners: int) -> None:
         await w.upsert_many(T, "asset", items[k : k + 1000])
 
 
+async def _subscribe(tier: Tier, remote: Any, path: str, q: LiveQuery) -> Any:
+    """`path`: "direct" (`Tier.subscribe`: the handle's own gateway), "actor" (through
+    the tier's first gateway actor: object refs), "redis" (`connect()`: an external
+    gateway)."""
+    if path == "redis":
+        return await remote.subscribe(T, q)
+    if path == "actor":
+        return await tier.subscribe(T, q, gateway_id=tier.gateway_ids[0])
+    return await tier.subscribe(T, q)
+
+
 async def latency(tier: Tier, path: str, rate: float, seconds: float) -> dict[str, Any]:
     """Fixed-rate renames; per-frame write → client latency."""
     owners = 100
@@ -80,7 +93,7 @@ async def latency(tier: Tier, path: str, rate: float, seconds: float) -> dict[st
     for i in range(owners):
         q = LiveQuery(entity="asset", where=[eq("owner", f"u{i}")],
                       sort=[SortKey(column="name")], limit=10)  # fmt: skip
-        subs.append(await (remote or tier).subscribe(T, q))
+        subs.append(await _subscribe(tier, remote, path, q))
     lat: list[float] = []
 
     async def consume(sub: Any) -> None:
@@ -118,9 +131,8 @@ async def throughput(
 ) -> dict[str, Any]:
     """Renames written as fast as possible; changes/s until every frame reached its client.
 
-    Clients are this driver's `Subscription`s (in-cluster: one multiplexed
-    stream of object refs from the gateway actor; Redis path: an external
-    gateway in this process), so a frame counts once its client applied it.
+    Clients are this driver's `Subscription`s (see `_subscribe` for the
+    paths), so a frame counts once its client applied it.
     """
     w = tier.writer()
     await preload(w, rows, subs_n)
@@ -132,7 +144,7 @@ async def throughput(
         q = LiveQuery(entity="asset", where=[eq("owner", f"u{i}")],
                       sort=[SortKey(column="name")], limit=10)  # fmt: skip
         async with sem:
-            subs.append(await (remote or tier).subscribe(T, q))
+            subs.append(await _subscribe(tier, remote, path, q))
 
     t0 = time.monotonic()
     await asyncio.gather(*(sub(i) for i in range(subs_n)))
@@ -261,10 +273,12 @@ async def main(args: argparse.Namespace) -> None:
                  "median_s": statistics.median(times), "target": "<= TTL + 1 s = 3 s",
                  "runs": [round(t, 2) for t in times]}]  # fmt: skip
 
-    async def latencies(tier: Tier, paths: tuple[str, ...] = ("ray", "redis")) -> Any:
+    async def latencies(tier: Tier, paths: tuple[str, ...] = ("direct", "actor", "redis")) -> Any:
         out = []
         for path in paths:
-            label = path if tier.settings.gateway_transport == "ray" else "in-cluster over Redis"
+            label = {"direct": "in-cluster", "actor": "gateway actor", "redis": "Redis"}[path]
+            if tier.settings.gateway_transport == "redis":
+                label += " over Redis"
             for rate in [200, 1000] if args.quick else [200, 1000, 2000]:
                 res = [await latency(tier, path, rate, 2.0 if args.quick else 5.0)
                        for _ in range(args.runs)]  # fmt: skip
@@ -298,10 +312,10 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await section("failover", "bench-fo", 3, failovers)
         await section("latency", "bench-lat", 1, latencies)
-        # In-cluster gateway actors reading their Redis delta stream (gateway_transport).
-        await section("latency in-cluster over redis", "bench-lat-rt", 1,
-                      lambda t: latencies(t, ("ray",)), gateway_transport="redis")  # fmt: skip
-        for path in ("ray", "redis"):
+        # Gateway actors reading their Redis delta stream (gateway_transport).
+        await section("latency gateway actor over redis", "bench-lat-rt", 1,
+                      lambda t: latencies(t, ("actor",)), gateway_transport="redis")  # fmt: skip
+        for path in ("direct", "actor", "redis"):
             await section(f"one shard, {subs_n} subs, {path} path", f"bench-tp-{path}", 1,
                           throughputs(path), ttl_s=60.0)  # fmt: skip
     finally:

@@ -3,9 +3,10 @@
     python benchmarks/trace_hops.py [--rate 1000] [--seconds 5] [--runs 3]
 
 Runs the latency workload of `bench_tier.py` (100 windows, fixed-rate
-renames) on a local Ray with one shard, over the in-cluster path (gateway
-actors, object-ref streams), the in-cluster path over Redis
-(`gateway_transport: redis`) and the Redis path (an external gateway in this
+renames) on a local Ray with one shard, over the in-cluster path
+(`Tier.subscribe`: the handle's own gateway in this process), through a
+gateway actor (`subscribe(..., gateway_id=...)`: frames as object refs), and
+over the Redis path (`raycluster.connect()`: an external gateway in this
 process), and stamps every frame on its way, with no change to the package:
 every Ray worker patches the hops at start-up (`worker_process_setup_hook`),
 and so does this process. The stamps ride in the wire entry itself (a sixth
@@ -14,9 +15,11 @@ element), so each frame carries its own times across processes:
     write   the write script's time (`at`, Redis TIME, ms)
     match   the shard appended the frame to a gateway's outbox (the change matched)
     send    the shard handed the batch to its delta bus
-    gw_in   the gateway received the batch (in-cluster: the gateway actor)
-    gw_out  the gateway actor handed the batch to the driver's stream
-    driver  the driver's gateway stream (or external gateway) delivered it
+    gw_in   the gateway received the batch (through a gateway actor: in the actor)
+    driver  the subscription in this process got it
+
+(A gateway actor's hand-over to the driver's stream is inside `driver`: the
+actor class is pickled by value into its worker, out of reach of a patch.)
 
 Prints the median and p99 of each hop per path, and writes
 benchmarks/results/trace_hops.json. All clocks are this machine's.
@@ -37,7 +40,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-HOPS = ("match", "send", "gw_in", "gw_out", "driver")
+HOPS = ("match", "send", "gw_in", "driver")
 _SAMPLES: list[dict[str, float]] = []
 
 
@@ -84,15 +87,6 @@ def install() -> None:
         receive(self, batch)
 
     cluster_gw.Gateway.receive = _receive  # type: ignore[method-assign]
-
-    take = actor_gw.GatewayActor._take
-
-    def _take(self: Any, c: Any) -> Any:
-        batch = take(self, c)
-        _stamp(batch, "gw_out")
-        return batch
-
-    actor_gw.GatewayActor._take = _take  # type: ignore[method-assign]
 
     deliver_wire = subscription.Subscription.deliver_wire
 
@@ -145,8 +139,8 @@ async def main(args: argparse.Namespace) -> None:
     url = srv.start()
     try:
         for label, transport, path in (
-            ("in-cluster", "ray", "ray"),
-            ("in-cluster over Redis", "redis", "ray"),
+            ("in-cluster", "ray", "direct"),
+            ("gateway actor", "ray", "actor"),
             ("Redis path", "ray", "redis"),
         ):
             tier = Tier.start(settings(f"trace-{transport}-{path}", url, 1,

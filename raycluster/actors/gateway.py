@@ -65,6 +65,7 @@ class RayDeltaBus:
         self._pending: list[tuple[str, list[WireFrame], asyncio.Future[None]]] = []
         self._tasks = TaskSet("ray delta bus")  # the actor calls in flight
         self.shared_puts = 0  # how many shared payloads were put (for status/tests)
+        self.calls = 0  # deliver() calls made
 
     async def send(self, gateway_id: str, frames: list[WireFrame]) -> None:
         loop = asyncio.get_running_loop()
@@ -94,6 +95,7 @@ class RayDeltaBus:
                 # A GCS round trip: off the event loop (heartbeats run on it).
                 handle = await asyncio.to_thread(ray.get_actor, name, namespace=self.namespace)
                 self._handles[gateway_id] = handle
+            self.calls += 1
             await handle.deliver.remote(batch, ref)
         except Exception as e:
             self._handles.pop(gateway_id, None)  # look it up again next time

@@ -32,6 +32,7 @@ class ShardActorStatus(ShardStatus):
 
     running: bool  # False once the runtime stopped (it failed: see the actor's log)
     shared_puts: int  # deltas several gateways needed, put once
+    ray_calls: int  # batches sent to gateway actors (one actor call each)
     node_id: str
 
 
@@ -122,6 +123,7 @@ class ShardActor:
             **self.shard.status(),
             "running": not self._task.done(),
             "shared_puts": self._ray_bus.shared_puts,
+            "ray_calls": self._ray_bus.calls,
             "node_id": ray.get_runtime_context().get_node_id(),
         }
 

@@ -21,6 +21,7 @@ from raycluster.redis import Writer, local_redis_for_process
 from .controller import Controller, TierStatus
 from .driver import DriverSubscriptions
 from .names import controller_name, gateway_name
+from .own_gateway import OwnGateway
 from .progress import LogProgress, StartProgress, cluster_resources
 from .remote import get
 
@@ -43,6 +44,9 @@ class Tier:
         self.redis_url: str = info["redis_url"]
         self.gateway_ids: list[str] = info["gateways"]
         self.settings = TierSettings.model_validate_json(info["settings"])
+        # Subscriptions served by this handle's own gateway (the default), and those
+        # made through a named gateway actor.
+        self._own = OwnGateway(self.name, self.redis_url, self.settings)
         self._subs = DriverSubscriptions(
             self.name, self.gateway_ids, self._lookup_gateway, self.settings.gateway.buffer
         )
@@ -220,13 +224,17 @@ class Tier:
         prefer `await tier.aclose()`, which does the same off the event loop
         and waits for those tasks to end.
         """
-        self._subs.close(f"the tier {self.name!r} was stopped")
+        reason = f"the tier {self.name!r} was stopped"
+        self._own.close(reason)
+        self._subs.close(reason)
         self._stop_actors()
 
     async def aclose(self) -> None:
         """`stop()` from async code: the blocking calls run in a thread, and every task of
         this handle has ended when it returns."""
-        await self._subs.aclose(f"the tier {self.name!r} was stopped")
+        reason = f"the tier {self.name!r} was stopped"
+        await self._own.aclose(reason)
+        await self._subs.aclose(reason)
         await asyncio.to_thread(self._stop_actors)
 
     def _stop_actors(self) -> None:
@@ -243,8 +251,9 @@ class Tier:
 
     @property
     def moves(self) -> dict[str, int]:
-        """Subscriptions moved off a lost gateway (`moved`), and those closed after every
-        attempt failed (`failed`)."""
+        """Subscriptions made through a gateway actor (`subscribe(..., gateway_id=...)`)
+        that moved off a lost gateway (`moved`), and those closed after every attempt failed
+        (`failed`)."""
         return self._subs.moves
 
     def gateway(self, gateway_id: str | None = None) -> Any:
@@ -254,24 +263,52 @@ class Tier:
     def _lookup_gateway(self, gid: str) -> Any:
         return ray.get_actor(gateway_name(self.name, gid), namespace=self.namespace)
 
+    @property
+    def own_gateway_id(self) -> str | None:
+        """The id of this handle's own gateway, which serves `subscribe` without a
+        `gateway_id` (None until its first such subscribe)."""
+        own = self._own.gateway
+        return own.id if own is not None else None
+
+    def own_gateway_status(self) -> dict[str, Any]:
+        """The status of this handle's own gateway: subscriptions, frame counters, and
+        the batches it read from its delta stream ({} before its first subscribe)."""
+        return self._own.status()
+
     def gateway_of(self, sub: Subscription) -> str | None:
-        """The id of the gateway holding `sub` now (None while it moves, or once closed)."""
+        """The id of the gateway holding `sub` now: this handle's own, or a gateway actor's
+        (None while it moves, or once closed)."""
+        own = self._own.gateway
+        if own is not None and self._own.holds(sub):
+            return own.id
         return self._subs.gateway_of(sub)
 
     async def subscribe(
         self, tenant: str, query: LiveQuery, *, gateway_id: str | None = None
     ) -> Subscription:
-        """Subscribe through an in-cluster gateway; returns once the first window is here.
+        """Subscribe; returns once the first window is here.
 
-        All subscriptions this `Tier` makes through one gateway share one
-        stream of object refs (batches of frames for all of them). If that
+        By default the subscription is served by this handle's own gateway,
+        in this process (started on the first subscribe): the shards send its
+        frames to the gateway's own delta stream in Redis, which it reads with
+        one blocking read, so a change travels shard → Redis → here, with no
+        gateway actor in between (see `actors/own_gateway.py` for why). A
+        subscription survives the loss of any shard (a `reset` with a newer
+        epoch and the window follow), and ends with this process.
+
+        With `gateway_id`, it goes through that in-cluster gateway actor
+        instead, for frames as object refs: all subscriptions this handle
+        makes through one gateway share one stream of object refs. If that
         gateway's actor or node is lost, the subscription moves to a live
         gateway on its own: it gets a new id (`sub.id`), then a `reset` and
-        the current window of its current query, numbered on from the last
-        `seq` it applied, then live frames. Its `rows` stay as they were
-        until that window arrives. Once the tier is stopped (or Ray shut
-        down in this process) its iteration ends and `close_reason` says why.
+        the current window, numbered on from the last `seq` it applied, then
+        live frames.
+
+        Once the tier is stopped (or Ray shut down in this process) the
+        iteration of either kind ends and `close_reason` says why.
         """
+        if gateway_id is None:
+            return await self._own.subscribe(tenant, query)
         return await self._subs.subscribe(tenant, query, gateway_id)
 
 

@@ -154,6 +154,13 @@ class Gateway:
             with logged(f"gateway {self.id}: dropping its delta channel"):
                 await asyncio.wait_for(self.deps.delta.drop(self.id), 5)
 
+    def cancel(self) -> None:
+        """Stop now, without waiting (teardown that cannot await): its tasks are cancelled
+        and nothing more is served. Registrations stay until the shards sweep them (the
+        heartbeat has stopped); prefer `aclose`."""
+        self._closed = True
+        self._tasks.cancel()
+
     async def _forget_earlier(self) -> int:
         """Remove the registrations an earlier gateway of this id left; how many.
 

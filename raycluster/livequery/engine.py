@@ -274,6 +274,7 @@ class Engine:
         self.stats = EngineStats()
         self._groups: dict[tuple[str, str], _Group] = {}
         self._pos: dict[str, tuple[int, int]] = {}
+        self._seen_pos: dict[str, str] = {}  # the raw position each source last reported
         self._loading: set[_View] = set()
         self._parked: list[_View] = []
         self._tasks = TaskSet("live-query engine")  # the feed pump and the store reads
@@ -401,11 +402,15 @@ class Engine:
                 self.stats.changes += len(batch.changes)
                 at = batch.changes[-1].at
                 self.stats.lag_ms = max(0, int(time.time() * 1000) - at) if at else 0
-            pos = self._pos
+            pos, seen = self._pos, self._seen_pos
             for source, p in batch.positions.items():
-                k = pos_key(p)
-                if k > pos.get(source, _ZERO):
-                    pos[source] = k
+                # A feed reports every source each batch; most did not move (a string
+                # compare is far cheaper than parsing 256 positions per batch).
+                if seen.get(source) != p:
+                    seen[source] = p
+                    k = pos_key(p)
+                    if k > pos.get(source, _ZERO):
+                        pos[source] = k
             self._fed = True
             if self._parked:
                 self._unpark()

@@ -32,10 +32,15 @@ class RedisFencing(ClientComponent):
         parts = list(partitions)
         if not parts:
             return {}
+        keys = [self.keys.epoch(p) for p in parts]
         with translate_errors("read partition epochs"):
-            # One GET each, pipelined: on Redis Cluster the epochs live on many nodes.
-            async with self._client.pipeline(transaction=False) as pipe:
-                for p in parts:
-                    pipe.get(self.keys.epoch(p))
-                raw: Any = await pipe.execute()
+            raw: Any
+            if self.settings.redis_cluster:
+                # One GET each, pipelined: on Redis Cluster the epochs live on many nodes.
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.get(key)
+                    raw = await pipe.execute()
+            else:  # one command (a shard reads every owned partition's epoch each reconcile)
+                raw = await self._client.mget(keys)
         return {p: int(v or 0) for p, v in zip(parts, raw, strict=True)}

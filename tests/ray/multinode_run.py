@@ -157,13 +157,15 @@ class World:
         for s, _, _ in self.subs:
             self.checks[id(s)].take(s)
         live = {s.id for s, _, _ in self.subs}
-        gws = [*self.tier.gateway_ids, self.remote.id]
+        own = [self.tier.own_gateway_id] if self.tier.own_gateway_id else []
+        gws = [*self.tier.gateway_ids, *own, self.remote.id]
         await wait_nothing_leaked(self.tier, self.registry, gws, live, STEP_TIMEOUT_S)
 
 
 async def open_subscriptions(w: World) -> None:
-    """Two tenants per shard; each: two queries through one gateway, one through the
-    other, one external."""
+    """Two tenants per shard; each: two queries through one gateway actor, one through
+    the other, one through the driver's own gateway (frames straight from the shards),
+    one external."""
     live = (await status(w.tier))["live_shards"]
     for k, sid in enumerate(live):
         for t in tenants_on(sid, live, 2, f"mn{k}"):
@@ -175,6 +177,7 @@ async def open_subscriptions(w: World) -> None:
                 sub = await w.tier.subscribe(t, q, gateway_id=gid)
                 w.subs.append((sub, t, q))
                 w.via[id(sub)] = gid
+            w.subs.append((await w.tier.subscribe(t, PUMPS), t, PUMPS))  # its own gateway
             w.subs.append((await w.remote.subscribe(t, PUMPS), t, PUMPS))
     w.checks = {id(s): StreamCheck() for s, _, _ in w.subs}
     await w.check_all()

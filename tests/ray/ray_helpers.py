@@ -81,7 +81,7 @@ async def running_tier(settings: TierSettings, redis_url: str) -> AsyncIterator[
         yield tier
     finally:
         try:
-            await asyncio.wait_for(asyncio.to_thread(tier.stop), 90)
+            await asyncio.wait_for(tier.aclose(), 90)
         except BaseException:
             await asyncio.to_thread(_force_stop, settings.name, settings.namespace)
             raise

@@ -227,7 +227,8 @@ async def check_registered(
     registry = RedisRegistry.from_url(tier.redis_url, settings=settings.redis)
     try:
         regs = {}
-        for gw in [*tier.gateway_ids, *(r.id for r in remotes)]:
+        own = [tier.own_gateway_id] if tier.own_gateway_id else []
+        for gw in [*tier.gateway_ids, *own, *(r.id for r in remotes)]:
             regs.update({r.sub_id: r for r in await registry.by_gateway(gw)})
         assert set(regs) == {c.sub.id for c in clients}
         for c in clients:
