@@ -240,8 +240,13 @@ class Tier:
     def _stop_actors(self) -> None:
         try:
             self._call("stop", timeout_s=STOP_TIMEOUT_S)
+        except ray.exceptions.ActorDiedError:
+            # Stopped already (`raycluster stop`, another handle): stop is idempotent.
+            log.info("tier %s: its controller is gone: stopped already", self.name)
+            return
         finally:
-            ray.kill(self.controller)
+            with logged(f"tier {self.name}: killing its controller"):
+                ray.kill(self.controller)
 
     def writer(self) -> Writer:
         """A `Writer` for this tier's Redis (close it with `await writer.aclose()`)."""

@@ -33,7 +33,8 @@ async def test_in_cluster_gateway_over_redis_stream_keeps_windows_exact(
         tenant = unique("gwredis")
         rnd = random.Random(7)
         await shadow.upsert_many(tenant, {f"a{i:03}": random_row(rnd) for i in range(30)})
-        subs = [await tier.subscribe(tenant, PUMPS) for _ in range(2)]
+        gid = tier.gateway_ids[0]  # through a gateway actor (its transport is measured)
+        subs = [await tier.subscribe(tenant, PUMPS, gateway_id=gid) for _ in range(2)]
         registry = RedisRegistry.from_url(tier.redis_url, settings=tier.settings.redis)
         admin = aioredis.Redis.from_url(tier.redis_url)
         try:

@@ -137,12 +137,18 @@ async def test_calls_that_fail_leave_the_running_tier_serving(
         assert f" not ready after {settings.start_timeout_s:g} s" in str(failed.value)
         await still_serving(f"scale({MAX_SHARDS}) that could not be met")
 
-        # 11. An error raised in the gateway actor: its own one line, isinstance intact,
-        # the remote traceback kept as the cause.
+        # 11. An error raised in a gateway actor: its own one line, isinstance intact,
+        # the remote traceback kept as the cause. (The handle's own gateway refuses the
+        # same query in this process, with the same message.)
+        too_big = LiveQuery(entity=ENTITY, limit=201)
         with pytest.raises(InvalidQuery) as bad_query:
-            await tier.subscribe(tenant, LiveQuery(entity=ENTITY, limit=201))
+            await tier.subscribe(tenant, too_big, gateway_id=tier.gateway_ids[0])
         assert str(bad_query.value) == "limit: above the maximum window 200 (got 201)"
         assert isinstance(bad_query.value.__cause__, RayTaskError)
+        with pytest.raises(
+            InvalidQuery, match=r"^limit: above the maximum window 200 \(got 201\)$"
+        ):
+            await tier.subscribe(tenant, too_big)
         await still_serving("a subscribe the gateway refused")
 
         await sub.close()
