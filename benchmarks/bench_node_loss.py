@@ -6,8 +6,8 @@ A private `ray.cluster_utils.Cluster` (several raylets on this machine, under
 its own RAY_TMPDIR, on free ports) runs a tier with the default cadences of
 configs/tier.yaml (heartbeat TTL 3 s, ownership every 0.25 s): shards spread
 over three CPU nodes, two gateways on nodes with `rc_gateway`, the
-controller on the head. `--subs` in-cluster subscriptions (`Tier.subscribe`)
-stay open throughout.
+controller on the head. `--subs` subscriptions through the gateway actors
+(`Tier.subscribe(..., gateway_id=...)`, round-robin) stay open throughout.
 
 * gateway node lost: the node of the gateway holding the most subscriptions
   is removed; time until every subscription it held has a complete fresh
@@ -187,8 +187,10 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         for k in range(20)
                     }
                     await writer.upsert_many(t, "asset", seed)
+                gids = tier.gateway_ids  # through the gateway actors: their loss is measured
                 for i in range(args.subs):
-                    b.subs.append(await tier.subscribe(tenants[i // 2], QUERY))
+                    gid = gids[i % len(gids)]
+                    b.subs.append(await tier.subscribe(tenants[i // 2], QUERY, gateway_id=gid))
                 for kind in ("gateway", "shard"):
                     times: list[float] = []
                     hits: list[int] = []
