@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -31,6 +32,7 @@ def report(name: str, rows: list[dict[str, Any]], columns: list[str]) -> Path:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "load_average_1m_5m_15m": [round(x, 2) for x in os.getloadavg()],
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwrote {out}")

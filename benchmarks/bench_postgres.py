@@ -17,8 +17,8 @@
   100 live windows; a writer process commits one-row UPDATEs (each moves a
   row inside a window: one frame) at the rate; latency is a frame's receive
   time minus its transaction's commit time (both this machine's clock), split
-  at the change's write time in Redis into the ingester's hop and the tier's.
-  Once per in-cluster transport (`gateway_transport`: `ray`, `redis`).
+  at the change's write time in Redis into the ingester's hop and the tier's
+  (`Tier.subscribe`: the handle's own gateway).
 
 Medians of `--runs`. Prints a table and writes benchmarks/results/bench_postgres.json.
 """
@@ -303,7 +303,7 @@ async def latency_run(tier: Any, dsn: str, rate: float, seconds: float, run: int
 
 
 async def latency_section(
-    pg: LocalPostgres, redis_url: str, rate: float, seconds: float, runs: int, transport: str
+    pg: LocalPostgres, redis_url: str, rate: float, seconds: float, runs: int
 ) -> dict[str, Any]:
     import ray
 
@@ -321,7 +321,6 @@ async def latency_section(
     ray.init(num_cpus=4, include_dashboard=False, namespace="raycluster-bench")
     settings = TierSettings.load(
         name=name.replace("_", "-"), shards=1, gateways=1, shard_num_cpus=0.5,
-        gateway_transport=transport,
         entities=[ASSET.model_dump()],
         postgres={**source(dsn, f"s_{name}"), "status_interval_s": 1.0},
         redis={"redis_url": redis_url, "key_prefix": name, "heartbeat_ttl_s": 2.0},
@@ -339,7 +338,7 @@ async def latency_section(
         await asyncio.to_thread(drop_db, pg, name)
     med = statistics.median
     return {
-        "benchmark": f"commit -> in-cluster client frame @ {rate:g} tx/s, {transport} transport",
+        "benchmark": f"commit -> in-cluster client frame @ {rate:g} tx/s",
         "p50_ms": med(r["p50"] for r in res),
         "p99_ms": med(r["p99"] for r in res),
         "ingest_hop_ms": f"{med(r['ingest_p50'] for r in res):.1f}/"
@@ -384,17 +383,12 @@ async def main(args: argparse.Namespace) -> None:
             except Exception as e:
                 rows_out.append({"benchmark": "ingest", "error": f"{type(e).__name__}: {e}"[:200]})
             report("bench_postgres", rows_out, COLUMNS)
-        for transport in args.transport or ["ray", "redis"]:
-            if args.only and "latency" not in args.only:
-                break
+        if not args.only or "latency" in args.only:
             try:
                 seconds = 3.0 if args.quick else 10.0
-                rows_out.append(
-                    await latency_section(pg, url, args.rate, seconds, args.runs, transport)
-                )
+                rows_out.append(await latency_section(pg, url, args.rate, seconds, args.runs))
             except Exception as e:
-                rows_out.append({"benchmark": f"latency, {transport} transport",
-                                 "error": f"{type(e).__name__}: {e}"[:200]})  # fmt: skip
+                rows_out.append({"benchmark": "latency", "error": f"{type(e).__name__}: {e}"[:200]})
             report("bench_postgres", rows_out, COLUMNS)
     finally:
         await asyncio.to_thread(pg.close)
@@ -412,9 +406,4 @@ if __name__ == "__main__":
     ap.add_argument("--tx-rows", type=int, default=100, help="rows per transaction (ingest)")
     ap.add_argument("--rate", type=float, default=1000.0, help="transactions/s (latency)")
     ap.add_argument("--only", action="append", help="ingest or latency")
-    ap.add_argument(
-        "--transport", action="append", choices=["ray", "redis"],
-        help="in-cluster gateways' transport (gateway_transport) of the latency runs "
-        "(default: both)",
-    )  # fmt: skip
     asyncio.run(main(ap.parse_args()))

@@ -241,7 +241,8 @@ async def failover(tier: Tier, runs: int) -> list[float]:
 
 
 COLUMNS = ["benchmark", "p50_ms", "p99_ms", "changes_per_s", "write_rate", "setup_s",
-           "frames", "median_s", "target", "runs", "error"]  # fmt: skip
+           "frames", "median_s", "target", "load", "runs", "error"]  # fmt: skip
+LABELS = {"direct": "in-cluster", "actor": "gateway actor", "redis": "Redis"}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -273,21 +274,29 @@ async def main(args: argparse.Namespace) -> None:
                  "median_s": statistics.median(times), "target": "<= TTL + 1 s = 3 s",
                  "runs": [round(t, 2) for t in times]}]  # fmt: skip
 
-    async def latencies(tier: Tier, paths: tuple[str, ...] = ("direct", "actor", "redis")) -> Any:
+    async def latencies(tier: Tier, paths: tuple[str, ...] = ("direct", "redis")) -> Any:
+        # The paths take turns within each run, so both sides of a comparison see
+        # the same machine; the load average is recorded beside each rate.
         out = []
-        for path in paths:
-            label = {"direct": "in-cluster", "actor": "gateway actor", "redis": "Redis"}[path]
-            if tier.settings.gateway_transport == "redis":
-                label += " over Redis"
-            for rate in [200, 1000] if args.quick else [200, 1000, 2000]:
-                res = [await latency(tier, path, rate, 2.0 if args.quick else 5.0)
-                       for _ in range(args.runs)]  # fmt: skip
+        for rate in [200, 1000] if args.quick else [200, 1000, 2000]:
+            res: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
+            load = []
+            for _ in range(args.runs):
+                for path in paths:
+                    res[path].append(await latency(tier, path, rate, 2.0 if args.quick else 5.0))
+                load.append(os.getloadavg()[0])
+            for path in paths:
+                label = LABELS[path]
+                if tier.settings.gateway_transport == "redis":
+                    label += " over Redis"
+                rs = res[path]
                 out.append({"benchmark": f"latency {label} path @ {rate}/s",
-                            "p50_ms": statistics.median(r["p50_ms"] for r in res),
-                            "p99_ms": statistics.median(r["p99_ms"] for r in res),
+                            "p50_ms": statistics.median(r["p50_ms"] for r in rs),
+                            "p99_ms": statistics.median(r["p99_ms"] for r in rs),
                             "target": "p99 <= 20 ms" if rate == 1000 else "",
+                            "load": round(statistics.median(load), 2),
                             "runs": [f"{r['p50_ms']:.1f}/{r['p99_ms']:.1f}"
-                                     for r in res]})  # fmt: skip
+                                     for r in rs]})  # fmt: skip
         return out
 
     subs_n, nrows, changes = (1000, 10_000, 20_000) if args.quick else (10_000, 100_000, 100_000)
@@ -296,7 +305,7 @@ async def main(args: argparse.Namespace) -> None:
     def throughputs(path: str) -> Any:
         async def run(tier: Tier) -> list[dict[str, Any]]:
             r = await throughput(tier, path, subs_n, nrows, changes, args.runs)
-            name = f"one shard, {subs_n} subs, {path} path"
+            name = f"one shard, {subs_n} subs, {LABELS[path]} path"
             med = statistics.median
             return [{"benchmark": f"{name}, live writes",
                      "changes_per_s": med(r["live"]), "write_rate": med(r["write"]),
@@ -311,7 +320,11 @@ async def main(args: argparse.Namespace) -> None:
 
     try:
         await section("failover", "bench-fo", 3, failovers)
+        # The in-cluster and Redis paths side by side (the same machine, turn about),
+        # then the gateway actors alone (they load the machine more).
         await section("latency", "bench-lat", 1, latencies)
+        await section("latency gateway actor", "bench-lat-gw", 1,
+                      lambda t: latencies(t, ("actor",)))  # fmt: skip
         # Gateway actors reading their Redis delta stream (gateway_transport).
         await section("latency gateway actor over redis", "bench-lat-rt", 1,
                       lambda t: latencies(t, ("actor",)), gateway_transport="redis")  # fmt: skip

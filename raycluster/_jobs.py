@@ -149,6 +149,7 @@ DEMO_QUERIES = {
         entity="asset", where=[eq("owner", "u1")], sort=[SortKey(column="name")], limit=5),
 }  # fmt: skip
 SETTLE_S = 10.0  # after the last write: how long the windows get to catch up
+LIVE_WAIT_S = 30.0  # after the start: how long every shard gets to join the live set
 
 
 def _start_tier(settings: TierSettings) -> Tier:
@@ -163,6 +164,15 @@ def _start_tier(settings: TierSettings) -> Tier:
     if not ray.is_initialized():
         ray.init(num_cpus=max(4, os.cpu_count() or 1), namespace=settings.namespace)
     return Tier.start(settings)
+
+
+def _owner_of(tier: Tier, p: int) -> str:
+    """The shard that serves partition `p` now (by the shards' own status; blocking)."""
+    st = tier.status()
+    for sid, shard in st["shards"].items():
+        if "error" not in shard and p in shard["partitions"]:
+            return sid
+    return owner(p, st["live_shards"])
 
 
 def _kill_shard(settings: TierSettings, shard_id: str) -> None:
@@ -189,6 +199,10 @@ class _Demo:
         t0 = time.monotonic()
         tier = await asyncio.to_thread(_start_tier, self.settings)
         status = await asyncio.to_thread(tier.status)
+        deadline = time.monotonic() + LIVE_WAIT_S  # shards heartbeat a moment after start
+        while len(status["live_shards"]) < self.settings.shards and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            status = await asyncio.to_thread(tier.status)
         print(f"tier up in {time.monotonic() - t0:.1f}s: {len(status['live_shards'])} shards,"
               f" redis {mask_url(tier.redis_url)}", flush=True)  # fmt: skip
         writer = tier.writer()
@@ -202,13 +216,13 @@ class _Demo:
             print("initial windows:")
             for label, sub in self.subs.items():
                 _show(label, sub.rows.ids)
-            failover_s = await self._write_and_fail_over(writer, status["live_shards"])
+            failover_s = await self._write_and_fail_over(writer, tier)
             exact = await self._settled()
             self._report(exact)
             status = await asyncio.to_thread(tier.status)
             print(f"summary: {self.written} writes, "
                   f"{sum(len(s.rows) for s in self.subs.values())} rows held, "
-                  f"failover {failover_s if failover_s is None else round(failover_s, 2)}s, "
+                  f"failover {'not seen' if failover_s is None else f'{failover_s:.2f}s'}, "
                   f"live shards {status['live_shards']}, exact: {exact}")  # fmt: skip
             for sub in self.subs.values():
                 await sub.close()
@@ -218,11 +232,11 @@ class _Demo:
             await tier.aclose()
         return 0 if exact else 1
 
-    async def _write_and_fail_over(self, writer: Writer, live: list[str]) -> float | None:
+    async def _write_and_fail_over(self, writer: Writer, tier: Tier) -> float | None:
         """Write at `--rate` for `--seconds`, killing the shard that owns the windows a third
         of the way in; the seconds until every window was reset by the new owner."""
         p = partition_of("acme", "asset")
-        victim = owner(p, live)
+        victim = ""
         epochs = {label: sub.epoch for label, sub in self.subs.items()}
         last = {label: sub.rows.ids for label, sub in self.subs.items()}
         killed_at: float | None = None
@@ -231,6 +245,10 @@ class _Demo:
         while time.monotonic() - start < self.args.seconds:
             await self._write_one(writer)
             if killed_at is None and time.monotonic() - start > self.args.seconds / 3:
+                # The owner now, as the shards report it (the live set may have grown
+                # since the start), and the windows' epochs now.
+                victim = await asyncio.to_thread(_owner_of, tier, p)
+                epochs = {label: sub.epoch for label, sub in self.subs.items()}
                 print(f"--- killing {victim}, owner of partition {p} (acme/asset) ---", flush=True)
                 await asyncio.to_thread(_kill_shard, self.settings, victim)
                 killed_at = time.monotonic()

@@ -130,6 +130,63 @@ class _RedisFlatEnv(_MappingSource):
         return {"redis": found} if found else {}
 
 
+# Settings whose value is a mapping taken whole from the first source that sets it:
+# pydantic-settings merges dicts key by key across sources, so a resource map or a
+# token table given in code or the environment would otherwise keep the YAML's keys.
+WHOLE_MAPPINGS: tuple[tuple[str, ...], ...] = (
+    ("shard_resources",),
+    ("controller_resources",),
+    ("gateway_resources",),
+    ("ingester_resources",),
+    ("edge", "tokens"),
+)
+
+
+def _paths(data: dict[str, Any]) -> set[tuple[str, ...]]:
+    """Which of `WHOLE_MAPPINGS` `data` sets."""
+    found = set()
+    for path in WHOLE_MAPPINGS:
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            found.add(path)
+    return found
+
+
+def _without(data: dict[str, Any], paths: set[tuple[str, ...]]) -> dict[str, Any]:
+    """`data` without the settings at `paths` (copied where changed)."""
+    out = dict(data)
+    for *parents, last in paths:
+        node = out
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                break
+            node[part] = node = dict(node[part])
+        else:
+            node.pop(last, None)
+    return out
+
+
+class _Whole(_MappingSource):
+    """`inner`, less the `WHOLE_MAPPINGS` a source of higher priority (`above`) sets."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        inner: PydanticBaseSettingsSource,
+        above: tuple[PydanticBaseSettingsSource, ...],
+    ) -> None:
+        super().__init__(settings_cls)
+        self.inner = inner
+        self.above = above
+
+    def __call__(self) -> dict[str, Any]:
+        data = self.inner()
+        taken = set().union(*(_paths(a()) for a in self.above))
+        return _without(data, taken) if taken & _paths(data) else data
+
+
 class _EnvNames(_MappingSource):
     """Contributes nothing; refuses a `RAYCLUSTER_*` variable that names no setting."""
 
@@ -414,15 +471,15 @@ class TierSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """init > env (`__` nesting) > flat Redis env names > YAML > defaults, per field;
-        first, a `RAYCLUSTER_*` variable that names no setting is refused."""
-        return (
-            _EnvNames(settings_cls),
-            init_settings,
-            env_settings,
-            _RedisFlatEnv(settings_cls),
-            _YamlSource(settings_cls),
+        """init > env (`__` nesting) > flat Redis env names > YAML > defaults, per field
+        (a `WHOLE_MAPPINGS` field from the first source that sets it, never merged); first,
+        a `RAYCLUSTER_*` variable that names no setting is refused."""
+        ordered = (init_settings, env_settings, _RedisFlatEnv(settings_cls),
+                   _YamlSource(settings_cls))  # fmt: skip
+        whole = tuple(
+            _Whole(settings_cls, src, ordered[:k]) if k else src for k, src in enumerate(ordered)
         )
+        return (_EnvNames(settings_cls), *whole)
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> TierSettings:

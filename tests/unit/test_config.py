@@ -55,6 +55,23 @@ def test_env_overrides_one_nested_field_and_keeps_the_yaml_siblings(
     assert s.edge.port == 9000 and s.edge.tokens == {"t": "acme"}
 
 
+def test_a_mapping_setting_is_taken_whole_from_the_first_source_that_sets_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tier.yaml"
+    path.write_text(
+        "gateway_resources: {node:__internal_head__: 0.001}\n"
+        "shard_resources: {shard_slot: 1}\n"
+        "edge: {port: 9000, tokens: {old: acme}}\n"
+    )
+    monkeypatch.setenv("RAYCLUSTER_EDGE__TOKENS", '{"new": "rival"}')
+    s = TierSettings.load(path, gateway_resources={"rc_gateway": 0.01})
+    assert s.gateway_resources == {"rc_gateway": 0.01}  # replaced, not merged with the YAML's
+    assert s.edge.tokens == {"new": "rival"}
+    assert s.edge.port == 9000  # the section's other fields still come from the YAML
+    assert s.shard_resources == {"shard_slot": 1.0}  # set by no other source: the YAML's
+
+
 def test_precedence_init_over_env_over_yaml_over_defaults(
     yaml_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
