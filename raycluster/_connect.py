@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from raycluster._resources import AsyncResource
 from raycluster._urls import mask_url
 from raycluster._wiring import Closers, redis_gateway
 from raycluster.client import Subscription
@@ -16,7 +17,7 @@ from raycluster.livequery import Cursor, LiveQuery
 __all__ = ("RemoteGateway", "connect")
 
 
-class RemoteGateway:
+class RemoteGateway(AsyncResource):
     """An external gateway: same `subscribe` as `Tier`, frames over `lq:delta:{id}`."""
 
     def __init__(self, gateway: Gateway, closers: Closers, redis_url: str | None = None) -> None:
@@ -52,12 +53,6 @@ class RemoteGateway:
         """Unsubscribe everything and close the connections."""
         await self.gateway.aclose()
         await self._closers.aclose()
-
-    async def __aenter__(self) -> RemoteGateway:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 async def connect(redis_url: str, settings: TierSettings | None = None) -> RemoteGateway:

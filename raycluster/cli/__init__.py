@@ -17,7 +17,7 @@ import contextlib
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO, NoReturn
 
 from raycluster._jobs import add_demo_args, add_serve_args
@@ -67,12 +67,75 @@ def _config_arg(ap: argparse.ArgumentParser) -> None:
     )
 
 
+def _tier_args(ap: argparse.ArgumentParser) -> None:
+    """Which running tier: its name, its Ray namespace, and where Ray is."""
+    ap.add_argument("--name", default="raycluster", help="the tier's name")
+    ap.add_argument("--namespace", default="raycluster", help="its Ray namespace")
+    ap.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, auto)")
+
+
 def _redis_arg(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--redis-url",
         default=None,
         help="the tier's Redis; default $RAYCLUSTER_REDIS_URL, else the config's redis.redis_url",
     )
+
+
+# Each command: how `raycluster --help` lists it, and its own `--help` text.
+_COMMANDS_HELP: dict[str, dict[str, Any]] = {
+    "demo": {
+        "help": "run the main job (local Ray, three shards, a failover, exactness check)",
+        "description": "Run the main job (what jobs/demo.py does); with --web, the browser demo "
+        "(no Ray: a private Redis, two in-process shards, the edge, a live table page).",
+    },
+    "serve": {
+        "help": "run the tier on a Ray cluster until stopped (the `ray job submit` entrypoint)",
+        "description": "Start (or re-adopt) the tier, print a status line every --status-every "
+        "seconds, stop every actor on SIGTERM/Ctrl-C (what jobs/serve.py does).",
+    },
+    "edge": {
+        "help": "serve the HTTP/WebSocket edge (docs/edge-protocol.md)",
+        "description": "Serve the edge over the tier's Redis until Ctrl-C.",
+    },
+    "status": {
+        "help": "a running tier's shards: partitions, subscriptions, frames/s, lag",
+        "description": "Attach to a running tier (Tier.connect) and print a table of its shards.",
+    },
+    "stop": {
+        "help": "stop a running tier (every shard and gateway, then its controller)",
+        "description": "Attach to a running tier (Tier.connect) and stop it: afterwards none of "
+        "its actors runs or heartbeats.",
+    },
+    "write": {
+        "help": "write rows from JSON lines",
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+        "description": "Write rows of TENANT/ENTITY from JSON lines (FILE, or stdin for '-').\n\n"
+        '  {"id": "a1", "row": {"name": "p1", "temp": 70}}   upsert the whole row\n'
+        '  {"id": "a2", "delete": true}                      delete\n\n'
+        "Blank lines are skipped. A bad line stops the run: every line before it\n"
+        "is written, nothing from it on; the error names the line.",
+    },
+    "watch": {
+        "help": "print a live window, redrawn as it changes",
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+        "description": "Subscribe to a live query and print its window as it changes, until "
+        "Ctrl-C\n(or --frames / --seconds). Filters (ANDed):\n\n"
+        "  --where 'kind=pump' --where 'temp>50'     OP: = != > >= < <= ~ (~ is ILIKE)\n"
+        "  --where \"name='007'\"                      quoted: a string\n"
+        "  --where 'site=null' / 'site!=null'        IS NULL / IS NOT NULL\n\n"
+        "Values take the column's declared type (else int/float/true/false when\n"
+        "they look like one). --sort name,-temp sorts by name, then temp descending.",
+    },
+    "ingest": {
+        "help": "follow the config's Postgres publication into the tier's Redis (or drop its slot)",
+        "description": "Run the Postgres ingester of the config's postgres: section in this "
+        "process until Ctrl-C or SIGTERM (or --seconds), printing its status every "
+        "--status-every seconds (docs/postgres.md). With --drop-slot, drop its replication "
+        "slot instead (Postgres stops keeping WAL for it; the next ingester copies the "
+        "tables again).",
+    },
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,28 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for add in (
-        _add_demo,
-        _add_serve,
-        _add_edge,
-        _add_status,
-        _add_stop,
-        _add_write,
-        _add_watch,
-        _add_ingest,
-    ):
-        add(sub, common)
+    for name, add in _ADDERS.items():
+        add(sub.add_parser(name, parents=[common], **_COMMANDS_HELP[name]))
     return ap
 
 
-def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "demo",
-        parents=[common],
-        help="run the main job (local Ray, three shards, a failover, exactness check)",
-        description="Run the main job (what jobs/demo.py does); with --web, the browser demo "
-        "(no Ray: a private Redis, two in-process shards, the edge, a live table page).",
-    )
+def _add_demo(p: argparse.ArgumentParser) -> None:
     add_demo_args(p)
     p.set_defaults(rate=None)  # 200 writes/s for the Ray demo, WEB_DEMO_RATE with --web
     p.add_argument("--web", action="store_true", help="serve the browser demo instead")
@@ -120,40 +167,19 @@ def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, default=200, help="--web: rows seeded")
 
 
-def _add_serve(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "serve",
-        parents=[common],
-        help="run the tier on a Ray cluster until stopped (the `ray job submit` entrypoint)",
-        description="Start (or re-adopt) the tier, print a status line every --status-every "
-        "seconds, stop every actor on SIGTERM/Ctrl-C (what jobs/serve.py does).",
-    )
+def _add_serve(p: argparse.ArgumentParser) -> None:
     add_serve_args(p)
 
 
-def _add_edge(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "edge",
-        parents=[common],
-        help="serve the HTTP/WebSocket edge (docs/edge-protocol.md)",
-        description="Serve the edge over the tier's Redis until Ctrl-C.",
-    )
+def _add_edge(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
     _redis_arg(p)
     p.add_argument("--host", default=None, help="default: the config's edge.host")
     p.add_argument("--port", type=int, default=None, help="default: the config's edge.port")
 
 
-def _add_status(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "status",
-        parents=[common],
-        help="a running tier's shards: partitions, subscriptions, frames/s, lag",
-        description="Attach to a running tier (Tier.connect) and print a table of its shards.",
-    )
-    p.add_argument("--name", default="raycluster", help="the tier's name")
-    p.add_argument("--namespace", default="raycluster", help="its Ray namespace")
-    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, auto)")
+def _add_status(p: argparse.ArgumentParser) -> None:
+    _tier_args(p)
     p.add_argument(
         "--interval",
         type=float,
@@ -163,31 +189,11 @@ def _add_status(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the raw status as JSON")
 
 
-def _add_stop(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "stop",
-        parents=[common],
-        help="stop a running tier (every shard and gateway, then its controller)",
-        description="Attach to a running tier (Tier.connect) and stop it: afterwards none of its "
-        "actors runs or heartbeats.",
-    )
-    p.add_argument("--name", default="raycluster", help="the tier's name")
-    p.add_argument("--namespace", default="raycluster", help="its Ray namespace")
-    p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, auto)")
+def _add_stop(p: argparse.ArgumentParser) -> None:
+    _tier_args(p)
 
 
-def _add_write(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "write",
-        parents=[common],
-        help="write rows from JSON lines",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Write rows of TENANT/ENTITY from JSON lines (FILE, or stdin for '-').\n\n"
-        '  {"id": "a1", "row": {"name": "p1", "temp": 70}}   upsert the whole row\n'
-        '  {"id": "a2", "delete": true}                      delete\n\n'
-        "Blank lines are skipped. A bad line stops the run: every line before it\n"
-        "is written, nothing from it on; the error names the line.",
-    )
+def _add_write(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
     _redis_arg(p)
     p.add_argument("tenant", metavar="TENANT")
@@ -195,20 +201,7 @@ def _add_write(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", nargs="?", default="-", help="default: stdin")
 
 
-def _add_watch(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "watch",
-        parents=[common],
-        help="print a live window, redrawn as it changes",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Subscribe to a live query and print its window as it changes, until "
-        "Ctrl-C\n(or --frames / --seconds). Filters (ANDed):\n\n"
-        "  --where 'kind=pump' --where 'temp>50'     OP: = != > >= < <= ~ (~ is ILIKE)\n"
-        "  --where \"name='007'\"                      quoted: a string\n"
-        "  --where 'site=null' / 'site!=null'        IS NULL / IS NOT NULL\n\n"
-        "Values take the column's declared type (else int/float/true/false when\n"
-        "they look like one). --sort name,-temp sorts by name, then temp descending.",
-    )
+def _add_watch(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
     _redis_arg(p)
     p.add_argument("tenant", metavar="TENANT")
@@ -224,17 +217,7 @@ def _add_watch(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per window drawn")
 
 
-def _add_ingest(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "ingest",
-        parents=[common],
-        help="follow the config's Postgres publication into the tier's Redis (or drop its slot)",
-        description="Run the Postgres ingester of the config's postgres: section in this "
-        "process until Ctrl-C or SIGTERM (or --seconds), printing its status every "
-        "--status-every seconds (docs/postgres.md). With --drop-slot, drop its replication "
-        "slot instead (Postgres stops keeping WAL for it; the next ingester copies the "
-        "tables again).",
-    )
+def _add_ingest(p: argparse.ArgumentParser) -> None:
     _config_arg(p)
     _redis_arg(p)
     p.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
@@ -247,6 +230,18 @@ def _add_ingest(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--drop-slot", action="store_true", help="drop the slot and exit (no Redis needed)"
     )
+
+
+_ADDERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "demo": _add_demo,
+    "serve": _add_serve,
+    "edge": _add_edge,
+    "status": _add_status,
+    "stop": _add_stop,
+    "write": _add_write,
+    "watch": _add_watch,
+    "ingest": _add_ingest,
+}
 
 
 # -- subcommands -------------------------------------------------------------------

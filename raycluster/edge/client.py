@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from raycluster._resources import AsyncResource
 from raycluster._tasks import Backoff, TaskSet, checkpoint, logged
 from raycluster.client import Subscription
 from raycluster.client.fence import Fence
@@ -411,7 +412,7 @@ class _WS:
             await s.stop_tasks()
 
 
-class EdgeClient:
+class EdgeClient(AsyncResource):
     """A client of one edge for one token (one tenant).
 
     SSE: one HTTP stream per subscription. WS: one WebSocket per client,
@@ -478,9 +479,3 @@ class EdgeClient:
             await self._ws.aclose()
             self._ws = None
         await self.http.aclose()
-
-    async def __aenter__(self) -> EdgeClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()

@@ -32,9 +32,9 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
+from raycluster._resources import LocalServer
 from raycluster.errors import RayclusterError
 
 __all__ = ("LocalPostgres", "LocalPostgresError", "local_postgres", "postgres_bin_dir")
@@ -106,7 +106,7 @@ def _free_port() -> int:
         return port
 
 
-class LocalPostgres:
+class LocalPostgres(LocalServer):
     """One private PostgreSQL server: `start()`, `stop()`, `kill()`, `restart()`, `close()`.
 
     The data directory (default: a fresh temporary one, removed by
@@ -143,18 +143,6 @@ class LocalPostgres:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._user = _run_as()
-
-    def __enter__(self) -> LocalPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- where it is ---------------------------------------------------------------------
 

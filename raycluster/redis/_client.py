@@ -15,6 +15,7 @@ from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocket
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
+from raycluster._resources import AsyncResource
 from raycluster.cluster.routing import PARTITIONS
 
 from .errors import UNREACHABLE
@@ -411,7 +412,7 @@ class ReadGate:
             await self.client.aclose()
 
 
-class ClientComponent:
+class ClientComponent(AsyncResource):
     """A component over one Redis client: `from_url`, `async with` and `aclose`.
 
     `from_url` gives the component its own connection pool, which `aclose`
@@ -441,12 +442,6 @@ class ClientComponent:
         s = settings if settings is not None else RedisSettings.from_env()
         return cls(make_client(resolve_url(url, s), s, name=cls.client_name), settings=s,
                    owns_client=True, **kw)  # fmt: skip
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection pool if this component created it."""

@@ -29,6 +29,7 @@ from typing import Any, Self, TypeVar
 import redis.exceptions as rx
 from pydantic import BaseModel, ValidationError
 
+from raycluster._resources import AsyncResource
 from raycluster._tasks import Backoff, checkpoint
 from raycluster.cluster.protocol import Control
 
@@ -84,7 +85,7 @@ def _json(value: Any) -> str:
 _R = TypeVar("_R", bound="_Reader")
 
 
-class _Bus:
+class _Bus(AsyncResource):
     """What both buses share: a command client, the readers they opened, closing."""
 
     client_name = "raycluster-bus"
@@ -102,12 +103,6 @@ class _Bus:
         """A bus with its own connections (closed by `aclose`)."""
         s = settings if settings is not None else RedisSettings.from_env()
         return cls(resolve_url(url, s), settings=s)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def _append(self, stream: str, field: bytes, payload: str, maxlen: int, to: str) -> str:
         """XADD one message (bounded `maxlen ~`) to `stream`; its stream id."""
@@ -130,7 +125,7 @@ class _Bus:
         return stream
 
 
-class _Reader:
+class _Reader(AsyncResource):
     """Shared life cycle of one blocking stream reader (connection, close, backoff)."""
 
     def __init__(self, bus: _Bus, name: str) -> None:
@@ -150,12 +145,6 @@ class _Reader:
 
     def __aiter__(self) -> Self:
         return self
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """End the iteration (a blocked read returns at once) and close the connection."""
@@ -286,7 +275,7 @@ class ControlStream(_Reader):
             await self._client.xack(self._key, self._group, *bad)
 
 
-class ControlPairs:
+class ControlPairs(AsyncResource):
     """`(message id, Control)` pairs of one shard (the `ControlBus.controls` form).
 
     A message that is not a valid `Control` is counted as malformed,
@@ -298,12 +287,6 @@ class ControlPairs:
 
     def __aiter__(self) -> ControlPairs:
         return self
-
-    async def __aenter__(self) -> ControlPairs:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def __anext__(self) -> tuple[str, Control]:
         while True:

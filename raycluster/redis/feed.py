@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from raycluster._resources import AsyncResource
 from raycluster._tasks import Backoff, TaskSet, checkpoint
 from raycluster.cluster.routing import PARTITIONS
 from raycluster.errors import ClosedError
@@ -51,7 +52,7 @@ class FeedStats:
     reconnects: int = 0
 
 
-class RedisFeed:
+class RedisFeed(AsyncResource):
     """Tails partition streams `lq:events:{p}`; implements the `Feed` port.
 
     `batches()` (one reader at a time) first yields the starting positions,
@@ -104,12 +105,6 @@ class RedisFeed:
         """A feed over `partitions` (its own connections; closed by `aclose`)."""
         s = settings if settings is not None else RedisSettings.from_env()
         return cls(resolve_url(url, s), partitions, settings=s, on_gap=on_gap)
-
-    async def __aenter__(self) -> RedisFeed:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop: a reader's iteration ends; connections are closed."""

@@ -24,7 +24,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 from urllib.parse import quote
 
@@ -33,6 +32,7 @@ import redis.exceptions as rx
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from raycluster._resources import LocalServer
 from raycluster.errors import RayclusterError
 
 from .settings import RedisSettings, redis_env
@@ -95,7 +95,7 @@ def _port_free(port: int) -> bool:
         return True
 
 
-class LocalRedis:
+class LocalRedis(LocalServer):
     """One private redis-server process: `start()`, `stop()`, `restart()`, `close()`.
 
     With `appendonly=True` the data survives `restart()` (same port, same
@@ -141,18 +141,6 @@ class LocalRedis:
         self._dir = Path(data_dir) if data_dir is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
-
-    def __enter__(self) -> LocalRedis:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def port(self) -> int:

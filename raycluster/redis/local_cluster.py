@@ -22,11 +22,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import redis.exceptions as rx
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from raycluster._resources import LocalServer
 
 from .local import _HOST, LocalRedis, LocalRedisError, _admin_client
 
@@ -99,7 +100,7 @@ class _ViewNode:
         return "master" if "master" in self.flags else "replica"
 
 
-class LocalRedisCluster:
+class LocalRedisCluster(LocalServer):
     """A private Redis Cluster: `masters` masters, each with `replicas` replicas.
 
     Nodes `0 .. masters-1` start as the masters (slots split evenly in
@@ -146,18 +147,6 @@ class LocalRedisCluster:
         self._dir: Path | None = None
         self._members: list[_Member] = []
         self._lock = threading.RLock()
-
-    def __enter__(self) -> LocalRedisCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- addresses and topology ---------------------------------------------------------
 
