@@ -2,17 +2,35 @@
 
 `AsyncResource` (anyio's pattern): `async with x` closes `x` with `await
 x.aclose()`; every component with connections or tasks is one. `LocalServer`:
-a server process this process starts and stops (`with` starts it, closes it):
-the private servers of tests, demos and benchmarks (`LocalRedis`,
-`LocalRedisCluster`, `LocalPostgres`).
+a server this process starts and stops (`with` starts it, closes it): the
+private servers of tests, demos and benchmarks (`LocalRedis`,
+`LocalRedisCluster`, `LocalPostgres`). `ServerProcess`: the life cycle of a
+`LocalServer` that is one child process with a port and a directory
+(`LocalRedis`, `LocalPostgres`); subclasses say how to spawn it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
-__all__ = ("AsyncResource", "LocalServer")
+from raycluster.errors import RayclusterError
+
+__all__ = ("AsyncResource", "LocalServer", "ServerProcess", "die_with_parent", "free_port")
+
+HOST = "127.0.0.1"  # local servers listen here only
+_PORT_ATTEMPTS = 5  # a free port can be taken between probing and binding it
+_PR_SET_PDEATHSIG = 1
 
 
 class AsyncResource:
@@ -56,3 +74,153 @@ class LocalServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (it can be taken before it is bound)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def die_with_parent(sig: int) -> None:
+    """In a child between fork and exec: get `sig` when the thread that started it
+    dies, even by SIGKILL (Linux), so nothing outlives a killed run or job."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def terminate(
+    proc: subprocess.Popen[bytes], sig: int, timeout_s: float, *, then: int | None = None
+) -> None:
+    """Stop `proc` with `sig`; after `timeout_s`, with `then` (given 10 s more), then SIGKILL.
+    Reaps it and closes its output pipe."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            if then is not None:
+                proc.send_signal(then)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(10.0)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+class ServerProcess(LocalServer):
+    """A `LocalServer` that is one child process, on a port, with its own directory.
+
+    The directory (`data_dir` given, else a fresh temporary one that
+    `close()` removes) survives `stop()`, `kill()` and `restart()`; once
+    started, the port is kept by later starts, so addresses stay valid.
+    Thread-safe. Subclasses implement `_spawn(port)` (start the process and
+    wait until it answers: `(True, "")`, or `(False, why)` with it reaped),
+    `address()` (what `start()` returns) and may `_prepare()` the directory
+    before a start.
+    """
+
+    error: ClassVar[type[RayclusterError]] = RayclusterError
+    name: ClassVar[str] = "server"
+    dir_prefix: ClassVar[str] = "raycluster-server-"
+    stop_signal: ClassVar[int] = signal.SIGTERM  # graceful stop
+    stop_then: ClassVar[int | None] = None  # a quicker stop when the graceful one hangs
+    stop_timeout_s: ClassVar[float] = 10.0
+
+    def __init__(self, *, port: int | None, data_dir: str | Path | None) -> None:
+        if port is not None and not 0 < port < 65536:
+            raise self.error(f"port must be in 1..65535, got {port!r}")
+        self._fixed_port = port
+        self._port: int | None = port
+        self._own_dir = data_dir is None
+        self._dir = Path(data_dir) if data_dir is not None else None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        """The TCP port (known once started, or given)."""
+        if self._port is None:
+            raise self.error("not started")
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        p = self._proc
+        return p.pid if p is not None and p.poll() is None else None
+
+    def _home(self) -> Path:
+        """The server's own directory (`data_dir` or the one made at the first start)."""
+        if self._dir is None:
+            raise self.error("not started")
+        return self._dir
+
+    def address(self) -> str:
+        """How to reach the server (a URL or DSN)."""
+        raise NotImplementedError
+
+    def start(self) -> str:
+        """Start the server (idempotent) and return its address once it answers."""
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                return self.address()
+            if self._dir is None:
+                self._dir = Path(tempfile.mkdtemp(prefix=self.dir_prefix))
+            self._dir.mkdir(parents=True, exist_ok=True)
+            self._prepare()
+            attempts = 1 if self._fixed_port is not None else _PORT_ATTEMPTS
+            last = ""
+            for _ in range(attempts):
+                port = self._fixed_port if self._fixed_port is not None else self._pick_port()
+                ok, last = self._spawn(port)
+                if ok:
+                    self._port = self._fixed_port = port
+                    return self.address()
+            raise self.error(f"{self.name} did not start: {last}")
+
+    def _prepare(self) -> None:
+        """Get the directory ready for a start (called under the lock)."""
+
+    def _pick_port(self) -> int:
+        return free_port()
+
+    def _spawn(self, port: int) -> tuple[bool, str]:
+        raise NotImplementedError
+
+    def _started(self, proc: subprocess.Popen[bytes]) -> None:
+        """Record `proc` as the running server (from `_spawn`, once it answers)."""
+        self._proc = proc
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop the server gracefully (its files are kept)."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is not None:
+                wait = self.stop_timeout_s if timeout_s is None else timeout_s
+                terminate(proc, self.stop_signal, wait, then=self.stop_then)
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would; its files are kept."""
+        with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is not None:
+                terminate(proc, signal.SIGKILL, 10.0)
+
+    def restart(self) -> str:
+        """Stop and start again on the same port and directory."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove its directory if this object created it."""
+        self.stop()
+        with self._lock:
+            if self._own_dir and self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None

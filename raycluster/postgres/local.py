@@ -18,31 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from raycluster._resources import LocalServer
+from raycluster._resources import HOST, ServerProcess, die_with_parent, terminate
 from raycluster.errors import RayclusterError
 
 __all__ = ("LocalPostgres", "LocalPostgresError", "local_postgres", "postgres_bin_dir")
 
-_HOST = "127.0.0.1"
-_PORT_ATTEMPTS = 5  # a free port can be taken between probing and binding it
 _POLL_S = 0.05  # readiness poll interval while the server starts
-_PR_SET_PDEATHSIG = 1
 _DEFAULT_USER = "postgres"  # the OS user a root process runs the server as
 
 
@@ -99,14 +91,7 @@ def _run_as() -> pwd.struct_passwd | None:
         ) from None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((_HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class LocalPostgres(LocalServer):
+class LocalPostgres(ServerProcess):
     """One private PostgreSQL server: `start()`, `stop()`, `kill()`, `restart()`, `close()`.
 
     The data directory (default: a fresh temporary one, removed by
@@ -120,6 +105,13 @@ class LocalPostgres(LocalServer):
     Usable as a context manager. Thread-safe.
     """
 
+    error = LocalPostgresError
+    name = "postgres"
+    dir_prefix = "raycluster-pg-"
+    stop_signal = signal.SIGINT  # fast shutdown: clients disconnected, a checkpoint written
+    stop_then = signal.SIGQUIT  # immediate shutdown
+    stop_timeout_s = 30.0
+
     def __init__(
         self,
         *,
@@ -131,104 +123,44 @@ class LocalPostgres(LocalServer):
         wal_segment_mb: int | None = None,
         startup_timeout_s: float = 60.0,
     ) -> None:
+        super().__init__(port=port, data_dir=data_dir)
         self.bin_dir = postgres_bin_dir(bin_dir)
         self.settings = dict(settings or {})
         self.durable = durable
         self.wal_segment_mb = wal_segment_mb
         self.startup_timeout_s = startup_timeout_s
-        self._fixed_port = port
-        self._port: int | None = port
-        self._own_dir = data_dir is None
-        self._base = Path(data_dir) if data_dir is not None else None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
         self._user = _run_as()
 
     # -- where it is ---------------------------------------------------------------------
 
     @property
-    def port(self) -> int:
-        """The TCP port (known once started, or given)."""
-        if self._port is None:
-            raise LocalPostgresError("not started")
-        return self._port
-
-    @property
     def data_dir(self) -> Path:
         """The cluster's data directory (`PGDATA`)."""
-        if self._base is None:
-            raise LocalPostgresError("not started")
-        return self._base / "data"
+        return self._home() / "data"
 
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's process id while it runs."""
-        p = self._proc
-        return p.pid if p is not None and p.poll() is None else None
+    def address(self) -> str:
+        """The server's DSN (`dsn()`)."""
+        return self.dsn()
 
     def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
         """A libpq URL of the server over TCP: `postgresql://user@127.0.0.1:PORT/dbname`."""
-        return f"postgresql://{quote(user, safe='')}@{_HOST}:{self.port}/{quote(dbname, safe='')}"
+        return f"postgresql://{quote(user, safe='')}@{HOST}:{self.port}/{quote(dbname, safe='')}"
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> str:
-        """Create the cluster if needed, start the server (idempotent); its DSN once it
-        accepts connections."""
-        with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                return self.dsn()
-            if self._base is None:
-                self._base = Path(tempfile.mkdtemp(prefix="raycluster-pg-"))
-            self._base.mkdir(parents=True, exist_ok=True)
-            self._own(self._base)
-            if not (self.data_dir / "PG_VERSION").exists():
-                self._initdb()
-            attempts = 1 if self._fixed_port is not None else _PORT_ATTEMPTS
-            last = ""
-            for _ in range(attempts):
-                port = self._fixed_port if self._fixed_port is not None else _free_port()
-                ok, last = self._spawn(port)
-                if ok:
-                    # Later starts (after stop or kill) keep the port: DSNs stay valid.
-                    self._port = self._fixed_port = port
-                    return self.dsn()
-            raise LocalPostgresError(f"postgres did not start ({self.bin_dir}): {last}")
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Fast shutdown (SIGINT: clients are disconnected, a checkpoint is written)."""
-        with self._lock:
-            proc, self._proc = self._proc, None
-            if proc is not None:
-                _terminate(proc, signal.SIGINT, timeout_s)
+    def _prepare(self) -> None:
+        self._own(self._home())
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
 
     def kill(self) -> None:
         """Kill the postmaster at once (SIGKILL), as a crash would; the next start recovers.
 
         Its backends notice their postmaster is gone and exit by themselves."""
-        with self._lock:
-            proc, self._proc = self._proc, None
-            if proc is not None:
-                proc.kill()
-                proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
+        super().kill()
         # A new postmaster cannot start while the old one's backends still hold
         # its shared memory: wait for them (they exit within moments).
         self._wait_orphans_gone()
-
-    def restart(self) -> str:
-        """Stop and start again on the same port and directory."""
-        self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        """Stop the server and remove its directory if this object created it."""
-        self.stop()
-        with self._lock:
-            if self._own_dir and self._base is not None:
-                shutil.rmtree(self._base, ignore_errors=True)
-                self._base = None
 
     # -- internals -------------------------------------------------------------------------
 
@@ -245,12 +177,7 @@ class LocalPostgres(LocalServer):
             os.setgroups([])
             os.setgid(user.pw_gid)
             os.setuid(user.pw_uid)
-        if sys.platform.startswith("linux"):
-            # Linux: the server gets SIGINT (fast shutdown) when the thread that
-            # started it dies, even by SIGKILL, so nothing outlives a killed run.
-            with contextlib.suppress(OSError, AttributeError):
-                libc = ctypes.CDLL("libc.so.6", use_errno=True)
-                libc.prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
+        die_with_parent(signal.SIGINT)  # fast shutdown
         os.setsid()  # Ctrl-C in a terminal must not reach it before its users shut down
 
     def _env(self) -> dict[str, str]:
@@ -262,7 +189,6 @@ class LocalPostgres(LocalServer):
         return env
 
     def _initdb(self) -> None:
-        assert self._base is not None
         cmd = [
             str(self.bin_dir / "initdb"),
             "-D", str(self.data_dir),
@@ -275,7 +201,7 @@ class LocalPostgres(LocalServer):
         ]  # fmt: skip
         res = subprocess.run(
             cmd,
-            cwd=self._base,
+            cwd=self._home(),
             env=self._env(),
             preexec_fn=self._preexec,
             capture_output=True,
@@ -286,8 +212,8 @@ class LocalPostgres(LocalServer):
         if res.returncode != 0:
             raise LocalPostgresError(f"initdb failed: {(res.stdout + res.stderr)[-800:]}")
         conf = {
-            "listen_addresses": f"'{_HOST}'",
-            "unix_socket_directories": f"'{self._base}'",
+            "listen_addresses": f"'{HOST}'",
+            "unix_socket_directories": f"'{self._home()}'",
             "wal_level": "logical",
             "max_replication_slots": "20",
             "max_wal_senders": "20",
@@ -305,8 +231,7 @@ class LocalPostgres(LocalServer):
                 f.write(f"{k} = {v}\n")
 
     def _spawn(self, port: int) -> tuple[bool, str]:
-        assert self._base is not None
-        log = self._base / "postgres.log"
+        log = self._home() / "postgres.log"
         if log.exists():
             log.unlink()
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -315,7 +240,7 @@ class LocalPostgres(LocalServer):
         try:
             proc = subprocess.Popen(
                 [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(port)],
-                cwd=self._base,
+                cwd=self._home(),
                 env=self._env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
@@ -329,13 +254,13 @@ class LocalPostgres(LocalServer):
             if proc.poll() is not None:
                 proc.wait()
                 tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
-                return False, tail.strip()
+                return False, f"{self.bin_dir}: {tail.strip()}"
             if self._ready(proc.pid):
-                self._proc = proc
+                self._started(proc)
                 return True, ""
             time.sleep(_POLL_S)
-        _terminate(proc, signal.SIGQUIT, 10.0)
-        return False, "timed out waiting for it to accept connections"
+        terminate(proc, signal.SIGQUIT, 10.0)
+        return False, f"{self.bin_dir}: timed out waiting for it to accept connections"
 
     def _ready(self, pid: int) -> bool:
         """Whether our own postmaster (`pid`) says, in its pid file, that it accepts
@@ -347,9 +272,9 @@ class LocalPostgres(LocalServer):
         return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
 
     def _wait_orphans_gone(self, timeout_s: float = 30.0) -> None:
-        pid_file = self.data_dir / "postmaster.pid" if self._base is not None else None
-        if pid_file is None:
+        if self._dir is None:
             return
+        pid_file = self.data_dir / "postmaster.pid"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
@@ -377,20 +302,6 @@ def _shm_attached(line: str) -> bool:
         if len(cols) > 6 and cols[1] == shmid:
             return cols[6] != "0"  # nattch
     return False
-
-
-def _terminate(proc: subprocess.Popen[bytes], sig: int, timeout_s: float) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGQUIT)  # immediate shutdown
-            try:
-                proc.wait(10.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @asynccontextmanager

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
-import ctypes
 import importlib.util
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -32,7 +28,7 @@ import redis.exceptions as rx
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from raycluster._resources import LocalServer
+from raycluster._resources import HOST, ServerProcess, die_with_parent, free_port, terminate
 from raycluster.errors import RayclusterError
 
 from .settings import RedisSettings, redis_env
@@ -46,8 +42,6 @@ __all__ = (
     "redis_url_or_local",
 )
 
-_HOST = "127.0.0.1"
-_PORT_ATTEMPTS = 5  # a free port can be taken between probing and binding it
 _POLL_S = 0.02  # readiness poll interval while the server starts
 _CLUSTER_BUS_OFFSET = 10000  # a cluster node also listens on port + 10000 (its bus)
 _MAX_PORT = 65535
@@ -75,27 +69,25 @@ def redis_server_binary(binary: str | None = None) -> str:
 def _free_port(*, cluster_bus: bool = False) -> int:
     """A port free on 127.0.0.1 now; with `cluster_bus`, port + 10000 is free too."""
     for _ in range(_PORT_PROBES):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((_HOST, 0))
-            port: int = s.getsockname()[1]
-            if not cluster_bus:
-                return port
-            bus = port + _CLUSTER_BUS_OFFSET
-            if bus <= _MAX_PORT and _port_free(bus):
-                return port
+        port = free_port()
+        if not cluster_bus:
+            return port
+        bus = port + _CLUSTER_BUS_OFFSET
+        if bus <= _MAX_PORT and _port_free(bus):
+            return port
     raise LocalRedisError(f"no free port with a free cluster bus port in {_PORT_PROBES} probes")
 
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
-            s.bind((_HOST, port))
+            s.bind((HOST, port))
         except OSError:
             return False
         return True
 
 
-class LocalRedis(LocalServer):
+class LocalRedis(ServerProcess):
     """One private redis-server process: `start()`, `stop()`, `restart()`, `close()`.
 
     With `appendonly=True` the data survives `restart()` (same port, same
@@ -108,6 +100,11 @@ class LocalRedis(LocalServer):
     holds no slots until told to: `LocalRedisCluster` forms clusters of them.
     With `password` the server requires it (`requirepass`); `url` carries it.
     """
+
+    error = LocalRedisError
+    name = "redis-server"
+    dir_prefix = "raycluster-redis-"
+    stop_signal = signal.SIGTERM  # an AOF is flushed
 
     def __init__(
         self,
@@ -122,6 +119,7 @@ class LocalRedis(LocalServer):
         cluster_node_timeout_ms: int | None = None,
         password: str | None = None,
     ) -> None:
+        super().__init__(port=port, data_dir=data_dir)
         if password is not None and (not password or any(c in password for c in " \n\r")):
             raise LocalRedisError("password must be non-empty, without spaces or newlines")
         self.password = password
@@ -135,68 +133,34 @@ class LocalRedis(LocalServer):
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = list(extra_args)
         self.cluster_node_timeout_ms = cluster_node_timeout_ms
-        self._fixed_port = port
-        self._port: int | None = port
-        self._own_dir = data_dir is None
-        self._dir = Path(data_dir) if data_dir is not None else None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def port(self) -> int:
-        """The port (known once started, or given)."""
-        if self._port is None:
-            raise LocalRedisError("not started")
-        return self._port
 
     @property
     def url(self) -> str:
         """`redis://127.0.0.1:PORT/0` (with a password: `redis://:PASSWORD@127.0.0.1:PORT/0`)."""
         if self.password is not None:
-            return f"redis://:{quote(self.password, safe='')}@{_HOST}:{self.port}/0"
-        return f"redis://{_HOST}:{self.port}/0"
+            return f"redis://:{quote(self.password, safe='')}@{HOST}:{self.port}/0"
+        return f"redis://{HOST}:{self.port}/0"
 
     @property
     def data_dir(self) -> Path:
         """The directory of the server's files."""
-        if self._dir is None:
-            raise LocalRedisError("not started")
-        return self._dir
+        return self._home()
 
-    @property
-    def pid(self) -> int | None:
-        """The server's process id while it runs."""
-        p = self._proc
-        return p.pid if p is not None and p.poll() is None else None
+    def address(self) -> str:
+        """The server's URL (`url`)."""
+        return self.url
 
-    def start(self) -> str:
-        """Start the server (idempotent) and return its URL once it answers."""
-        with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                return self.url
-            if self._dir is None:
-                self._dir = Path(tempfile.mkdtemp(prefix="raycluster-redis-"))
-            self._dir.mkdir(parents=True, exist_ok=True)
-            attempts = 1 if self._fixed_port is not None else _PORT_ATTEMPTS
-            last: str = ""
-            for _ in range(attempts):
-                port = self._fixed_port
-                if port is None:
-                    port = _free_port(cluster_bus=self.cluster_node_timeout_ms is not None)
-                ok, last = self._spawn(port)
-                if ok:
-                    self._port = port
-                    return self.url
-            raise LocalRedisError(f"redis-server did not start ({self.binary}): {last}")
+    def _pick_port(self) -> int:
+        return _free_port(cluster_bus=self.cluster_node_timeout_ms is not None)
 
     def _spawn(self, port: int) -> tuple[bool, str]:
-        assert self._dir is not None
-        log = self._dir / "redis.log"
+        home = self._home()
+        log = home / "redis.log"
         args = [
             self.binary,
             "--port", str(port),
-            "--bind", _HOST,
-            "--dir", str(self._dir),
+            "--bind", HOST,
+            "--dir", str(home),
             "--daemonize", "no",
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
@@ -213,7 +177,7 @@ class LocalRedis(LocalServer):
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),
             # Its own session: Ctrl-C in a terminal (SIGINT to the foreground
             # process group) must not stop it before the code using it has
             # shut down; it still dies with us (PDEATHSIG) and on `stop()`.
@@ -223,15 +187,15 @@ class LocalRedis(LocalServer):
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 err = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                _terminate(proc, 1.0)  # reaps it and closes the pipe
+                terminate(proc, signal.SIGTERM, 1.0)  # reaps it and closes the pipe
                 tail = log.read_text(errors="replace")[-500:] if log.exists() else ""
-                return False, (err + tail).strip()
+                return False, f"{self.binary}: {(err + tail).strip()}"
             if self._answers_as(proc.pid, port):
-                self._proc = proc
+                self._started(proc)
                 return True, ""
             time.sleep(_POLL_S)
-        _terminate(proc, 5.0)
-        return False, "timed out waiting for it to answer"
+        terminate(proc, signal.SIGTERM, 5.0)
+        return False, f"{self.binary}: timed out waiting for it to answer"
 
     def _cluster_args(self) -> list[str]:
         if self.cluster_node_timeout_ms is None:
@@ -256,38 +220,6 @@ class LocalRedis(LocalServer):
         finally:
             client.close()
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the server gracefully (SIGTERM: an AOF is flushed); keep its files."""
-        with self._lock:
-            proc, self._proc = self._proc, None
-            if proc is not None:
-                _terminate(proc, timeout_s)
-
-    def kill(self) -> None:
-        """Kill the server at once (SIGKILL), as a crash would; keep its files."""
-        with self._lock:
-            proc, self._proc = self._proc, None
-            if proc is not None:
-                proc.kill()
-                proc.wait()
-                if proc.stdout is not None:
-                    proc.stdout.close()
-
-    def restart(self) -> str:
-        """Stop and start again on the same port and directory."""
-        if self._port is not None:
-            self._fixed_port = self._port
-        self.stop()
-        return self.start()
-
-    def close(self) -> None:
-        """Stop the server and remove its directory if this object created it."""
-        self.stop()
-        with self._lock:
-            if self._own_dir and self._dir is not None:
-                shutil.rmtree(self._dir, ignore_errors=True)
-                self._dir = None
-
 
 def _admin_client(
     port: int,
@@ -303,7 +235,7 @@ def _admin_client(
     server that is not listening yet, or died while starting, take seconds.
     """
     return redis.Redis(
-        host=_HOST,
+        host=HOST,
         port=port,
         socket_connect_timeout=connect_timeout_s,
         socket_timeout=timeout_s,
@@ -311,29 +243,6 @@ def _admin_client(
         decode_responses=decode,
         password=password,
     )
-
-
-def _die_with_parent() -> None:
-    # Linux: the server gets SIGTERM when the process that started it dies, even
-    # by SIGKILL, so a killed test run or job leaves no private server behind.
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _terminate(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 @asynccontextmanager

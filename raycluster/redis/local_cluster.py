@@ -27,9 +27,9 @@ from typing import Any, Literal
 import redis.exceptions as rx
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from raycluster._resources import LocalServer
+from raycluster._resources import HOST, LocalServer
 
-from .local import _HOST, LocalRedis, LocalRedisError, _admin_client
+from .local import LocalRedis, LocalRedisError, _admin_client
 
 __all__ = ("ClusterNode", "LocalRedisCluster", "local_redis_cluster")
 
@@ -71,7 +71,7 @@ class ClusterNode:
 
     def __str__(self) -> str:
         pid = self.pid if self.pid is not None else "stopped"
-        return f"node {self.index} ({_HOST}:{self.port}, pid {pid}, {self.role})"
+        return f"node {self.index} ({HOST}:{self.port}, pid {pid}, {self.role})"
 
 
 @dataclass
@@ -81,7 +81,7 @@ class _Member:
 
     def name(self, index: int) -> str:
         pid = self.server.pid
-        return f"node {index} ({_HOST}:{self.server.port}, pid {pid if pid else 'stopped'})"
+        return f"node {index} ({HOST}:{self.server.port}, pid {pid if pid else 'stopped'})"
 
 
 @dataclass(frozen=True)
@@ -329,7 +329,7 @@ class LocalRedisCluster(LocalServer):
         # Every pair meets directly: quicker than waiting for gossip to spread a seed's peers.
         for i, m in enumerate(self._members):
             for other in self._members[i + 1 :]:
-                self._command(m, "CLUSTER", "MEET", _HOST, other.server.port)
+                self._command(m, "CLUSTER", "MEET", HOST, other.server.port)
         self._wait("the nodes' handshake", self._not_met)
         for j, m in enumerate(self._members[self.masters :]):
             master = self._members[j % self.masters]
@@ -348,7 +348,7 @@ class LocalRedisCluster(LocalServer):
                 return f"{m.name(i)} does not know {len(missing)} node(s) yet"
             for v in view.values():
                 if v.flags & _BAD_FLAGS:
-                    return f"{m.name(i)} sees {_HOST}:{v.port} as {','.join(sorted(v.flags))}"
+                    return f"{m.name(i)} sees {HOST}:{v.port} as {','.join(sorted(v.flags))}"
         return None
 
     # -- readiness --------------------------------------------------------------------------
@@ -383,9 +383,9 @@ class LocalRedisCluster(LocalServer):
                 if v is None:
                     return f"{name} does not know running node {node_id}"
                 if v.flags & _BAD_FLAGS:
-                    return f"{name} sees {_HOST}:{v.port} as {','.join(sorted(v.flags))}"
+                    return f"{name} sees {HOST}:{v.port} as {','.join(sorted(v.flags))}"
                 if not v.connected and "myself" not in v.flags:
-                    return f"{name} has no link to {_HOST}:{v.port}"
+                    return f"{name} has no link to {HOST}:{v.port}"
             roles = {k: (v.role, v.master_id) for k, v in view.items() if k in running_ids}
             if first is None:
                 first = (name, roles, slot_map)
@@ -482,7 +482,7 @@ class LocalRedisCluster(LocalServer):
 
 
 def _url(port: int) -> str:
-    return f"redis://{_HOST}:{port}"
+    return f"redis://{HOST}:{port}"
 
 
 def _fields(text: str) -> dict[str, str]:
