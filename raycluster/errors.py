@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import reprlib
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = (
     "AuthenticationError",
@@ -24,19 +24,26 @@ __all__ = (
 class RayclusterError(Exception):
     """Root of every error raised on purpose by raycluster."""
 
+    # The constructor's parameters, in order, of an error built from fields: it
+    # is rebuilt from them, intact, when it crosses processes (Ray tasks, actors).
+    init_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __reduce__(self) -> Any:
+        if not self.init_fields:
+            return super().__reduce__()
+        return (type(self), tuple(getattr(self, f) for f in self.init_fields))
+
 
 class _FieldError(RayclusterError, ValueError):
     """Bad input: names the offending field and quotes the bad value."""
+
+    init_fields = ("field", "value", "reason")
 
     def __init__(self, field: str, value: Any, reason: str) -> None:
         self.field = field
         self.value = value
         self.reason = reason
         super().__init__(f"{field}: {reason} (got {_quote(value)})")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Rebuilt from its fields: it crosses processes (Ray tasks, actors) intact.
-        return (type(self), (self.field, self.value, self.reason))
 
 
 # Bad input may be huge or nested thousands deep: quote a bounded, shallow repr.
@@ -67,15 +74,14 @@ class ConfigError(RayclusterError, ValueError):
     a mapping (names the file, `path`), or a `RAYCLUSTER_*` environment variable that names
     no setting or holds bad JSON (`path` None; the reason names the variable)."""
 
+    init_fields = ("path", "reason")
+
     def __init__(self, path: str | None, reason: str) -> None:
         self.path = path
         self.reason = reason
         super().__init__(
             f"config {path}: {reason}" if path is not None else f"environment: {reason}"
         )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.reason))
 
 
 class InvalidRow(_FieldError):
@@ -85,14 +91,13 @@ class InvalidRow(_FieldError):
 class ConflictError(RayclusterError):
     """Raised by a write whose expected version is not the row's current one."""
 
+    init_fields = ("agg_id", "expected", "actual")
+
     def __init__(self, agg_id: str, expected: int, actual: int) -> None:
         self.agg_id = agg_id
         self.expected = expected
         self.actual = actual
         super().__init__(f"row {agg_id!r}: expected version {expected}, found {actual}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.agg_id, self.expected, self.actual))
 
 
 class ClosedError(RayclusterError):
@@ -129,13 +134,12 @@ class RegistrationConflict(RayclusterError):
     token was verified). The message never names the other tenant.
     """
 
+    init_fields = ("sub_id", "reason")
+
     def __init__(self, sub_id: str, reason: str) -> None:
         self.sub_id = sub_id
         self.reason = reason
         super().__init__(f"subscription {sub_id}: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.sub_id, self.reason))
 
 
 class NotReadyError(RayclusterError):
@@ -147,6 +151,8 @@ class NotReadyError(RayclusterError):
     lacked for the pending ones (summed demand minus what was free; empty when
     the cluster had room and the actors failed or were still starting).
     """
+
+    init_fields = ("tier", "timeout_s", "pending", "failed", "missing", "available", "total")
 
     def __init__(
         self,
@@ -180,13 +186,6 @@ class NotReadyError(RayclusterError):
             parts.append(f"the cluster has the resources free ({available}): still starting?")
         parts.append("what the call started was stopped")
         super().__init__("; ".join(parts))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            type(self),
-            (self.tier, self.timeout_s, self.pending, self.failed, self.missing,
-             self.available, self.total),
-        )  # fmt: skip
 
     @staticmethod
     def pending_groups(

@@ -9,8 +9,6 @@ copy the tables again (`SlotLost`, `ResyncNeeded`).
 
 from __future__ import annotations
 
-from typing import Any
-
 from raycluster.errors import AuthenticationError, RayclusterError, UnavailableError
 
 __all__ = (
@@ -35,13 +33,12 @@ class SourceConfigError(PostgresSourceError, ValueError):
     exist or is not supported (or the server is not set up for it). One error,
     naming the setting (`postgres.tables.0.columns`) and what is wrong."""
 
+    init_fields = ("field", "reason")
+
     def __init__(self, field: str, reason: str) -> None:
         self.field = field
         self.reason = reason
         super().__init__(f"{field}: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.field, self.reason))
 
 
 class SchemaChanged(PostgresSourceError):
@@ -52,13 +49,12 @@ class SchemaChanged(PostgresSourceError):
     corrupted. Fix the config (or the table), then restart it.
     """
 
+    init_fields = ("table", "reason")
+
     def __init__(self, table: str, reason: str) -> None:
         self.table = table
         self.reason = reason
         super().__init__(f"table {table}: {reason}; fix the config or the table and restart")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.table, self.reason))
 
 
 class UnsupportedRowValue(PostgresSourceError):
@@ -66,15 +62,14 @@ class UnsupportedRowValue(PostgresSourceError):
     Postgres sorts it (NaN, a year after 9999, …). The ingester stops before the
     change; docs/postgres.md says how to go on."""
 
+    init_fields = ("table", "column", "row_id", "reason")
+
     def __init__(self, table: str, column: str, row_id: str, reason: str) -> None:
         self.table = table
         self.column = column
         self.row_id = row_id
         self.reason = reason
         super().__init__(f"table {table}, row {row_id!r}, column {column}: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.table, self.column, self.row_id, self.reason))
 
 
 class PostgresUnavailable(PostgresSourceError, UnavailableError):
