@@ -368,33 +368,28 @@ class Controller:
             return None
 
     async def _retire_shard(self, sid: str) -> None:
-        handle = self.shards.pop(sid, None)
-        if handle is None:
-            handle = await self._lookup(shard_name(self.settings.name, sid))
-        if handle is not None:
-            await self._retire(handle, graceful=self._is_ready(sid))
-        self._forget_ready(sid)
+        await self._retire_actor(self.shards, sid, shard_name(self.settings.name, sid))
         # Killed without a graceful stop, it would look live until its TTL ran out.
         await self._members.leave(sid)
         await self._redis.srem(self._ids_key, sid)
 
     async def _retire_ingester(self) -> None:
-        handle = self.ingesters.pop(INGESTER, None)
         pg = self.settings.postgres
-        if handle is None and pg is not None:
-            handle = await self._lookup(ingester_name(self.settings.name, pg.slot))
-        if handle is not None:
-            await self._retire(handle, graceful=self._is_ready(INGESTER))
-        self._forget_ready(INGESTER)
+        name = ingester_name(self.settings.name, pg.slot) if pg is not None else None
+        await self._retire_actor(self.ingesters, INGESTER, name)
 
     async def _retire_gateway(self, gid: str) -> None:
-        handle = self.gateways.pop(gid, None)
-        if handle is None:
-            handle = await self._lookup(gateway_name(self.settings.name, gid))
-        if handle is not None:
-            await self._retire(handle, graceful=self._is_ready(gid))
-        self._forget_ready(gid)
+        await self._retire_actor(self.gateways, gid, gateway_name(self.settings.name, gid))
         await self._members.leave_gateway(gid)
+
+    async def _retire_actor(self, table: dict[str, Any], aid: str, name: str | None) -> None:
+        """Retire actor `aid` of `table` (or, not in it, the one named `name` in Ray)."""
+        handle = table.pop(aid, None)
+        if handle is None and name is not None:
+            handle = await self._lookup(name)
+        if handle is not None:
+            await self._retire(handle, graceful=self._is_ready(aid))
+        self._forget_ready(aid)
 
     def _is_ready(self, aid: str) -> bool:
         """False for an actor known not to run yet (pending placement): no stop() to wait for."""

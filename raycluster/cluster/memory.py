@@ -62,40 +62,57 @@ class MemoryPartitionFeed:
         return await self._feed.head()
 
 
+class _Leases:
+    """Members with an expiry each: `renew` one, list the unexpired, `drop` one."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._expiry: dict[str, float] = {}
+
+    def renew(self, member: str) -> None:
+        self._expiry[member] = self.clock() + self.ttl_s
+
+    def live(self) -> list[str]:
+        now = self.clock()
+        return sorted(m for m, exp in self._expiry.items() if exp > now)
+
+    def drop(self, member: str) -> None:
+        self._expiry.pop(member, None)
+
+
 class MemoryMembership:
     """Heartbeats with a TTL on `clock` (seconds)."""
 
     def __init__(self, ttl_s: float = 3.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
         self.clock = clock
-        self._shards: dict[str, float] = {}
-        self._gateways: dict[str, float] = {}
+        self._shards = _Leases(ttl_s, clock)
+        self._gateways = _Leases(ttl_s, clock)
 
     async def heartbeat(self, shard_id: str) -> None:
         """Refresh a shard."""
-        self._shards[shard_id] = self.clock() + self.ttl_s
+        self._shards.renew(shard_id)
 
     async def live_shards(self) -> list[str]:
         """Unexpired shards, sorted."""
-        now = self.clock()
-        return sorted(s for s, exp in self._shards.items() if exp > now)
+        return self._shards.live()
 
     async def leave(self, shard_id: str) -> None:
         """Drop a shard now."""
-        self._shards.pop(shard_id, None)
+        self._shards.drop(shard_id)
 
     async def heartbeat_gateway(self, gateway_id: str) -> None:
         """Refresh a gateway."""
-        self._gateways[gateway_id] = self.clock() + self.ttl_s
+        self._gateways.renew(gateway_id)
 
     async def live_gateways(self) -> list[str]:
         """Unexpired gateways, sorted."""
-        now = self.clock()
-        return sorted(g for g, exp in self._gateways.items() if exp > now)
+        return self._gateways.live()
 
     async def leave_gateway(self, gateway_id: str) -> None:
         """Drop a gateway now."""
-        self._gateways.pop(gateway_id, None)
+        self._gateways.drop(gateway_id)
 
 
 class MemoryControlBus:

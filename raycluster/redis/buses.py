@@ -24,7 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import redis.exceptions as rx
 from pydantic import BaseModel, ValidationError
@@ -125,8 +125,15 @@ class _Bus(AsyncResource):
         return stream
 
 
-class _Reader(AsyncResource):
-    """Shared life cycle of one blocking stream reader (connection, close, backoff)."""
+_T = TypeVar("_T")
+
+
+class _Reader(AsyncResource, Generic[_T]):
+    """Shared life cycle of one blocking stream reader (connection, buffer, close, backoff).
+
+    A subclass's `_fill()` reads once (blocking up to `bus_block_ms`) and
+    appends what it read, as items of type `_T`, to `_buf`.
+    """
 
     def __init__(self, bus: _Bus, name: str) -> None:
         self.settings = settings = bus.settings
@@ -137,6 +144,7 @@ class _Reader(AsyncResource):
         self._closed = False
         self._gate = ReadGate(self._client)
         self._on_close: list[Callable[[Any], None]] = []
+        self._buf: deque[_T] = deque()
 
     @property
     def closed(self) -> bool:
@@ -145,6 +153,19 @@ class _Reader(AsyncResource):
 
     def __aiter__(self) -> Self:
         return self
+
+    async def _next(self) -> _T:
+        """The next item read: from the buffer, else read until there is one."""
+        while not self._buf:
+            checkpoint()
+            if self._closed:
+                raise StopAsyncIteration
+            async with self._gate.busy():
+                await self._fill()
+        return self._buf.popleft()
+
+    async def _fill(self) -> None:
+        raise NotImplementedError
 
     async def aclose(self) -> None:
         """End the iteration (a blocked read returns at once) and close the connection."""
@@ -162,7 +183,7 @@ class _Reader(AsyncResource):
         await interruptible(self._backoff.sleep(), self._wake)  # aclose cuts it short
 
 
-class ControlStream(_Reader):
+class ControlStream(_Reader[ControlMessage]):
     """Control messages of one shard, as an async iterator (and async context manager).
 
     Acknowledge each message after handling it (`ack`); unacknowledged ones
@@ -176,19 +197,12 @@ class ControlStream(_Reader):
         self._bus = bus
         self._key = bus.keys.ctrl_stream(shard_id)
         self._group = bus.settings.control_group
-        self._buf: deque[ControlMessage] = deque()
         self._inflight: set[str] = set()  # handed out, not yet acknowledged
         self._pending_from: str | None = "0"  # None: pending re-read done, read new (">")
         self._group_ready = False
 
     async def __anext__(self) -> ControlMessage:
-        while not self._buf:
-            checkpoint()
-            if self._closed:
-                raise StopAsyncIteration
-            async with self._gate.busy():
-                await self._fill()
-        return self._buf.popleft()
+        return await self._next()
 
     async def ack(self, msg: ControlMessage | str, *more: ControlMessage | str) -> None:
         """Acknowledge handled messages."""
@@ -366,7 +380,7 @@ class RedisControlBus(_Bus):
         return int(info["pending"])
 
 
-class DeltaStream(_Reader):
+class DeltaStream(_Reader[tuple[str, list[Any]]]):
     """Delta batches of one gateway (each a list of frames), as an async iterator.
 
     `last_id` is the id of the last batch read: pass it to `deltas()` later
@@ -378,7 +392,6 @@ class DeltaStream(_Reader):
         self.gateway_id = gateway_id
         self._key = bus.keys.delta_channel(gateway_id)
         self._last: str = last_id
-        self._buf: deque[tuple[str, list[Any]]] = deque()
 
     @property
     def last_id(self) -> str:
@@ -386,13 +399,7 @@ class DeltaStream(_Reader):
         return self._last
 
     async def __anext__(self) -> list[Any]:
-        while not self._buf:
-            checkpoint()
-            if self._closed:
-                raise StopAsyncIteration
-            async with self._gate.busy():
-                await self._fill()
-        mid, frames = self._buf.popleft()
+        mid, frames = await self._next()
         self._last = mid
         return frames
 

@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from raycluster._resources import AsyncResource
@@ -192,7 +193,8 @@ class RedisFeed(AsyncResource):
             for p, (last, n) in zip(parts, res, strict=True)
         }
 
-    async def _retrying(self, step: Callable[[], Awaitable[_T]]) -> _T:
+    async def _retrying(self, step: Callable[[], Awaitable[_T]], what: str = "Redis") -> _T:
+        """`step()`, again (with backoff) while Redis is unreachable; ClosedError once closed."""
         backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         while True:
             checkpoint()
@@ -204,45 +206,39 @@ class RedisFeed(AsyncResource):
                 raise refused("feed", e) from e
             except UNREACHABLE as e:
                 self.stats.reconnects += 1
-                log.warning("feed: Redis unavailable (%s); retrying", e)
+                log.warning("feed: %s unavailable (%s); retrying", what, e)
                 await backoff.sleep()
 
     async def _next_batch(self) -> FeedBatch | None:
         """One read (retried until it succeeds); None once closed."""
         if self.settings.redis_cluster:
             return await self._next_gathered()
-        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
-        while not self._closed:
-            checkpoint()
-            self._changed.clear()
-            streams = dict(self._pos)
-            try:
-                if not streams:
-                    wait_s = self.settings.feed_block_ms / 1000
-                    await interruptible(asyncio.sleep(wait_s), self._changed)
-                    return FeedBatch([], {})
-                async with self._gate.busy():
-                    done, resp = await interruptible(
-                        self._blocking.xread(
-                            streams,  # type: ignore[arg-type]
-                            count=self.settings.feed_count,
-                            block=self.settings.feed_block_ms,
-                        ),
-                        self._changed,
-                    )
-            except REFUSED as e:
-                raise refused("feed", e) from e
-            except UNREACHABLE as e:
-                self.stats.reconnects += 1
-                log.warning("feed: read failed (%s); reconnecting", e)
-                await backoff.sleep()
-                continue
-            if not done:
-                # The tailed set changed: report the new positions at once.
-                return None if self._closed else FeedBatch([], dict(self._pos))
-            self.stats.reads += 1
-            return self._decode(resp or [])
-        return None
+        try:
+            return await self._retrying(self._read_once, "read")
+        except ClosedError:
+            return None
+
+    async def _read_once(self) -> FeedBatch | None:
+        self._changed.clear()
+        streams = dict(self._pos)
+        if not streams:
+            wait_s = self.settings.feed_block_ms / 1000
+            await interruptible(asyncio.sleep(wait_s), self._changed)
+            return FeedBatch([], {})
+        async with self._gate.busy():
+            done, resp = await interruptible(
+                self._blocking.xread(
+                    streams,  # type: ignore[arg-type]
+                    count=self.settings.feed_count,
+                    block=self.settings.feed_block_ms,
+                ),
+                self._changed,
+            )
+        if not done:
+            # The tailed set changed: report the new positions at once.
+            return None if self._closed else FeedBatch([], dict(self._pos))
+        self.stats.reads += 1
+        return self._decode(resp or [])
 
     async def _next_gathered(self) -> FeedBatch | None:
         """Redis Cluster: what the per-stream readers read since the last batch (an
@@ -281,21 +277,15 @@ class RedisFeed(AsyncResource):
         """Redis Cluster: tail one stream, handing each read over to the batches and
         waiting until it was taken (so a slow consumer bounds what is read ahead)."""
         pos, taken = start, asyncio.Event()
-        backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        count, block = self.settings.feed_count, self.settings.feed_block_ms
         while not self._closed:
-            checkpoint()
             try:
-                resp: Any = await self._blocking.xread(
-                    {key: pos}, count=self.settings.feed_count, block=self.settings.feed_block_ms
+                resp: Any = await self._retrying(
+                    partial(self._blocking.xread, {key: pos}, count=count, block=block),
+                    f"read of {key}",
                 )
-            except REFUSED as e:
-                raise refused("feed", e) from e
-            except UNREACHABLE as e:
-                self.stats.reconnects += 1
-                log.warning("feed: read of %s failed (%s); reconnecting", key, e)
-                await backoff.sleep()
-                continue
-            backoff.reset()
+            except ClosedError:
+                return
             if resp and resp[0][1]:
                 entries = resp[0][1]
                 pos = entries[-1][0].decode()
