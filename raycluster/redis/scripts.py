@@ -192,6 +192,14 @@ local function commit()
   end
   return sids
 end
+-- Check the keys of the planned writes (`check_types`), then make them (`commit`).
+-- Returns nil and the stream ids, or an error message with nothing written.
+local function commit_checked()
+  if #planned == 0 then return nil, {} end
+  local err = check_types()
+  if err then return err end
+  return nil, commit()
+end
 -- `cmd key args…`, a few thousand arguments per call (Lua's stack bound).
 local function bulk(cmd, key, args)
   for i = 1, #args, 4000 do
@@ -237,9 +245,9 @@ local status, version = write(KEYS[1], state_of(KEYS[1]), ARGV[1],
   ARGV[2], ARGV[5], ARGV[6], ARGV[8] or '', true)
 local sid = ''
 if status == 'ok' then
-  local err = check_types()
+  local err, sids = commit_checked()
   if err then return redis.error_reply(err) end
-  sid = commit()[1]
+  sid = sids[1]
   finish()
 end
 return {status, version, sid}
@@ -319,11 +327,8 @@ if adds then
     statuses[#statuses + 1] = string.sub(status, 1, 1)
     out[#out + 1] = version
   end
-  if #planned > 0 then
-    local err = check_types()
-    if err then return redis.error_reply(err) end
-    commit()
-  end
+  local err = commit_checked()
+  if err then return redis.error_reply(err) end
 else
   -- `write`'s step for an upsert known to succeed, lean: it runs for every row.
   n = read_seq()
@@ -570,11 +575,8 @@ for _, id in ipairs(live) do
     deleted = deleted + 1
   end
 end
-if #planned > 0 then
-  local err = check_types()
-  if err then return redis.error_reply(err) end
-  commit()
-end
+local err = commit_checked()
+if err then return redis.error_reply(err) end
 finish()
 return {deleted, #live, live[#live] or ''}
 """
