@@ -210,27 +210,58 @@ class _Demo:
         try:
             self.truth = {f"a{i:03}": _random_asset(self.rnd) for i in range(300)}
             await writer.upsert_many("acme", "asset", self.truth)
-            for label, q in DEMO_QUERIES.items():
-                via = remote if "external" in label else tier
-                self.subs[label] = await via.subscribe("acme", q)
-            print("initial windows:")
-            for label, sub in self.subs.items():
-                _show(label, sub.rows.ids)
+            await self._open_windows(tier, remote, "initial windows:")
             failover_s = await self._write_and_fail_over(writer, tier)
-            exact = await self._settled()
-            self._report(exact)
+            truth = {label: top_n(self.truth, q) for label, q in DEMO_QUERIES.items()}
+            exact = await self._settled(truth)
+            self._report(truth, "final windows:", "truth")
             status = await asyncio.to_thread(tier.status)
             print(f"summary: {self.written} writes, "
                   f"{sum(len(s.rows) for s in self.subs.values())} rows held, "
                   f"failover {'not seen' if failover_s is None else f'{failover_s:.2f}s'}, "
                   f"live shards {status['live_shards']}, exact: {exact}")  # fmt: skip
-            for sub in self.subs.values():
-                await sub.close()
+            await self._close_windows()
         finally:
             await remote.aclose()
             await writer.aclose()
             await tier.aclose()
         return 0 if exact else 1
+
+    async def _open_windows(self, tier: Tier, remote: Any, title: str) -> None:
+        """Subscribe every demo query (through `remote` the external ones); show them."""
+        for label, q in DEMO_QUERIES.items():
+            via = remote if "external" in label else tier
+            self.subs[label] = await via.subscribe("acme", q)
+        print(title)
+        for label, sub in self.subs.items():
+            _show(label, sub.rows.ids)
+
+    def _show_changed(self, last: dict[str, list[str]]) -> None:
+        """Show each window that changed since `last` (updated in place)."""
+        for label, sub in self.subs.items():
+            if sub.rows.ids != last[label]:
+                last[label] = sub.rows.ids
+                _show(label, sub.rows.ids)
+
+    async def _settled(self, truth: dict[str, list[str]]) -> bool:
+        """Quiet now: wait (bounded) for the last frames; whether every window is `truth`."""
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            if all(s.rows.ids == truth[k] for k, s in self.subs.items()):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+    def _report(self, truth: dict[str, list[str]], title: str, truth_label: str) -> None:
+        print(title)
+        for label, sub in self.subs.items():
+            _show(label, sub.rows.ids)
+            if sub.rows.ids != truth[label]:
+                _show(f"  {truth_label}", truth[label])
+
+    async def _close_windows(self) -> None:
+        for sub in self.subs.values():
+            await sub.close()
 
     async def _write_and_fail_over(self, writer: Writer, tier: Tier) -> float | None:
         """Write at `--rate` for `--seconds`, killing the shard that owns the windows a third
@@ -261,10 +292,7 @@ class _Demo:
                 failover_s = time.monotonic() - killed_at
                 print(f"--- failover: every window reset (epoch {max(s.epoch for s in subs)}) "
                       f"after {failover_s:.2f}s ---", flush=True)  # fmt: skip
-            for label, sub in self.subs.items():
-                if sub.rows.ids != last[label]:
-                    last[label] = sub.rows.ids
-                    _show(label, sub.rows.ids)
+            self._show_changed(last)
             await asyncio.sleep(1 / self.args.rate)
         return failover_s
 
@@ -278,26 +306,6 @@ class _Demo:
             await writer.upsert("acme", "asset", agg_id, row)
             self.truth[agg_id] = row
         self.written += 1
-
-    def _exact(self) -> bool:
-        return all(s.rows.ids == top_n(self.truth, DEMO_QUERIES[k]) for k, s in self.subs.items())
-
-    async def _settled(self) -> bool:
-        """Quiet now: wait (bounded) for the last frames; whether every window is exact."""
-        deadline = time.monotonic() + SETTLE_S
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
-            if self._exact():
-                return True
-        return False
-
-    def _report(self, exact: bool) -> None:
-        print("final windows:")
-        for label, sub in self.subs.items():
-            want = top_n(self.truth, DEMO_QUERIES[label])
-            _show(label, sub.rows.ids)
-            if sub.rows.ids != want:
-                _show("  truth", want)
 
 
 # -- the main job over Postgres ---------------------------------------------------
@@ -410,26 +418,17 @@ class _PostgresDemo(_Demo):
             st = await self._synced(sources)
             print(f"tier up in {time.monotonic() - t0:.1f}s, redis {mask_url(tier.redis_url)}; "
                   f"{describe_ingester(st)}", flush=True)  # fmt: skip
-            for label, q in DEMO_QUERIES.items():
-                via = remote if "external" in label else tier
-                self.subs[label] = await via.subscribe("acme", q)
-            print("initial windows (rows copied from Postgres):")
-            for label, sub in self.subs.items():
-                _show(label, sub.rows.ids)
+            await self._open_windows(tier, remote, "initial windows (rows copied from Postgres):")
             await self._write_sql()
             st = await self._synced(sources)
             truth = {label: await self._truth(q) for label, q in DEMO_QUERIES.items()}
-            exact = await self._settled_to(truth)
-            print('final windows (truth: Postgres\' own ORDER BY … COLLATE "C" LIMIT):')
-            for label, sub in self.subs.items():
-                _show(label, sub.rows.ids)
-                if sub.rows.ids != truth[label]:
-                    _show("  postgres", truth[label])
+            exact = await self._settled(truth)
+            title = 'final windows (truth: Postgres\' own ORDER BY … COLLATE "C" LIMIT):'
+            self._report(truth, title, "postgres")
             print(f"summary: {self.transactions} SQL transactions ({self.written} writes), "
                   f"{sum(len(s.rows) for s in self.subs.values())} rows held, "
                   f"{describe_ingester(st)}, exact: {exact}")  # fmt: skip
-            for sub in self.subs.values():
-                await sub.close()
+            await self._close_windows()
         finally:
             await remote.aclose()
             await sources.aclose()
@@ -466,10 +465,7 @@ class _PostgresDemo(_Demo):
                       "slot) ---", flush=True)  # fmt: skip
                 await asyncio.to_thread(_kill_ingester, self.settings)
                 killed = True
-            for label, sub in self.subs.items():
-                if sub.rows.ids != last[label]:
-                    last[label] = sub.rows.ids
-                    _show(label, sub.rows.ids)
+            self._show_changed(last)
             await asyncio.sleep(1 / self.args.rate)
 
     def _statement(self) -> tuple[str, tuple[Any, ...]]:
@@ -487,14 +483,6 @@ class _PostgresDemo(_Demo):
         assert self.settings.postgres is not None
         sql, params = window_sql(q, self.settings.postgres.tables[0], "acme", PG_TEXT_COLUMNS)
         return [r[0] for r in await asyncio.to_thread(self.db.query, sql, params)]
-
-    async def _settled_to(self, truth: dict[str, list[str]]) -> bool:
-        deadline = time.monotonic() + SETTLE_S
-        while time.monotonic() < deadline:
-            if all(s.rows.ids == truth[k] for k, s in self.subs.items()):
-                return True
-            await asyncio.sleep(0.2)
-        return False
 
 
 def _values(agg_id: str, row: dict[str, Any]) -> tuple[Any, ...]:

@@ -1,7 +1,9 @@
 """Resources a component holds, closed explicitly or by `with` / `async with`.
 
 `AsyncResource` (anyio's pattern): `async with x` closes `x` with `await
-x.aclose()`; every component with connections or tasks is one. `LocalServer`:
+x.aclose()`; every component with connections or tasks is one. A `Service`
+is one that also needs `await start()`: `async with` starts it (and closes
+it again if the start fails). `LocalServer`:
 a server this process starts and stops (`with` starts it, closes it): the
 private servers of tests, demos and benchmarks (`LocalRedis`,
 `LocalRedisCluster`, `LocalPostgres`). `ServerProcess`: the life cycle of a
@@ -26,7 +28,14 @@ from typing import Any, ClassVar, Self
 
 from raycluster.errors import RayclusterError
 
-__all__ = ("AsyncResource", "LocalServer", "ServerProcess", "die_with_parent", "free_port")
+__all__ = (
+    "AsyncResource",
+    "LocalServer",
+    "ServerProcess",
+    "Service",
+    "die_with_parent",
+    "free_port",
+)
 
 HOST = "127.0.0.1"  # local servers listen here only
 _PORT_ATTEMPTS = 5  # a free port can be taken between probing and binding it
@@ -50,6 +59,23 @@ class AsyncResource:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class Service(AsyncResource):
+    """An `AsyncResource` started by `await start()`; `async with` starts it, and closes
+    what a start that failed halfway left behind before the error propagates."""
+
+    async def start(self) -> None:
+        """Start it (idempotent)."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
 
 
 class LocalServer:

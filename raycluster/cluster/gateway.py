@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from raycluster._resources import Service
 from raycluster._tasks import TaskSet, logged
 from raycluster.client.fence import Fence
 from raycluster.client.subscription import Subscription
@@ -87,7 +88,7 @@ class _State:
         self.fence = Fence()
 
 
-class Gateway:
+class Gateway(Service):
     """Terminates client subscriptions and demultiplexes their frames."""
 
     def __init__(
@@ -112,13 +113,6 @@ class Gateway:
             "forgotten": 0,  # registrations of an earlier incarnation removed at start
             "task_errors": 0,  # background tasks that failed (logged)
         }
-
-    async def __aenter__(self) -> Gateway:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raycluster._connect import RemoteGateway, connect
+from raycluster._resources import Service
 from raycluster._tasks import TaskSet, cancel_and_wait, checkpoint, logged
 from raycluster._wiring import Closers, redis_shard
 from raycluster.cluster import Shard, owned_by
@@ -83,7 +84,7 @@ def demo_settings(redis_url: str, token: str, tenant: str, **edge: Any) -> TierS
     )
 
 
-class WebDemo:
+class WebDemo(Service):
     """The demo page's whole stack in this process (`async with WebDemo() as demo`).
 
     Guarantees: on entry the shards own every partition, the `rows` seed rows
@@ -222,18 +223,8 @@ class WebDemo:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def __aenter__(self) -> WebDemo:
-        try:
-            await self._start()
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def _start(self) -> None:
+    async def start(self) -> None:
+        """Start Redis, the shards, the gateway and the edge (`async with` does)."""
         import uvicorn
 
         from .app import create_app

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
+from raycluster._resources import Service
 from raycluster._tasks import Backoff, TaskSet, checkpoint
 from raycluster.errors import ClosedError, InvalidQuery
 
@@ -241,7 +242,7 @@ class _Group:
         self.index: PredicateIndex[_View] = PredicateIndex()
 
 
-class Engine:
+class Engine(Service):
     """Live queries over a row store and its feed, with shared views.
 
     `cushion` rows are kept past each window so most leaves are answered
@@ -284,13 +285,6 @@ class Engine:
         self._pump: asyncio.Task[None] | None = None
         self._closed = False
         self._fed = False  # the feed reported its starting positions
-
-    async def __aenter__(self) -> Engine:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     # -- public ------------------------------------------------------------------
 
