@@ -213,14 +213,14 @@ class _Demo:
             await self._open_windows(tier, remote, "initial windows:")
             failover_s = await self._write_and_fail_over(writer, tier)
             truth = {label: top_n(self.truth, q) for label, q in DEMO_QUERIES.items()}
-            exact = await self._settled(truth)
-            self._report(truth, "final windows:", "truth")
             status = await asyncio.to_thread(tier.status)
-            print(f"summary: {self.written} writes, "
-                  f"{sum(len(s.rows) for s in self.subs.values())} rows held, "
-                  f"failover {'not seen' if failover_s is None else f'{failover_s:.2f}s'}, "
-                  f"live shards {status['live_shards']}, exact: {exact}")  # fmt: skip
-            await self._close_windows()
+            failover = "not seen" if failover_s is None else f"{failover_s:.2f}s"
+            exact = await self._finish(
+                truth,
+                ("final windows:", "truth"),
+                (f"{self.written} writes", f"failover {failover}",
+                 f"live shards {status['live_shards']}"),
+            )  # fmt: skip
         finally:
             await remote.aclose()
             await writer.aclose()
@@ -243,25 +243,26 @@ class _Demo:
                 last[label] = sub.rows.ids
                 _show(label, sub.rows.ids)
 
-    async def _settled(self, truth: dict[str, list[str]]) -> bool:
-        """Quiet now: wait (bounded) for the last frames; whether every window is `truth`."""
+    async def _finish(
+        self, truth: dict[str, list[str]], titles: tuple[str, str], summary: tuple[str, ...]
+    ) -> bool:
+        """Wait (bounded) for every window to settle on `truth`; show them (`titles`: the
+        windows', the truth's), a summary line, and close them. Whether they were exact."""
         deadline = time.monotonic() + SETTLE_S
-        while time.monotonic() < deadline:
-            if all(s.rows.ids == truth[k] for k, s in self.subs.items()):
-                return True
+        while not (exact := all(s.rows.ids == truth[k] for k, s in self.subs.items())):
+            if time.monotonic() > deadline:
+                break
             await asyncio.sleep(0.2)
-        return False
-
-    def _report(self, truth: dict[str, list[str]], title: str, truth_label: str) -> None:
-        print(title)
+        print(titles[0])
         for label, sub in self.subs.items():
             _show(label, sub.rows.ids)
             if sub.rows.ids != truth[label]:
-                _show(f"  {truth_label}", truth[label])
-
-    async def _close_windows(self) -> None:
+                _show(f"  {titles[1]}", truth[label])
+        held = sum(len(s.rows) for s in self.subs.values())
+        print(f"summary: {summary[0]}, {held} rows held, {', '.join(summary[1:])}, exact: {exact}")
         for sub in self.subs.values():
             await sub.close()
+        return exact
 
     async def _write_and_fail_over(self, writer: Writer, tier: Tier) -> float | None:
         """Write at `--rate` for `--seconds`, killing the shard that owns the windows a third
@@ -422,13 +423,12 @@ class _PostgresDemo(_Demo):
             await self._write_sql()
             st = await self._synced(sources)
             truth = {label: await self._truth(q) for label, q in DEMO_QUERIES.items()}
-            exact = await self._settled(truth)
-            title = 'final windows (truth: Postgres\' own ORDER BY … COLLATE "C" LIMIT):'
-            self._report(truth, title, "postgres")
-            print(f"summary: {self.transactions} SQL transactions ({self.written} writes), "
-                  f"{sum(len(s.rows) for s in self.subs.values())} rows held, "
-                  f"{describe_ingester(st)}, exact: {exact}")  # fmt: skip
-            await self._close_windows()
+            exact = await self._finish(
+                truth,
+                ('final windows (truth: Postgres\' own ORDER BY … COLLATE "C" LIMIT):', "postgres"),
+                (f"{self.transactions} SQL transactions ({self.written} writes)",
+                 describe_ingester(st)),
+            )  # fmt: skip
         finally:
             await remote.aclose()
             await sources.aclose()

@@ -16,7 +16,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from raycluster._connect import RemoteGateway, connect
 from raycluster._resources import Service
@@ -84,6 +84,16 @@ def demo_settings(redis_url: str, token: str, tenant: str, **edge: Any) -> TierS
     )
 
 
+_T = TypeVar("_T")
+
+
+def _running(part: _T | None) -> _T:
+    """A part of the running demo (None before the start and after the close)."""
+    if part is None:
+        raise RayclusterError("the demo is not running")
+    return part
+
+
 class WebDemo(Service):
     """The demo page's whole stack in this process (`async with WebDemo() as demo`).
 
@@ -143,37 +153,27 @@ class WebDemo(Service):
     @property
     def redis_url(self) -> str:
         """The private Redis (started on entry)."""
-        if self._redis is None:
-            raise RayclusterError("the demo is not running")
-        return self._redis.url
+        return _running(self._redis).url
 
     @property
     def settings(self) -> TierSettings:
         """The tier settings the demo runs with."""
-        if self._settings is None:
-            raise RayclusterError("the demo is not running")
-        return self._settings
+        return _running(self._settings)
 
     @property
     def writer(self) -> Writer:
         """The demo's `Writer` (writes through it are not tracked in `rows_now`)."""
-        if self._writer is None:
-            raise RayclusterError("the demo is not running")
-        return self._writer
+        return _running(self._writer)
 
     @property
     def gateway(self) -> RemoteGateway:
         """The external gateway the edge serves."""
-        if self._gateway is None:
-            raise RayclusterError("the demo is not running")
-        return self._gateway
+        return _running(self._gateway)
 
     @property
     def base_url(self) -> str:
         """`http://host:port` of the running server."""
-        if self._server is None:
-            raise RayclusterError("the demo is not running")
-        sock = self._server.servers[0].sockets[0]
+        sock = _running(self._server).servers[0].sockets[0]
         port = sock.getsockname()[1]
         host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return f"http://{host}:{port}"

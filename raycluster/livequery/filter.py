@@ -255,6 +255,23 @@ def _general(segs: list[_Seg], flags: int) -> Callable[[str], bool]:
     return match
 
 
+# One comparison term, by operator (`cmp`: gt/gte/lt/lte, as `op`) and its constant's
+# type class: `g` reads the column, `v` names its value, `k` the constant. A term
+# compares values of its constant's type class only: on another type it is false
+# (`ne` true: that value is decidably not equal).
+_TERMS = {
+    ("eq", "s"): "({g} == {k})",  # a str equals only a str
+    ("eq", "b"): "({g} is {k})",
+    ("eq", "n"): "(({v} := {g}) == {k} and {v}.__class__ is not bool)",
+    ("ne", "s"): "(({v} := {g}) is not None and {v} != {k})",
+    ("ne", "b"): "(({v} := {g}) is not None and {v} is not {k})",
+    ("ne", "n"): "(({v} := {g}) is not None and ({v} != {k} or {v}.__class__ is bool))",
+    ("cmp", "s"): "(isinstance({v} := {g}, str) and {v} {op} {k})",
+    ("cmp", "b"): "(({v} := {g}).__class__ is bool and {v} {op} {k})",
+    ("cmp", "n"): "(isinstance({v} := {g}, _num) and {v}.__class__ is not bool and {v} {op} {k})",
+}
+
+
 def _type_of(v: Any) -> str:
     """A query constant's type class: `b` bool, `n` number, `s` string."""
     if isinstance(v, bool):
@@ -292,27 +309,8 @@ class _Gen:
         v = self.var()
         if op in ("in", "not_in"):
             return self._member(op, get, v, c.values or [])
-        k, kind = self.const(c.value), _type_of(c.value)
-        # A term compares values of its constant's type class only: on another
-        # type it is false (`ne` true: that value is decidably not equal).
-        if op == "eq":
-            if kind == "s":
-                return f"({get} == {k})"  # a str equals only a str
-            if kind == "b":
-                return f"({get} is {k})"
-            return f"(({v} := {get}) == {k} and {v}.__class__ is not bool)"
-        if op == "ne":
-            if kind == "s":
-                return f"(({v} := {get}) is not None and {v} != {k})"
-            if kind == "b":
-                return f"(({v} := {get}) is not None and {v} is not {k})"
-            return f"(({v} := {get}) is not None and ({v} != {k} or {v}.__class__ is bool))"
-        cmp = f"{v} {_CMP[op]} {k}"
-        if kind == "s":
-            return f"(isinstance({v} := {get}, str) and {cmp})"
-        if kind == "b":
-            return f"(({v} := {get}).__class__ is bool and {cmp})"
-        return f"(isinstance({v} := {get}, _num) and {v}.__class__ is not bool and {cmp})"
+        term = _TERMS[op if op in ("eq", "ne") else "cmp", _type_of(c.value)]
+        return term.format(g=get, v=v, k=self.const(c.value), op=_CMP[op])
 
     def _member(self, op: str, get: str, v: str, values: list[Any]) -> str:
         """`in`/`not_in`: one set per type class of the values, each tested on its class."""
