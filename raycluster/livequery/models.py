@@ -181,7 +181,9 @@ class SortKey(BaseModel):
 
     model_config = _FROZEN
     column: _Text = Field(min_length=1, description="Column to sort by.")
-    desc: bool = Field(False, description="Descending (nulls first) instead of ascending.")
+    desc: bool = Field(
+        False, strict=True, description="Descending (nulls first) instead of ascending."
+    )
 
 
 class Cursor(BaseModel):
@@ -411,7 +413,9 @@ class LiveQuery(BaseModel):
 
     model_config = _FROZEN
     entity: _Text = Field(min_length=1, description="Entity name.")
-    where: list[Cond] = Field(default_factory=list, description="AND of conditions.")
+    where: list[Cond] = Field(
+        default_factory=list, description="AND of conditions (one condition: itself)."
+    )
     sort: list[SortKey] = Field(default_factory=list, description="Sort keys; id ASC appended.")
     limit: int = Field(description="Window size N (> 0).")
     cursor: Cursor | None = Field(None, description="Start strictly after this position.")
@@ -419,10 +423,17 @@ class LiveQuery(BaseModel):
 
     @field_validator("limit", mode="before")
     @classmethod
-    def _no_bool_limit(cls, v: Any) -> Any:
-        if isinstance(v, bool):  # pydantic would take True for 1
+    def _int_limit(cls, v: Any) -> Any:
+        # pydantic would take True for 1, "5" and 5.0 for 5
+        if isinstance(v, bool) or not isinstance(v, int):
             raise InvalidQuery("limit", v, "must be an integer")
         return v
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _one_cond(cls, v: Any) -> Any:
+        # A lone condition is a list of one; iterated as is, a model yields its fields.
+        return [v] if isinstance(v, Cond) else v
 
     @model_validator(mode="after")
     def _check(self) -> LiveQuery:
