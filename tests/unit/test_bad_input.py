@@ -325,3 +325,26 @@ async def test_gateway_subscribe_refuses_bad_names_and_registers_nothing() -> No
         assert await c.registry.by_gateway(gw.id) == []
     finally:
         await c.aclose()
+
+
+@pytest.mark.parametrize(
+    ("doc", "loc"),
+    [
+        ({"entity": "thing", "limit": "5"}, "limit"),
+        ({"entity": "thing", "limit": 5.0}, "limit"),
+        ({"entity": "thing", "limit": True}, "limit"),
+        ({"entity": "thing", "limit": 5, "sort": [{"column": "x", "desc": 1}]}, "sort.0.desc"),
+        ({"entity": "thing", "limit": 5, "sort": [{"column": "x", "desc": "yes"}]}, "sort.0.desc"),
+        ({"entity": "thing", "limit": 5, "where": {"op": "is_null", "column": "x"}}, "where"),
+    ],
+)
+def test_live_query_fields_take_their_own_type_only(doc: dict[str, Any], loc: str) -> None:
+    with pytest.raises(ValidationError) as ei:
+        LiveQuery.model_validate(doc)
+    assert [".".join(map(str, e["loc"])) for e in ei.value.errors()] == [loc]
+
+
+def test_a_lone_condition_is_a_where_of_one() -> None:
+    one = LiveQuery(entity="thing", where=eq("x", 1), limit=5)  # type: ignore[arg-type]
+    assert one == LiveQuery(entity="thing", where=[eq("x", 1)], limit=5)
+    assert one.shape() == LiveQuery(entity="thing", where=[eq("x", 1)], limit=5).shape()
