@@ -1,6 +1,6 @@
 """`SourceWriter`: the write path of a source (a Postgres publication, …), idempotent.
 
-A source turns someone else's change log into rows (DESIGN §4b). Its writes
+A source turns someone else's change log into rows (docs/postgres.md). Its writes
 go through the same per-row step as `Writer`'s (row hash, indexes, event on
 the partition stream: shards see them unchanged), with what a source needs:
 
