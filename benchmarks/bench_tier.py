@@ -276,13 +276,14 @@ async def main(args: argparse.Namespace) -> None:
 
     async def latencies(tier: Tier, paths: tuple[str, ...] = ("direct", "redis")) -> Any:
         # The paths take turns within each run, so both sides of a comparison see
-        # the same machine; the load average is recorded beside each rate.
+        # the same machine, and which goes first alternates from run to run; the
+        # load average is recorded beside each rate.
         out = []
         for rate in [200, 1000] if args.quick else [200, 1000, 2000]:
             res: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
             load = []
-            for _ in range(args.runs):
-                for path in paths:
+            for i in range(args.runs):
+                for path in paths if i % 2 == 0 else paths[::-1]:
                     res[path].append(await latency(tier, path, rate, 2.0 if args.quick else 5.0))
                 load.append(os.getloadavg()[0])
             for path in paths:
