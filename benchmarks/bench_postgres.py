@@ -11,7 +11,9 @@
   until the ingester had all of them in Redis. Then the same load again with
   the ingester paused (SIGSTOP) while it is written: `drain rows/s` is how
   fast it catches up on that backlog once resumed (its ceiling, whatever the
-  writer's speed).
+  writer's speed), and `ingester CPU µs/row` the ingester process's CPU time
+  (user + system) per row of that drain: steadier than the rates, which
+  depend on how the 2 cores are shared.
 * **commit → client frame latency, p50/p99, at 1,000 transactions/s,** through
   an in-cluster subscription of a tier on a local Ray with the ingester actor:
   100 live windows; a writer process commits one-row UPDATEs (each moves a
@@ -192,6 +194,12 @@ def start_ingest(config: Path, log: Path) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
+def cpu_s(pid: int) -> float:
+    """A process's CPU time so far (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def ingest_run(
     pg: LocalPostgres, redis_url: str, rows: int, tx_rows: int, run: int, tmp: Path
 ) -> dict[str, float]:
@@ -220,9 +228,10 @@ async def ingest_run(
             lsn = await asyncio.to_thread(wal_lsn, dsn)
         finally:
             os.kill(proc.pid, signal.SIGCONT)
-        t1 = time.monotonic()
+        t1, cpu1 = time.monotonic(), cpu_s(proc.pid)
         done = await until_synced(status, slot, lsn, 300)
-        return {**live, "drain": rows / (done - t1)}
+        cpu_us = (cpu_s(proc.pid) - cpu1) / rows * 1e6
+        return {**live, "drain": rows / (done - t1), "cpu_us": cpu_us}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -353,8 +362,8 @@ async def latency_section(
 
 
 COLUMNS = ["benchmark", "commit_rows_per_s", "ingest_rows_per_s", "ratio", "drain_rows_per_s",
-           "p50_ms", "p99_ms", "ingest_hop_ms", "tier_hop_ms", "rate", "frames", "target",
-           "runs", "error"]  # fmt: skip
+           "ingester_cpu_us_per_row", "p50_ms", "p99_ms", "ingest_hop_ms", "tier_hop_ms",
+           "rate", "frames", "target", "runs", "error"]  # fmt: skip
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -377,6 +386,7 @@ async def main(args: argparse.Namespace) -> None:
                     "ingest_rows_per_s": med(r["ingest"] for r in res),
                     "ratio": med(r["ingest"] / r["commit"] for r in res),
                     "drain_rows_per_s": med(r["drain"] for r in res),
+                    "ingester_cpu_us_per_row": med(r["cpu_us"] for r in res),
                     "target": "ingest >= 20000 rows/s",
                     "runs": [f"{r['commit']:.0f}/{r['ingest']:.0f}/{r['drain']:.0f}" for r in res],
                 })  # fmt: skip
