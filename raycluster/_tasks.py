@@ -4,8 +4,9 @@ Every component that runs tasks of its own keeps them in one `TaskSet`: it
 holds a reference to each task until it ends, logs a failure the moment it
 happens, and cancels and awaits whatever still runs on `aclose()`. Loops that
 do something every N seconds are `every(...)`: one failing step is logged and
-the loop goes on. Retries wait with one `Backoff`. Teardown that must not
-raise runs under `logged(...)`, which logs what it swallowed.
+the loop goes on. Tasks that live and die together (a connection's reader
+and writer) run in `race(...)`. Retries wait with one `Backoff`. Teardown
+that must not raise runs under `logged(...)`, which logs what it swallowed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from typing import Any, NoReturn, TypeVar
 
 from raycluster.errors import ClosedError
 
-__all__ = ("Backoff", "TaskSet", "cancel_and_wait", "checkpoint", "every", "logged", "reap")
+__all__ = (
+    "Backoff",
+    "TaskSet",
+    "cancel_and_wait",
+    "checkpoint",
+    "every",
+    "logged",
+    "race",
+    "reap",
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +107,36 @@ async def every(
             log.exception("%s failed", what)
         checkpoint()
         await asyncio.sleep(interval_s)
+
+
+async def race(*coros: Coroutine[Any, Any, object]) -> None:
+    """Run `coros` until the first ends, cancel the others, and raise the first error.
+
+    Returns once all have ended; cancelling the caller cancels them all and
+    propagates. Each runs guarded (its error kept, not raised into the task
+    group): on Python 3.11 a TaskGroup whose child fails while the group is
+    already exiting leaves its parent task cancelling for good (fixed in
+    3.12), and the parent's next `checkpoint()` would end it.
+    """
+    errors: list[Exception] = []
+
+    async def guarded(coro: Coroutine[Any, Any, object]) -> None:
+        try:
+            await coro
+        except Exception as e:
+            errors.append(e)
+
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(guarded(c)) for c in coros]
+
+        def cancel_rest(_: asyncio.Task[None]) -> None:
+            for t in tasks:
+                t.cancel()
+
+        for t in tasks:
+            t.add_done_callback(cancel_rest)
+    if errors:
+        raise errors[0]
 
 
 class TaskSet:

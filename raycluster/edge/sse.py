@@ -17,9 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from raycluster._tasks import race
+
 from ._hub import Conn, EdgeSub, delta_json
 from ._json import read_json
-from ._race import race
 from ._service import EdgeService
 from .errors import LimitExceeded
 

@@ -16,9 +16,10 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from raycluster._tasks import race
+
 from ._hub import Conn, delta_json
 from ._json import parse_json
-from ._race import race
 from ._service import EdgeService
 from .auth import AuthError
 from .errors import EdgeError, Invalid, LimitExceeded, NotFound, TooLarge, failure, ws_error

@@ -35,7 +35,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
-from raycluster._tasks import Backoff, TaskSet, cancel_and_wait, checkpoint, logged
+from raycluster._tasks import Backoff, TaskSet, cancel_and_wait, checkpoint, logged, race
 from raycluster.cluster.routing import PARTITIONS
 from raycluster.livequery.models import EntitySpec
 from raycluster.redis import make_client
@@ -586,8 +586,8 @@ class Ingester:
         try:
             # Reading and applying run until one fails (its error ends the session) or
             # aclose(); either way the other is cancelled.
-            await _race(self._read(rcur, queue), self._apply_loop(rcur, queue),
-                        self._closed.wait())  # fmt: skip
+            await race(self._read(rcur, queue), self._apply_loop(rcur, queue),
+                       self._closed.wait())  # fmt: skip
         finally:
             self._pending, self._in_txn = 0, False
             self._pending_ts.clear()
@@ -934,35 +934,6 @@ async def _readable(loop: asyncio.AbstractEventLoop, fd: int, timeout_s: float) 
         return False
     finally:
         loop.remove_reader(fd)
-
-
-async def _race(*coros: Coroutine[Any, Any, object]) -> None:
-    """Run `coros` until the first ends, cancel the others, and raise the first error.
-
-    Each runs guarded (its error kept, not raised into the group): on Python
-    3.11 a TaskGroup whose child fails while the group is already exiting
-    leaves its parent task cancelling for good (fixed in 3.12), and the
-    ingester's next `checkpoint()` would end it.
-    """
-    errors: list[Exception] = []
-
-    async def guarded(coro: Coroutine[Any, Any, object]) -> None:
-        try:
-            await coro
-        except Exception as e:
-            errors.append(e)
-
-    async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(guarded(c)) for c in coros]
-
-        def cancel_rest(_: asyncio.Task[None]) -> None:
-            for t in tasks:
-                t.cancel()
-
-        for t in tasks:
-            t.add_done_callback(cancel_rest)
-    if errors:
-        raise errors[0]
 
 
 def _identify(rcur: Any) -> str:

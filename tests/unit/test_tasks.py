@@ -1,4 +1,4 @@
-"""The shared owner of background work: TaskSet, every, checkpoint, Backoff, logged."""
+"""The shared owner of background work: TaskSet, every, race, checkpoint, Backoff, logged."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 import pytest
 from support import wait_for
 
-from raycluster._tasks import Backoff, TaskSet, checkpoint, every, logged
+from raycluster._tasks import Backoff, TaskSet, checkpoint, every, logged, race
 from raycluster.errors import ClosedError
 
 
@@ -107,3 +107,49 @@ def test_logged_reports_what_it_swallowed(caplog: pytest.LogCaptureFixture) -> N
     assert "closing z failed: OSError: disk gone" in caplog.text
     with pytest.raises(KeyboardInterrupt), logged("closing z"):
         raise KeyboardInterrupt
+
+
+async def test_race_ends_with_the_first_and_cancels_the_rest() -> None:
+    cancelled: list[str] = []
+
+    async def forever(name: str) -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.append(name)
+            raise
+
+    await asyncio.wait_for(race(asyncio.sleep(0.01), forever("a"), forever("b")), 5)
+    assert sorted(cancelled) == ["a", "b"]
+
+
+async def test_race_raises_the_first_error_itself_not_a_group() -> None:
+    async def boom() -> None:
+        await asyncio.sleep(0.01)
+        raise OSError("gone")
+
+    async def late() -> None:
+        await asyncio.sleep(3600)
+
+    with pytest.raises(OSError, match="gone"):
+        await asyncio.wait_for(race(boom(), late()), 5)
+    task = asyncio.current_task()
+    assert task is not None and not task.cancelling()  # the caller is not left cancelling
+
+
+async def test_cancelling_the_caller_of_race_cancels_its_tasks() -> None:
+    started, ended = asyncio.Event(), asyncio.Event()
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            ended.set()
+
+    outer = asyncio.create_task(race(forever(), forever()))
+    await started.wait()
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert ended.is_set()
