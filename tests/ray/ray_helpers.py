@@ -55,6 +55,15 @@ def tier_settings(name: str, namespace: str, **overrides: Any) -> TierSettings:
     return TierSettings.load(**fast_tier(base, overrides))
 
 
+def actor_exists(name: str, namespace: str) -> bool:
+    """Whether Ray knows a (named, live or restarting) actor `name` in `namespace`."""
+    try:
+        ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return False
+    return True
+
+
 def _force_stop(name: str, namespace: str) -> None:
     # A start that failed half-way leaves a detached controller (and maybe actors) behind.
     try:

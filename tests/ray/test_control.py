@@ -20,7 +20,7 @@ import pytest
 import ray
 import redis.asyncio as aioredis
 import yaml
-from ray_helpers import running_tier, tier_settings, wait_converged
+from ray_helpers import actor_exists, running_tier, tier_settings, wait_converged
 from support import free_port, unique, wait_for
 
 from raycluster.actors import StartProgress, Tier, controller_name, gateway_name, shard_name
@@ -33,21 +33,13 @@ from raycluster.errors import NotReadyError
 SESSION_CPUS = 4.0  # tests/ray/conftest.py
 
 
-def _exists(name: str, namespace: str) -> bool:
-    try:
-        ray.get_actor(name, namespace=namespace)
-    except ValueError:
-        return False
-    return True
-
-
 async def _leftovers(settings: TierSettings, url: str, max_shards: int = 4) -> list[str]:
     """Every actor of the tier still registered by name, and every heartbeat or state key."""
     ns, name = settings.namespace, settings.name
     names = [controller_name(name)]
     names += [shard_name(name, f"shard-{i}") for i in range(max_shards)]
     names += [gateway_name(name, g) for g in gateway_ids(max(settings.gateways, 2))]
-    left = [n for n in names if await asyncio.to_thread(_exists, n, ns)]
+    left = [n for n in names if await asyncio.to_thread(actor_exists, n, ns)]
     keys = Keys(settings.redis.key_prefix)
     r = aioredis.from_url(url)
     try:
@@ -76,7 +68,7 @@ async def test_restarted_controller_keeps_the_scale_and_stops_shards_above_it(
         await asyncio.to_thread(tier.scale, 2)
         await wait_converged(tier, 2)
         assert not await asyncio.to_thread(
-            _exists, shard_name(settings.name, "shard-2"), ray_namespace
+            actor_exists, shard_name(settings.name, "shard-2"), ray_namespace
         )
 
         # A crash: Ray restarts the controller, which reads the count from Redis
@@ -97,7 +89,7 @@ async def test_restarted_controller_keeps_the_scale_and_stops_shards_above_it(
 
         await wait_for(adopted, 60, what="the restarted controller to adopt two shards")
         assert not await asyncio.to_thread(
-            _exists, shard_name(settings.name, "shard-2"), ray_namespace
+            actor_exists, shard_name(settings.name, "shard-2"), ray_namespace
         )
         await wait_converged(tier, 2)
 
@@ -109,7 +101,7 @@ async def test_restarted_controller_keeps_the_scale_and_stops_shards_above_it(
             await r.set(keys.tier_shard_count(settings.name), 1)
             tier = await asyncio.to_thread(Tier.start, settings, redis_url=url)
             assert not await asyncio.to_thread(
-                _exists, shard_name(settings.name, "shard-1"), ray_namespace
+                actor_exists, shard_name(settings.name, "shard-1"), ray_namespace
             )
             assert await r.exists(keys.heartbeat_key("shard-1")) == 0
             assert await r.smembers(keys.tier_shard_ids(settings.name)) == {b"shard-0"}
@@ -173,7 +165,7 @@ async def test_scale_that_cannot_place_its_shards_scales_back(
         assert info.value.pending == {"shard-2": {"CPU": 1.5}}
         assert info.value.missing == {"CPU": 0.5}
         assert not await asyncio.to_thread(
-            _exists, shard_name(settings.name, "shard-2"), ray_namespace
+            actor_exists, shard_name(settings.name, "shard-2"), ray_namespace
         )
         r = aioredis.from_url(redis_server.url)
         try:

@@ -22,7 +22,7 @@ import ray
 import redis.asyncio as aioredis
 import yaml
 from ray.exceptions import RayTaskError
-from ray_helpers import ENTITY, running_tier, status, tier_settings
+from ray_helpers import ENTITY, actor_exists, running_tier, status, tier_settings
 from support import REDIS_PASSWORD, unique, wait_for
 
 from raycluster import LiveQuery, SortKey, Tier
@@ -34,14 +34,6 @@ from raycluster.errors import InvalidArgument, InvalidQuery, NotReadyError
 from raycluster.redis import LocalRedis
 
 BY_NAME = LiveQuery(entity=ENTITY, sort=[SortKey(column="name")], limit=100)
-
-
-def _exists(name: str, namespace: str) -> bool:
-    try:
-        ray.get_actor(name, namespace=namespace)
-    except ValueError:
-        return False
-    return True
 
 
 @pytest.mark.timeout(600)
@@ -80,9 +72,9 @@ async def test_calls_that_fail_leave_the_running_tier_serving(
             assert ids == {b"shard-0", b"shard-1"}, after
             for sid in ("shard-2", "shard-11", f"shard-{MAX_SHARDS - 1}"):
                 name = shard_name(settings.name, sid)
-                assert not await asyncio.to_thread(_exists, name, ray_namespace), (after, sid)
+                assert not await asyncio.to_thread(actor_exists, name, ray_namespace), (after, sid)
             assert await asyncio.to_thread(
-                _exists, controller_name(settings.name), ray_namespace
+                actor_exists, controller_name(settings.name), ray_namespace
             ), after
 
         await still_serving("the start")
