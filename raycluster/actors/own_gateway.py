@@ -121,15 +121,10 @@ class OwnGateway:
         thread it only starts closing them. Its registrations stay until the shards
         sweep them (its heartbeat stopped); `aclose` removes them at once.
         """
-        if self.close_reason is None:
-            self.close_reason = reason
-        self._tasks.cancel()
-        gw, closers, loop = self._gateway, self._closers, self._loop
-        self._closers = None
+        gw, closers = self._closing(reason)
+        loop = self._loop
         if gw is not None:
             gw.cancel()
-            for sub in gw.subscriptions():
-                sub.mark_closed(self.close_reason)
         if closers is None or loop is None or loop.is_closed() or not loop.is_running():
             return
         try:
@@ -145,6 +140,17 @@ class OwnGateway:
     async def aclose(self, reason: str) -> None:
         """As `close(reason)`, but first unsubscribe everything and leave the live set
         (bounded), and wait (bounded) until every task has ended."""
+        gw, closers = self._closing(reason)
+        if gw is not None and closers is not None:
+            with logged(f"tier {self.tier}: closing its own gateway"):
+                await asyncio.wait_for(gw.aclose(), CLOSE_S)
+            await closers.aclose()
+        await self._tasks.aclose()
+
+    def _closing(self, reason: str) -> tuple[Gateway | None, Closers | None]:
+        """Begin closing: the reason (the first given), the watch cancelled, every
+        subscription marked closed; the gateway and the connections still to close
+        (None if closed already or never started)."""
         if self.close_reason is None:
             self.close_reason = reason
         self._tasks.cancel()
@@ -153,10 +159,7 @@ class OwnGateway:
         if gw is not None and closers is not None:
             for sub in gw.subscriptions():
                 sub.mark_closed(self.close_reason)
-            with logged(f"tier {self.tier}: closing its own gateway"):
-                await asyncio.wait_for(gw.aclose(), CLOSE_S)
-            await closers.aclose()
-        await self._tasks.aclose()
+        return gw, closers
 
     def status(self) -> dict[str, Any]:
         """The in-process gateway's status and the batches it read from its delta stream

@@ -10,7 +10,7 @@ timeout) pass unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import ray
 from ray.exceptions import RayError, RayTaskError
@@ -33,10 +33,7 @@ async def call(ref: Any) -> Any:
     try:
         return await ref
     except RayTaskError as e:
-        own = raised_by(e)
-        if own is None:
-            raise
-        raise own from e
+        _raise_own(e)
 
 
 def get(ref: Any, timeout_s: float | None = None) -> Any:
@@ -44,7 +41,12 @@ def get(ref: Any, timeout_s: float | None = None) -> Any:
     try:
         return ray.get(ref, timeout=timeout_s)
     except RayTaskError as e:
-        own = raised_by(e)
-        if own is None:
-            raise
-        raise own from e
+        _raise_own(e)
+
+
+def _raise_own(e: RayTaskError) -> NoReturn:
+    """Raise what the actor raised (chained to `e`), or `e` itself for Ray's own errors."""
+    own = raised_by(e)
+    if own is None:
+        raise e
+    raise own from e
