@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raycluster._connect import connect
+from raycluster._resources import on_lasting_thread
 from raycluster._urls import mask_url
 from raycluster.cluster import owner, partition_of
 from raycluster.config import TierSettings
@@ -162,7 +163,8 @@ def _start_tier(settings: TierSettings) -> Tier:
     from raycluster.actors import Tier
 
     if not ray.is_initialized():
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), namespace=settings.namespace)
+        cpus = max(4, os.cpu_count() or 1)
+        on_lasting_thread(lambda: ray.init(num_cpus=cpus, namespace=settings.namespace))
     return Tier.start(settings)
 
 

@@ -13,8 +13,10 @@ private servers of tests, demos and benchmarks (`LocalRedis`,
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
+import queue
 import shutil
 import signal
 import socket
@@ -22,9 +24,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypeVar
 
 from raycluster.errors import RayclusterError
 
@@ -35,11 +38,14 @@ __all__ = (
     "Service",
     "die_with_parent",
     "free_port",
+    "on_lasting_thread",
 )
 
 HOST = "127.0.0.1"  # local servers listen here only
 _PORT_ATTEMPTS = 5  # a free port can be taken between probing and binding it
 _PR_SET_PDEATHSIG = 1
+
+T = TypeVar("T")
 
 
 class AsyncResource:
@@ -116,6 +122,57 @@ def die_with_parent(sig: int) -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def on_lasting_thread(fn: Callable[[], T]) -> T:
+    """`fn()`, run on a thread that lives as long as this process; call it to start
+    processes that should die with this one.
+
+    Linux sends a parent-death signal (`die_with_parent`; Ray's GCS and raylet
+    have one too) when the *thread* that started the child ends, not the
+    process. Started from a thread that ends early (a thread pool shut down,
+    `asyncio.to_thread` under an event loop that ends), a server would die
+    with it; a local Ray, and with it the driver 60 s later ("Failed to
+    connect to GCS"). So, but from the main thread, `fn` runs on one daemon
+    thread kept for this; the caller waits for it, and gets its error.
+    """
+    if threading.current_thread() in (threading.main_thread(), _lasting.thread):
+        return fn()
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+    _lasting.submit(fn, done)
+    return done.result()
+
+
+class _LastingThread:
+    """One daemon thread, started on first use, that runs the calls it is given."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
+        self._calls = queue.SimpleQueue()
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], Any], done: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, name="raycluster-spawner", daemon=True
+                )
+                self.thread.start()
+        self._calls.put((fn, done))
+
+    def _run(self) -> None:
+        while True:
+            fn, done = self._calls.get()
+            if not done.set_running_or_notify_cancel():
+                continue
+            try:
+                done.set_result(fn())
+            except BaseException as e:  # (handed to the caller, which raises it)
+                done.set_exception(e)
+
+
+_lasting = _LastingThread()
 
 
 def terminate(

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import ray
 
+from raycluster._resources import on_lasting_thread
 from raycluster._tasks import logged
 from raycluster.client import Subscription
 from raycluster.config import TierSettings, check_shard_count
@@ -91,8 +92,8 @@ class Tier:
         url = settings.redis.redis_url or local_redis_for_process(
             binary=settings.redis.redis_server
         )
-        if not ray.is_initialized():
-            ray.init(namespace=settings.namespace)
+        if not ray.is_initialized():  # (its processes must outlive a caller's worker thread)
+            on_lasting_thread(lambda: ray.init(namespace=settings.namespace))
         timeout_s = settings.start_timeout_s
         deadline = time.monotonic() + timeout_s
         running = _running_controller(settings)

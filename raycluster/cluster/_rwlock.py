@@ -1,12 +1,12 @@
-"""A readers-writer lock for asyncio: many readers, or one writer (writers first)."""
+"""Locks for asyncio: a readers-writer lock (writers first), and one lock per key."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 
-__all__ = ("RWLock",)
+__all__ = ("KeyedLock", "RWLock")
 
 
 class RWLock:
@@ -48,3 +48,31 @@ class RWLock:
             async with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+
+class KeyedLock:
+    """`hold(key)` sections of one key run one at a time; other keys run alongside.
+
+    A key's lock exists only while some section holds or waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            _, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)

@@ -30,7 +30,7 @@ from raycluster.livequery import (
     Snapshotter,
 )
 
-from ._rwlock import RWLock
+from ._rwlock import KeyedLock, RWLock
 from .options import ShardOptions
 from .ports import ControlBus, DeltaBus, Fencing, Membership, PartitionFeed, SubscriptionRegistry
 from .protocol import (
@@ -173,6 +173,7 @@ class Shard:
         self._flushers = TaskSet(f"shard {shard_id}: flushers")  # one per outbox
         # Ownership changes run alone; controls run together (ordered per subscription).
         self._lock = RWLock()
+        self._per_sub = KeyedLock()  # one subscription's serves and unserves take turns
         self._missing_gateways: set[str] = set()
         self._live: list[str] = []  # the live set of the last reconcile
         self._gap = asyncio.Event()  # set by `feed_gap`
@@ -335,28 +336,53 @@ class Shard:
     # -- serving -----------------------------------------------------------------
 
     async def _serve(self, reg: Registration) -> None:
-        """Serve `reg` (or resend its window if already served): reset + window follow."""
-        served = self.served.get(reg.sub_id)
-        if served is not None and served.sub is not None:
-            self._emit(served, served.sub.current_frames())
-            return
-        served = _Served(reg, self.epochs[reg.partition])
-        self.served[reg.sub_id] = served
-        try:
-            sub = await self.engine.subscribe(
-                reg.tenant, reg.query, sub_id=reg.sub_id, sink=self._sink
-            )
-        except Exception:
-            self.served.pop(reg.sub_id, None)
-            log.exception("shard %s: cannot serve %s", self.id, reg.sub_id)
-            return
-        if self.served.get(reg.sub_id) is not served:  # released while subscribing
-            await sub.close()
-            return
-        served.sub = sub
-        self._emit(served, sub.current_frames())
+        """Serve `reg` as the registry has it now.
+
+        Not served yet (or served for another gateway, tenant or claim):
+        subscribe afresh, a `reset` and the window follow. Served at an older
+        revision: reanchor (a `reset` and the new window). Served as is:
+        resend the window. A claim's rebuild and a control can reach one
+        subscription together, so its serves and unserves take turns.
+        """
+        async with self._per_sub.hold(reg.sub_id):
+            p = reg.partition
+            if p not in self.owned:
+                return  # released meanwhile: its owner serves it
+            served = self.served.get(reg.sub_id)
+            if served is not None and (
+                served.reg.gateway_id != reg.gateway_id
+                or served.reg.tenant != reg.tenant
+                or served.epoch != self.epochs[p]
+            ):
+                await self._unserve_now(reg.sub_id)
+                served = None
+            if served is not None and served.sub is not None:
+                if reg.rev > served.rev:
+                    served.reg, served.rev = reg, reg.rev
+                    await served.sub.reanchor(reg.query.cursor, reg.query.limit)
+                else:
+                    self._emit(served, served.sub.current_frames())
+                return
+            served = _Served(reg, self.epochs[p])
+            self.served[reg.sub_id] = served  # (so a release in the meantime sees it)
+            try:
+                sub = await self.engine.subscribe(
+                    reg.tenant, reg.query, sub_id=reg.sub_id, sink=self._sink
+                )
+            except BaseException as e:
+                self.served.pop(reg.sub_id, None)
+                if not isinstance(e, Exception):
+                    raise
+                log.exception("shard %s: cannot serve %s", self.id, reg.sub_id)
+                return
+            served.sub = sub
+            self._emit(served, sub.current_frames())
 
     async def _unserve(self, sub_id: str) -> None:
+        async with self._per_sub.hold(sub_id):
+            await self._unserve_now(sub_id)
+
+    async def _unserve_now(self, sub_id: str) -> None:
         served = self.served.pop(sub_id, None)
         if served is not None and served.sub is not None:
             await served.sub.close()
@@ -524,9 +550,7 @@ class Shard:
             if c.op != OP_SUBSCRIBE or c.gateway_id != reg.gateway_id:
                 self._conflict(c, reg, "gateway")
                 return
-            self.counters["handovers"] += 1  # a resume moved it: serve it afresh there
-            await self._unserve(c.sub_id)
-            served = None
+            self.counters["handovers"] += 1  # a resume moved it: `_serve` serves it afresh there
         elif c.gateway_id != reg.gateway_id:
             return  # from a gateway that no longer holds it (taken over): nothing to do
         if reg.partition not in self.owned:
@@ -541,16 +565,8 @@ class Shard:
             else:
                 self.counters["dropped_controls"] += 1
             return
-        if c.op == OP_REANCHOR and served is not None and served.sub is not None:
-            if served.rev >= reg.rev:  # already applied (a resent request): resend the window
-                self._emit(served, served.sub.current_frames())
-                return
-            served.reg, served.rev = reg, reg.rev
-            await served.sub.reanchor(reg.query.cursor, reg.query.limit)
-        elif c.op == OP_RESYNC and served is not None and served.sub is not None:
-            self._emit(served, served.sub.current_frames())
-        elif c.op in (OP_SUBSCRIBE, OP_REANCHOR, OP_RESYNC):
-            await self._serve(reg)
+        if c.op in (OP_SUBSCRIBE, OP_REANCHOR, OP_RESYNC):
+            await self._serve(reg)  # (a reanchor already applied resends the window)
 
     def _conflict(self, c: Control, reg: Registration, what: str) -> None:
         self.counters["conflicts"] += 1

@@ -28,7 +28,14 @@ import redis.exceptions as rx
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from raycluster._resources import HOST, ServerProcess, die_with_parent, free_port, terminate
+from raycluster._resources import (
+    HOST,
+    ServerProcess,
+    die_with_parent,
+    free_port,
+    on_lasting_thread,
+    terminate,
+)
 from raycluster.errors import RayclusterError
 
 from .settings import RedisSettings, redis_env
@@ -172,16 +179,18 @@ class LocalRedis(ServerProcess):
             *self.extra_args,
         ]  # fmt: skip
         # Output goes to the log file once the server runs; only startup errors reach the pipe.
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            preexec_fn=lambda: die_with_parent(signal.SIGTERM),
-            # Its own session: Ctrl-C in a terminal (SIGINT to the foreground
-            # process group) must not stop it before the code using it has
-            # shut down; it still dies with us (PDEATHSIG) and on `stop()`.
-            start_new_session=True,
+        proc = on_lasting_thread(
+            lambda: subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                preexec_fn=lambda: die_with_parent(signal.SIGTERM),
+                # Its own session: Ctrl-C in a terminal (SIGINT to the foreground
+                # process group) must not stop it before the code using it has
+                # shut down; it still dies with us (PDEATHSIG) and on `stop()`.
+                start_new_session=True,
+            )
         )
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,21 @@ async def test_local_redis_starts_and_stops_a_private_server() -> None:
         assert url.startswith("redis://127.0.0.1:") and not url.endswith(":6379/0")
         assert _alive(pid)
     assert not _alive(pid)
+
+
+def test_a_server_started_from_a_thread_that_ends_outlives_that_thread() -> None:
+    # Linux sends the parent-death signal when the starting *thread* ends.
+    srv = LocalRedis()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            url = pool.submit(srv.start).result()
+        time.sleep(0.5)
+        c = redis.Redis.from_url(url)
+        assert c.ping()
+        c.close()
+        assert srv.pid is not None and _alive(srv.pid)
+    finally:
+        srv.close()
 
 
 def test_persistence_survives_restart_and_crash(tmp_path: Path) -> None:

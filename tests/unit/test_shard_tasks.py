@@ -8,6 +8,7 @@ partition is rebuilt, controls for other partitions are answered.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 
@@ -77,3 +78,40 @@ async def test_controls_of_other_partitions_are_answered_during_a_rebuild(
     sub = await gw.subscribe(fast, BY_NAME)  # one read: answered while the rebuild runs
     assert p_slow in b._claiming, "the subscribe waited for the other partition's rebuild"
     assert in_sync(cluster.store, sub)
+
+
+async def test_a_rebuild_and_a_control_serving_one_subscription_together_serve_it_once(
+    cluster: Cluster,
+) -> None:
+    """A claim's rebuild and a control can both serve one subscription at once
+    (a control that passed the claim check just before the claim began): the
+    second waits for the first, and the subscription stays served, once."""
+    cluster.read_delay_s = 0.2  # each subscribe reads the store for this long
+    await start(cluster, ("shard-a",))
+    shard = cluster.shards["shard-a"]
+    seed(cluster, "acme")
+    gw, _ = await cluster.gateway("gw-1")
+    sub = await gw.subscribe("acme", BY_NAME)
+    reg = await cluster.registry.get(sub.id)
+    assert reg is not None
+    await shard._unserve(sub.id)
+
+    await asyncio.gather(shard._serve(reg), shard._serve(reg))
+    assert [s.id for s in shard.engine.subscriptions()] == [sub.id]
+    served = shard.served[sub.id]
+    assert served.sub is not None and not served.sub.closed
+    cluster.store.upsert("acme", "asset", "late", {"name": "", "kind": "fan", "n": 0})
+    await wait_for(lambda: in_sync(cluster.store, sub), what="still served after the race")
+
+    # A reanchor racing a rebuild of the older revision is applied, in either order.
+    for first_new in (False, True):
+        await shard._unserve(sub.id)
+        newer = reg.model_copy(
+            update={"rev": reg.rev + 1, "query": BY_NAME.model_copy(update={"limit": 3})}
+        )
+        both = (newer, reg) if first_new else (reg, newer)
+        await asyncio.gather(*(shard._serve(r) for r in both))
+        served = shard.served[sub.id]
+        assert served.rev == newer.rev and served.sub is not None
+        assert len(served.sub.current_frames()) == 1 + 3
+    assert len(shard._per_sub) == 0  # no lock outlives its users
