@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import functools
 import queue
 import shutil
 import signal
@@ -133,8 +134,8 @@ def on_lasting_thread(fn: Callable[[], T]) -> T:
     process. Started from a thread that ends early (a thread pool shut down,
     `asyncio.to_thread` under an event loop that ends), a server would die
     with it; a local Ray, and with it the driver 60 s later ("Failed to
-    connect to GCS"). So, but from the main thread, `fn` runs on one daemon
-    thread kept for this; the caller waits for it, and gets its error.
+    connect to GCS"). So `fn` runs on one daemon thread kept for this (at once
+    on the main thread, which lasts); the caller waits, and gets its error.
     """
     if threading.current_thread() in (threading.main_thread(), _lasting.thread):
         return fn()
@@ -143,13 +144,15 @@ def on_lasting_thread(fn: Callable[[], T]) -> T:
     return done.result()
 
 
+_Call = tuple[Callable[[], Any], concurrent.futures.Future[Any]]
+
+
 class _LastingThread:
     """One daemon thread, started on first use, that runs the calls it is given."""
 
     def __init__(self) -> None:
         self.thread: threading.Thread | None = None
-        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
-        self._calls = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable[[], Any], done: concurrent.futures.Future[Any]) -> None:
@@ -202,7 +205,9 @@ class ServerProcess(LocalServer):
     The directory (`data_dir` given, else a fresh temporary one that
     `close()` removes) survives `stop()`, `kill()` and `restart()`; once
     started, the port is kept by later starts, so addresses stay valid.
-    Thread-safe. Subclasses implement `_spawn(port)` (start the process and
+    Thread-safe, from any thread: `_spawn` runs on the thread of
+    `on_lasting_thread`, so the server outlives a caller's worker thread.
+    Subclasses implement `_spawn(port)` (start the process and
     wait until it answers: `(True, "")`, or `(False, why)` with it reaped),
     `address()` (what `start()` returns) and may `_prepare()` the directory
     before a start.
@@ -261,7 +266,7 @@ class ServerProcess(LocalServer):
             last = ""
             for _ in range(attempts):
                 port = self._fixed_port if self._fixed_port is not None else self._pick_port()
-                ok, last = self._spawn(port)
+                ok, last = on_lasting_thread(functools.partial(self._spawn, port))
                 if ok:
                     self._port = self._fixed_port = port
                     return self.address()

@@ -369,12 +369,13 @@ class Shard:
                 sub = await self.engine.subscribe(
                     reg.tenant, reg.query, sub_id=reg.sub_id, sink=self._sink
                 )
-            except BaseException as e:
+            except Exception:
                 self.served.pop(reg.sub_id, None)
-                if not isinstance(e, Exception):
-                    raise
                 log.exception("shard %s: cannot serve %s", self.id, reg.sub_id)
                 return
+            except BaseException:  # cancelled: nothing half-served stays behind
+                self.served.pop(reg.sub_id, None)
+                raise
             served.sub = sub
             self._emit(served, sub.current_frames())
 

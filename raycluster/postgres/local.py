@@ -33,7 +33,6 @@ from raycluster._resources import (
     HOST,
     ServerProcess,
     die_with_parent,
-    on_lasting_thread,
     terminate,
 )
 from raycluster.errors import RayclusterError
@@ -244,17 +243,14 @@ class LocalPostgres(ServerProcess):
         if self._user is not None:
             os.fchown(log_fd, self._user.pw_uid, self._user.pw_gid)
         try:
-            argv = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(port)]
-            proc = on_lasting_thread(
-                lambda: subprocess.Popen(
-                    argv,
-                    cwd=self._home(),
-                    env=self._env(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_fd,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=self._preexec,
-                )
+            proc = subprocess.Popen(
+                [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(port)],
+                cwd=self._home(),
+                env=self._env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                preexec_fn=self._preexec,
             )
         finally:
             os.close(log_fd)

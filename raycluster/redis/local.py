@@ -33,7 +33,6 @@ from raycluster._resources import (
     ServerProcess,
     die_with_parent,
     free_port,
-    on_lasting_thread,
     terminate,
 )
 from raycluster.errors import RayclusterError
@@ -179,18 +178,16 @@ class LocalRedis(ServerProcess):
             *self.extra_args,
         ]  # fmt: skip
         # Output goes to the log file once the server runs; only startup errors reach the pipe.
-        proc = on_lasting_thread(
-            lambda: subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                preexec_fn=lambda: die_with_parent(signal.SIGTERM),
-                # Its own session: Ctrl-C in a terminal (SIGINT to the foreground
-                # process group) must not stop it before the code using it has
-                # shut down; it still dies with us (PDEATHSIG) and on `stop()`.
-                start_new_session=True,
-            )
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),
+            # Its own session: Ctrl-C in a terminal (SIGINT to the foreground
+            # process group) must not stop it before the code using it has
+            # shut down; it still dies with us (PDEATHSIG) and on `stop()`.
+            start_new_session=True,
         )
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
